@@ -1,0 +1,254 @@
+"""The hash-chained audit log: ``state/audit/audit.jsonl``.
+
+One RFC 8785 canonical JSON object per line::
+
+    {"data": {...}, "event": "verify", "node": "<node key id>", "prev": "<hex>",
+     "seq": 0, "tenant": "hello", "ts": "2026-11-28T21:00:00.000000Z", "v": 1}
+
+``prev`` is the SHA-256 of the previous line's bytes (without its newline); the first line's
+``prev`` is 64 zeros. Each line is also a leaf of the RFC 9162 Merkle tree (its bytes
+without the newline; leaf index = seq).
+
+Rules that make it trustworthy:
+- Writers serialise through ``flock`` on ``audit.lock``; lines are built under the lock from
+  the file's real last line, so concurrent processes never interleave or fork the chain.
+- A batch of lines is written with one ``write`` and ``fsync``'d before ``append`` returns:
+  an event is acknowledged only once durable.
+- A torn tail (bytes after the last newline, or a last line that is not valid JSON, left by a
+  crash mid-write) is moved aside to ``audit.jsonl.torn-<ts>`` and the recovery is itself
+  logged: never silently dropped, never kept in the chain.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nightcore.canonical import canonical, parse_json
+from nightcore.errors import AuditError, NightCoreError
+
+ZERO_HASH = "0" * 64
+LINE_VERSION = 1
+MAX_LINE_BYTES = 1024 * 1024
+_FIELDS = {"v", "seq", "ts", "node", "event", "tenant", "data", "prev"}
+_REQUIRED = _FIELDS - {"tenant"}
+
+
+def now_ts() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True)
+class Entry:
+    seq: int
+    line: bytes  # canonical bytes, no newline
+    record: dict[str, Any]
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.line).hexdigest()
+
+
+@dataclass(frozen=True)
+class Event:
+    event: str
+    data: dict[str, Any]
+    tenant: str | None = None
+
+
+def parse_line(line: bytes, *, seq_hint: int) -> dict[str, Any]:
+    """Strictly parse one audit line: canonical JSON with exactly the known fields."""
+    try:
+        rec = parse_json(line, max_bytes=MAX_LINE_BYTES, what=f"audit line {seq_hint}",
+                         code="AUDIT_LINE_MALFORMED")
+    except NightCoreError as exc:
+        raise AuditError(exc.message, code="AUDIT_LINE_MALFORMED") from None
+    if not isinstance(rec, dict) or not _REQUIRED <= set(rec) or not set(rec) <= _FIELDS:
+        raise AuditError(f"audit line {seq_hint}: missing or unknown fields",
+                         code="AUDIT_LINE_MALFORMED")
+    if (not isinstance(rec["seq"], int) or isinstance(rec["seq"], bool)
+            or not isinstance(rec["prev"], str) or not isinstance(rec["event"], str)
+            or not isinstance(rec["data"], dict)):
+        raise AuditError(f"audit line {seq_hint}: mistyped fields", code="AUDIT_LINE_MALFORMED")
+    if canonical(rec) != line:
+        raise AuditError(f"audit line {seq_hint}: not RFC 8785 canonical JSON",
+                         code="AUDIT_NOT_CANONICAL")
+    return rec
+
+
+class AuditLog:
+    """Appends to and reads one workspace's audit log."""
+
+    def __init__(self, directory: Path, node_id: str) -> None:
+        self.dir = directory
+        self.path = directory / "audit.jsonl"
+        self.lock_path = directory / "audit.lock"
+        self.node_id = node_id
+        # (file size, last line digest, next seq) as of our last look under the lock.
+        self._cursor: tuple[int, str, int] | None = None
+        self.recovered: list[Path] = []
+        self._recovery_info: list[dict[str, Any]] = []
+
+    # -- writing -----------------------------------------------------------------------
+
+    def append(self, event: str, data: dict[str, Any], tenant: str | None = None) -> Entry:
+        return self.append_many([Event(event, data, tenant)])[0]
+
+    def append_many(self, events: list[Event]) -> list[Entry]:
+        if not events:
+            return []
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                pending_before = len(self.recovered)
+                size, prev, seq = self._tail_state(fd)
+                # A recovered torn tail is itself evidence: log it ahead of the new events.
+                recovery = [Event("audit_torn_tail_recovered", info)
+                            for info in self._recovery_info[pending_before:]]
+                events = recovery + list(events)
+                entries: list[Entry] = []
+                out = bytearray()
+                for ev in events:
+                    rec: dict[str, Any] = {"v": LINE_VERSION, "seq": seq, "ts": now_ts(),
+                                           "node": self.node_id, "event": ev.event,
+                                           "data": ev.data, "prev": prev}
+                    if ev.tenant is not None:
+                        rec["tenant"] = ev.tenant
+                    line = canonical(rec)
+                    if len(line) > MAX_LINE_BYTES:
+                        raise AuditError(f"audit event {ev.event} is larger than "
+                                         f"{MAX_LINE_BYTES} bytes", code="AUDIT_LINE_TOO_LARGE")
+                    entry = Entry(seq, line, rec)
+                    entries.append(entry)
+                    out += line + b"\n"
+                    prev = entry.digest
+                    seq += 1
+                written = os.write(fd, bytes(out))
+                if written != len(out):
+                    raise AuditError("short write to the audit log", code="AUDIT_WRITE_FAILED")
+                os.fsync(fd)
+                self._cursor = (size + len(out), prev, seq)
+                return entries[len(recovery):]
+            finally:
+                os.close(fd)
+        finally:
+            os.close(lock_fd)  # closing releases the flock
+
+    def _tail_state(self, fd: int) -> tuple[int, str, int]:
+        size = os.fstat(fd).st_size
+        if self._cursor is not None and self._cursor[0] == size:
+            return self._cursor
+        if size == 0:
+            return (0, ZERO_HASH, 0)
+        last_byte = os.pread(fd, 1, size - 1)
+        if last_byte != b"\n":
+            size = self._move_torn_tail(fd, size)
+            if size == 0:
+                return (0, ZERO_HASH, 0)
+        last = _last_line(fd, size)
+        try:
+            rec = parse_line(last, seq_hint=-1)
+        except AuditError:
+            # A newline-terminated but unparsable last line is also a torn write.
+            size = self._move_torn_tail(fd, size, whole_last_line=True)
+            if size == 0:
+                return (0, ZERO_HASH, 0)
+            last = _last_line(fd, size)
+            rec = parse_line(last, seq_hint=-1)
+        return (size, hashlib.sha256(last).hexdigest(), int(rec["seq"]) + 1)
+
+    def _move_torn_tail(self, fd: int, size: int, *, whole_last_line: bool = False) -> int:
+        head = size - 1 if whole_last_line else size
+        start = _line_start(fd, head)
+        torn = os.pread(fd, size - start, start)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        aside = self.dir / f"audit.jsonl.torn-{stamp}"
+        afd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(afd, torn)
+            os.fsync(afd)
+        finally:
+            os.close(afd)
+        os.ftruncate(fd, start)
+        os.fsync(fd)
+        self.recovered.append(aside)
+        self._recovery_info.append({"moved_to": aside.name, "bytes": len(torn),
+                                    "sha256": hashlib.sha256(torn).hexdigest()})
+        self._cursor = None
+        return start
+
+    # -- reading -----------------------------------------------------------------------
+
+    def iter_lines(self) -> Iterator[bytes]:
+        if not self.path.exists():
+            return
+        with self.path.open("rb") as fh:
+            for raw in fh:
+                yield raw
+
+    def entries(self) -> Iterator[Entry]:
+        for i, raw in enumerate(self.iter_lines()):
+            line = raw[:-1] if raw.endswith(b"\n") else raw
+            yield Entry(i, line, json.loads(line))
+
+
+def _line_start(fd: int, end: int) -> int:
+    """Offset just after the last newline before ``end`` (0 if none)."""
+    pos = end
+    while pos > 0:
+        lo = max(0, pos - 4096)
+        idx = os.pread(fd, pos - lo, lo).rfind(b"\n")
+        if idx >= 0:
+            return lo + idx + 1
+        pos = lo
+    return 0
+
+
+def _last_line(fd: int, size: int) -> bytes:
+    """The last newline-terminated line of the first ``size`` bytes, without its newline."""
+    start = _line_start(fd, size - 1)
+    return os.pread(fd, size - 1 - start, start)
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    entries: int
+    head: str  # digest of the last line
+    torn_tail: bool
+
+
+def verify_chain(lines: Iterator[bytes]) -> ChainReport:
+    """Check every line parses, is canonical, and chains to its predecessor by seq and hash.
+
+    Raises AuditError naming the first bad line (0-based seq) with a specific code.
+    """
+    prev = ZERO_HASH
+    n = 0
+    torn = False
+    for raw in lines:
+        if not raw.endswith(b"\n"):
+            torn = True
+            raise AuditError(f"line {n}: torn tail (no newline): a write was interrupted",
+                             code="AUDIT_TORN_TAIL")
+        line = raw[:-1]
+        rec = parse_line(line, seq_hint=n)
+        if rec["seq"] != n:
+            raise AuditError(f"line {n}: seq is {rec['seq']}, expected {n} "
+                             "(a line was deleted, inserted or reordered)", code="AUDIT_SEQ_GAP")
+        if rec["prev"] != prev:
+            raise AuditError(f"line {n}: prev does not match the previous line's hash "
+                             "(an earlier line was edited, deleted or reordered)",
+                             code="AUDIT_CHAIN_BROKEN")
+        prev = hashlib.sha256(line).hexdigest()
+        n += 1
+    return ChainReport(entries=n, head=prev, torn_tail=torn)

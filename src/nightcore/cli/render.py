@@ -1,0 +1,53 @@
+"""Terminal and JSON rendering. Untrusted text is stripped of control sequences here."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+# C0/C1 controls (ESC starts ANSI sequences), DEL, and Unicode bidi overrides that can make
+# a terminal show text other than what is there.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def clean(text: object, limit: int = 200) -> str:
+    """One printable line of at most ``limit`` characters from untrusted text."""
+    s = _CONTROL.sub("?", str(text)).replace("\n", " ").replace("\t", " ")
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]],
+                code_column: int | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for row in rows:
+        # rich.Text, not markup strings: a tenant-controlled "[red]" must print literally.
+        cells = []
+        for i, v in enumerate(row):
+            text = clean(v, 80)
+            style = ""
+            if i == code_column:
+                style = "green" if text == "OK" else "bold red"
+            cells.append(Text(text, style=style))
+        table.add_row(*cells)
+    Console(highlight=False, soft_wrap=False).print(table)
+
+
+def error(code: str, message: str) -> None:
+    sys.stderr.write(f"error[{code}]: {clean(message, 400)}\n")
+
+
+def info(message: str) -> None:
+    sys.stderr.write(clean(message, 400) + "\n")

@@ -1,0 +1,65 @@
+"""``nightcore doctor``: an honest report of the environment this node runs in."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from importlib import metadata
+from typing import Any
+
+from nightcore.errors import NightCoreError
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "missing"
+
+
+def openssl_fips_status() -> tuple[str, str]:
+    """Whether the OpenSSL backend *itself* runs in FIPS mode. Never claims validation."""
+    from cryptography.hazmat.backends.openssl.backend import backend
+
+    enabled = bool(getattr(backend, "_fips_enabled", False))
+    version = backend.openssl_version_text()
+    if enabled:
+        return "OK", f"{version}: the OpenSSL FIPS provider is active (this is not a validation claim)"
+    return "INFO", (f"{version}: FIPS provider NOT active; fips = true restricts algorithms to "
+                    "the FIPS allow-list but the crypto module is not FIPS-validated")
+
+
+def run_checks(ws: Any | None) -> list[dict[str, str]]:
+    checks: list[dict[str, str]] = []
+
+    def add(check: str, status: str, detail: str) -> None:
+        checks.append({"check": check, "status": status, "detail": detail})
+
+    add("python", "OK" if sys.version_info >= (3, 11) else "FAIL",
+        f"{platform.python_implementation()} {platform.python_version()}")
+    for dist in ("wasmtime", "cryptography", "securesystemslib", "rfc8785", "rich"):
+        v = _version(dist)
+        add(dist, "OK" if v != "missing" else "FAIL", v)
+    status, detail = openssl_fips_status()
+    add("openssl fips", status, detail)
+    if ws is None:
+        add("workspace", "INFO", "no workspace here (nightcore init, -w DIR or NIGHTCORE_HOME)")
+        return checks
+    add("workspace", "OK", str(ws.root))
+    add("policy fips", "INFO", "fips = true (FIPS allow-list enforced)" if ws.policy.fips
+        else "fips = false")
+    try:
+        add("node key", "OK", ws.node_key_id())
+    except NightCoreError as exc:
+        add("node key", "FAIL", str(exc))
+    key_path = ws.root / "private" / "node.key"
+    if key_path.exists():
+        mode = key_path.stat().st_mode & 0o777
+        add("node key file", "OK" if mode & 0o077 == 0 else "FAIL", f"mode {mode:o}")
+    try:
+        registry = ws.load_registry()
+        rl = ws.load_revocations(registry)
+        add("trust", "OK", f"{len(registry.keys)} trusted keys, revocation list v{rl.version}")
+    except NightCoreError as exc:
+        add("trust", "FAIL", str(exc))
+    return checks

@@ -1,0 +1,67 @@
+"""Values that cross the sandbox boundary: what to run, under which limits, and what happened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class EffectiveLimits:
+    """Limits after node policy: every field set."""
+
+    fuel: int
+    wall_ms: int
+    memory_bytes: int
+    stack_bytes: int
+    output_bytes: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {
+            "fuel": self.fuel,
+            "wall_ms": self.wall_ms,
+            "memory_bytes": self.memory_bytes,
+            "stack_bytes": self.stack_bytes,
+            "output_bytes": self.output_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class Preopen:
+    host_dir: Path  # absolute, already created, inside the tenant's data root
+    guest_path: str  # relative name the guest sees, e.g. "data"
+    writable: bool
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything the sandbox needs for one run; built from the *signed* statement only."""
+
+    tenant: str
+    module_sha256: str
+    entrypoint: str
+    argv: tuple[str, ...]  # argv[0] is the tenant id
+    env: tuple[tuple[str, str], ...]
+    preopens: tuple[Preopen, ...]
+    limits: EffectiveLimits
+    deterministic: bool = False
+    seed: int = 0
+
+
+@dataclass
+class RunResult:
+    code: str  # OK, EXIT_NONZERO, FUEL_EXHAUSTED, TIMEOUT, MEMORY_LIMIT, STACK_OVERFLOW, ...
+    exit_code: int | None
+    fuel_used: int
+    wall_ms: float
+    memory_bytes: int  # peak linear memory reached
+    stdout: bytes
+    stderr: bytes
+    output_truncated: bool = False
+    detail: str = ""  # one-line trap / error message (untrusted: sanitise before display)
+    cache: str = ""  # "hit", "miss", "rejected" (authentication failed, recompiled)
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def output_bytes(self) -> int:
+        return len(self.stdout) + len(self.stderr)
