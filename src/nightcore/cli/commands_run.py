@@ -1,10 +1,143 @@
-"""CLI commands of the run path (run, cordon, runs, state). Registered by cli.main."""
+"""CLI commands of the run path: run, cordon, uncordon, runs, state rebuild."""
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Callable
 from typing import Any
 
+from nightcore.cli.render import info, print_json, print_table
 
-def register(add: Callable[..., Any], sub: Any) -> None:
-    return None
+PROGRESS_THRESHOLD = 5
+
+
+def _ws(args: argparse.Namespace) -> Any:
+    from nightcore.workspace import Workspace
+
+    return Workspace.open(args.workspace, fips=True if args.fips else None)
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n = n / 1024  # type: ignore[assignment]
+    return str(n)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from nightcore import api
+    from nightcore.runner.pipeline import TenantRun, run_tenants
+
+    ws = _ws(args)
+    names = api.select_tenants(ws, args.tenants or None)
+    progress_cb: Callable[[TenantRun], None] | None = None
+    progress = None
+    if not args.json and len(names) > PROGRESS_THRESHOLD:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        progress = Progress(console=Console(file=sys.stderr), transient=True)
+        task = progress.add_task("running tenants", total=len(names))
+
+        def progress_cb(_tr: TenantRun) -> None:
+            progress.advance(task)  # type: ignore[union-attr]
+
+        progress.start()
+    try:
+        report = run_tenants(ws, names, parallel=args.parallel, progress=progress_cb)
+    finally:
+        if progress is not None:
+            progress.stop()
+    if args.json:
+        print_json([r.to_dict() for r in report.runs])
+    else:
+        rows = []
+        for r in report.runs:
+            ran = bool(r.run_id) and r.code not in ("CORDONED",) and r.audit_seq is not None
+            rows.append([
+                r.tenant, r.code,
+                "-" if r.exit_code is None else r.exit_code,
+                f"{r.fuel_used:,}" if ran else "-",
+                f"{r.wall_ms:.1f}" if ran else "-",
+                _fmt_bytes(r.memory_bytes) if ran else "-",
+                _fmt_bytes(r.output_bytes) if ran else "-",
+                r.key_id[:12] or "-",
+                r.reason or "",
+            ])
+        print_table("Night Core run", ["tenant", "verdict", "exit", "fuel", "wall ms",
+                                       "memory", "output", "key id", "detail"], rows,
+                    code_column=1)
+        ok = sum(r.ok for r in report.runs)
+        info(f"{ok}/{len(report.runs)} tenants OK")
+    return 0 if report.ok else 1
+
+
+def cmd_cordon(args: argparse.Namespace) -> int:
+    from nightcore.runner.cordon import cordon
+
+    entry = cordon(_ws(args), args.tenant, args.reason)
+    if args.json:
+        print_json({"tenant": args.tenant, "cordoned": True, **entry})
+    else:
+        info(f"cordoned {args.tenant}")
+    return 0
+
+
+def cmd_uncordon(args: argparse.Namespace) -> int:
+    from nightcore.runner.cordon import uncordon
+
+    uncordon(_ws(args), args.tenant, args.reason or "")
+    if args.json:
+        print_json({"tenant": args.tenant, "cordoned": False})
+    else:
+        info(f"uncordoned {args.tenant}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from nightcore.runner.pipeline import query_runs
+
+    rows = query_runs(_ws(args), args.tenant, args.limit)
+    if args.json:
+        print_json(rows)
+    else:
+        print_table("Runs", ["run id", "tenant", "verdict", "exit", "fuel", "wall ms", "seq"],
+                    [[r["run_id"], r["tenant"], r["code"],
+                      "-" if r["exit_code"] is None else r["exit_code"], f"{r['fuel_used']:,}",
+                      f"{r['wall_ms']:.1f}", r["audit_seq"]] for r in rows], code_column=2)
+    return 0
+
+
+def cmd_state_rebuild(args: argparse.Namespace) -> int:
+    from nightcore.runner.pipeline import rebuild_index
+
+    n = rebuild_index(_ws(args))
+    if args.json:
+        print_json({"runs_indexed": n})
+    else:
+        info(f"rebuilt state/nightcore.db from the audit log: {n} runs")
+    return 0
+
+
+def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
+    from nightcore.cli.main import _need_sub
+    from nightcore.cli.main import _Parser as Parser
+
+    sp = add("run", cmd_run, "verify, admit and run tenants in bounded sandboxes")
+    sp.add_argument("tenants", nargs="*")
+    sp.add_argument("--parallel", type=int, default=None, help="worker threads (default: "
+                    "run.parallel in nightcore.toml)")
+    sp = add("cordon", cmd_cordon, "stop a tenant from running (incident response)")
+    sp.add_argument("tenant")
+    sp.add_argument("--reason", required=True)
+    sp = add("uncordon", cmd_uncordon, "allow a cordoned tenant to run again")
+    sp.add_argument("tenant")
+    sp.add_argument("--reason", default="")
+    sp = add("runs", cmd_runs, "query run history (SQLite index)")
+    sp.add_argument("--tenant")
+    sp.add_argument("--limit", type=int, default=50)
+    state = add("state", _need_sub, "maintain derived state")
+    ssub = state.add_subparsers(dest="state_cmd", metavar="ACTION", parser_class=Parser)
+    add("rebuild", cmd_state_rebuild, "rebuild the run index from the audit log", ssub)

@@ -30,8 +30,9 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
     from rich.text import Text
 
     table = Table(title=title, title_justify="left", header_style="bold")
-    for c in columns:
-        table.add_column(c, overflow="fold")
+    for i, c in enumerate(columns):
+        # Codes are identifiers people grep for: never wrap them.
+        table.add_column(c, overflow="fold", no_wrap=i == code_column)
     for row in rows:
         # rich.Text, not markup strings: a tenant-controlled "[red]" must print literally.
         cells = []

@@ -1,0 +1,97 @@
+"""SQLite index of runs (``state/nightcore.db``, WAL): fast queries, never the source of truth.
+
+The audit log is authoritative; ``rebuild`` recreates this index from it, so a lost or
+corrupted database costs nothing but the time to rebuild.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    code TEXT NOT NULL,
+    exit_code INTEGER,
+    fuel_used INTEGER NOT NULL,
+    wall_ms REAL NOT NULL,
+    memory_bytes INTEGER NOT NULL,
+    output_bytes INTEGER NOT NULL,
+    key_id TEXT NOT NULL,
+    module_sha256 TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    audit_seq INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_tenant ON runs (tenant, ts);
+"""
+
+COLUMNS = ("run_id", "tenant", "code", "exit_code", "fuel_used", "wall_ms", "memory_bytes",
+           "output_bytes", "key_id", "module_sha256", "ts", "audit_seq")
+
+
+class RunIndex:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=30)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(SCHEMA)
+            yield conn
+            conn.commit()
+        finally:
+            conn.close()
+
+    def add(self, rows: Iterable[dict[str, Any]]) -> None:
+        with self._connect() as conn:
+            conn.executemany(
+                f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) "
+                f"VALUES ({', '.join('?' for _ in COLUMNS)})",
+                [tuple(r[c] for c in COLUMNS) for r in rows])
+
+    def query(self, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        sql = f"SELECT {', '.join(COLUMNS)} FROM runs"
+        params: list[Any] = []
+        if tenant:
+            sql += " WHERE tenant = ?"
+            params.append(tenant)
+        sql += " ORDER BY audit_seq DESC LIMIT ?"
+        params.append(limit)
+        with self._connect() as conn:
+            return [dict(zip(COLUMNS, row, strict=True)) for row in conn.execute(sql, params)]
+
+    def rebuild(self, rows: Iterable[dict[str, Any]]) -> int:
+        tmp = self.path.with_name(self.path.name + ".rebuild")
+        for p in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
+            p.unlink(missing_ok=True)
+        fresh = RunIndex(tmp)
+        rows = list(rows)
+        fresh.add(rows)
+        with fresh._connect() as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        for suffix in ("-wal", "-shm"):
+            self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
+        tmp.replace(self.path)
+        return len(rows)
+
+
+def row_from_outcome(record: dict[str, Any]) -> dict[str, Any] | None:
+    """Index row for a ``run_outcome`` audit record (None for other events)."""
+    if record.get("event") != "run_outcome":
+        return None
+    d = record["data"]
+    return {"run_id": d["run_id"], "tenant": record.get("tenant", ""), "code": d["code"],
+            "exit_code": d.get("exit_code"), "fuel_used": d["fuel_used"],
+            "wall_ms": d["wall_ms"], "memory_bytes": d["memory_bytes"],
+            "output_bytes": d["output_bytes"], "key_id": d["key_id"],
+            "module_sha256": d["module_sha256"], "ts": record["ts"],
+            "audit_seq": record["seq"]}

@@ -1,0 +1,129 @@
+"""Shared fixtures: real workspaces, real keys (generated per test session), real modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nightcore import api
+from nightcore.cli.main import main as cli_main
+from nightcore.trust.keys import GeneratedKey
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PASSPHRASE = "test-passphrase-not-secret"
+
+HELLO_WAT = """
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 16) "hello\\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 6))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _passphrase_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NIGHTCORE_KEY_PASSPHRASE", PASSPHRASE)
+    monkeypatch.delenv("NIGHTCORE_HOME", raising=False)
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+
+class Cli:
+    """Runs ``nightcore`` in-process (fast) exactly as argv would."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], ws: Path | None) -> None:
+        self.capsys = capsys
+        self.ws = ws
+
+    def __call__(self, *args: str) -> CliResult:
+        self.capsys.readouterr()
+        argv = (["-w", str(self.ws)] if self.ws is not None else []) + list(args)
+        code = cli_main(argv)
+        cap = self.capsys.readouterr()
+        assert "Traceback" not in cap.err
+        return CliResult(code, cap.out, cap.err)
+
+
+def run_cli_subprocess(*args: str, cwd: Path | None = None,
+                       env: dict[str, str] | None = None, timeout: float = 120) -> CliResult:
+    full_env = dict(os.environ, **(env or {}))
+    p = subprocess.run([sys.executable, "-m", "nightcore", *args], capture_output=True,
+                       text=True, cwd=cwd, env=full_env, timeout=timeout)
+    return CliResult(p.returncode, p.stdout, p.stderr)
+
+
+def wat_module(text: str) -> bytes:
+    import wasmtime
+
+    return bytes(wasmtime.wat2wasm(text))
+
+
+def write_tenant(ws_root: Path, tenant: str, manifest: str, wasm: bytes) -> Path:
+    d = ws_root / "modules" / tenant
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "module.wasm").write_bytes(wasm)
+    (d / "manifest.toml").write_text(manifest)
+    return d
+
+
+def simple_manifest(tenant: str, extra: str = "") -> str:
+    return f'schema = 1\ntenant = "{tenant}"\nversion = "1.0.0"\n{extra}'
+
+
+@dataclass
+class Env:
+    root: Path
+    ws: Path
+    publisher: GeneratedKey
+    maintainer: GeneratedKey
+    cli: Cli
+
+    def add_tenant(self, tenant: str, extra: str = "", wasm: bytes | None = None,
+                   sign: bool = True, key: GeneratedKey | None = None) -> Path:
+        d = write_tenant(self.ws, tenant, simple_manifest(tenant, extra),
+                         wasm if wasm is not None else wat_module(HELLO_WAT))
+        if sign:
+            api.sign_tenant(d, str((key or self.publisher).private_path))
+        return d
+
+    def audit_lines(self) -> list[dict[str, Any]]:
+        path = self.ws / "state" / "audit" / "audit.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GeneratedKey]:
+    os.environ.setdefault("NIGHTCORE_KEY_PASSPHRASE", PASSPHRASE)
+    d = tmp_path_factory.mktemp("keys")
+    pw = PASSPHRASE.encode()
+    return {name: api.keygen(name, d, pw) for name in ("alice", "maint", "mallory", "bob")}
+
+
+@pytest.fixture
+def env(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        keys_dir: dict[str, GeneratedKey]) -> Iterator[Env]:
+    ws = api.init_workspace(tmp_path / "ws")
+    api.trust_add_key(ws, keys_dir["alice"].public_path, scope="*")
+    api.trust_add_key(ws, keys_dir["maint"].public_path, scope="*", role="maintainer")
+    yield Env(tmp_path, ws.root, keys_dir["alice"], keys_dir["maint"], Cli(capsys, ws.root))
