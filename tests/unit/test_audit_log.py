@@ -1,0 +1,135 @@
+"""The hash-chained audit writer: chaining, tamper detection, torn tails, concurrent writers."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from pathlib import Path
+
+import pytest
+
+from nightcore.audit.log import ZERO_HASH, AuditLog, Event, verify_chain
+from nightcore.canonical import canonical
+from nightcore.errors import AuditError
+
+
+def lines(log: AuditLog) -> list[bytes]:
+    return log.path.read_bytes().splitlines(keepends=True)
+
+
+def make(tmp_path: Path, n: int) -> AuditLog:
+    log = AuditLog(tmp_path / "audit", "node")
+    for i in range(n):
+        log.append("test", {"i": i}, tenant="t")
+    return log
+
+
+def test_chain_links_and_verifies(tmp_path: Path) -> None:
+    log = make(tmp_path, 5)
+    recs = [json.loads(x) for x in lines(log)]
+    assert recs[0]["prev"] == ZERO_HASH
+    assert [r["seq"] for r in recs] == list(range(5))
+    report = verify_chain(iter(lines(log)))
+    assert report.entries == 5
+    for raw in lines(log):
+        assert canonical(json.loads(raw)) + b"\n" == raw
+
+
+def test_batch_append_is_one_chain(tmp_path: Path) -> None:
+    log = make(tmp_path, 1)
+    entries = log.append_many([Event("a", {}), Event("b", {"x": [1, 2]}, "t")])
+    assert [e.seq for e in entries] == [1, 2]
+    assert verify_chain(iter(lines(log))).entries == 3
+
+
+def _rewrite(log: AuditLog, new: list[bytes]) -> None:
+    log.path.write_bytes(b"".join(new))
+
+
+@pytest.mark.parametrize("mutation,code", [
+    ("edit", "AUDIT_CHAIN_BROKEN"),
+    ("delete", "AUDIT_SEQ_GAP"),
+    ("reorder", "AUDIT_SEQ_GAP"),
+    ("garbage", "AUDIT_LINE_MALFORMED"),
+    ("noncanonical", "AUDIT_NOT_CANONICAL"),
+    ("duplicate_key", "AUDIT_LINE_MALFORMED"),
+    ("nan", "AUDIT_LINE_MALFORMED"),
+    ("torn", "AUDIT_TORN_TAIL"),
+])
+def test_tampering_is_named(tmp_path: Path, mutation: str, code: str) -> None:
+    log = make(tmp_path, 6)
+    ls = lines(log)
+    if mutation == "edit":
+        rec = json.loads(ls[2])
+        rec["data"]["i"] = 99
+        ls[2] = canonical(rec) + b"\n"
+    elif mutation == "delete":
+        del ls[3]
+    elif mutation == "reorder":
+        ls[2], ls[3] = ls[3], ls[2]
+    elif mutation == "garbage":
+        ls[1] = b"\x00\xffnot json\n"
+    elif mutation == "noncanonical":
+        ls[1] = json.dumps(json.loads(ls[1]), indent=1).replace("\n", " ").encode() + b"\n"
+    elif mutation == "duplicate_key":
+        ls[1] = ls[1].replace(b'{"data"', b'{"v":1,"data"', 1)
+    elif mutation == "nan":
+        ls[1] = ls[1].replace(b'"i":1', b'"i":NaN', 1)
+    elif mutation == "torn":
+        ls[-1] = ls[-1][:20]
+    _rewrite(log, ls)
+    with pytest.raises(AuditError) as err:
+        verify_chain(iter(lines(log)))
+    assert err.value.code == code
+
+
+def test_torn_tail_is_moved_aside_and_logged(tmp_path: Path) -> None:
+    log = make(tmp_path, 3)
+    with log.path.open("ab") as fh:
+        fh.write(b'{"data":{"half":')  # a crash mid-write
+    fresh = AuditLog(tmp_path / "audit", "node")
+    entry = fresh.append("after", {})
+    assert verify_chain(iter(lines(fresh))).entries == 5
+    recs = [json.loads(x) for x in lines(fresh)]
+    assert recs[3]["event"] == "audit_torn_tail_recovered"
+    assert recs[3]["data"]["bytes"] == len(b'{"data":{"half":')
+    assert entry.seq == 4 and recs[4]["event"] == "after"
+    [aside] = list((tmp_path / "audit").glob("audit.jsonl.torn-*"))
+    assert aside.read_bytes() == b'{"data":{"half":'
+
+
+def test_unparsable_last_line_is_treated_as_torn(tmp_path: Path) -> None:
+    log = make(tmp_path, 2)
+    with log.path.open("ab") as fh:
+        fh.write(b"{oops\n")
+    AuditLog(tmp_path / "audit", "node").append("after", {})
+    assert verify_chain(iter(lines(log))).entries == 4
+
+
+def test_oversized_event_is_refused_and_nothing_written(tmp_path: Path) -> None:
+    log = make(tmp_path, 1)
+    before = log.path.read_bytes()
+    with pytest.raises(AuditError) as err:
+        log.append("big", {"x": "a" * (2 * 1024 * 1024)})
+    assert err.value.code == "AUDIT_LINE_TOO_LARGE"
+    assert log.path.read_bytes() == before
+
+
+def _writer(directory: str, worker: int, n: int) -> None:
+    log = AuditLog(Path(directory), f"node-{worker}")
+    for i in range(n):
+        log.append("w", {"worker": worker, "i": i})
+
+
+def test_concurrent_processes_never_interleave_or_fork_the_chain(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path / "audit"), w, 60)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    log = AuditLog(tmp_path / "audit", "x")
+    assert verify_chain(iter(lines(log))).entries == 180
+    seen = {(json.loads(x)["data"]["worker"], json.loads(x)["data"]["i"]) for x in lines(log)}
+    assert len(seen) == 180
