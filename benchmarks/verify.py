@@ -12,24 +12,22 @@ from __future__ import annotations
 import hashlib
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from nightcore import api
+from nightcore.canonical import canonical
+from nightcore.module.manifest import parse_manifest_toml
+from nightcore.module.verify import MANIFEST_PREDICATE_TYPE
+from nightcore.trust.envelope import make_statement, parse_envelope, sign_payload
+from nightcore.trust.keys import load_signer
+from nightcore.workspace import Workspace
 
-from nightcore import api  # noqa: E402
-from nightcore.canonical import canonical  # noqa: E402
-from nightcore.module.manifest import parse_manifest_toml  # noqa: E402
-from nightcore.module.verify import MANIFEST_PREDICATE_TYPE  # noqa: E402
-from nightcore.trust.envelope import make_statement, parse_envelope, sign_payload  # noqa: E402
-from nightcore.trust.keys import load_signer  # noqa: E402
-
-PASS = "benchmark-passphrase"
+PASS = "benchmark-passphrase"  # noqa: S105 - throwaway benchmark keys
 
 
-def make_workspace(root: Path, n: int, module: bytes) -> tuple[api.Workspace, list[str]]:
+def make_workspace(root: Path, n: int, module: bytes) -> tuple[Workspace, list[str]]:
     os.environ["NIGHTCORE_KEY_PASSPHRASE"] = PASS
     ws = api.init_workspace(root / "ws")
     key = api.keygen("pub", root / "keys", PASS.encode())
@@ -44,14 +42,17 @@ def make_workspace(root: Path, n: int, module: bytes) -> tuple[api.Workspace, li
         (d / "manifest.toml").write_text(manifest)
         (d / "module.wasm").write_bytes(module)
         m = parse_manifest_toml(manifest.encode())
-        stmt = make_statement([("module.wasm", hashlib.sha256(module).hexdigest())],
-                              MANIFEST_PREDICATE_TYPE, m.to_predicate())
+        stmt = make_statement(
+            [("module.wasm", hashlib.sha256(module).hexdigest())],
+            MANIFEST_PREDICATE_TYPE,
+            m.to_predicate(),
+        )
         (d / "module.intoto.dsse.json").write_bytes(sign_payload(canonical(stmt), [signer]))
         names.append(name)
     return ws, names
 
 
-def bare_verify(ws: api.Workspace, names: list[str]) -> None:
+def bare_verify(ws: Workspace, names: list[str]) -> None:
     """The floor: read the three files, hash, Ed25519-verify the PAE with cryptography."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -78,12 +79,17 @@ def best(fn: object, repeat: int) -> float:
 def main() -> None:
     import wasmtime
 
-    small = bytes(wasmtime.wat2wasm('(module (memory (export "memory") 1) (func (export "_start")))'))
+    small = bytes(
+        wasmtime.wat2wasm('(module (memory (export "memory") 1) (func (export "_start")))')
+    )
     # A valid 2 MB module: one data segment carrying 2 MB of bytes.
     payload = "\\00" * (2 * 1024 * 1024)
-    big = bytes(wasmtime.wat2wasm(
-        f'(module (memory (export "memory") 33) (data (i32.const 0) "{payload}") '
-        '(func (export "_start")))'))
+    big = bytes(
+        wasmtime.wat2wasm(
+            f'(module (memory (export "memory") 33) (data (i32.const 0) "{payload}") '
+            '(func (export "_start")))'
+        )
+    )
     print(f"{'tenants':>8} {'nightcore ms':>13} {'+audit ms':>10} {'bare ms':>9} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as tmp:
         for n in (1, 100, 1000):
@@ -92,14 +98,18 @@ def main() -> None:
             ours = best(lambda ws=ws, names=names: api.verify_packages(ws, names), repeat)
             audited = best(lambda ws=ws, names=names: api.verify_tenants(ws, names), repeat)
             bare = best(lambda ws=ws, names=names: bare_verify(ws, names), repeat)
-            print(f"{n:>8} {ours * 1e3:>13.2f} {audited * 1e3:>10.2f} {bare * 1e3:>9.2f} "
-                  f"{ours / bare:>6.2f}x")
+            print(
+                f"{n:>8} {ours * 1e3:>13.2f} {audited * 1e3:>10.2f} {bare * 1e3:>9.2f} "
+                f"{ours / bare:>6.2f}x"
+            )
         ws, names = make_workspace(Path(tmp) / "big", 1, big)
         mb = len(big) / 1e6
         ours = best(lambda: api.verify_packages(ws, names), 5)
         bare = best(lambda: bare_verify(ws, names), 5)
-        print(f"2 MB module: nightcore {mb / ours:.0f} MB/s, bare {mb / bare:.0f} MB/s, "
-              f"ratio {ours / bare:.2f}x (target <= 1.5x)")
+        print(
+            f"2 MB module: nightcore {mb / ours:.0f} MB/s, bare {mb / bare:.0f} MB/s, "
+            f"ratio {ours / bare:.2f}x (target <= 1.5x)"
+        )
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ def main() -> int:
     if not missing:
         return 0
     if os.geteuid() != 0:
-        sys.stderr.write("missing system packages; run:\n  sudo apt-get update && "
-                         f"sudo apt-get install -y {' '.join(missing)}\n")
+        sys.stderr.write(
+            "missing system packages; run:\n  sudo apt-get update && "
+            f"sudo apt-get install -y {' '.join(missing)}\n"
+        )
         return 1
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env)

@@ -31,6 +31,21 @@ from nightcore.workspace import (
     atomic_write,
 )
 
+__all__ = [
+    "Workspace",
+    "import_revocations",
+    "init_workspace",
+    "keygen",
+    "revoke",
+    "select_tenants",
+    "sign_tenant",
+    "trust_add_key",
+    "trust_list",
+    "trust_remove_key",
+    "verify_packages",
+    "verify_tenants",
+]
+
 if TYPE_CHECKING:
     from nightcore.module.verify import Decision
     from nightcore.trust.keys import GeneratedKey
@@ -51,8 +66,15 @@ def init_workspace(root: Path, *, name: str = "node", fips: bool = False) -> Wor
     root = root.resolve()
     if (root / CONFIG_NAME).exists():
         raise WorkspaceError(f"{root} is already a Night Core workspace", code="WORKSPACE_EXISTS")
-    for sub in ("modules", "trust", "state/audit", "state/trust", "state/tenants", "state/runs",
-                "state/cache"):
+    for sub in (
+        "modules",
+        "trust",
+        "state/audit",
+        "state/trust",
+        "state/tenants",
+        "state/runs",
+        "state/cache",
+    ):
         (root / sub).mkdir(parents=True, exist_ok=True)
     private = root / "private"
     private.mkdir(mode=0o700, exist_ok=True)
@@ -73,8 +95,10 @@ def init_workspace(root: Path, *, name: str = "node", fips: bool = False) -> Wor
     finally:
         os.close(fd)
     ws = Workspace(root)
-    ws.audit().append("workspace_init", {"node_key_id": gen.key_id, "scheme": gen.scheme,
-                                         "fips": fips, "name": name})
+    ws.audit().append(
+        "workspace_init",
+        {"node_key_id": gen.key_id, "scheme": gen.scheme, "fips": fips, "name": name},
+    )
     return ws
 
 
@@ -109,21 +133,26 @@ def sign_tenant(tenant_dir: Path, key: str, *, fips: bool = False) -> SignResult
         raise NightCoreError(f"{pkg.name}/manifest.toml is missing", code="MANIFEST_INVALID")
     manifest = parse_manifest_toml(pkg.manifest)
     if manifest.tenant != pkg.name:
-        raise NightCoreError(f"manifest names tenant {manifest.tenant!r} but the directory is "
-                             f"{pkg.name!r}", code="MANIFEST_MISMATCH")
+        raise NightCoreError(
+            f"manifest names tenant {manifest.tenant!r} but the directory is {pkg.name!r}",
+            code="MANIFEST_MISMATCH",
+        )
     if not pkg.module.startswith(WASM_HEADER):
-        raise NightCoreError("module.wasm is not a WebAssembly core module",
-                             code="MODULE_MALFORMED")
+        raise NightCoreError(
+            "module.wasm is not a WebAssembly core module", code="MODULE_MALFORMED"
+        )
     signer = load_signer(key)
     check_scheme(str(signer.public_key.scheme), fips)
     digest = hashlib.sha256(pkg.module).hexdigest()
-    stmt = make_statement([("module.wasm", digest)], MANIFEST_PREDICATE_TYPE,
-                          manifest.to_predicate())
+    stmt = make_statement(
+        [("module.wasm", digest)], MANIFEST_PREDICATE_TYPE, manifest.to_predicate()
+    )
     envelope = sign_payload(canonical(stmt), [signer])
     out = tenant_dir / ENVELOPE_FILE
     if out.is_symlink():
-        raise NightCoreError(f"{out} is a symlink; refusing to write through it",
-                             code="PACKAGE_INVALID")
+        raise NightCoreError(
+            f"{out} is a symlink; refusing to write through it", code="PACKAGE_INVALID"
+        )
     atomic_write(out, envelope + b"\n")
     return SignResult(pkg.name, out, str(signer.public_key.keyid), digest)
 
@@ -131,8 +160,15 @@ def sign_tenant(tenant_dir: Path, key: str, *, fips: bool = False) -> SignResult
 # -- trust ---------------------------------------------------------------------------------
 
 
-def trust_add_key(ws: Workspace, public_pem: Path, *, scope: str, role: str = "publisher",
-                  expires: dt.datetime | None = None, name: str | None = None) -> TrustedKey:
+def trust_add_key(
+    ws: Workspace,
+    public_pem: Path,
+    *,
+    scope: str,
+    role: str = "publisher",
+    expires: dt.datetime | None = None,
+    name: str | None = None,
+) -> TrustedKey:
     from nightcore.trust.keys import check_scheme, public_key_from_pem
     from nightcore.trust.registry import ROLES, TrustedKey, validate_scope
 
@@ -148,12 +184,25 @@ def trust_add_key(ws: Workspace, public_pem: Path, *, scope: str, role: str = "p
     registry = ws.load_registry()
     if expires is not None and expires <= utcnow():
         raise UsageError("--expires must be in the future")
-    tk = TrustedKey(key=key, name=name or public_pem.name.removesuffix(".pub.pem")[:64],
-                    role=role, scope=scope, expires=expires, added=utcnow().replace(microsecond=0))
+    tk = TrustedKey(
+        key=key,
+        name=name or public_pem.name.removesuffix(".pub.pem")[:64],
+        role=role,
+        scope=scope,
+        expires=expires,
+        added=utcnow().replace(microsecond=0),
+    )
     new = registry.with_key(tk)
-    ws.audit().append("trust_key_added", {"key_id": tk.key_id, "role": role, "scope": scope,
-                                          "scheme": str(key.scheme),
-                                          "expires": tk.to_dict().get("expires")})
+    ws.audit().append(
+        "trust_key_added",
+        {
+            "key_id": tk.key_id,
+            "role": role,
+            "scope": scope,
+            "scheme": str(key.scheme),
+            "expires": tk.to_dict().get("expires"),
+        },
+    )
     atomic_write(ws.registry_path, new.to_bytes())
     return tk
 
@@ -164,7 +213,7 @@ def trust_remove_key(ws: Workspace, key_id: str) -> str:
     removed = next(k for k in registry.keys if k not in new.keys)
     ws.audit().append("trust_key_removed", {"key_id": removed.key_id})
     atomic_write(ws.registry_path, new.to_bytes())
-    return removed.key_id
+    return str(removed.key_id)
 
 
 def trust_list(ws: Workspace) -> list[TrustedKey]:
@@ -185,17 +234,24 @@ def revoke(ws: Workspace, *, kind: str, subject: str, key: str, reason: str) -> 
     check_scheme(str(signer.public_key.scheme), ws.policy.fips)
     audit = ws.audit()
     try:
-        new = sign_revocations(current, signer, registry,
-                               add_key=(subject, reason) if kind == "key" else None,
-                               add_module=(subject, reason) if kind == "module" else None)
+        new = sign_revocations(
+            current,
+            signer,
+            registry,
+            add_key=(subject, reason) if kind == "key" else None,
+            add_module=(subject, reason) if kind == "module" else None,
+        )
     except TrustError as exc:
-        audit.append("revocation_refused", {"code": exc.code, "reason": exc.message,
-                                            "subject": subject[:64]})
+        audit.append(
+            "revocation_refused", {"code": exc.code, "reason": exc.message, "subject": subject[:64]}
+        )
         raise
-    audit.append(f"{kind}_revoked", {"subject": subject, "reason": reason,
-                                     "list_version": new.version, "signer": new.signer})
+    audit.append(
+        f"{kind}_revoked",
+        {"subject": subject, "reason": reason, "list_version": new.version, "signer": new.signer},
+    )
     atomic_write(ws.revocations_path, new.raw)
-    ws._write_mark(new.version)  # noqa: SLF001 - workspace-internal high-water mark
+    ws._write_mark(new.version)
     return new
 
 
@@ -218,11 +274,16 @@ def import_revocations(ws: Workspace, path: Path) -> RevocationList:
         if isinstance(exc, NightCoreError):
             raise
         raise NightCoreError(msg, code=code) from None
-    audit.append("revocations_imported", {"version": candidate.version,
-                                          "signer": candidate.signer,
-                                          "sha256": hashlib.sha256(data).hexdigest()})
+    audit.append(
+        "revocations_imported",
+        {
+            "version": candidate.version,
+            "signer": candidate.signer,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        },
+    )
     atomic_write(ws.revocations_path, data)
-    ws._write_mark(candidate.version)  # noqa: SLF001
+    ws._write_mark(candidate.version)
     return candidate
 
 
@@ -237,8 +298,9 @@ def select_tenants(ws: Workspace, tenants: list[str] | None) -> list[str]:
         return found
     missing = [t for t in tenants if t not in found]
     if missing:
-        raise NightCoreError(f"tenant {missing[0]!r} not found under modules/",
-                             code="TENANT_NOT_FOUND")
+        raise NightCoreError(
+            f"tenant {missing[0]!r} not found under modules/", code="TENANT_NOT_FOUND"
+        )
     return list(dict.fromkeys(tenants))
 
 
@@ -248,8 +310,9 @@ class Verified:
     module: bytes  # the exact bytes whose digest was verified (empty when denied)
 
 
-def verify_packages(ws: Workspace, tenants: list[str], *, now: dt.datetime | None = None
-                    ) -> list[Verified]:
+def verify_packages(
+    ws: Workspace, tenants: list[str], *, now: dt.datetime | None = None
+) -> list[Verified]:
     """Read each package once and decide; no audit (callers record the decisions)."""
     from nightcore.module.package import read_package
     from nightcore.module.verify import Decision, decide
@@ -270,8 +333,13 @@ def verify_packages(ws: Workspace, tenants: list[str], *, now: dt.datetime | Non
 
 
 def decision_event(d: Decision) -> dict[str, Any]:
-    return {"code": d.code, "reason": d.reason, "key_id": d.key_id,
-            "module_sha256": d.module_sha256, "envelope_sha256": d.envelope_sha256}
+    return {
+        "code": d.code,
+        "reason": d.reason,
+        "key_id": d.key_id,
+        "module_sha256": d.module_sha256,
+        "envelope_sha256": d.envelope_sha256,
+    }
 
 
 def verify_tenants(ws: Workspace, tenants: list[str] | None = None) -> list[Decision]:

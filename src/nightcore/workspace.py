@@ -29,15 +29,23 @@ from nightcore.sandbox.types import EffectiveLimits
 
 CONFIG_NAME = "nightcore.toml"
 HOME_ENV = "NIGHTCORE_HOME"
-NODE_PASSPHRASE_ENV = "NIGHTCORE_NODE_KEY_PASSPHRASE"
+NODE_PASSPHRASE_ENV = "NIGHTCORE_NODE_KEY_PASSPHRASE"  # noqa: S105 - a variable name
 MAX_CONFIG_BYTES = 256 * 1024
 
-DEFAULT_MAX = EffectiveLimits(fuel=1_000_000_000_000, wall_ms=10_000,
-                              memory_bytes=256 * 1024 * 1024, stack_bytes=1024 * 1024,
-                              output_bytes=1024 * 1024)
-DEFAULT_LIMITS = EffectiveLimits(fuel=100_000_000, wall_ms=2_000,
-                                 memory_bytes=32 * 1024 * 1024, stack_bytes=512 * 1024,
-                                 output_bytes=64 * 1024)
+DEFAULT_MAX = EffectiveLimits(
+    fuel=1_000_000_000_000,
+    wall_ms=10_000,
+    memory_bytes=256 * 1024 * 1024,
+    stack_bytes=1024 * 1024,
+    output_bytes=1024 * 1024,
+)
+DEFAULT_LIMITS = EffectiveLimits(
+    fuel=100_000_000,
+    wall_ms=2_000,
+    memory_bytes=32 * 1024 * 1024,
+    stack_bytes=512 * 1024,
+    output_bytes=64 * 1024,
+)
 
 DEFAULT_CONFIG = """\
 # Night Core node configuration. Node policy can only narrow what a signed manifest asks for.
@@ -88,11 +96,16 @@ class Policy:
     default_limits: EffectiveLimits = DEFAULT_LIMITS
 
     def to_dict(self) -> dict[str, Any]:
-        return {"fips": self.fips, "allow_fs": self.allow_fs, "allow_fs_rw": self.allow_fs_rw,
-                "allow_env": self.allow_env, "allow_net": self.allow_net,
-                "allow_deterministic": self.allow_deterministic,
-                "max_limits": self.max_limits.to_dict(),
-                "default_limits": self.default_limits.to_dict()}
+        return {
+            "fips": self.fips,
+            "allow_fs": self.allow_fs,
+            "allow_fs_rw": self.allow_fs_rw,
+            "allow_env": self.allow_env,
+            "allow_net": self.allow_net,
+            "allow_deterministic": self.allow_deterministic,
+            "max_limits": self.max_limits.to_dict(),
+            "default_limits": self.default_limits.to_dict(),
+        }
 
 
 @dataclass(frozen=True)
@@ -145,8 +158,19 @@ def parse_config(data: bytes, *, fips_override: bool | None = None) -> Config:
     if unknown:
         raise ConfigError(f"{CONFIG_NAME}: unknown table {unknown[0]!r}")
     node = _table(doc, "node", {"name", "key", "fips"})
-    pol = _table(doc, "policy", {"allow_fs", "allow_fs_rw", "allow_env", "allow_net",
-                                 "allow_deterministic", "max_limits", "default_limits"})
+    pol = _table(
+        doc,
+        "policy",
+        {
+            "allow_fs",
+            "allow_fs_rw",
+            "allow_env",
+            "allow_net",
+            "allow_deterministic",
+            "max_limits",
+            "default_limits",
+        },
+    )
     run = _table(doc, "run", {"parallel"})
     name = node.get("name", "node")
     key = node.get("key", "private/node.key")
@@ -187,7 +211,9 @@ def find_workspace(explicit: str | None) -> Path:
     if not (root / CONFIG_NAME).is_file():
         raise WorkspaceError(
             f"{root} is not a Night Core workspace (no {CONFIG_NAME}); "
-            "run 'nightcore init' or pass -w DIR", code="WORKSPACE_NOT_FOUND")
+            "run 'nightcore init' or pass -w DIR",
+            code="WORKSPACE_NOT_FOUND",
+        )
     return root
 
 
@@ -212,14 +238,33 @@ class Workspace:
     def policy(self) -> Policy:
         return self.config.policy
 
-    modules_dir = property(lambda self: self.root / "modules")
-    trust_dir = property(lambda self: self.root / "trust")
-    state_dir = property(lambda self: self.root / "state")
-    registry_path = property(lambda self: self.root / "trust" / "registry.json")
-    revocations_path = property(lambda self: self.root / "trust" / "revocations.json")
-    revocation_mark_path = property(
-        lambda self: self.root / "state" / "trust" / "revocations.version")
-    node_pub_path = property(lambda self: self.root / "node.pub.pem")
+    @property
+    def modules_dir(self) -> Path:
+        return self.root / "modules"
+
+    @property
+    def trust_dir(self) -> Path:
+        return self.root / "trust"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state"
+
+    @property
+    def registry_path(self) -> Path:
+        return self.root / "trust" / "registry.json"
+
+    @property
+    def revocations_path(self) -> Path:
+        return self.root / "trust" / "revocations.json"
+
+    @property
+    def revocation_mark_path(self) -> Path:
+        return self.root / "state" / "trust" / "revocations.version"
+
+    @property
+    def node_pub_path(self) -> Path:
+        return self.root / "node.pub.pem"
 
     def node_key_id(self) -> str:
         if self._node_key_id is None:
@@ -272,11 +317,15 @@ class Workspace:
         mark = self.revocation_mark()
         if not self.revocations_path.exists():
             if mark > 0:
-                raise TrustError(f"revocation list is missing but version {mark} was accepted "
-                                 "before (deleted or rolled back)", code="REVOCATION_ROLLBACK")
+                raise TrustError(
+                    f"revocation list is missing but version {mark} was accepted "
+                    "before (deleted or rolled back)",
+                    code="REVOCATION_ROLLBACK",
+                )
             return RevocationList()
-        rl = parse_revocations(_read_capped(self.revocations_path, 16 * 1024 * 1024), registry,
-                               fips=self.policy.fips)
+        rl = parse_revocations(
+            _read_capped(self.revocations_path, 16 * 1024 * 1024), registry, fips=self.policy.fips
+        )
         check_not_rollback(rl, mark)
         if rl.version > mark:
             self._write_mark(rl.version)

@@ -22,6 +22,7 @@ from nightcore.canonical import canonical
 from nightcore.module.verify import MANIFEST_PREDICATE_TYPE
 from nightcore.trust.envelope import make_statement, sign_payload
 from nightcore.trust.keys import GeneratedKey, load_signer
+from nightcore.workspace import Workspace
 from tests.conftest import HELLO_WAT, Env, run_cli_subprocess, wat_module
 
 
@@ -112,7 +113,7 @@ def test_envelope_for_another_payload_type(env: Env) -> None:
 
 
 def test_payload_edited_after_signing(env: Env) -> None:
-    d = env.add_tenant("hello", '[limits]\nfuel = 1000000\n')
+    d = env.add_tenant("hello", "[limits]\nfuel = 1000000\n")
     p = d / "module.intoto.dsse.json"
     doc = json.loads(p.read_bytes())
     stmt = json.loads(base64.b64decode(doc["payload"]))
@@ -129,7 +130,7 @@ def test_unregistered_key(env: Env, keys_dir: dict[str, GeneratedKey]) -> None:
 
 
 def test_out_of_scope_key(env: Env, keys_dir: dict[str, GeneratedKey]) -> None:
-    ws = api.Workspace(env.ws)
+    ws = Workspace(env.ws)
     api.trust_add_key(ws, keys_dir["bob"].public_path, scope="bob-*")
     env.add_tenant("hello", key=keys_dir["bob"])
     assert verify_one(env, "hello")["code"] == "KEY_OUT_OF_SCOPE"
@@ -138,7 +139,7 @@ def test_out_of_scope_key(env: Env, keys_dir: dict[str, GeneratedKey]) -> None:
 
 
 def test_expired_key(env: Env, keys_dir: dict[str, GeneratedKey]) -> None:
-    ws = api.Workspace(env.ws)
+    ws = Workspace(env.ws)
     soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
     api.trust_add_key(ws, keys_dir["bob"].public_path, scope="*", expires=soon)
     env.add_tenant("hello", key=keys_dir["bob"])
@@ -153,8 +154,15 @@ def test_expired_key(env: Env, keys_dir: dict[str, GeneratedKey]) -> None:
 
 
 def test_expires_in_the_past_is_refused_at_add(env: Env, keys_dir: dict[str, GeneratedKey]) -> None:
-    res = env.cli("trust", "add-key", str(keys_dir["bob"].public_path), "--scope", "*",
-                  "--expires", "2020-01-01")
+    res = env.cli(
+        "trust",
+        "add-key",
+        str(keys_dir["bob"].public_path),
+        "--scope",
+        "*",
+        "--expires",
+        "2020-01-01",
+    )
     assert res.code == 2 and "error[USAGE]" in res.err
 
 
@@ -162,20 +170,24 @@ def test_manifest_widened_after_signing(env: Env) -> None:
     d = env.add_tenant("hello", '[capabilities]\nenv = { A = "1" }\n')
     (d / "manifest.toml").write_text(
         'schema = 1\ntenant = "hello"\nversion = "1.0.0"\n'
-        '[capabilities]\nenv = { A = "1", SECRET = "x" }\n')
+        '[capabilities]\nenv = { A = "1", SECRET = "x" }\n'
+    )
     row = verify_one(env, "hello")
     assert row["code"] == "MANIFEST_MISMATCH"
 
 
-@pytest.mark.parametrize("manifest", [
-    'schema = 1\ntenant = "hello"\nversion = "1.0.0"\nversion = "2.0.0"\n',
-    'schema = 1\ntenant = "hello"\nversion = "1.0.0"\nsurprise = true\n',
-    'schema = 1\ntenant = "hello"\nversion = "1.0.0"\n[limits]\nfuel = "lots"\n',
-    'schema = 1\ntenant = "hello"\nversion = "1.0.0"\n[limits]\nfuel = 1\n',
-    'schema = 1\ntenant = "hello"\nversion = "1.0.0"\n[[capabilities.fs]]\npath = "/etc"\n',
-    'schema = 1\ntenant = "hello"\nversion = "1.0.0"\n[[capabilities.fs]]\npath = "a/../.."\n',
-    'schema = 2\ntenant = "hello"\nversion = "1.0.0"\n',
-])
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        'schema = 1\ntenant = "hello"\nversion = "1.0.0"\nversion = "2.0.0"\n',
+        'schema = 1\ntenant = "hello"\nversion = "1.0.0"\nsurprise = true\n',
+        'schema = 1\ntenant = "hello"\nversion = "1.0.0"\n[limits]\nfuel = "lots"\n',
+        'schema = 1\ntenant = "hello"\nversion = "1.0.0"\n[limits]\nfuel = 1\n',
+        'schema = 1\ntenant = "hello"\nversion = "1.0.0"\n[[capabilities.fs]]\npath = "/etc"\n',
+        'schema = 1\ntenant = "hello"\nversion = "1.0.0"\n[[capabilities.fs]]\npath = "a/../.."\n',
+        'schema = 2\ntenant = "hello"\nversion = "1.0.0"\n',
+    ],
+)
 def test_invalid_manifests_are_refused_at_sign_and_verify(env: Env, manifest: str) -> None:
     d = env.add_tenant("hello")
     signed = (d / "module.intoto.dsse.json").read_bytes()
@@ -194,8 +206,9 @@ def test_huge_manifest_is_refused_without_reading_it(env: Env) -> None:
 
 
 def _sign_raw(env: Env, tenant_dir: Path, wasm: bytes, predicate: dict[str, object]) -> None:
-    stmt = make_statement([("module.wasm", hashlib.sha256(wasm).hexdigest())],
-                          MANIFEST_PREDICATE_TYPE, predicate)
+    stmt = make_statement(
+        [("module.wasm", hashlib.sha256(wasm).hexdigest())], MANIFEST_PREDICATE_TYPE, predicate
+    )
     signer = load_signer(str(env.publisher.private_path))
     (tenant_dir / "module.wasm").write_bytes(wasm)
     (tenant_dir / "module.intoto.dsse.json").write_bytes(sign_payload(canonical(stmt), [signer]))
@@ -207,8 +220,9 @@ def test_non_wasm_module(env: Env) -> None:
     res = env.cli("sign", str(d), "--key", str(env.publisher.private_path))
     assert "error[MODULE_MALFORMED]" in res.err
     (d / "manifest.toml").unlink()
-    _sign_raw(env, d, b"#!/bin/sh\necho pwned\n",
-              {"schema": 1, "tenant": "hello", "version": "1.0.0"})
+    _sign_raw(
+        env, d, b"#!/bin/sh\necho pwned\n", {"schema": 1, "tenant": "hello", "version": "1.0.0"}
+    )
     assert verify_one(env, "hello")["code"] == "MODULE_MALFORMED"
 
 
@@ -227,8 +241,9 @@ def test_symlinked_tenant_dir(env: Env, tmp_path: Path) -> None:
     assert verify_one(env, "hello")["code"] == "PACKAGE_INVALID"
 
 
-@pytest.mark.parametrize("name", ["$(touch pwned)", "<img src=x onerror=alert(1)>",
-                                  "Tenant;rm -rf", "\x1b[31mred"])
+@pytest.mark.parametrize(
+    "name", ["$(touch pwned)", "<img src=x onerror=alert(1)>", "Tenant;rm -rf", "\x1b[31mred"]
+)
 def test_tenant_dir_names_with_metacharacters(env: Env, name: str) -> None:
     d = env.ws / "modules" / name
     d.mkdir(parents=True)
@@ -271,13 +286,27 @@ def test_revoke_key_and_module(env: Env) -> None:
     d = env.add_tenant("hello")
     env.add_tenant("world")
     sha = hashlib.sha256((d / "module.wasm").read_bytes()).hexdigest()
-    res = env.cli("revoke", "module", sha, "--key", str(env.maintainer.private_path),
-                  "--reason", "CVE-2026-0001")
+    res = env.cli(
+        "revoke",
+        "module",
+        sha,
+        "--key",
+        str(env.maintainer.private_path),
+        "--reason",
+        "CVE-2026-0001",
+    )
     assert res.code == 0, res.err
     # both tenants share the same module bytes: both are denied
     assert verify_one(env, "hello")["code"] == "MODULE_REVOKED"
-    res = env.cli("revoke", "key", env.publisher.key_id, "--key",
-                  str(env.maintainer.private_path), "--reason", "stolen laptop")
+    res = env.cli(
+        "revoke",
+        "key",
+        env.publisher.key_id,
+        "--key",
+        str(env.maintainer.private_path),
+        "--reason",
+        "stolen laptop",
+    )
     assert res.code == 0, res.err
     assert verify_one(env, "world")["code"] == "KEY_REVOKED"
     events = [e["event"] for e in env.audit_lines()]
@@ -286,8 +315,9 @@ def test_revoke_key_and_module(env: Env) -> None:
 
 def test_revocation_list_signed_by_a_publisher_key_is_refused(env: Env) -> None:
     before = trust_snapshot(env)
-    res = env.cli("revoke", "key", "a" * 64, "--key", str(env.publisher.private_path),
-                  "--reason", "x")
+    res = env.cli(
+        "revoke", "key", "a" * 64, "--key", str(env.publisher.private_path), "--reason", "x"
+    )
     assert res.code == 2 and "error[REVOCATION_SIGNER_INVALID]" in res.err
     assert trust_snapshot(env) == before
     assert env.audit_lines()[-1]["event"] == "revocation_refused"
@@ -322,8 +352,9 @@ def test_unsigned_revocation_list_is_refused(env: Env) -> None:
     assert res.code == 2 and "error[REVOCATION_INVALID]" in res.err
 
 
-def test_fips_mode(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                   keys_dir: dict[str, GeneratedKey]) -> None:
+def test_fips_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keys_dir: dict[str, GeneratedKey]
+) -> None:
     from tests.conftest import Cli
 
     ws = api.init_workspace(tmp_path / "ws", fips=True)

@@ -46,16 +46,19 @@ def _rewrite(log: AuditLog, new: list[bytes]) -> None:
     log.path.write_bytes(b"".join(new))
 
 
-@pytest.mark.parametrize("mutation,code", [
-    ("edit", "AUDIT_CHAIN_BROKEN"),
-    ("delete", "AUDIT_SEQ_GAP"),
-    ("reorder", "AUDIT_SEQ_GAP"),
-    ("garbage", "AUDIT_LINE_MALFORMED"),
-    ("noncanonical", "AUDIT_NOT_CANONICAL"),
-    ("duplicate_key", "AUDIT_LINE_MALFORMED"),
-    ("nan", "AUDIT_LINE_MALFORMED"),
-    ("torn", "AUDIT_TORN_TAIL"),
-])
+@pytest.mark.parametrize(
+    "mutation,code",
+    [
+        ("edit", "AUDIT_CHAIN_BROKEN"),
+        ("delete", "AUDIT_SEQ_GAP"),
+        ("reorder", "AUDIT_SEQ_GAP"),
+        ("garbage", "AUDIT_LINE_MALFORMED"),
+        ("noncanonical", "AUDIT_NOT_CANONICAL"),
+        ("duplicate_key", "AUDIT_LINE_MALFORMED"),
+        ("nan", "AUDIT_LINE_MALFORMED"),
+        ("torn", "AUDIT_TORN_TAIL"),
+    ],
+)
 def test_tampering_is_named(tmp_path: Path, mutation: str, code: str) -> None:
     log = make(tmp_path, 6)
     ls = lines(log)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,11 @@ def _wycheproof() -> list[tuple[str, dict[str, Any]]]:
 WYCHEPROOF = _wycheproof()
 
 
-@pytest.mark.skipif(not WYCHEPROOF, reason="../shared/vectors is absent (checkout outside "
-                    "the workplace): Wycheproof vectors not available")
+@pytest.mark.skipif(
+    not WYCHEPROOF,
+    reason="../shared/vectors is absent (checkout outside "
+    "the workplace): Wycheproof vectors not available",
+)
 def test_ed25519_verification_agrees_with_every_wycheproof_vector() -> None:
     """Our signature check (securesystemslib over DSSE PAE inputs) on raw messages."""
     from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
@@ -61,23 +65,27 @@ def test_envelope_signature_check_uses_pae(tmp_path: Path) -> None:
     assert verify_signature(env, signer.public_key)  # type: ignore[arg-type]
     forged = ParsedEnvelope("application/other", env.payload, env.signatures)
     assert not verify_signature(forged, signer.public_key)  # type: ignore[arg-type]
-    bad = ParsedEnvelope(env.payload_type, env.payload,
-                         (RawSignature(env.signatures[0].keyid, b"\x00" * 64),))
+    bad = ParsedEnvelope(
+        env.payload_type, env.payload, (RawSignature(env.signatures[0].keyid, b"\x00" * 64),)
+    )
     assert not verify_signature(bad, signer.public_key)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("doc", [
-    b'{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[]}',
-    b'{"payload":"e30","payloadType":"application/vnd.in-toto+json","signatures":[{"sig":"AA=="}]}',
-    b'{"payload":"e30=","payloadType":"application/vnd.in-toto+json",'
-    b'"signatures":[{"sig":"AA==","extra":1}]}',
-    b'{"payload":"e30=","payload":"e30=","payloadType":"application/vnd.in-toto+json",'
-    b'"signatures":[{"sig":"AA=="}]}',
-    b'{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[{"sig":"AA=="}],'
-    b'"more":1}',
-    b"\xff\xfe",
-    b"[" * 100000,
-])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        b'{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[]}',
+        b'{"payload":"e30","payloadType":"application/vnd.in-toto+json","signatures":[{"sig":"AA=="}]}',
+        b'{"payload":"e30=","payloadType":"application/vnd.in-toto+json",'
+        b'"signatures":[{"sig":"AA==","extra":1}]}',
+        b'{"payload":"e30=","payload":"e30=","payloadType":"application/vnd.in-toto+json",'
+        b'"signatures":[{"sig":"AA=="}]}',
+        b'{"payload":"e30=","payloadType":"application/vnd.in-toto+json","signatures":[{"sig":"AA=="}],'
+        b'"more":1}',
+        b"\xff\xfe",
+        b"[" * 100000,
+    ],
+)
 def test_envelope_parser_is_strict(doc: bytes) -> None:
     with pytest.raises(TrustError) as err:
         parse_envelope(doc)
@@ -95,9 +103,11 @@ def test_envelope_parser_never_crashes(data: bytes) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
-    max_leaves=20)
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 
 
 @given(json_values)
@@ -117,25 +127,28 @@ def test_strict_json_refuses(doc: bytes) -> None:
 BASE = {"schema": 1, "tenant": "t", "version": "1"}
 
 
-@pytest.mark.parametrize("patch,fragment", [
-    ({"tenant": "../etc"}, "tenant"),
-    ({"tenant": "UPPER"}, "tenant"),
-    ({"limits": {"fuel": True}}, "boolean"),
-    ({"limits": {"wall_ms": 0}}, "outside"),
-    ({"limits": {"memory_bytes": 2**40}}, "outside"),
-    ({"limits": {"cpu": 1}}, "unknown"),
-    ({"capabilities": {"fs": [{"path": "a", "mode": "rwx"}]}}, "mode"),
-    ({"capabilities": {"fs": [{"path": "a"}, {"path": "a/b"}]}}, "overlapping"),
-    ({"capabilities": {"fs": [{"path": "./a"}]}}, "component"),
-    ({"capabilities": {"env": {"BAD-NAME": "x"}}}, "variable name"),
-    ({"capabilities": {"env": {"A": 1}}}, "expected str"),
-    ({"capabilities": {"net": ["no-port"]}}, "host:port"),
-    ({"capabilities": {"net": ["h:70000"]}}, "host:port"),
-    ({"args": ["a\x00b"]}, "NUL"),
-    ({"abi": "wasi_preview9"}, "abi"),
-    ({"not_before": "2026-01-01T00:00:00"}, "offset"),
-    ({"not_before": "2027-01-01T00:00:00Z", "expires": "2026-01-01T00:00:00Z"}, "after"),
-])
+@pytest.mark.parametrize(
+    "patch,fragment",
+    [
+        ({"tenant": "../etc"}, "tenant"),
+        ({"tenant": "UPPER"}, "tenant"),
+        ({"limits": {"fuel": True}}, "boolean"),
+        ({"limits": {"wall_ms": 0}}, "outside"),
+        ({"limits": {"memory_bytes": 2**40}}, "outside"),
+        ({"limits": {"cpu": 1}}, "unknown"),
+        ({"capabilities": {"fs": [{"path": "a", "mode": "rwx"}]}}, "mode"),
+        ({"capabilities": {"fs": [{"path": "a"}, {"path": "a/b"}]}}, "overlapping"),
+        ({"capabilities": {"fs": [{"path": "./a"}]}}, "component"),
+        ({"capabilities": {"env": {"BAD-NAME": "x"}}}, "variable name"),
+        ({"capabilities": {"env": {"A": 1}}}, "expected str"),
+        ({"capabilities": {"net": ["no-port"]}}, "host:port"),
+        ({"capabilities": {"net": ["h:70000"]}}, "host:port"),
+        ({"args": ["a\x00b"]}, "NUL"),
+        ({"abi": "wasi_preview9"}, "abi"),
+        ({"not_before": "2026-01-01T00:00:00"}, "offset"),
+        ({"not_before": "2027-01-01T00:00:00Z", "expires": "2026-01-01T00:00:00Z"}, "after"),
+    ],
+)
 def test_manifest_schema_refusals(patch: dict[str, Any], fragment: str) -> None:
     with pytest.raises(ManifestError) as err:
         manifest_from_dict({**BASE, **patch})
@@ -168,7 +181,5 @@ fuel = 5000
 @given(st.binary(max_size=200))
 @settings(max_examples=200, deadline=None)
 def test_manifest_parser_never_crashes(data: bytes) -> None:
-    try:
+    with contextlib.suppress(ManifestError):
         parse_manifest_toml(data)
-    except ManifestError:
-        pass

@@ -66,20 +66,30 @@ class Event:
 def parse_line(line: bytes, *, seq_hint: int) -> dict[str, Any]:
     """Strictly parse one audit line: canonical JSON with exactly the known fields."""
     try:
-        rec = parse_json(line, max_bytes=MAX_LINE_BYTES, what=f"audit line {seq_hint}",
-                         code="AUDIT_LINE_MALFORMED")
+        rec = parse_json(
+            line,
+            max_bytes=MAX_LINE_BYTES,
+            what=f"audit line {seq_hint}",
+            code="AUDIT_LINE_MALFORMED",
+        )
     except NightCoreError as exc:
         raise AuditError(exc.message, code="AUDIT_LINE_MALFORMED") from None
-    if not isinstance(rec, dict) or not _REQUIRED <= set(rec) or not set(rec) <= _FIELDS:
-        raise AuditError(f"audit line {seq_hint}: missing or unknown fields",
-                         code="AUDIT_LINE_MALFORMED")
-    if (not isinstance(rec["seq"], int) or isinstance(rec["seq"], bool)
-            or not isinstance(rec["prev"], str) or not isinstance(rec["event"], str)
-            or not isinstance(rec["data"], dict)):
+    if not isinstance(rec, dict) or not set(rec) >= _REQUIRED or not set(rec) <= _FIELDS:
+        raise AuditError(
+            f"audit line {seq_hint}: missing or unknown fields", code="AUDIT_LINE_MALFORMED"
+        )
+    if (
+        not isinstance(rec["seq"], int)
+        or isinstance(rec["seq"], bool)
+        or not isinstance(rec["prev"], str)
+        or not isinstance(rec["event"], str)
+        or not isinstance(rec["data"], dict)
+    ):
         raise AuditError(f"audit line {seq_hint}: mistyped fields", code="AUDIT_LINE_MALFORMED")
     if canonical(rec) != line:
-        raise AuditError(f"audit line {seq_hint}: not RFC 8785 canonical JSON",
-                         code="AUDIT_NOT_CANONICAL")
+        raise AuditError(
+            f"audit line {seq_hint}: not RFC 8785 canonical JSON", code="AUDIT_NOT_CANONICAL"
+        )
     return rec
 
 
@@ -113,21 +123,31 @@ class AuditLog:
                 pending_before = len(self.recovered)
                 size, prev, seq = self._tail_state(fd)
                 # A recovered torn tail is itself evidence: log it ahead of the new events.
-                recovery = [Event("audit_torn_tail_recovered", info)
-                            for info in self._recovery_info[pending_before:]]
+                recovery = [
+                    Event("audit_torn_tail_recovered", info)
+                    for info in self._recovery_info[pending_before:]
+                ]
                 events = recovery + list(events)
                 entries: list[Entry] = []
                 out = bytearray()
                 for ev in events:
-                    rec: dict[str, Any] = {"v": LINE_VERSION, "seq": seq, "ts": now_ts(),
-                                           "node": self.node_id, "event": ev.event,
-                                           "data": ev.data, "prev": prev}
+                    rec: dict[str, Any] = {
+                        "v": LINE_VERSION,
+                        "seq": seq,
+                        "ts": now_ts(),
+                        "node": self.node_id,
+                        "event": ev.event,
+                        "data": ev.data,
+                        "prev": prev,
+                    }
                     if ev.tenant is not None:
                         rec["tenant"] = ev.tenant
                     line = canonical(rec)
                     if len(line) > MAX_LINE_BYTES:
-                        raise AuditError(f"audit event {ev.event} is larger than "
-                                         f"{MAX_LINE_BYTES} bytes", code="AUDIT_LINE_TOO_LARGE")
+                        raise AuditError(
+                            f"audit event {ev.event} is larger than {MAX_LINE_BYTES} bytes",
+                            code="AUDIT_LINE_TOO_LARGE",
+                        )
                     entry = Entry(seq, line, rec)
                     entries.append(entry)
                     out += line + b"\n"
@@ -138,7 +158,7 @@ class AuditLog:
                     raise AuditError("short write to the audit log", code="AUDIT_WRITE_FAILED")
                 os.fsync(fd)
                 self._cursor = (size + len(out), prev, seq)
-                return entries[len(recovery):]
+                return entries[len(recovery) :]
             finally:
                 os.close(fd)
         finally:
@@ -182,8 +202,9 @@ class AuditLog:
         os.ftruncate(fd, start)
         os.fsync(fd)
         self.recovered.append(aside)
-        self._recovery_info.append({"moved_to": aside.name, "bytes": len(torn),
-                                    "sha256": hashlib.sha256(torn).hexdigest()})
+        self._recovery_info.append(
+            {"moved_to": aside.name, "bytes": len(torn), "sha256": hashlib.sha256(torn).hexdigest()}
+        )
         self._cursor = None
         return start
 
@@ -193,8 +214,7 @@ class AuditLog:
         if not self.path.exists():
             return
         with self.path.open("rb") as fh:
-            for raw in fh:
-                yield raw
+            yield from fh
 
     def entries(self) -> Iterator[Entry]:
         for i, raw in enumerate(self.iter_lines()):
@@ -238,17 +258,23 @@ def verify_chain(lines: Iterator[bytes]) -> ChainReport:
     for raw in lines:
         if not raw.endswith(b"\n"):
             torn = True
-            raise AuditError(f"line {n}: torn tail (no newline): a write was interrupted",
-                             code="AUDIT_TORN_TAIL")
+            raise AuditError(
+                f"line {n}: torn tail (no newline): a write was interrupted", code="AUDIT_TORN_TAIL"
+            )
         line = raw[:-1]
         rec = parse_line(line, seq_hint=n)
         if rec["seq"] != n:
-            raise AuditError(f"line {n}: seq is {rec['seq']}, expected {n} "
-                             "(a line was deleted, inserted or reordered)", code="AUDIT_SEQ_GAP")
+            raise AuditError(
+                f"line {n}: seq is {rec['seq']}, expected {n} "
+                "(a line was deleted, inserted or reordered)",
+                code="AUDIT_SEQ_GAP",
+            )
         if rec["prev"] != prev:
-            raise AuditError(f"line {n}: prev does not match the previous line's hash "
-                             "(an earlier line was edited, deleted or reordered)",
-                             code="AUDIT_CHAIN_BROKEN")
+            raise AuditError(
+                f"line {n}: prev does not match the previous line's hash "
+                "(an earlier line was edited, deleted or reordered)",
+                code="AUDIT_CHAIN_BROKEN",
+            )
         prev = hashlib.sha256(line).hexdigest()
         n += 1
     return ChainReport(entries=n, head=prev, torn_tail=torn)

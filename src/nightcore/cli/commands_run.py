@@ -19,11 +19,14 @@ def _ws(args: argparse.Namespace) -> Any:
 
 
 def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n = n / 1024  # type: ignore[assignment]
-    return str(n)
+    if n < 1024:
+        return f"{n} B"
+    size = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        size /= 1024
+        if size < 1024 or unit == "GiB":
+            break
+    return f"{size:.1f} {unit}"
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -42,7 +45,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         task = progress.add_task("running tenants", total=len(names))
 
         def progress_cb(_tr: TenantRun) -> None:
-            progress.advance(task)  # type: ignore[union-attr]
+            progress.advance(task)
 
         progress.start()
     try:
@@ -56,19 +59,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         rows = []
         for r in report.runs:
             ran = bool(r.run_id) and r.code not in ("CORDONED",) and r.audit_seq is not None
-            rows.append([
-                r.tenant, r.code,
-                "-" if r.exit_code is None else r.exit_code,
-                f"{r.fuel_used:,}" if ran else "-",
-                f"{r.wall_ms:.1f}" if ran else "-",
-                _fmt_bytes(r.memory_bytes) if ran else "-",
-                _fmt_bytes(r.output_bytes) if ran else "-",
-                r.key_id[:12] or "-",
-                r.reason or "",
-            ])
-        print_table("Night Core run", ["tenant", "verdict", "exit", "fuel", "wall ms",
-                                       "memory", "output", "key id", "detail"], rows,
-                    code_column=1)
+            rows.append(
+                [
+                    r.tenant,
+                    r.code,
+                    "-" if r.exit_code is None else r.exit_code,
+                    f"{r.fuel_used:,}" if ran else "-",
+                    f"{r.wall_ms:.1f}" if ran else "-",
+                    _fmt_bytes(r.memory_bytes) if ran else "-",
+                    _fmt_bytes(r.output_bytes) if ran else "-",
+                    r.key_id[:12] or "-",
+                    r.reason or "",
+                ]
+            )
+        print_table(
+            "Night Core run",
+            [
+                "tenant",
+                "verdict",
+                "exit",
+                "fuel",
+                "wall ms",
+                "memory",
+                "output",
+                "key id",
+                "detail",
+            ],
+            rows,
+            code_column=1,
+        )
         ok = sum(r.ok for r in report.runs)
         info(f"{ok}/{len(report.runs)} tenants OK")
     return 0 if report.ok else 1
@@ -103,10 +122,23 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     else:
-        print_table("Runs", ["run id", "tenant", "verdict", "exit", "fuel", "wall ms", "seq"],
-                    [[r["run_id"], r["tenant"], r["code"],
-                      "-" if r["exit_code"] is None else r["exit_code"], f"{r['fuel_used']:,}",
-                      f"{r['wall_ms']:.1f}", r["audit_seq"]] for r in rows], code_column=2)
+        print_table(
+            "Runs",
+            ["run id", "tenant", "verdict", "exit", "fuel", "wall ms", "seq"],
+            [
+                [
+                    r["run_id"],
+                    r["tenant"],
+                    r["code"],
+                    "-" if r["exit_code"] is None else r["exit_code"],
+                    f"{r['fuel_used']:,}",
+                    f"{r['wall_ms']:.1f}",
+                    r["audit_seq"],
+                ]
+                for r in rows
+            ],
+            code_column=2,
+        )
     return 0
 
 
@@ -127,8 +159,12 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
 
     sp = add("run", cmd_run, "verify, admit and run tenants in bounded sandboxes")
     sp.add_argument("tenants", nargs="*")
-    sp.add_argument("--parallel", type=int, default=None, help="worker threads (default: "
-                    "run.parallel in nightcore.toml)")
+    sp.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        help="worker threads (default: run.parallel in nightcore.toml)",
+    )
     sp = add("cordon", cmd_cordon, "stop a tenant from running (incident response)")
     sp.add_argument("tenant")
     sp.add_argument("--reason", required=True)

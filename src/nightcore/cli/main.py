@@ -51,8 +51,12 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     root = Path(args.dir or args.workspace or os.environ.get("NIGHTCORE_HOME") or ".")
     ws = api.init_workspace(root, name=args.name, fips=args.fips)
-    out = {"workspace": str(ws.root), "node_key_id": ws.node_key_id(),
-           "node_public_key": str(ws.node_pub_path), "fips": ws.policy.fips}
+    out = {
+        "workspace": str(ws.root),
+        "node_key_id": ws.node_key_id(),
+        "node_public_key": str(ws.node_pub_path),
+        "fips": ws.policy.fips,
+    }
     if args.json:
         print_json(out)
     else:
@@ -67,8 +71,13 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
     passphrase = passphrase_from_env_or_prompt(confirm=True)
     gen = api.keygen(args.name, Path(args.out), passphrase, fips=args.fips)
-    out = {"name": gen.name, "key_id": gen.key_id, "scheme": gen.scheme,
-           "private_key": str(gen.private_path), "public_key": str(gen.public_path)}
+    out = {
+        "name": gen.name,
+        "key_id": gen.key_id,
+        "scheme": gen.scheme,
+        "private_key": str(gen.private_path),
+        "public_key": str(gen.public_path),
+    }
     if args.json:
         print_json(out)
     else:
@@ -81,8 +90,12 @@ def cmd_sign(args: argparse.Namespace) -> int:
     from nightcore import api
 
     res = api.sign_tenant(Path(args.tenant_dir), args.key, fips=bool(args.fips))
-    out = {"tenant": res.tenant, "envelope": str(res.envelope_path), "key_id": res.key_id,
-           "module_sha256": res.module_sha256}
+    out = {
+        "tenant": res.tenant,
+        "envelope": str(res.envelope_path),
+        "key_id": res.key_id,
+        "module_sha256": res.module_sha256,
+    }
     if args.json:
         print_json(out)
     else:
@@ -94,9 +107,14 @@ def cmd_trust_add(args: argparse.Namespace) -> int:
     from nightcore import api
 
     ws = _ws(args)
-    tk = api.trust_add_key(ws, Path(args.pubkey), scope=args.scope, role=args.role,
-                           expires=_parse_time(args.expires) if args.expires else None,
-                           name=args.name)
+    tk = api.trust_add_key(
+        ws,
+        Path(args.pubkey),
+        scope=args.scope,
+        role=args.role,
+        expires=_parse_time(args.expires) if args.expires else None,
+        name=args.name,
+    )
     if args.json:
         print_json(tk.to_dict())
     else:
@@ -111,9 +129,21 @@ def cmd_trust_list(args: argparse.Namespace) -> int:
     if args.json:
         print_json([k.to_dict() for k in keys])
     else:
-        print_table("Trusted keys", ["key id", "name", "role", "scope", "scheme", "expires"],
-                    [[k.key_id[:16], k.name, k.role, k.scope, k.key.scheme,
-                      k.expires.isoformat() if k.expires else "-"] for k in keys])
+        print_table(
+            "Trusted keys",
+            ["key id", "name", "role", "scope", "scheme", "expires"],
+            [
+                [
+                    k.key_id[:16],
+                    k.name,
+                    k.role,
+                    k.scope,
+                    k.key.scheme,
+                    k.expires.isoformat() if k.expires else "-",
+                ]
+                for k in keys
+            ],
+        )
     return EXIT_OK
 
 
@@ -142,8 +172,9 @@ def cmd_trust_import(args: argparse.Namespace) -> int:
 def cmd_revoke(args: argparse.Namespace) -> int:
     from nightcore import api
 
-    rl = api.revoke(_ws(args), kind=args.kind, subject=args.subject, key=args.key,
-                    reason=args.reason)
+    rl = api.revoke(
+        _ws(args), kind=args.kind, subject=args.subject, key=args.key, reason=args.reason
+    )
     if args.json:
         print_json({"revoked": args.subject, "kind": args.kind, "list_version": rl.version})
     else:
@@ -158,9 +189,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print_json([d.to_dict() for d in decisions])
     else:
-        print_table("Verification", ["tenant", "verdict", "reason", "key id", "module sha256"],
-                    [[d.tenant, d.code, d.reason, d.key_id[:16], d.module_sha256[:16]]
-                     for d in decisions], code_column=1)
+        print_table(
+            "Verification",
+            ["tenant", "verdict", "reason", "key id", "module sha256"],
+            [[d.tenant, d.code, d.reason, d.key_id[:16], d.module_sha256[:16]] for d in decisions],
+            code_column=1,
+        )
     return EXIT_OK if decisions and all(d.ok for d in decisions) else EXIT_FAILED
 
 
@@ -189,8 +223,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     if args.json:
         print_json(checks)
     else:
-        print_table("Night Core doctor", ["check", "status", "detail"],
-                    [[c["check"], c["status"], c["detail"]] for c in checks], code_column=1)
+        print_table(
+            "Night Core doctor",
+            ["check", "status", "detail"],
+            [[c["check"], c["status"], c["detail"]] for c in checks],
+            code_column=1,
+        )
     return EXIT_OK if all(c["status"] in ("OK", "INFO") for c in checks) else EXIT_FAILED
 
 
@@ -199,22 +237,35 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
-                        help="machine-readable output")
-    common.add_argument("-w", "--workspace", default=argparse.SUPPRESS,
-                        help="workspace directory (default: $NIGHTCORE_HOME or .)")
-    common.add_argument("--fips", action="store_true", default=argparse.SUPPRESS,
-                        help="restrict keys and signatures to the FIPS allow-list")
+    common.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+    )
+    common.add_argument(
+        "-w",
+        "--workspace",
+        default=argparse.SUPPRESS,
+        help="workspace directory (default: $NIGHTCORE_HOME or .)",
+    )
+    common.add_argument(
+        "--fips",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="restrict keys and signatures to the FIPS allow-list",
+    )
 
-    p = _Parser(prog="nightcore", parents=[common],
-                description="Night Core: run signed WebAssembly tenants in bounded sandboxes, "
-                            "with tamper-evident evidence of every decision.")
+    p = _Parser(
+        prog="nightcore",
+        parents=[common],
+        description="Night Core: run signed WebAssembly tenants in bounded sandboxes, "
+        "with tamper-evident evidence of every decision.",
+    )
     p.add_argument("--version", action="version", version="nightcore 0.1.0")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def add(name: str, handler: Handler, help_: str, parent: Any = sub) -> argparse.ArgumentParser:
-        sp: argparse.ArgumentParser = parent.add_parser(name, help=help_, parents=[common],
-                                                        description=help_)
+        sp: argparse.ArgumentParser = parent.add_parser(
+            name, help=help_, parents=[common], description=help_
+        )
         sp.set_defaults(handler=handler)
         return sp
 
@@ -241,8 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("list", cmd_trust_list, "list trusted keys", tsub)
     sp = add("remove", cmd_trust_remove, "stop trusting a key", tsub)
     sp.add_argument("key_id", help="key id or a unique prefix of at least 8 hex characters")
-    sp = add("import-revocations", cmd_trust_import,
-             "accept a newer signed revocation list from a file", tsub)
+    sp = add(
+        "import-revocations",
+        cmd_trust_import,
+        "accept a newer signed revocation list from a file",
+        tsub,
+    )
     sp.add_argument("file")
 
     sp = add("revoke", cmd_revoke, "revoke a key id or a module digest (maintainer-signed)")

@@ -23,16 +23,21 @@ def print_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]],
-                code_column: int | None = None) -> None:
+def print_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    code_column: int | None = None,
+) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     table = Table(title=title, title_justify="left", header_style="bold")
+    last = len(columns) - 1
     for i, c in enumerate(columns):
-        # Codes are identifiers people grep for: never wrap them.
-        table.add_column(c, overflow="fold", no_wrap=i == code_column)
+        # Only the last (free-text) column wraps: codes and numbers are what people grep for.
+        table.add_column(c, overflow="fold", no_wrap=i != last)
     for row in rows:
         # rich.Text, not markup strings: a tenant-controlled "[red]" must print literally.
         cells = []
@@ -43,7 +48,9 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[obje
                 style = "green" if text == "OK" else "bold red"
             cells.append(Text(text, style=style))
         table.add_row(*cells)
-    Console(highlight=False, soft_wrap=False).print(table)
+    # Piped output (CI logs, files) gets a fixed width instead of rich's 80-column default.
+    width = None if sys.stdout.isatty() else 160
+    Console(highlight=False, soft_wrap=False, width=width).print(table)
 
 
 def error(code: str, message: str) -> None:

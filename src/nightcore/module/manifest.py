@@ -164,8 +164,18 @@ def parse_time(value: object, name: str) -> dt.datetime:
 
 
 _TOP_FIELDS = {
-    "schema", "tenant", "version", "entrypoint", "args", "description", "not_before",
-    "expires", "deterministic", "abi", "capabilities", "limits",
+    "schema",
+    "tenant",
+    "version",
+    "entrypoint",
+    "args",
+    "description",
+    "not_before",
+    "expires",
+    "deterministic",
+    "abi",
+    "capabilities",
+    "limits",
 }
 _REQUIRED = {"schema", "tenant", "version"}
 

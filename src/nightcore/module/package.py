@@ -42,15 +42,20 @@ def read_capped(path: Path, cap: int, what: str) -> bytes:
         raise PackageError(f"{what} is missing", code="PACKAGE_INVALID") from None
     except OSError as exc:
         # ELOOP: the final component is a symlink.
-        raise PackageError(f"{what} cannot be opened safely ({exc.strerror}); symlinks are "
-                           "not allowed in tenant packages", code="PACKAGE_INVALID") from None
+        raise PackageError(
+            f"{what} cannot be opened safely ({exc.strerror}); symlinks are "
+            "not allowed in tenant packages",
+            code="PACKAGE_INVALID",
+        ) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise PackageError(f"{what} is not a regular file", code="PACKAGE_INVALID")
         if st.st_size > cap:
-            raise PackageError(f"{what} is {st.st_size} bytes, above the {cap}-byte limit",
-                               code="PACKAGE_TOO_LARGE")
+            raise PackageError(
+                f"{what} is {st.st_size} bytes, above the {cap}-byte limit",
+                code="PACKAGE_TOO_LARGE",
+            )
         chunks: list[bytes] = []
         total = 0
         while True:
@@ -60,8 +65,10 @@ def read_capped(path: Path, cap: int, what: str) -> bytes:
             chunks.append(chunk)
             total += len(chunk)
             if total > cap:
-                raise PackageError(f"{what} grew beyond the {cap}-byte limit while reading",
-                                   code="PACKAGE_TOO_LARGE")
+                raise PackageError(
+                    f"{what} grew beyond the {cap}-byte limit while reading",
+                    code="PACKAGE_TOO_LARGE",
+                )
         return b"".join(chunks)
     finally:
         os.close(fd)
@@ -70,8 +77,8 @@ def read_capped(path: Path, cap: int, what: str) -> bytes:
 def check_tenant_dir_name(name: str) -> None:
     if not TENANT_ID_RE.fullmatch(name):
         raise PackageError(
-            "tenant directory name must match [a-z0-9][a-z0-9._-]{0,62}",
-            code="TENANT_NAME_INVALID")
+            "tenant directory name must match [a-z0-9][a-z0-9._-]{0,62}", code="TENANT_NAME_INVALID"
+        )
 
 
 def read_package(tenant_dir: Path, *, need_envelope: bool = True) -> TenantPackage:
@@ -82,13 +89,15 @@ def read_package(tenant_dir: Path, *, need_envelope: bool = True) -> TenantPacka
     except FileNotFoundError:
         raise PackageError(f"tenant {name} not found", code="TENANT_NOT_FOUND") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise PackageError(f"tenant {name} is not a directory (symlinks are refused)",
-                           code="PACKAGE_INVALID")
+        raise PackageError(
+            f"tenant {name} is not a directory (symlinks are refused)", code="PACKAGE_INVALID"
+        )
     module = read_capped(tenant_dir / MODULE_FILE, MAX_MODULE_BYTES, f"{name}/{MODULE_FILE}")
     manifest: bytes | None
     try:
-        manifest = read_capped(tenant_dir / MANIFEST_FILE, MAX_MANIFEST_BYTES,
-                               f"{name}/{MANIFEST_FILE}")
+        manifest = read_capped(
+            tenant_dir / MANIFEST_FILE, MAX_MANIFEST_BYTES, f"{name}/{MANIFEST_FILE}"
+        )
     except PackageError as exc:
         if exc.code == "PACKAGE_TOO_LARGE":
             raise PackageError(exc.message, code="MANIFEST_INVALID") from None
@@ -104,11 +113,13 @@ def read_package(tenant_dir: Path, *, need_envelope: bool = True) -> TenantPacka
             if exc.code == "PACKAGE_TOO_LARGE":
                 raise PackageError(exc.message, code="ENVELOPE_MALFORMED") from None
             if exc.message.endswith("is missing"):
-                raise PackageError(f"{name} is not signed ({ENVELOPE_FILE} is missing)",
-                                   code="ENVELOPE_MALFORMED") from None
+                raise PackageError(
+                    f"{name} is not signed ({ENVELOPE_FILE} is missing)", code="ENVELOPE_MALFORMED"
+                ) from None
             raise
-    return TenantPackage(name=name, path=tenant_dir, module=module, envelope=envelope,
-                         manifest=manifest)
+    return TenantPackage(
+        name=name, path=tenant_dir, module=module, envelope=envelope, manifest=manifest
+    )
 
 
 def discover(modules_dir: Path) -> list[str]:
@@ -116,6 +127,8 @@ def discover(modules_dir: Path) -> list[str]:
     they are reported rather than silently skipped."""
     if not modules_dir.is_dir():
         return []
-    return sorted(e.name for e in os.scandir(modules_dir)
-                  if not e.name.startswith(".") and (e.is_dir(follow_symlinks=False)
-                                                     or e.is_symlink()))
+    return sorted(
+        e.name
+        for e in os.scandir(modules_dir)
+        if not e.name.startswith(".") and (e.is_dir(follow_symlinks=False) or e.is_symlink())
+    )

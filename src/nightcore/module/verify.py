@@ -69,8 +69,14 @@ class Decision:
         return self.code == "OK"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tenant": self.tenant, "ok": self.ok, "code": self.code, "reason": self.reason,
-                "key_id": self.key_id, "module_sha256": self.module_sha256}
+        return {
+            "tenant": self.tenant,
+            "ok": self.ok,
+            "code": self.code,
+            "reason": self.reason,
+            "key_id": self.key_id,
+            "module_sha256": self.module_sha256,
+        }
 
 
 class _Deny(Exception):
@@ -101,19 +107,36 @@ def policy_violations(m: Manifest, policy: Policy) -> list[str]:
     return out
 
 
-def decide(pkg: TenantPackage, registry: Registry, revocations: RevocationList,
-           policy: Policy, now: dt.datetime) -> Decision:
+def decide(
+    pkg: TenantPackage,
+    registry: Registry,
+    revocations: RevocationList,
+    policy: Policy,
+    now: dt.datetime,
+) -> Decision:
     module_sha = hashlib.sha256(pkg.module).hexdigest()
     env_sha = hashlib.sha256(pkg.envelope or b"").hexdigest()
     key_id = ""
     try:
         key_id, manifest = _decide(pkg, module_sha, registry, revocations, policy, now)
     except _Deny as d:
-        return Decision(pkg.name, d.code, d.reason, key_id=getattr(d, "key_id", key_id),
-                        module_sha256=module_sha, envelope_sha256=env_sha)
-    return Decision(pkg.name, "OK", "signature, digest, manifest and policy verified",
-                    key_id=key_id, module_sha256=module_sha, manifest=manifest,
-                    envelope_sha256=env_sha)
+        return Decision(
+            pkg.name,
+            d.code,
+            d.reason,
+            key_id=getattr(d, "key_id", key_id),
+            module_sha256=module_sha,
+            envelope_sha256=env_sha,
+        )
+    return Decision(
+        pkg.name,
+        "OK",
+        "signature, digest, manifest and policy verified",
+        key_id=key_id,
+        module_sha256=module_sha,
+        manifest=manifest,
+        envelope_sha256=env_sha,
+    )
 
 
 def _deny(code: str, reason: str, key_id: str = "") -> _Deny:
@@ -122,9 +145,14 @@ def _deny(code: str, reason: str, key_id: str = "") -> _Deny:
     return d
 
 
-def _decide(pkg: TenantPackage, module_sha: str, registry: Registry,
-            revocations: RevocationList, policy: Policy,
-            now: dt.datetime) -> tuple[str, Manifest]:
+def _decide(
+    pkg: TenantPackage,
+    module_sha: str,
+    registry: Registry,
+    revocations: RevocationList,
+    policy: Policy,
+    now: dt.datetime,
+) -> tuple[str, Manifest]:
     if pkg.envelope is None:
         raise _deny("ENVELOPE_MALFORMED", "module is not signed (no envelope)")
     try:
@@ -139,48 +167,67 @@ def _decide(pkg: TenantPackage, module_sha: str, registry: Registry,
     schemes = allowed_schemes(policy.fips)
     usable = [tk for tk in trusted if tk.key.scheme in schemes]
     if not usable:
-        raise _deny("ALGORITHM_NOT_ALLOWED",
-                    f"signing scheme {trusted[0].key.scheme} is not allowed"
-                    f"{' in FIPS mode' if policy.fips else ''}", trusted[0].key_id)
+        raise _deny(
+            "ALGORITHM_NOT_ALLOWED",
+            f"signing scheme {trusted[0].key.scheme} is not allowed"
+            f"{' in FIPS mode' if policy.fips else ''}",
+            trusted[0].key_id,
+        )
     signer = next((tk for tk in usable if verify_signature(env, tk.key)), None)
     if signer is None:
-        raise _deny("SIGNATURE_INVALID", "signature does not verify over the envelope payload",
-                    usable[0].key_id)
+        raise _deny(
+            "SIGNATURE_INVALID",
+            "signature does not verify over the envelope payload",
+            usable[0].key_id,
+        )
     kid = signer.key_id
     if (rev := revocations.key_revoked(kid)) is not None:
         raise _deny("KEY_REVOKED", f"signing key is revoked: {rev.reason}", kid)
     if signer.expires is not None and now >= signer.expires:
-        raise _deny("KEY_EXPIRED", f"signing key expired at {signer.expires:%Y-%m-%dT%H:%M:%SZ}",
-                    kid)
+        raise _deny(
+            "KEY_EXPIRED", f"signing key expired at {signer.expires:%Y-%m-%dT%H:%M:%SZ}", kid
+        )
     if signer.role != "publisher":
         raise _deny("KEY_UNTRUSTED", f"key role {signer.role} may not sign tenant modules", kid)
 
     try:
-        stmt = parse_json(env.payload, max_bytes=MAX_ENVELOPE_BYTES, what="statement",
-                          code="MANIFEST_INVALID")
+        stmt = parse_json(
+            env.payload, max_bytes=MAX_ENVELOPE_BYTES, what="statement", code="MANIFEST_INVALID"
+        )
     except NightCoreError as exc:
         raise _deny("MANIFEST_INVALID", exc.message, kid) from None
-    if (not isinstance(stmt, dict)
-            or set(stmt) != {"_type", "subject", "predicateType", "predicate"}
-            or stmt["_type"] != STATEMENT_TYPE
-            or stmt["predicateType"] != MANIFEST_PREDICATE_TYPE):
+    if (
+        not isinstance(stmt, dict)
+        or set(stmt) != {"_type", "subject", "predicateType", "predicate"}
+        or stmt["_type"] != STATEMENT_TYPE
+        or stmt["predicateType"] != MANIFEST_PREDICATE_TYPE
+    ):
         raise _deny("MANIFEST_INVALID", "payload is not a Night Core manifest statement", kid)
     subjects = stmt["subject"]
-    if (not isinstance(subjects, list) or len(subjects) != 1 or not isinstance(subjects[0], dict)
-            or not isinstance(subjects[0].get("digest"), dict)
-            or not isinstance(subjects[0]["digest"].get("sha256"), str)):
-        raise _deny("MANIFEST_INVALID", "statement must have one subject with a sha256 digest",
-                    kid)
+    if (
+        not isinstance(subjects, list)
+        or len(subjects) != 1
+        or not isinstance(subjects[0], dict)
+        or not isinstance(subjects[0].get("digest"), dict)
+        or not isinstance(subjects[0]["digest"].get("sha256"), str)
+    ):
+        raise _deny("MANIFEST_INVALID", "statement must have one subject with a sha256 digest", kid)
     try:
         manifest = manifest_from_dict(stmt["predicate"])
     except NightCoreError as exc:
         raise _deny("MANIFEST_INVALID", f"signed manifest: {exc.message}", kid) from None
     if manifest.tenant != pkg.name:
-        raise _deny("MANIFEST_MISMATCH",
-                    f"signed for tenant {manifest.tenant!r}, found in directory {pkg.name!r}", kid)
+        raise _deny(
+            "MANIFEST_MISMATCH",
+            f"signed for tenant {manifest.tenant!r}, found in directory {pkg.name!r}",
+            kid,
+        )
     if not signer.in_scope(manifest.tenant):
-        raise _deny("KEY_OUT_OF_SCOPE",
-                    f"key scope {signer.scope!r} does not cover tenant {manifest.tenant!r}", kid)
+        raise _deny(
+            "KEY_OUT_OF_SCOPE",
+            f"key scope {signer.scope!r} does not cover tenant {manifest.tenant!r}",
+            kid,
+        )
     if subjects[0]["digest"]["sha256"] != module_sha:
         raise _deny("DIGEST_MISMATCH", "module.wasm does not match the signed digest", kid)
     if (rev := revocations.module_revoked(module_sha)) is not None:
@@ -188,20 +235,26 @@ def _decide(pkg: TenantPackage, module_sha: str, registry: Registry,
     if not pkg.module.startswith(WASM_HEADER):
         raise _deny("MODULE_MALFORMED", "module.wasm is not a WebAssembly core module", kid)
     if manifest.not_before is not None and now < manifest.not_before:
-        raise _deny("MANIFEST_NOT_YET_VALID",
-                    f"manifest is valid from {manifest.not_before:%Y-%m-%dT%H:%M:%SZ}", kid)
+        raise _deny(
+            "MANIFEST_NOT_YET_VALID",
+            f"manifest is valid from {manifest.not_before:%Y-%m-%dT%H:%M:%SZ}",
+            kid,
+        )
     if manifest.expires is not None and now >= manifest.expires:
-        raise _deny("MANIFEST_EXPIRED",
-                    f"manifest expired at {manifest.expires:%Y-%m-%dT%H:%M:%SZ}", kid)
+        raise _deny(
+            "MANIFEST_EXPIRED", f"manifest expired at {manifest.expires:%Y-%m-%dT%H:%M:%SZ}", kid
+        )
     if pkg.manifest is not None:
         try:
             on_disk = parse_manifest_toml(pkg.manifest)
         except NightCoreError as exc:
             raise _deny("MANIFEST_INVALID", f"manifest.toml: {exc.message}", kid) from None
         if on_disk != manifest:
-            raise _deny("MANIFEST_MISMATCH",
-                        "manifest.toml differs from the signed manifest (re-sign or restore it)",
-                        kid)
+            raise _deny(
+                "MANIFEST_MISMATCH",
+                "manifest.toml differs from the signed manifest (re-sign or restore it)",
+                kid,
+            )
     problems = policy_violations(manifest, policy)
     if problems:
         raise _deny("CAPABILITY_DENIED", problems[0], kid)

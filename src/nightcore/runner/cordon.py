@@ -11,7 +11,7 @@ import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from pathlib import Path
 
 from nightcore.canonical import canonical, parse_json
 from nightcore.errors import NightCoreError, StateError
@@ -21,7 +21,7 @@ from nightcore.workspace import Workspace, atomic_write
 MAX_REASON = 512
 
 
-def _path(ws: Workspace) -> Any:
+def _path(ws: Workspace) -> Path:
     return ws.state_dir / "cordons.json"
 
 

@@ -52,11 +52,19 @@ class TenantRun:
         return self.code == "OK"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"tenant": self.tenant, "code": self.code, "reason": self.reason,
-                "exit_code": self.exit_code, "fuel_used": self.fuel_used,
-                "wall_ms": self.wall_ms, "memory_bytes": self.memory_bytes,
-                "output_bytes": self.output_bytes, "key_id": self.key_id,
-                "module_sha256": self.module_sha256, "run_id": self.run_id}
+        return {
+            "tenant": self.tenant,
+            "code": self.code,
+            "reason": self.reason,
+            "exit_code": self.exit_code,
+            "fuel_used": self.fuel_used,
+            "wall_ms": self.wall_ms,
+            "memory_bytes": self.memory_bytes,
+            "output_bytes": self.output_bytes,
+            "key_id": self.key_id,
+            "module_sha256": self.module_sha256,
+            "run_id": self.run_id,
+        }
 
 
 def effective_limits(m: Manifest, policy: Policy) -> EffectiveLimits:
@@ -83,13 +91,16 @@ def prepare_preopens(ws: Workspace, m: Manifest) -> tuple[Preopen, ...]:
         for part in grant.path.split("/"):
             path = path / part
             if path.is_symlink():
-                raise NightCoreError(f"preopen {grant.path!r} crosses a symlink in the data root",
-                                     code="PREOPEN_INVALID")
+                raise NightCoreError(
+                    f"preopen {grant.path!r} crosses a symlink in the data root",
+                    code="PREOPEN_INVALID",
+                )
             path.mkdir(exist_ok=True)
         real = path.resolve()
         if not real.is_relative_to(root.resolve()):
-            raise NightCoreError(f"preopen {grant.path!r} resolves outside the data root",
-                                 code="PREOPEN_INVALID")
+            raise NightCoreError(
+                f"preopen {grant.path!r} resolves outside the data root", code="PREOPEN_INVALID"
+            )
         out.append(Preopen(host_dir=real, guest_path=grant.path, writable=grant.mode == "rw"))
     return tuple(out)
 
@@ -134,8 +145,9 @@ class Runner:
                 from nightcore.sandbox.engine import Sandbox
 
                 secret = (self.ws.root / "private" / "cache.secret").read_bytes()
-                self._sandbox = Sandbox(self.ws.state_dir / "cache", secret,
-                                        on_event=self._on_sandbox_event)
+                self._sandbox = Sandbox(
+                    self.ws.state_dir / "cache", secret, on_event=self._on_sandbox_event
+                )
             return self._sandbox
 
     def close(self) -> None:
@@ -145,11 +157,19 @@ class Runner:
 
     def _on_sandbox_event(self, event: str, data: dict[str, object]) -> None:
         tenant = data.get("tenant")
-        self.ws.audit().append(event, {k: v for k, v in data.items() if k != "tenant"},
-                               tenant if isinstance(tenant, str) else None)
+        self.ws.audit().append(
+            event,
+            {k: v for k, v in data.items() if k != "tenant"},
+            tenant if isinstance(tenant, str) else None,
+        )
 
-    def run(self, tenants: list[str] | None = None, *, parallel: int | None = None,
-            progress: ProgressFn | None = None) -> RunReport:
+    def run(
+        self,
+        tenants: list[str] | None = None,
+        *,
+        parallel: int | None = None,
+        progress: ProgressFn | None = None,
+    ) -> RunReport:
         from nightcore import api
         from nightcore.module.package import check_tenant_dir_name
         from nightcore.runner.cordon import load_cordons
@@ -171,8 +191,13 @@ class Runner:
             except NightCoreError:
                 tenant = None
             data = api.decision_event(d)
-            tr = TenantRun(tenant=d.tenant, code=d.code, reason=d.reason, key_id=d.key_id,
-                           module_sha256=d.module_sha256)
+            tr = TenantRun(
+                tenant=d.tenant,
+                code=d.code,
+                reason=d.reason,
+                key_id=d.key_id,
+                module_sha256=d.module_sha256,
+            )
             results[d.tenant] = tr
             if not d.ok or d.manifest is None:
                 if tenant is None:
@@ -181,30 +206,55 @@ class Runner:
                 continue
             if d.tenant in cordons:
                 tr.code, tr.reason = "CORDONED", f"cordoned: {cordons[d.tenant].get('reason', '')}"
-                events.append(Event("admission_denied", {**data, "code": "CORDONED",
-                                                         "reason": tr.reason}, d.tenant))
+                events.append(
+                    Event(
+                        "admission_denied",
+                        {**data, "code": "CORDONED", "reason": tr.reason},
+                        d.tenant,
+                    )
+                )
                 continue
             m = d.manifest
             try:
                 preopens = prepare_preopens(ws, m)
             except NightCoreError as exc:
                 tr.code, tr.reason = exc.code, exc.message
-                events.append(Event("admission_denied", {**data, "code": exc.code,
-                                                         "reason": exc.message}, d.tenant))
+                events.append(
+                    Event(
+                        "admission_denied",
+                        {**data, "code": exc.code, "reason": exc.message},
+                        d.tenant,
+                    )
+                )
                 continue
             limits = effective_limits(m, ws.policy)
             tr.limits = limits.to_dict()
             tr.run_id = new_run_id(d.tenant)
             cfg = RunConfig(
-                tenant=d.tenant, module_sha256=d.module_sha256, entrypoint=m.entrypoint,
-                argv=(d.tenant, *m.args), env=m.capabilities.env, preopens=preopens,
-                limits=limits, deterministic=m.deterministic,
-                seed=secrets.randbits(63) if m.deterministic else 0)
-            events.append(Event("admit", {**data, "run_id": tr.run_id,
-                                          "limits": limits.to_dict(),
-                                          "capabilities": m.capabilities.to_dict(),
-                                          "deterministic": m.deterministic,
-                                          "seed": cfg.seed}, d.tenant))
+                tenant=d.tenant,
+                module_sha256=d.module_sha256,
+                entrypoint=m.entrypoint,
+                argv=(d.tenant, *m.args),
+                env=m.capabilities.env,
+                preopens=preopens,
+                limits=limits,
+                deterministic=m.deterministic,
+                seed=secrets.randbits(63) if m.deterministic else 0,
+            )
+            events.append(
+                Event(
+                    "admit",
+                    {
+                        **data,
+                        "run_id": tr.run_id,
+                        "limits": limits.to_dict(),
+                        "capabilities": m.capabilities.to_dict(),
+                        "deterministic": m.deterministic,
+                        "seed": cfg.seed,
+                    },
+                    d.tenant,
+                )
+            )
             admitted.append((tr, cfg, v.module))
         audit.append_many(events)
         for tr in results.values():
@@ -227,19 +277,20 @@ class Runner:
                 for item in admitted:
                     one(item)
             else:
-                with ThreadPoolExecutor(max_workers=workers,
-                                        thread_name_prefix="nightcore-run") as pool:
+                with ThreadPoolExecutor(
+                    max_workers=workers, thread_name_prefix="nightcore-run"
+                ) as pool:
                     list(pool.map(one, admitted))
 
         self._index([r for r in results.values() if r.audit_seq is not None])
         return RunReport([results[n] for n in names])
 
-    def _execute(self, sandbox: Sandbox, tr: TenantRun, cfg: RunConfig,
-                 module: bytes) -> TenantRun:
+    def _execute(self, sandbox: Sandbox, tr: TenantRun, cfg: RunConfig, module: bytes) -> TenantRun:
         ws = self.ws
         audit = ws.audit()
-        audit.append("run_start", {"run_id": tr.run_id, "module_sha256": cfg.module_sha256},
-                     cfg.tenant)
+        audit.append(
+            "run_start", {"run_id": tr.run_id, "module_sha256": cfg.module_sha256}, cfg.tenant
+        )
         result: RunResult = sandbox.run(module, cfg)
         run_dir = ws.state_dir / "runs" / tr.run_id
         run_dir.mkdir(parents=True)
@@ -253,15 +304,27 @@ class Runner:
         tr.memory_bytes = result.memory_bytes
         tr.output_bytes = result.output_bytes
         tr.cache = result.cache
-        entry = audit.append("run_outcome", {
-            "run_id": tr.run_id, "code": result.code, "detail": result.detail[:500],
-            "exit_code": result.exit_code, "fuel_used": result.fuel_used,
-            "wall_ms": tr.wall_ms, "memory_bytes": result.memory_bytes,
-            "output_bytes": result.output_bytes, "output_truncated": result.output_truncated,
-            "stdout_sha256": hashlib.sha256(result.stdout).hexdigest(),
-            "stderr_sha256": hashlib.sha256(result.stderr).hexdigest(),
-            "key_id": tr.key_id, "module_sha256": cfg.module_sha256,
-            "limits": cfg.limits.to_dict(), "cache": result.cache}, cfg.tenant)
+        entry = audit.append(
+            "run_outcome",
+            {
+                "run_id": tr.run_id,
+                "code": result.code,
+                "detail": result.detail[:500],
+                "exit_code": result.exit_code,
+                "fuel_used": result.fuel_used,
+                "wall_ms": tr.wall_ms,
+                "memory_bytes": result.memory_bytes,
+                "output_bytes": result.output_bytes,
+                "output_truncated": result.output_truncated,
+                "stdout_sha256": hashlib.sha256(result.stdout).hexdigest(),
+                "stderr_sha256": hashlib.sha256(result.stderr).hexdigest(),
+                "key_id": tr.key_id,
+                "module_sha256": cfg.module_sha256,
+                "limits": cfg.limits.to_dict(),
+                "cache": result.cache,
+            },
+            cfg.tenant,
+        )
         tr.audit_seq = entry.seq
         tr.ts = str(entry.record["ts"])
         return tr
@@ -272,15 +335,31 @@ class Runner:
         if not runs:
             return
         RunIndex(self.ws.state_dir / "nightcore.db").add(
-            {"run_id": r.run_id, "tenant": r.tenant, "code": r.code, "exit_code": r.exit_code,
-             "fuel_used": r.fuel_used, "wall_ms": r.wall_ms, "memory_bytes": r.memory_bytes,
-             "output_bytes": r.output_bytes, "key_id": r.key_id,
-             "module_sha256": r.module_sha256, "ts": r.ts, "audit_seq": r.audit_seq}
-            for r in runs)
+            {
+                "run_id": r.run_id,
+                "tenant": r.tenant,
+                "code": r.code,
+                "exit_code": r.exit_code,
+                "fuel_used": r.fuel_used,
+                "wall_ms": r.wall_ms,
+                "memory_bytes": r.memory_bytes,
+                "output_bytes": r.output_bytes,
+                "key_id": r.key_id,
+                "module_sha256": r.module_sha256,
+                "ts": r.ts,
+                "audit_seq": r.audit_seq,
+            }
+            for r in runs
+        )
 
 
-def run_tenants(ws: Workspace, tenants: list[str] | None = None, *,
-                parallel: int | None = None, progress: ProgressFn | None = None) -> RunReport:
+def run_tenants(
+    ws: Workspace,
+    tenants: list[str] | None = None,
+    *,
+    parallel: int | None = None,
+    progress: ProgressFn | None = None,
+) -> RunReport:
     runner = Runner(ws)
     try:
         return runner.run(tenants, parallel=parallel, progress=progress)
@@ -298,8 +377,7 @@ def rebuild_index(ws: Workspace) -> int:
     return RunIndex(ws.state_dir / "nightcore.db").rebuild(rows)
 
 
-def query_runs(ws: Workspace, tenant: str | None = None, limit: int = 100
-               ) -> list[dict[str, Any]]:
+def query_runs(ws: Workspace, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     from nightcore.store.index import RunIndex
 
     return RunIndex(ws.state_dir / "nightcore.db").query(tenant, limit)

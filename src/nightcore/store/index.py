@@ -30,8 +30,20 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE INDEX IF NOT EXISTS runs_tenant ON runs (tenant, ts);
 """
 
-COLUMNS = ("run_id", "tenant", "code", "exit_code", "fuel_used", "wall_ms", "memory_bytes",
-           "output_bytes", "key_id", "module_sha256", "ts", "audit_seq")
+COLUMNS = (
+    "run_id",
+    "tenant",
+    "code",
+    "exit_code",
+    "fuel_used",
+    "wall_ms",
+    "memory_bytes",
+    "output_bytes",
+    "key_id",
+    "module_sha256",
+    "ts",
+    "audit_seq",
+)
 
 
 class RunIndex:
@@ -54,12 +66,13 @@ class RunIndex:
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
         with self._connect() as conn:
             conn.executemany(
-                f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) "
+                f"INSERT OR REPLACE INTO runs ({', '.join(COLUMNS)}) "  # noqa: S608 - constants
                 f"VALUES ({', '.join('?' for _ in COLUMNS)})",
-                [tuple(r[c] for c in COLUMNS) for r in rows])
+                [tuple(r[c] for c in COLUMNS) for r in rows],
+            )
 
     def query(self, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        sql = f"SELECT {', '.join(COLUMNS)} FROM runs"
+        sql = f"SELECT {', '.join(COLUMNS)} FROM runs"  # noqa: S608 - constant columns
         params: list[Any] = []
         if tenant:
             sql += " WHERE tenant = ?"
@@ -89,9 +102,17 @@ def row_from_outcome(record: dict[str, Any]) -> dict[str, Any] | None:
     if record.get("event") != "run_outcome":
         return None
     d = record["data"]
-    return {"run_id": d["run_id"], "tenant": record.get("tenant", ""), "code": d["code"],
-            "exit_code": d.get("exit_code"), "fuel_used": d["fuel_used"],
-            "wall_ms": d["wall_ms"], "memory_bytes": d["memory_bytes"],
-            "output_bytes": d["output_bytes"], "key_id": d["key_id"],
-            "module_sha256": d["module_sha256"], "ts": record["ts"],
-            "audit_seq": record["seq"]}
+    return {
+        "run_id": d["run_id"],
+        "tenant": record.get("tenant", ""),
+        "code": d["code"],
+        "exit_code": d.get("exit_code"),
+        "fuel_used": d["fuel_used"],
+        "wall_ms": d["wall_ms"],
+        "memory_bytes": d["memory_bytes"],
+        "output_bytes": d["output_bytes"],
+        "key_id": d["key_id"],
+        "module_sha256": d["module_sha256"],
+        "ts": record["ts"],
+        "audit_seq": record["seq"],
+    }

@@ -53,21 +53,26 @@ def _b64(value: object, what: str) -> bytes:
 
 def parse_envelope(data: bytes, *, payload_type: str = PAYLOAD_TYPE_INTOTO) -> ParsedEnvelope:
     try:
-        doc = parse_json(data, max_bytes=MAX_ENVELOPE_BYTES, what="envelope",
-                         code="ENVELOPE_MALFORMED")
+        doc = parse_json(
+            data, max_bytes=MAX_ENVELOPE_BYTES, what="envelope", code="ENVELOPE_MALFORMED"
+        )
     except NightCoreError as exc:
         raise TrustError(exc.message, code="ENVELOPE_MALFORMED") from None
     if not isinstance(doc, dict) or set(doc) != {"payload", "payloadType", "signatures"}:
-        raise TrustError("envelope must have exactly payload, payloadType, signatures",
-                         code="ENVELOPE_MALFORMED")
+        raise TrustError(
+            "envelope must have exactly payload, payloadType, signatures", code="ENVELOPE_MALFORMED"
+        )
     if doc["payloadType"] != payload_type:
-        raise TrustError(f"envelope payloadType is {str(doc['payloadType'])[:80]!r}, "
-                         f"expected {payload_type}", code="ENVELOPE_MALFORMED")
+        raise TrustError(
+            f"envelope payloadType is {str(doc['payloadType'])[:80]!r}, expected {payload_type}",
+            code="ENVELOPE_MALFORMED",
+        )
     payload = _b64(doc["payload"], "payload")
     sigs = doc["signatures"]
     if not isinstance(sigs, list) or not 1 <= len(sigs) <= MAX_SIGNATURES:
-        raise TrustError(f"envelope needs 1..{MAX_SIGNATURES} signatures",
-                         code="ENVELOPE_MALFORMED")
+        raise TrustError(
+            f"envelope needs 1..{MAX_SIGNATURES} signatures", code="ENVELOPE_MALFORMED"
+        )
     out: list[RawSignature] = []
     for s in sigs:
         if not isinstance(s, dict) or not set(s) <= {"keyid", "sig"} or "sig" not in s:
@@ -79,8 +84,9 @@ def parse_envelope(data: bytes, *, payload_type: str = PAYLOAD_TYPE_INTOTO) -> P
     return ParsedEnvelope(payload_type, payload, tuple(out))
 
 
-def sign_payload(payload: bytes, signers: list[Signer],
-                 payload_type: str = PAYLOAD_TYPE_INTOTO) -> bytes:
+def sign_payload(
+    payload: bytes, signers: list[Signer], payload_type: str = PAYLOAD_TYPE_INTOTO
+) -> bytes:
     """Return envelope JSON bytes (canonical) signed by every signer."""
     from securesystemslib.dsse import Envelope
 
@@ -112,8 +118,9 @@ def verified_key_ids(env: ParsedEnvelope, keys: list[SSlibKey]) -> set[str]:
     return {k.keyid for k in keys if verify_signature(env, k)}
 
 
-def make_statement(subjects: list[tuple[str, str]], predicate_type: str,
-                   predicate: dict[str, Any]) -> dict[str, Any]:
+def make_statement(
+    subjects: list[tuple[str, str]], predicate_type: str, predicate: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": n, "digest": {"sha256": d}} for n, d in subjects],

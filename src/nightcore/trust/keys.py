@@ -25,7 +25,7 @@ from nightcore.errors import KeyError_, TrustError
 if TYPE_CHECKING:
     from securesystemslib.signer import SecretsHandler, Signer, SSlibKey
 
-PASSPHRASE_ENV = "NIGHTCORE_KEY_PASSPHRASE"
+PASSPHRASE_ENV = "NIGHTCORE_KEY_PASSPHRASE"  # noqa: S105 - a variable name
 URI_SCHEME = "nightcore-key"
 KEY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MAX_KEY_FILE = 64 * 1024
@@ -45,8 +45,9 @@ def allowed_schemes(fips: bool) -> frozenset[str]:
 def check_scheme(scheme: str, fips: bool) -> None:
     if scheme not in allowed_schemes(fips):
         mode = "FIPS mode" if fips else "this node"
-        raise TrustError(f"signature scheme {scheme} is not allowed in {mode}",
-                         code="ALGORITHM_NOT_ALLOWED")
+        raise TrustError(
+            f"signature scheme {scheme} is not allowed in {mode}", code="ALGORITHM_NOT_ALLOWED"
+        )
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,9 @@ def _write_exclusive(path: Path, data: bytes, mode: int) -> None:
     try:
         fd = os.open(path, flags, mode)
     except FileExistsError:
-        raise KeyError_(f"{path} already exists; refusing to overwrite a key",
-                        code="KEY_EXISTS") from None
+        raise KeyError_(
+            f"{path} already exists; refusing to overwrite a key", code="KEY_EXISTS"
+        ) from None
     try:
         os.write(fd, data)
         os.fsync(fd)
@@ -91,17 +93,23 @@ def generate_key(name: str, out_dir: Path, passphrase: bytes | None, *, fips: bo
     priv_path = out_dir / f"{name}.key"
     pub_path = out_dir / f"{name}.pub.pem"
     if pub_path.exists() or pub_path.is_symlink():
-        raise KeyError_(f"{pub_path} already exists; refusing to overwrite a key", code="KEY_EXISTS")
-    private: Any = ec.generate_private_key(ec.SECP256R1()) if fips else (
-        ed25519.Ed25519PrivateKey.generate())
+        raise KeyError_(
+            f"{pub_path} already exists; refusing to overwrite a key", code="KEY_EXISTS"
+        )
+    private: Any = (
+        ec.generate_private_key(ec.SECP256R1()) if fips else (ed25519.Ed25519PrivateKey.generate())
+    )
     encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(passphrase) if passphrase is not None
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase is not None
         else serialization.NoEncryption()
     )
-    pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                encryption)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
     pub_pem = private.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
     _write_exclusive(priv_path, pem, 0o600)
     try:
         _write_exclusive(pub_path, pub_pem, 0o644)
@@ -136,16 +144,20 @@ def public_key_from_dict(key_id: str, data: dict[str, Any]) -> SSlibKey:
         raise KeyError_(f"invalid key entry {key_id[:16]}: {type(exc).__name__}") from None
     # A registry entry names its key id; it must be the id the key material implies.
     if compute_default_keyid(key.keytype, key.scheme, key.keyval) != key_id:
-        raise KeyError_(f"key id {key_id[:16]} does not match its key material",
-                        code="KEY_ID_MISMATCH")
+        raise KeyError_(
+            f"key id {key_id[:16]} does not match its key material", code="KEY_ID_MISMATCH"
+        )
     return key
 
 
 def public_key_pem(key: SSlibKey) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
-    return bytes(key._crypto_key().public_bytes(  # noqa: SLF001 - the documented accessor
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return bytes(
+        key._crypto_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
 
 
 def passphrase_from_env_or_prompt(env: str = PASSPHRASE_ENV, *, confirm: bool = False) -> bytes:
@@ -156,7 +168,9 @@ def passphrase_from_env_or_prompt(env: str = PASSPHRASE_ENV, *, confirm: bool = 
     import sys
 
     if not sys.stdin.isatty():
-        raise KeyError_(f"no passphrase: set {env} or run in a terminal", code="PASSPHRASE_REQUIRED")
+        raise KeyError_(
+            f"no passphrase: set {env} or run in a terminal", code="PASSPHRASE_REQUIRED"
+        )
     first = getpass.getpass("Key passphrase: ")
     if confirm and getpass.getpass("Repeat passphrase: ") != first:
         raise KeyError_("passphrases do not match", code="PASSPHRASE_REQUIRED")
@@ -175,8 +189,9 @@ def _load_private(path: Path, passphrase: bytes | None) -> Any:
     if not stat.S_ISREG(st.st_mode):
         raise KeyError_(f"{path} is not a regular file", code="KEY_INVALID")
     if st.st_mode & 0o077:
-        raise KeyError_(f"{path} is readable by group or others (chmod 600)",
-                        code="KEY_PERMISSIONS")
+        raise KeyError_(
+            f"{path} is readable by group or others (chmod 600)", code="KEY_PERMISSIONS"
+        )
     if st.st_size > MAX_KEY_FILE:
         raise KeyError_(f"{path} is too large to be a key", code="KEY_INVALID")
     data = path.read_bytes()
@@ -186,8 +201,9 @@ def _load_private(path: Path, passphrase: bytes | None) -> Any:
     except TypeError:
         raise KeyError_(f"{path}: passphrase required", code="PASSPHRASE_REQUIRED") from None
     except ValueError:
-        raise KeyError_(f"{path}: wrong passphrase or not a PEM private key",
-                        code="KEY_DECRYPT_FAILED") from None
+        raise KeyError_(
+            f"{path}: wrong passphrase or not a PEM private key", code="KEY_DECRYPT_FAILED"
+        ) from None
 
 
 def _register_scheme() -> None:
@@ -198,7 +214,9 @@ def _register_scheme() -> None:
 
         @classmethod
         def from_priv_key_uri(
-            cls, priv_key_uri: str, public_key: Key,
+            cls,
+            priv_key_uri: str,
+            public_key: Key,
             secrets_handler: SecretsHandler | None = None,
         ) -> CryptoSigner:
             path = Path(priv_key_uri.partition(":")[2])
@@ -216,8 +234,9 @@ def key_uri_for_path(path: Path) -> str:
     return f"{URI_SCHEME}:{path.resolve()}"
 
 
-def load_signer(uri_or_path: str, passphrase_env: str = PASSPHRASE_ENV,
-                public_key: SSlibKey | None = None) -> Signer:
+def load_signer(
+    uri_or_path: str, passphrase_env: str = PASSPHRASE_ENV, public_key: SSlibKey | None = None
+) -> Signer:
     """Load a signer from a private-key URI or a plain file path.
 
     For a plain path (or ``nightcore-key:``) the public half is derived from the private
@@ -238,11 +257,12 @@ def load_signer(uri_or_path: str, passphrase_env: str = PASSPHRASE_ENV,
         if b"ENCRYPTED" in head:
             passphrase = passphrase_from_env_or_prompt(passphrase_env)
         private = _load_private(path, passphrase)
-        return CryptoSigner(private)  # type: ignore[arg-type]
+        return CryptoSigner(private)
     if public_key is None:
         raise KeyError_(f"a public key is needed to use signer {scheme}:", code="USAGE")
     try:
         return Signer.from_priv_key_uri(
-            uri_or_path, public_key, lambda _secret: os.environ.get(passphrase_env, ""))
+            uri_or_path, public_key, lambda _secret: os.environ.get(passphrase_env, "")
+        )
     except ValueError as exc:
         raise KeyError_(f"cannot load signer: {exc}") from None

@@ -60,8 +60,9 @@ def parse_time(value: object, what: str) -> dt.datetime:
 
 def validate_scope(scope: str) -> str:
     if not _SCOPE_RE.fullmatch(scope):
-        raise TrustError("scope must be a glob over tenant ids ([a-z0-9._-] and * ? [ ])",
-                         code="USAGE")
+        raise TrustError(
+            "scope must be a glob over tenant ids ([a-z0-9._-] and * ? [ ])", code="USAGE"
+        )
     return scope
 
 
@@ -84,8 +85,11 @@ class TrustedKey:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "keyid": self.key_id,
-            "key": {"keytype": self.key.keytype, "scheme": self.key.scheme,
-                    "keyval": dict(self.key.keyval)},
+            "key": {
+                "keytype": self.key.keytype,
+                "scheme": self.key.scheme,
+                "keyval": dict(self.key.keyval),
+            },
             "name": self.name,
             "role": self.role,
             "scope": self.scope,
@@ -108,26 +112,29 @@ class Registry:
 
     def with_key(self, key: TrustedKey) -> Registry:
         if self.get(key.key_id) is not None:
-            raise TrustError(f"key {key.key_id[:16]} is already in the registry",
-                             code="KEY_EXISTS")
+            raise TrustError(f"key {key.key_id[:16]} is already in the registry", code="KEY_EXISTS")
         return Registry((*self.keys, key))
 
     def without_key(self, key_id: str) -> Registry:
         matches = [k for k in self.keys if k.key_id.startswith(key_id)]
         if len(key_id) < 8 or len(matches) != 1:
-            raise TrustError(f"no unique registry key matches {key_id[:64]!r} (give >= 8 hex chars)",
-                             code="KEY_NOT_FOUND")
+            raise TrustError(
+                f"no unique registry key matches {key_id[:64]!r} (give >= 8 hex chars)",
+                code="KEY_NOT_FOUND",
+            )
         return Registry(tuple(k for k in self.keys if k is not matches[0]))
 
     def to_bytes(self) -> bytes:
-        return canonical({"format": REGISTRY_FORMAT,
-                          "keys": [k.to_dict() for k in self.keys]}) + b"\n"
+        return (
+            canonical({"format": REGISTRY_FORMAT, "keys": [k.to_dict() for k in self.keys]}) + b"\n"
+        )
 
 
 def parse_registry(data: bytes) -> Registry:
     try:
-        doc = parse_json(data, max_bytes=MAX_REGISTRY_BYTES, what="registry",
-                         code="REGISTRY_INVALID")
+        doc = parse_json(
+            data, max_bytes=MAX_REGISTRY_BYTES, what="registry", code="REGISTRY_INVALID"
+        )
     except NightCoreError as exc:
         raise TrustError(exc.message, code="REGISTRY_INVALID") from None
     if not isinstance(doc, dict) or set(doc) != {"format", "keys"} or doc["format"] != 1:
@@ -138,10 +145,14 @@ def parse_registry(data: bytes) -> Registry:
     seen: set[str] = set()
     allowed = {"keyid", "key", "name", "role", "scope", "added", "expires"}
     for i, e in enumerate(doc["keys"]):
-        if not isinstance(e, dict) or not set(e) <= allowed or not {
-                "keyid", "key", "name", "role", "scope", "added"} <= set(e):
-            raise TrustError(f"registry entry {i} has missing or unknown fields",
-                             code="REGISTRY_INVALID")
+        if (
+            not isinstance(e, dict)
+            or not set(e) <= allowed
+            or not {"keyid", "key", "name", "role", "scope", "added"} <= set(e)
+        ):
+            raise TrustError(
+                f"registry entry {i} has missing or unknown fields", code="REGISTRY_INVALID"
+            )
         if not isinstance(e["keyid"], str) or e["keyid"] in seen:
             raise TrustError(f"registry entry {i}: duplicate or bad keyid", code="REGISTRY_INVALID")
         if not isinstance(e["key"], dict):
@@ -151,16 +162,24 @@ def parse_registry(data: bytes) -> Registry:
         except NightCoreError as exc:
             raise TrustError(exc.message, code="REGISTRY_INVALID") from None
         if e["role"] not in ROLES:
-            raise TrustError(f"registry entry {i}: role must be publisher or maintainer",
-                             code="REGISTRY_INVALID")
+            raise TrustError(
+                f"registry entry {i}: role must be publisher or maintainer", code="REGISTRY_INVALID"
+            )
         if not isinstance(e["name"], str) or not isinstance(e["scope"], str):
-            raise TrustError(f"registry entry {i}: name/scope must be strings",
-                             code="REGISTRY_INVALID")
+            raise TrustError(
+                f"registry entry {i}: name/scope must be strings", code="REGISTRY_INVALID"
+            )
         seen.add(e["keyid"])
-        keys.append(TrustedKey(
-            key=key, name=e["name"][:64], role=e["role"], scope=e["scope"],
-            expires=parse_time(e["expires"], "expires") if "expires" in e else None,
-            added=parse_time(e["added"], "added")))
+        keys.append(
+            TrustedKey(
+                key=key,
+                name=e["name"][:64],
+                role=e["role"],
+                scope=e["scope"],
+                expires=parse_time(e["expires"], "expires") if "expires" in e else None,
+                added=parse_time(e["added"], "added"),
+            )
+        )
     return Registry(tuple(keys))
 
 
@@ -192,8 +211,13 @@ class RevocationList:
         def items(rs: tuple[Revocation, ...], name: str) -> list[dict[str, str]]:
             return [{name: r.subject, "reason": r.reason, "revoked_at": r.revoked_at} for r in rs]
 
-        return {"type": "nightcore-revocations", "version": self.version, "issued": self.issued,
-                "keys": items(self.keys, "keyid"), "modules": items(self.modules, "sha256")}
+        return {
+            "type": "nightcore-revocations",
+            "version": self.version,
+            "issued": self.issued,
+            "keys": items(self.keys, "keyid"),
+            "modules": items(self.modules, "sha256"),
+        }
 
 
 def _parse_revocation_items(raw: object, name: str) -> tuple[Revocation, ...]:
@@ -201,13 +225,19 @@ def _parse_revocation_items(raw: object, name: str) -> tuple[Revocation, ...]:
         raise TrustError(f"revocations.{name}s must be a list", code="REVOCATION_INVALID")
     out = []
     for item in raw:
-        if (not isinstance(item, dict) or set(item) != {name, "reason", "revoked_at"}
-                or not all(isinstance(v, str) for v in item.values())):
-            raise TrustError(f"revocation entry must be {{{name}, reason, revoked_at}}",
-                             code="REVOCATION_INVALID")
+        if (
+            not isinstance(item, dict)
+            or set(item) != {name, "reason", "revoked_at"}
+            or not all(isinstance(v, str) for v in item.values())
+        ):
+            raise TrustError(
+                f"revocation entry must be {{{name}, reason, revoked_at}}",
+                code="REVOCATION_INVALID",
+            )
         if not _HEX64.fullmatch(item[name]):
-            raise TrustError(f"revocation {name} must be 64 lower-case hex characters",
-                             code="REVOCATION_INVALID")
+            raise TrustError(
+                f"revocation {name} must be 64 lower-case hex characters", code="REVOCATION_INVALID"
+            )
         out.append(Revocation(item[name], item["reason"][:MAX_REASON], item["revoked_at"]))
     return tuple(out)
 
@@ -224,43 +254,69 @@ def parse_revocations(data: bytes, registry: Registry, *, fips: bool) -> Revocat
         if tk is None:
             continue
         if tk.role != "maintainer":
-            raise TrustError("revocation list is signed by a key that is not a maintainer key",
-                             code="REVOCATION_SIGNER_INVALID")
+            raise TrustError(
+                "revocation list is signed by a key that is not a maintainer key",
+                code="REVOCATION_SIGNER_INVALID",
+            )
         check_scheme(str(tk.key.scheme), fips)
         if verify_signature(env, tk.key):
             signer = tk
             break
         raise TrustError("revocation list signature does not verify", code="SIGNATURE_INVALID")
     if signer is None:
-        raise TrustError("revocation list is not signed by any maintainer key in the registry",
-                         code="REVOCATION_SIGNER_INVALID")
+        raise TrustError(
+            "revocation list is not signed by any maintainer key in the registry",
+            code="REVOCATION_SIGNER_INVALID",
+        )
     try:
-        doc = parse_json(env.payload, max_bytes=MAX_REVOCATIONS_BYTES, what="revocation payload",
-                         code="REVOCATION_INVALID")
+        doc = parse_json(
+            env.payload,
+            max_bytes=MAX_REVOCATIONS_BYTES,
+            what="revocation payload",
+            code="REVOCATION_INVALID",
+        )
     except NightCoreError as exc:
         raise TrustError(exc.message, code="REVOCATION_INVALID") from None
-    if (not isinstance(doc, dict)
-            or set(doc) != {"type", "version", "issued", "keys", "modules"}
-            or doc["type"] != "nightcore-revocations"
-            or not isinstance(doc["version"], int) or isinstance(doc["version"], bool)
-            or doc["version"] < 1 or not isinstance(doc["issued"], str)):
-        raise TrustError("revocation payload has missing, unknown or mistyped fields",
-                         code="REVOCATION_INVALID")
+    if (
+        not isinstance(doc, dict)
+        or set(doc) != {"type", "version", "issued", "keys", "modules"}
+        or doc["type"] != "nightcore-revocations"
+        or not isinstance(doc["version"], int)
+        or isinstance(doc["version"], bool)
+        or doc["version"] < 1
+        or not isinstance(doc["issued"], str)
+    ):
+        raise TrustError(
+            "revocation payload has missing, unknown or mistyped fields", code="REVOCATION_INVALID"
+        )
     keys = _parse_revocation_items(doc["keys"], "keyid")
     modules = _parse_revocation_items(doc["modules"], "sha256")
-    return RevocationList(version=doc["version"], issued=doc["issued"], keys=keys,
-                          modules=modules, signer=signer.key_id, raw=data)
+    return RevocationList(
+        version=doc["version"],
+        issued=doc["issued"],
+        keys=keys,
+        modules=modules,
+        signer=signer.key_id,
+        raw=data,
+    )
 
 
-def sign_revocations(current: RevocationList, signer: Signer, registry: Registry, *,
-                     add_key: tuple[str, str] | None = None,
-                     add_module: tuple[str, str] | None = None,
-                     now: dt.datetime | None = None) -> RevocationList:
+def sign_revocations(
+    current: RevocationList,
+    signer: Signer,
+    registry: Registry,
+    *,
+    add_key: tuple[str, str] | None = None,
+    add_module: tuple[str, str] | None = None,
+    now: dt.datetime | None = None,
+) -> RevocationList:
     """Return the next version of the list with one more entry, signed by a maintainer."""
     tk = registry.get(str(signer.public_key.keyid))
     if tk is None or tk.role != "maintainer":
-        raise TrustError("revocation lists must be signed by a maintainer key in the registry",
-                         code="REVOCATION_SIGNER_INVALID")
+        raise TrustError(
+            "revocation lists must be signed by a maintainer key in the registry",
+            code="REVOCATION_SIGNER_INVALID",
+        )
     stamp = fmt_time(now or utcnow())
     keys, modules = current.keys, current.modules
     if add_key is not None:
@@ -277,12 +333,15 @@ def sign_revocations(current: RevocationList, signer: Signer, registry: Registry
         modules = (*modules, Revocation(add_module[0], add_module[1][:MAX_REASON], stamp))
     nxt = RevocationList(version=current.version + 1, issued=stamp, keys=keys, modules=modules)
     raw = sign_payload(canonical(nxt.payload()), [signer], REVOCATIONS_PAYLOAD_TYPE) + b"\n"
-    return RevocationList(version=nxt.version, issued=stamp, keys=keys, modules=modules,
-                          signer=tk.key_id, raw=raw)
+    return RevocationList(
+        version=nxt.version, issued=stamp, keys=keys, modules=modules, signer=tk.key_id, raw=raw
+    )
 
 
 def check_not_rollback(candidate: RevocationList, highest_seen: int) -> None:
     if candidate.version < highest_seen:
         raise TrustError(
             f"revocation list version {candidate.version} is older than version {highest_seen} "
-            "already accepted (replay or rollback)", code="REVOCATION_ROLLBACK")
+            "already accepted (replay or rollback)",
+            code="REVOCATION_ROLLBACK",
+        )
