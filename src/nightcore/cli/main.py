@@ -198,19 +198,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if decisions and all(d.ok for d in decisions) else EXIT_FAILED
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from nightcore.audit.log import verify_chain
-
-    ws = _ws(args)
-    report = verify_chain(ws.audit().iter_lines())
-    out = {"ok": True, "entries": report.entries, "head": report.head}
-    if args.json:
-        print_json(out)
-    else:
-        info(f"audit log OK: {report.entries} entries, head {report.head}")
-    return EXIT_OK
-
-
 def cmd_doctor(args: argparse.Namespace) -> int:
     from nightcore import doctor
 
@@ -309,10 +296,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("verify", cmd_verify, "verify tenants (signature, digest, manifest, policy)")
     sp.add_argument("tenants", nargs="*")
 
-    audit = add("audit", _need_sub, "inspect and verify the audit log")
-    asub = audit.add_subparsers(dest="audit_cmd", metavar="ACTION", parser_class=_Parser)
-    add("verify", cmd_audit_verify, "verify the audit log's hash chain", asub)
-
     add("doctor", cmd_doctor, "report the environment: versions, FIPS backend, workspace")
 
     _register_extensions(add, sub)
@@ -321,9 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_extensions(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     """Commands of later layers (run path, audit tree) register here."""
-    from nightcore.cli import commands_run
+    from nightcore.cli import commands_audit, commands_run
 
     commands_run.register(add, sub)
+    commands_audit.register(add, sub)
 
 
 def _need_sub(args: argparse.Namespace) -> int:
