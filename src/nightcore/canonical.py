@@ -13,9 +13,39 @@ from typing import Any
 from nightcore.errors import NightCoreError
 
 
+def _plain(value: Any) -> bool:
+    """True when json.dumps(sort_keys, compact, UTF-8) already *is* the RFC 8785 form.
+
+    That holds without floats (RFC 8785 prints numbers the ECMAScript way) and with keys
+    whose code-point order equals their UTF-16 order (no characters above U+D7FF), and with
+    integers inside the IEEE-754 exact range. Anything else takes the rfc8785 package.
+    """
+    if isinstance(value, str):
+        return True
+    if isinstance(value, bool) or value is None:
+        return True
+    if isinstance(value, int):
+        return -(2**53) < value < 2**53
+    if isinstance(value, dict):
+        return all(
+            isinstance(k, str) and (k.isascii() or max(k) < "\ud800") and _plain(v)
+            for k, v in value.items()
+        )
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    return False
+
+
 def canonical(value: Any) -> bytes:
     import rfc8785
 
+    if _plain(value):
+        try:
+            return json.dumps(
+                value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: let rfc8785 refuse it with its own reason
     try:
         return bytes(rfc8785.dumps(value))
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:

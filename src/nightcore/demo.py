@@ -56,7 +56,8 @@ def main() -> int:
         shutil.copytree(hello, tampered)
         manifest = (tampered / "manifest.toml").read_text()
         (tampered / "manifest.toml").write_text(
-            manifest.replace('tenant = "hello"', 'tenant = "tampered"'))
+            manifest.replace('tenant = "hello"', 'tenant = "tampered"')
+        )
         api.sign_tenant(tampered, str(publisher.private_path))
         wasm = bytearray((tampered / "module.wasm").read_bytes())
         wasm[-1] ^= 0x01
@@ -64,8 +65,10 @@ def main() -> int:
     info(f"workspace {ws.root}: {len(tenants) + 1} tenants signed by {publisher.key_id[:16]}")
     code = cli_main(["-w", str(DEMO_DIR), "run"])
     cli_main(["-w", str(DEMO_DIR), "audit", "verify"])
-    info("hostile tenants are stopped with their codes and the tampered copy is denied: "
-         "a non-zero exit from `run` is expected here.")
+    info(
+        "hostile tenants are stopped with their codes and the tampered copy is denied: "
+        "a non-zero exit from `run` is expected here."
+    )
     return 0 if code in (0, 1) else code
 
 

@@ -24,9 +24,14 @@ def openssl_fips_status() -> tuple[str, str]:
     enabled = bool(getattr(backend, "_fips_enabled", False))
     version = backend.openssl_version_text()
     if enabled:
-        return "OK", f"{version}: the OpenSSL FIPS provider is active (this is not a validation claim)"
-    return "INFO", (f"{version}: FIPS provider NOT active; fips = true restricts algorithms to "
-                    "the FIPS allow-list but the crypto module is not FIPS-validated")
+        return (
+            "OK",
+            f"{version}: the OpenSSL FIPS provider is active (this is not a validation claim)",
+        )
+    return "INFO", (
+        f"{version}: FIPS provider NOT active; fips = true restricts algorithms to "
+        "the FIPS allow-list but the crypto module is not FIPS-validated"
+    )
 
 
 def run_checks(ws: Any | None) -> list[dict[str, str]]:
@@ -35,8 +40,11 @@ def run_checks(ws: Any | None) -> list[dict[str, str]]:
     def add(check: str, status: str, detail: str) -> None:
         checks.append({"check": check, "status": status, "detail": detail})
 
-    add("python", "OK" if sys.version_info >= (3, 11) else "FAIL",
-        f"{platform.python_implementation()} {platform.python_version()}")
+    add(
+        "python",
+        "OK" if sys.version_info >= (3, 11) else "FAIL",
+        f"{platform.python_implementation()} {platform.python_version()}",
+    )
     for dist in ("wasmtime", "cryptography", "securesystemslib", "rfc8785", "rich"):
         v = _version(dist)
         add(dist, "OK" if v != "missing" else "FAIL", v)
@@ -46,8 +54,11 @@ def run_checks(ws: Any | None) -> list[dict[str, str]]:
         add("workspace", "INFO", "no workspace here (nightcore init, -w DIR or NIGHTCORE_HOME)")
         return checks
     add("workspace", "OK", str(ws.root))
-    add("policy fips", "INFO", "fips = true (FIPS allow-list enforced)" if ws.policy.fips
-        else "fips = false")
+    add(
+        "policy fips",
+        "INFO",
+        "fips = true (FIPS allow-list enforced)" if ws.policy.fips else "fips = false",
+    )
     try:
         add("node key", "OK", ws.node_key_id())
     except NightCoreError as exc:

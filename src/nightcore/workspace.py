@@ -229,6 +229,7 @@ class Workspace:
             raise WorkspaceError(f"cannot read {cfg_path}: {exc.strerror}") from None
         self.config = parse_config(data, fips_override=fips)
         self._node_key_id: str | None = None
+        self._audit: Any = None
 
     @classmethod
     def open(cls, explicit: str | None = None, *, fips: bool | None = None) -> Workspace:
@@ -286,9 +287,16 @@ class Workspace:
         return str(path if path.is_absolute() else self.root / path)
 
     def audit(self) -> Any:
+        """The workspace's audit log (one instance, so its tail cursor stays warm).
+
+        Safe across threads and processes: every append takes the file lock and re-checks the
+        file size against its cursor.
+        """
         from nightcore.audit.log import AuditLog
 
-        return AuditLog(self.state_dir / "audit", self.node_key_id())
+        if self._audit is None:
+            self._audit = AuditLog(self.state_dir / "audit", self.node_key_id())
+        return self._audit
 
     def tenant_data_root(self, tenant: str) -> Path:
         return self.state_dir / "tenants" / tenant

@@ -183,3 +183,28 @@ fuel = 5000
 def test_manifest_parser_never_crashes(data: bytes) -> None:
     with contextlib.suppress(ManifestError):
         parse_manifest_toml(data)
+
+
+any_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text()
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=25,
+)
+
+
+@given(any_json)
+@settings(max_examples=400, deadline=None)
+def test_canonical_fast_path_equals_rfc8785(value: Any) -> None:
+    import rfc8785
+
+    try:
+        want = bytes(rfc8785.dumps(value))
+    except (rfc8785.CanonicalizationError, ValueError, TypeError):
+        with pytest.raises(NightCoreError):
+            canonical(value)
+        return
+    assert canonical(value) == want

@@ -110,11 +110,14 @@ def new_run_id(tenant: str) -> str:
     return f"{stamp}-{tenant}-{secrets.token_hex(4)}"
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+def _write_output(path: Path, data: bytes) -> None:
+    # Not fsync'd: the durable record of a run is its run_outcome audit line, which carries
+    # these files' SHA-256. A crash can lose an output file, never the evidence of what it was.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
 
@@ -137,6 +140,7 @@ class Runner:
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
         self._sandbox: Sandbox | None = None
+        self._run_index: Any = None
         self._lock = threading.Lock()
 
     def sandbox(self) -> Sandbox:
@@ -151,6 +155,9 @@ class Runner:
             return self._sandbox
 
     def close(self) -> None:
+        if self._run_index is not None:
+            self._run_index.close()
+            self._run_index = None
         if self._sandbox is not None:
             self._sandbox.close()
             self._sandbox = None
@@ -294,13 +301,14 @@ class Runner:
         result: RunResult = sandbox.run(module, cfg)
         run_dir = ws.state_dir / "runs" / tr.run_id
         run_dir.mkdir(parents=True)
-        _write_private(run_dir / "stdout", result.stdout)
-        _write_private(run_dir / "stderr", result.stderr)
+        _write_output(run_dir / "stdout", result.stdout)
+        _write_output(run_dir / "stderr", result.stderr)
         tr.code = result.code
         tr.reason = result.detail
         tr.exit_code = result.exit_code
         tr.fuel_used = result.fuel_used
-        tr.wall_ms = round(result.wall_ms, 3)
+        wall_us = round(result.wall_ms * 1000)
+        tr.wall_ms = wall_us / 1000
         tr.memory_bytes = result.memory_bytes
         tr.output_bytes = result.output_bytes
         tr.cache = result.cache
@@ -312,7 +320,7 @@ class Runner:
                 "detail": result.detail[:500],
                 "exit_code": result.exit_code,
                 "fuel_used": result.fuel_used,
-                "wall_ms": tr.wall_ms,
+                "wall_us": wall_us,
                 "memory_bytes": result.memory_bytes,
                 "output_bytes": result.output_bytes,
                 "output_truncated": result.output_truncated,
@@ -334,7 +342,9 @@ class Runner:
 
         if not runs:
             return
-        RunIndex(self.ws.state_dir / "nightcore.db").add(
+        if self._run_index is None:
+            self._run_index = RunIndex(self.ws.state_dir / "nightcore.db")
+        self._run_index.add(
             {
                 "run_id": r.run_id,
                 "tenant": r.tenant,
@@ -374,10 +384,18 @@ def rebuild_index(ws: Workspace) -> int:
     audit = ws.audit()
     verify_chain(audit.iter_lines())  # never index from a log that does not verify
     rows = [r for e in audit.entries() if (r := row_from_outcome(e.record)) is not None]
-    return RunIndex(ws.state_dir / "nightcore.db").rebuild(rows)
+    index = RunIndex(ws.state_dir / "nightcore.db")
+    try:
+        return index.rebuild(rows)
+    finally:
+        index.close()
 
 
 def query_runs(ws: Workspace, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
     from nightcore.store.index import RunIndex
 
-    return RunIndex(ws.state_dir / "nightcore.db").query(tenant, limit)
+    index = RunIndex(ws.state_dir / "nightcore.db")
+    try:
+        return index.query(tenant, limit)
+    finally:
+        index.close()

@@ -47,21 +47,33 @@ COLUMNS = (
 
 
 class RunIndex:
+    """One connection, opened on first use and kept until ``close()`` (a warm runner reuses it)."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._conn: sqlite3.Connection | None = None
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30)
-        try:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
+            # Derived data: losing the last transactions on power loss costs a rebuild at most.
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
-            yield conn
-            conn.commit()
-        finally:
-            conn.close()
+            self._conn = conn
+        try:
+            yield self._conn
+            self._conn.commit()
+        except BaseException:
+            self._conn.rollback()
+            raise
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
         with self._connect() as conn:
@@ -72,6 +84,7 @@ class RunIndex:
             )
 
     def query(self, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Most recent first."""
         sql = f"SELECT {', '.join(COLUMNS)} FROM runs"  # noqa: S608 - constant columns
         params: list[Any] = []
         if tenant:
@@ -91,6 +104,8 @@ class RunIndex:
         fresh.add(rows)
         with fresh._connect() as conn:
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        fresh.close()
+        self.close()
         for suffix in ("-wal", "-shm"):
             self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
         tmp.replace(self.path)
@@ -108,7 +123,7 @@ def row_from_outcome(record: dict[str, Any]) -> dict[str, Any] | None:
         "code": d["code"],
         "exit_code": d.get("exit_code"),
         "fuel_used": d["fuel_used"],
-        "wall_ms": d["wall_ms"],
+        "wall_ms": d["wall_us"] / 1000,
         "memory_bytes": d["memory_bytes"],
         "output_bytes": d["output_bytes"],
         "key_id": d["key_id"],

@@ -1,0 +1,206 @@
+"""The run path measured against bare wasmtime-py, all in one run of this script.
+
+(a) floor: bare wasmtime-py, InstancePre + fresh Store + WASI + per-run stdout sink, hello module
+(b) Night Core warm in-process runs/s of the same module: full verification, limits, durable audit
+(c) Night Core with 1 vs 2 threads (20 tenants per batch)
+(d) cold `nightcore run` CLI wall time for 1 and 20 tenants vs a bare `python -c` wasmtime script
+(e) timeout overshoot (median, p95) for a 200 ms wall limit
+
+    .venv/bin/python benchmarks/run.py [--quick]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from nightcore import api
+from nightcore.demo import build_tenant
+from nightcore.runner.pipeline import Runner
+from nightcore.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "tenants"
+PASS = "benchmark-passphrase"  # noqa: S105 - throwaway benchmark keys
+
+BARE_SCRIPT = """
+import sys, wasmtime
+wasm = open(sys.argv[1], "rb").read()
+n = int(sys.argv[2])
+engine = wasmtime.Engine()
+module = wasmtime.Module(engine, wasm)
+linker = wasmtime.Linker(engine)
+linker.define_wasi()
+pre = linker.instantiate_pre(module)
+for _ in range(n):
+    store = wasmtime.Store(engine)
+    wasi = wasmtime.WasiConfig()
+    out = []
+    wasi.stdout_custom = lambda b: out.append(b) or len(b)
+    store.set_wasi(wasi)
+    pre.instantiate(store).exports(store)["_start"](store)
+"""
+
+
+def floor_runs_per_s(wasm: bytes, seconds: float) -> float:
+    import wasmtime
+
+    engine = wasmtime.Engine()
+    module = wasmtime.Module(engine, wasm)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    pre = linker.instantiate_pre(module)
+    n = 0
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        store = wasmtime.Store(engine)
+        wasi = wasmtime.WasiConfig()
+        sink: list[bytes] = []
+        wasi.stdout_custom = lambda b, sink=sink: sink.append(b) or len(b)
+        store.set_wasi(wasi)
+        start = pre.instantiate(store).exports(store)["_start"]
+        assert isinstance(start, wasmtime.Func)
+        start(store)
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def make_ws(root: Path, tenants: dict[str, str]) -> Workspace:
+    """tenants: workspace tenant name -> sample to copy."""
+    os.environ["NIGHTCORE_KEY_PASSPHRASE"] = PASS
+    ws = api.init_workspace(root / "ws")
+    key = api.keygen("pub", root / "keys", PASS.encode())
+    api.trust_add_key(ws, key.public_path, scope="*")
+    for name, sample in tenants.items():
+        dest = ws.modules_dir / name
+        build_tenant(EXAMPLES / sample, dest)
+        text = (dest / "manifest.toml").read_text()
+        (dest / "manifest.toml").write_text(
+            text.replace(f'tenant = "{sample}"', f'tenant = "{name}"')
+        )
+        api.sign_tenant(dest, str(key.private_path))
+    return ws
+
+
+def warm_runs_per_s(ws: Workspace, tenants: list[str], parallel: int, seconds: float) -> float:
+    runner = Runner(ws)
+    try:
+        runner.run(tenants, parallel=parallel)  # warm: compile + cache
+        n = 0
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            report = runner.run(tenants, parallel=parallel)
+            assert report.ok
+            n += len(tenants)
+        return n / (time.perf_counter() - t0)
+    finally:
+        runner.close()
+
+
+def timed(cmd: list[str], repeat: int, env: dict[str, str] | None = None) -> float:
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=False, capture_output=True, env=env)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    quick = "--quick" in sys.argv
+    secs = 1.0 if quick else 3.0
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        ws1 = make_ws(root / "one", {"hello": "hello"})
+        wasm = (ws1.modules_dir / "hello" / "module.wasm").read_bytes()
+
+        floor = floor_runs_per_s(wasm, secs)
+        warm = warm_runs_per_s(ws1, ["hello"], 1, secs)
+        print(
+            "(a) bare wasmtime-py floor (InstancePre, per-run sink): "
+            f"{floor:,.0f} runs/s ({1e3 / floor:.3f} ms/run)"
+        )
+        print(
+            f"(b) nightcore warm, 1 tenant per call, verify+limits+durable audit: {warm:,.0f} "
+            f"runs/s ({1e3 / warm:.2f} ms/run) = {warm / floor:.3f}x floor (target >= 0.5x)"
+        )
+
+        ws20 = make_ws(root / "twenty", {f"hello-{i:02d}": "hello" for i in range(20)})
+        names = sorted(p.name for p in ws20.modules_dir.iterdir())
+        t1 = warm_runs_per_s(ws20, names, 1, secs)
+        t2 = warm_runs_per_s(ws20, names, 2, secs)
+        print(
+            f"(c) nightcore 20-tenant batches: 1 thread {t1:,.0f} runs/s, 2 threads "
+            f"{t2:,.0f} runs/s, scaling {t2 / t1:.2f}x (target >= 1.8x on 2 cores)"
+        )
+        loops = make_ws(root / "loops", {f"loop-{i:02d}": "fuel-burner" for i in range(4)})
+        lnames = sorted(p.name for p in loops.modules_dir.iterdir())
+        runner = Runner(loops)
+        try:
+            runner.run(lnames, parallel=1)
+            c1 = []
+            c2 = []
+            for _ in range(3):
+                t0 = time.perf_counter()
+                runner.run(lnames, parallel=1)
+                c1.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                runner.run(lnames, parallel=2)
+                c2.append(time.perf_counter() - t0)
+        finally:
+            runner.close()
+        print(
+            f"    CPU-bound guests (4 x 1M-fuel loops): 1 thread {min(c1) * 1e3:.0f} ms, "
+            f"2 threads {min(c2) * 1e3:.0f} ms, scaling {min(c1) / min(c2):.2f}x"
+        )
+
+        nc = [sys.executable, "-m", "nightcore"]
+        env = dict(os.environ, NIGHTCORE_KEY_PASSPHRASE=PASS)
+        repeat = 3 if quick else 5
+        bare1 = timed(
+            [sys.executable, "-c", BARE_SCRIPT, str(ws1.modules_dir / "hello/module.wasm"), "1"],
+            repeat,
+        )
+        bare20 = timed(
+            [sys.executable, "-c", BARE_SCRIPT, str(ws1.modules_dir / "hello/module.wasm"), "20"],
+            repeat,
+        )
+        shutil.rmtree(ws1.state_dir / "cache")
+        cold_compile = timed([*nc, "-w", str(ws1.root), "run"], 1, env)
+        cli1 = timed([*nc, "-w", str(ws1.root), "run"], repeat, env)
+        cli20 = timed([*nc, "-w", str(ws20.root), "run"], repeat, env)
+        helpt = timed([*nc, "--help"], repeat, env)
+        print(
+            f"(d) cold CLI: 1 tenant {cli1 * 1e3:.0f} ms vs bare script {bare1 * 1e3:.0f} ms "
+            f"= {cli1 / bare1:.2f}x (target <= 2x); 20 tenants {cli20 * 1e3:.0f} ms vs "
+            f"{bare20 * 1e3:.0f} ms = {cli20 / bare20:.2f}x; first run with an empty compile "
+            f"cache {cold_compile * 1e3:.0f} ms; `nightcore --help` {helpt * 1e3:.0f} ms"
+        )
+
+        loop = make_ws(root / "loop", {"infinite-loop": "infinite-loop"})
+        runner = Runner(loop)
+        over = []
+        try:
+            for _ in range(5 if quick else 15):
+                report = runner.run(["infinite-loop"])
+                r = report.runs[0]
+                assert r.code == "TIMEOUT", r.code
+                over.append(r.wall_ms - 200.0)
+        finally:
+            runner.close()
+        over.sort()
+        p95 = over[min(len(over) - 1, round(0.95 * (len(over) - 1)))]
+        print(
+            f"(e) timeout overshoot for a 200 ms limit over {len(over)} runs: median "
+            f"{statistics.median(over):.1f} ms, p95 {p95:.1f} ms (target p95 <= 20 ms)"
+        )
+
+
+if __name__ == "__main__":
+    main()

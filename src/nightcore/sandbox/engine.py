@@ -1,0 +1,1010 @@
+"""The sandbox: runs verified WebAssembly modules under Wasmtime with hard limits and
+deny-by-default capabilities.
+
+Lifecycle (mirrors Wasmtime's own):
+
+* one :class:`Sandbox` per node;
+* one ``Engine`` per distinct engine configuration (``max_wasm_stack`` is engine-wide, and
+  deterministic runs need NaN canonicalisation), kept in a small LRU dict;
+* ``Module`` (and its ``InstancePre``) cached in memory by (module sha256, engine
+  configuration), with the authenticated disk cache of :mod:`nightcore.sandbox.cache`
+  behind it;
+* a fresh ``Store`` and ``WasiConfig`` for every run: nothing a run did is visible to the
+  next one;
+* one daemon ticker thread for the whole sandbox that increments the epoch of every engine
+  every ``tick_ms``; a run's wall-clock limit is a deadline of ``ceil(wall_ms / tick_ms)``
+  epoch ticks. The store's epoch deadline is kept one tick ahead and a per-store
+  epoch-deadline callback (``wasmtime_store_epoch_deadline_callback``, reached through
+  wasmtime-py's raw bindings) counts the ticks, so it can also stop a run that exceeded its
+  output cap (see :class:`_Watchdog`).
+
+Outcome codes (``RunResult.code``) and their precedence
+--------------------------------------------------------
+``COMPILE_ERROR`` and ``INSTANTIATE_ERROR`` mean the entrypoint never ran. Once it runs, at
+most one trap ends it, so ``TIMEOUT`` (epoch interrupt), ``FUEL_EXHAUSTED`` and
+``STACK_OVERFLOW`` exclude each other. When several conditions hold, the most severe wins::
+
+    TIMEOUT > FUEL_EXHAUSTED > STACK_OVERFLOW > MEMORY_LIMIT > OUTPUT_LIMIT
+        > TRAP > EXIT_NONZERO > OK
+
+A code that was overridden by ``MEMORY_LIMIT`` or ``OUTPUT_LIMIT`` is kept in
+``RunResult.extra["underlying_code"]`` (and ``exit_code`` / ``detail`` still describe it), and
+``output_truncated`` is set whenever the output cap was hit, whatever the code.
+
+A resource-limit trap (fuel, epoch, stack) in a start function is reported with its limit
+code; any other failure of instantiation (unknown or mistyped imports, a trapping start
+function, a missing or non-function entrypoint, or one that takes parameters) is
+``INSTANTIATE_ERROR``. A module whose declared minimum memory already exceeds the limit is
+``MEMORY_LIMIT``.
+
+How ``MEMORY_LIMIT`` is detected
+--------------------------------
+Wasmtime enforces the limit (``Store.set_limits(memory_size=...)``: ``memory.grow`` returns
+-1 past it), but wasmtime-py exposes no resource-limiter callback, so a refused grow is not
+observable directly. The sandbox infers it: a run that ended in a trap or a non-zero exit
+while its linear memory (the module's exported memory, read after the run) was within one
+page of the limit (``size + page_size > memory_bytes``, i.e. the next grow would have been
+refused) is ``MEMORY_LIMIT``. Limits of this inference: a single large ``memory.grow`` that
+fails from well below the limit, or a module that does not export its memory, reports the
+module's own reaction (``TRAP`` / ``EXIT_NONZERO``); a module that legitimately filled its
+memory and then failed for another reason is reported as ``MEMORY_LIMIT``. Only one linear
+memory is allowed per store (``memories=1``), so the per-memory limit is a total.
+
+Capabilities
+------------
+argv and environment are exactly those of the :class:`RunConfig`; there is no stdin (reads
+see end-of-file) and no inherited host stdio: stdout and stderr go to per-run capped
+buffers. Preopens are exactly ``config.preopens``. wasmtime-py 50 expresses permissions
+with one flag, ``WasiConfig.preopen_dir(host, guest, fs_mutable)``: ``fs_mutable=False``
+grants read-only directory and file permissions (creating, truncating, unlinking and
+mkdir fail with ``EPERM``; reading works), and it is used for every preopen that is not
+``writable``. There are no per-file permissions.
+
+Output cap
+----------
+stdout and stderr share one budget of ``output_bytes``. The WASI output callbacks
+(``stdout_custom``: ``Callable[[bytes], int | None]`` returning the number of bytes
+accepted, negative for ``-errno``) keep at most that many bytes in total and then return
+short writes (0 bytes accepted), which the guest sees as ``EIO`` from ``fd_write``. At the
+next epoch tick (within ``tick_ms``) the run is stopped with ``OUTPUT_LIMIT`` unless it
+ended by itself first (then ``OUTPUT_LIMIT`` still replaces ``OK`` / ``EXIT_NONZERO`` /
+``TRAP``). The callbacks run on Wasmtime's I/O threads, so the buffers are guarded by a
+lock, and a run waits until Wasmtime has released them (see :meth:`_OutputSink.attach`).
+
+Determinism
+-----------
+With ``config.deterministic`` the engine canonicalises NaNs and uses deterministic relaxed
+SIMD, and ``wasi_snapshot_preview1.clock_time_get`` / ``random_get`` are shadowed:
+clocks read a fixed epoch (2000-01-01T00:00:00Z for the realtime clock, 0 for the others)
+plus 1 ns per unit of fuel consumed so far, and random bytes come from SHAKE-256 over
+(domain, seed, call number). Same module, inputs and seed give the same output. One
+difference from Wasmtime's own implementation: a bad (out-of-bounds or misaligned) pointer
+makes the shadowed functions return ``EFAULT`` where Wasmtime would trap, because a Python
+host function can only trap through a process-global exception slot in wasmtime-py, which
+concurrent runs would race on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import itertools
+import json
+import math
+import platform
+import re
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import wasmtime
+from wasmtime import _bindings as _wasmtime_bindings
+
+from nightcore.errors import SandboxError
+from nightcore.sandbox.cache import DiskModuleCache, cache_key, wasmtime_version
+from nightcore.sandbox.types import Preopen, RunConfig, RunResult
+
+EventSink = Callable[[str, dict[str, object]], None]
+
+WASM_MAGIC = b"\x00asm"
+# Per-store bounds besides linear memory: one instance (the tenant module; WASI is host
+# functions, not an instance), one linear memory (so the per-memory limit is a total), a
+# few tables of bounded size.
+MAX_INSTANCES = 1
+MAX_MEMORIES = 1
+MAX_TABLES = 4
+MAX_TABLE_ELEMENTS = 100_000
+# Stack limits accepted by the sandbox (the manifest schema allows the same range).
+MIN_STACK_BYTES = 16 * 1024
+MAX_STACK_BYTES = 64 * 1024 * 1024
+# Wasm runs on the caller's thread while its stack limit fits comfortably in a default
+# thread stack (8 MiB on Linux); larger limits run on a helper thread whose native stack is
+# the wasm limit plus this margin, because a wasm stack larger than the native one would
+# overflow the native stack and abort the process instead of trapping.
+INLINE_STACK_MAX = 1024 * 1024
+HOST_STACK_MARGIN = 4 * 1024 * 1024
+# Wasmtime's default async stack size; max_wasm_stack may not exceed it (see _make_engine).
+DEFAULT_ASYNC_STACK_BYTES = 2 * 1024 * 1024
+ASYNC_STACK_HEADROOM = 1024 * 1024
+MAX_ENGINES = 8
+MEMORY_CACHE_ENTRIES = 128
+MAX_DETAIL_CHARS = 240
+# How long a run waits for Wasmtime to release its output callbacks (see _OutputSink.attach).
+RELEASE_WAIT_S = 5.0
+
+DETERMINISTIC_EPOCH_NS = 946_684_800 * 1_000_000_000  # 2000-01-01T00:00:00Z
+NS_PER_FUEL = 1
+_RANDOM_DOMAIN = b"nightcore/deterministic-random/v1\x00"
+
+# WASI preview1 errno values used by the shadowed functions.
+_ERRNO_SUCCESS = 0
+_ERRNO_FAULT = 21
+_ERRNO_INVAL = 28
+_ERRNO_IO = 29
+_WASI_CLOCKS = (0, 1, 2, 3)  # realtime, monotonic, process cputime, thread cputime
+
+_T = TypeVar("_T")
+
+
+# --------------------------------------------------------------------------------------
+# Engine configuration
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything that selects an Engine (and so a compiled artifact)."""
+
+    stack_bytes: int
+    deterministic: bool
+
+    def settings(self) -> dict[str, object]:
+        return {
+            "consume_fuel": True,
+            "epoch_interruption": True,
+            "max_wasm_stack": self.stack_bytes,
+            "async_stack_size": _async_stack_size(self.stack_bytes),
+            "cranelift_nan_canonicalization": self.deterministic,
+            "wasm_relaxed_simd_deterministic": self.deterministic,
+            "target": platform.machine(),
+        }
+
+    def fingerprint(self) -> str:
+        """A stable text form of :meth:`settings` (part of the disk-cache key)."""
+        return json.dumps(self.settings(), sort_keys=True, separators=(",", ":"))
+
+
+def _async_stack_size(stack_bytes: int) -> int:
+    """The async stack size an engine needs for ``max_wasm_stack = stack_bytes``."""
+    return max(DEFAULT_ASYNC_STACK_BYTES, stack_bytes + ASYNC_STACK_HEADROOM)
+
+
+def _make_engine(key: EngineKey) -> wasmtime.Engine:
+    cfg = wasmtime.Config()
+    cfg.consume_fuel = True
+    cfg.epoch_interruption = True
+    # Wasmtime (built with async support) refuses a max_wasm_stack above its async stack
+    # size, and the C API turns that refusal into a process abort in Engine(): raise the
+    # async stack size first. wasmtime-py 50 has no setter, only the raw binding.
+    async_size = _async_stack_size(key.stack_bytes)
+    if async_size != DEFAULT_ASYNC_STACK_BYTES:
+        setter = getattr(_wasmtime_bindings, "wasmtime_config_async_stack_size_set", None)
+        if setter is None:  # pragma: no cover - present in wasmtime-py 50
+            raise SandboxError(
+                f"stack_bytes {key.stack_bytes} needs a larger async stack than this "
+                "wasmtime build can be configured for",
+                code="LIMIT_INVALID",
+            )
+        setter(cfg.ptr(), async_size)
+    cfg.max_wasm_stack = key.stack_bytes
+    cfg.cranelift_nan_canonicalization = key.deterministic
+    cfg.wasm_relaxed_simd_deterministic = key.deterministic
+    return wasmtime.Engine(cfg)
+
+
+def _make_linker(engine: wasmtime.Engine, deterministic: bool) -> wasmtime.Linker:
+    linker = wasmtime.Linker(engine)
+    if deterministic:
+        linker.allow_shadowing = True
+    linker.define_wasi()
+    if deterministic:
+        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
+        linker.define_func(
+            "wasi_snapshot_preview1",
+            "clock_time_get",
+            wasmtime.FuncType([i32, i64, i32], [i32]),
+            _det_clock_time_get,
+            access_caller=True,
+        )
+        linker.define_func(
+            "wasi_snapshot_preview1",
+            "random_get",
+            wasmtime.FuncType([i32, i32], [i32]),
+            _det_random_get,
+            access_caller=True,
+        )
+        linker.allow_shadowing = False
+    return linker
+
+
+class _EngineEntry:
+    __slots__ = ("active", "engine", "key", "linker")
+
+    def __init__(self, key: EngineKey) -> None:
+        self.key = key
+        self.engine = _make_engine(key)
+        self.linker = _make_linker(self.engine, key.deterministic)
+        self.active = 0  # runs using this engine (guarded by the Sandbox lock)
+
+
+@dataclass
+class _ModuleEntry:
+    module: wasmtime.Module
+    pre: wasmtime.InstancePre | None
+    link_error: str  # why instantiate_pre failed (unknown/mistyped imports), if it did
+
+
+class _CompileFailed(Exception):
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class _Refused(Exception):
+    """The instance cannot be run (missing / unusable entrypoint)."""
+
+
+# --------------------------------------------------------------------------------------
+# Ticker
+
+
+class _Ticker:
+    """One daemon thread that advances every engine's epoch every ``tick_ms``."""
+
+    def __init__(self, tick_ms: int) -> None:
+        self._interval = tick_ms / 1000.0
+        self._stop = threading.Event()
+        self.targets: tuple[wasmtime.Engine, ...] = ()  # replaced whole, never mutated
+        self._thread = threading.Thread(target=self._loop, name="nightcore-epoch", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            for engine in self.targets:
+                engine.increment_epoch()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+# --------------------------------------------------------------------------------------
+# Output capture
+
+
+class _OutputSink:
+    """stdout + stderr of one run, capped at ``cap`` bytes in total."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._used = 0
+        self._lock = threading.Lock()
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.truncated = False
+
+    def _take(self, buf: bytearray, data: bytes) -> int:
+        with self._lock:
+            room = self._cap - self._used
+            if len(data) <= room:
+                buf += data
+                self._used += len(data)
+                return len(data)
+            self.truncated = True
+            if room <= 0:
+                return 0  # short write: the guest's fd_write fails with EIO
+            buf += data[:room]
+            self._used += room
+            return room
+
+    def write_stdout(self, data: bytes) -> int:
+        return self._take(self.stdout, data)
+
+    def write_stderr(self, data: bytes) -> int:
+        return self._take(self.stderr, data)
+
+    def attach(self, wasi: wasmtime.WasiConfig) -> list[threading.Event]:
+        """Route the config's stdout/stderr here; returns events set once Wasmtime let go.
+
+        Wasmtime drops the output streams (and calls back into Python to release the
+        callbacks) on its own I/O threads, asynchronously, after the store is gone. A
+        foreign thread that needs the GIL while the interpreter is finalising is killed
+        with ``pthread_exit``, which cannot unwind through Rust frames: the process aborts
+        (SIGABRT at exit). Waiting for these events before a run returns keeps every
+        callback inside the run.
+        """
+        released: list[threading.Event] = []
+        for stream, write in (("stdout", self.write_stdout), ("stderr", self.write_stderr)):
+            callback = _Writer(write)
+            event = threading.Event()
+            weakref.finalize(callback, event.set)
+            released.append(event)
+            if stream == "stdout":
+                wasi.stdout_custom = callback
+            else:
+                wasi.stderr_custom = callback
+            del callback  # only Wasmtime's handle table may keep it alive
+        return released
+
+    def snapshot(self) -> tuple[bytes, bytes, bool]:
+        with self._lock:
+            return bytes(self.stdout), bytes(self.stderr), self.truncated
+
+
+class _Writer:
+    """An output callback object (a distinct object, so its release can be observed)."""
+
+    __slots__ = ("__weakref__", "_write")
+
+    def __init__(self, write: Callable[[bytes], int]) -> None:
+        self._write = write
+
+    def __call__(self, data: bytes) -> int:
+        return self._write(data)
+
+
+# --------------------------------------------------------------------------------------
+# Watchdog: the per-store epoch-deadline callback
+
+
+class _Watchdog:
+    """Decides, at every epoch tick of one run, whether that run must stop now.
+
+    The store's deadline is one tick ahead and Wasmtime calls back when it is reached: the
+    run stops with ``TIMEOUT`` after ``ticks`` ticks (the same ``ceil(wall_ms / tick_ms)``
+    deadline a plain ``set_epoch_deadline(ticks)`` would give) or with ``OUTPUT_LIMIT`` at
+    the first tick after the output cap was hit, so a tenant that ignores failed writes
+    cannot keep burning CPU until its time runs out.
+    """
+
+    __slots__ = ("reason", "sink", "ticks_left")
+
+    def __init__(self, ticks: int, sink: _OutputSink) -> None:
+        self.ticks_left = ticks
+        self.sink = sink
+        self.reason = ""
+
+    def on_tick(self) -> str:
+        if self.sink.truncated:
+            return "OUTPUT_LIMIT"
+        self.ticks_left -= 1
+        return "TIMEOUT" if self.ticks_left <= 0 else ""
+
+
+_WATCHDOGS: dict[int, _Watchdog] = {}  # handle -> watchdog; single dict ops are GIL-atomic
+_WATCHDOG_IDS = itertools.count(1)
+_UPDATE_DEADLINE_CONTINUE = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
+
+
+def _on_epoch_deadline(context: object, data: int | None, delta: Any, update_kind: Any) -> int:
+    # Runs on the wasm thread inside Wasmtime. It must not raise (ctypes would print the
+    # error and let the run continue): any failure stops the run instead (fail closed).
+    del context
+    dog = _WATCHDOGS.get(data or 0)
+    try:
+        reason = dog.on_tick() if dog is not None else "TIMEOUT"
+        if not reason:
+            delta[0] = 1
+            update_kind[0] = _UPDATE_DEADLINE_CONTINUE
+            return 0
+    except Exception:  # noqa: BLE001 - see above
+        reason = "TIMEOUT"
+    if dog is not None:
+        dog.reason = reason
+    err = _wasmtime_bindings.wasmtime_error_new(f"nightcore: {reason}".encode())
+    return int(ctypes.cast(err, ctypes.c_void_p).value or 0)
+
+
+def _forget_watchdog(data: int | None) -> None:
+    _WATCHDOGS.pop(data or 0, None)
+
+
+def _deadline_hooks() -> tuple[Callable[..., None], Any, Any] | None:
+    """(register, callback, finalizer) for wasmtime_store_epoch_deadline_callback, if any."""
+    raw = getattr(_wasmtime_bindings, "_wasmtime_store_epoch_deadline_callback", None)
+    register = getattr(_wasmtime_bindings, "wasmtime_store_epoch_deadline_callback", None)
+    argtypes = getattr(raw, "argtypes", None)
+    if register is None or not argtypes or len(argtypes) != 4:  # pragma: no cover
+        return None
+    return register, argtypes[1](_on_epoch_deadline), argtypes[3](_forget_watchdog)
+
+
+# Module-level so the C function pointers outlive every store that uses them.
+_DEADLINE_HOOKS = _deadline_hooks()
+
+
+def _install_watchdog(store: wasmtime.Store, ticks: int, sink: _OutputSink) -> _Watchdog | None:
+    if _DEADLINE_HOOKS is None:  # pragma: no cover - present in wasmtime-py 50
+        store.set_epoch_deadline(ticks)  # plain deadline: TIMEOUT only, no output stop
+        return None
+    register, callback, finalizer = _DEADLINE_HOOKS
+    dog = _Watchdog(ticks, sink)
+    handle = next(_WATCHDOG_IDS)
+    _WATCHDOGS[handle] = dog
+    register(store.ptr(), callback, ctypes.c_void_p(handle), finalizer)
+    store.set_epoch_deadline(1)
+    return dog
+
+
+# --------------------------------------------------------------------------------------
+# Deterministic clock and random (shadowed WASI functions)
+
+_tls = threading.local()
+
+
+class _DeterministicState:
+    def __init__(self, seed: int, fuel_budget: int) -> None:
+        self.seed = str(seed).encode("ascii")
+        self.fuel_budget = fuel_budget
+        self.calls = 0
+
+    def random_bytes(self, n: int) -> bytes:
+        self.calls += 1
+        h = hashlib.shake_256(_RANDOM_DOMAIN)
+        h.update(len(self.seed).to_bytes(8, "big"))
+        h.update(self.seed)
+        h.update(self.calls.to_bytes(8, "big"))
+        return h.digest(n)
+
+
+def _caller_fuel(caller: wasmtime.Caller) -> int:
+    # Store.get_fuel only uses `_context()`, which a Caller provides (the C API's
+    # wasmtime_caller_context): the supported way to reach the store from a host call.
+    getter: Callable[[wasmtime.Caller], int] = wasmtime.Store.get_fuel  # type: ignore[assignment]
+    return getter(caller)
+
+
+def _write_guest(caller: wasmtime.Caller, ptr: int, data: bytes, align: int = 1) -> int:
+    mem = caller.get("memory")
+    if not isinstance(mem, wasmtime.Memory):
+        return _ERRNO_FAULT
+    if ptr < 0 or ptr % align or ptr + len(data) > mem.data_len(caller):
+        return _ERRNO_FAULT
+    if data:
+        mem.write(caller, data, ptr)
+    return _ERRNO_SUCCESS
+
+
+def _det_clock_time_get(caller: wasmtime.Caller, clock_id: int, precision: int, out: int) -> int:
+    # Host functions must never raise: wasmtime-py parks a raised exception in a
+    # process-global slot, which concurrent runs would race on.
+    del precision
+    try:
+        state: _DeterministicState | None = getattr(_tls, "det", None)
+        if state is None:
+            return _ERRNO_IO
+        if clock_id not in _WASI_CLOCKS:
+            return _ERRNO_INVAL
+        used = max(0, state.fuel_budget - _caller_fuel(caller))
+        ns = used * NS_PER_FUEL + (DETERMINISTIC_EPOCH_NS if clock_id == 0 else 0)
+        return _write_guest(caller, out, (ns & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"), 8)
+    except Exception:  # noqa: BLE001 - see above: report an errno instead
+        return _ERRNO_IO
+
+
+def _det_random_get(caller: wasmtime.Caller, buf: int, length: int) -> int:
+    try:
+        state: _DeterministicState | None = getattr(_tls, "det", None)
+        if state is None:
+            return _ERRNO_IO
+        mem = caller.get("memory")
+        if not isinstance(mem, wasmtime.Memory):
+            return _ERRNO_FAULT
+        # Bounds first: the length is guest-controlled and must not make the host
+        # generate more than the guest's (limited) memory can hold.
+        if buf < 0 or length < 0 or buf + length > mem.data_len(caller):
+            return _ERRNO_FAULT
+        return _write_guest(caller, buf, state.random_bytes(length))
+    except Exception:  # noqa: BLE001 - host functions must not raise (see clock_time_get)
+        return _ERRNO_IO
+
+
+# --------------------------------------------------------------------------------------
+# Helpers
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _one_line(message: str) -> str:
+    """The root cause of a Wasmtime error/trap message, on one sanitised line."""
+    lines = [ln.strip() for ln in message.splitlines()]
+    head = next((ln for ln in lines if ln), "")
+    if "Caused by:" in lines:
+        cause = " ".join(ln for ln in lines[lines.index("Caused by:") + 1 :] if ln)
+        # Trap messages open with a backtrace header that says nothing; other errors
+        # (e.g. "incompatible import type for `m::f`") keep their first line.
+        text = cause if head.startswith("error while executing") else f"{head} {cause}"
+    else:
+        text = head
+    text = " ".join(_CONTROL.sub(" ", text).split())
+    if len(text) > MAX_DETAIL_CHARS:
+        text = text[: MAX_DETAIL_CHARS - 3] + "..."
+    return text
+
+
+def _bad_text(value: object) -> bool:
+    if not isinstance(value, str) or "\x00" in value:
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _validate(config: RunConfig) -> None:
+    lim = config.limits
+    checks = (
+        ("fuel", lim.fuel, 1, 2**63 - 1),
+        ("wall_ms", lim.wall_ms, 1, 2**40),
+        ("memory_bytes", lim.memory_bytes, 1, 2**62),
+        ("stack_bytes", lim.stack_bytes, MIN_STACK_BYTES, MAX_STACK_BYTES),
+        ("output_bytes", lim.output_bytes, 0, 2**62),
+    )
+    for name, value, lo, hi in checks:
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise SandboxError(
+                f"limit {name} must be an integer in [{lo}, {hi}]", code="LIMIT_INVALID"
+            )
+    if any(_bad_text(a) for a in config.argv):
+        raise SandboxError("argv entries must be UTF-8 text without NUL", code="ARGV_INVALID")
+    for env_name, env_value in config.env:
+        if _bad_text(env_name) or _bad_text(env_value) or not env_name or "=" in env_name:
+            raise SandboxError(
+                "environment names must be non-empty UTF-8 without '=' or NUL, "
+                "values UTF-8 without NUL",
+                code="ENV_INVALID",
+            )
+    seen: set[str] = set()
+    for p in config.preopens:
+        if _bad_text(p.guest_path) or not p.guest_path or p.guest_path in seen:
+            raise SandboxError(
+                f"preopen guest path {p.guest_path!r} is empty, invalid or duplicated",
+                code="PREOPEN_INVALID",
+            )
+        seen.add(p.guest_path)
+        host = str(p.host_dir)
+        if _bad_text(host) or not p.host_dir.is_absolute() or not p.host_dir.is_dir():
+            raise SandboxError(
+                f"preopen host directory {host!r} must be an existing absolute directory",
+                code="PREOPEN_INVALID",
+            )
+    if not isinstance(config.seed, int) or isinstance(config.seed, bool):
+        raise SandboxError("seed must be an integer", code="SEED_INVALID")
+    if _bad_text(config.module_sha256) or not re.fullmatch(
+        r"[0-9a-fA-F]{64}", config.module_sha256
+    ):
+        raise SandboxError("module_sha256 must be 64 hex digits", code="DIGEST_INVALID")
+
+
+def _wasi_config(config: RunConfig) -> wasmtime.WasiConfig:
+    wasi = wasmtime.WasiConfig()
+    wasi.argv = list(config.argv)
+    wasi.env = [[name, value] for name, value in config.env]
+    # No stdin: nothing configured reads as end-of-file. No inherit_* calls at all.
+    # stdout/stderr: _OutputSink.attach.
+    for p in config.preopens:
+        _preopen(wasi, p)
+    return wasi
+
+
+def _preopen(wasi: wasmtime.WasiConfig, p: Preopen) -> None:
+    try:
+        wasi.preopen_dir(str(p.host_dir), p.guest_path, fs_mutable=p.writable)
+    except wasmtime.WasmtimeError as exc:
+        raise SandboxError(
+            f"cannot preopen {str(p.host_dir)!r} as {p.guest_path!r}: {_one_line(str(exc))}",
+            code="PREOPEN_INVALID",
+        ) from exc
+
+
+def _exported_memory(
+    store: wasmtime.Store, instance: wasmtime.Instance | None
+) -> wasmtime.Memory | None:
+    if instance is None:
+        return None
+    exports = instance.exports(store)
+    mem = exports.get("memory")
+    if isinstance(mem, wasmtime.Memory):
+        return mem
+    for item in exports.values():
+        if isinstance(item, wasmtime.Memory):
+            return item
+    return None
+
+
+def _call_on_big_stack(fn: Callable[[], _T], stack_bytes: int) -> _T:
+    """Run ``fn`` on a fresh thread whose native stack holds ``stack_bytes`` of wasm stack."""
+    box: list[_T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            errors.append(exc)
+
+    size = stack_bytes + HOST_STACK_MARGIN
+    size = (size + 0xFFFF) & ~0xFFFF
+    with _STACK_SIZE_LOCK:
+        previous = threading.stack_size(size)
+        try:
+            worker = threading.Thread(target=target, name="nightcore-bigstack", daemon=True)
+            worker.start()
+        finally:
+            threading.stack_size(previous)
+    worker.join()
+    if errors:
+        raise errors[0]
+    return box[0]
+
+
+_STACK_SIZE_LOCK = threading.Lock()
+
+
+# --------------------------------------------------------------------------------------
+# The sandbox
+
+
+class Sandbox:
+    """One per node: runs verified module bytes under a :class:`RunConfig`.
+
+    ``cache_dir`` enables the authenticated disk cache of compiled modules (``None``: memory
+    only); ``cache_secret`` keys its HMAC (at least 16 bytes when ``cache_dir`` is set).
+    ``on_event(name, fields)`` receives ``cache_rejected`` (an entry failed authentication
+    and was deleted, or did not deserialize; fields: tenant, module_sha256, key, path,
+    reason) and ``cache_write_failed``; it runs on the calling thread, and an exception it
+    raises propagates out of :meth:`run` (fail closed for audit).
+
+    :meth:`run` is thread-safe. Call :meth:`close` (or use ``with``) to stop the ticker.
+    """
+
+    def __init__(
+        self,
+        cache_dir: Path | None,
+        cache_secret: bytes,
+        *,
+        tick_ms: int = 10,
+        on_event: EventSink | None = None,
+    ) -> None:
+        if not isinstance(tick_ms, int) or isinstance(tick_ms, bool) or not 1 <= tick_ms <= 1000:
+            raise SandboxError(
+                "tick_ms must be an integer in [1, 1000]", code="SANDBOX_CONFIG_INVALID"
+            )
+        self._tick_ms = tick_ms
+        self._on_event = on_event
+        self._disk = DiskModuleCache(cache_dir, cache_secret) if cache_dir is not None else None
+        self._version = wasmtime_version()
+        self._lock = threading.Lock()
+        self._engines: OrderedDict[EngineKey, _EngineEntry] = OrderedDict()
+        self._modules: OrderedDict[tuple[str, EngineKey], _ModuleEntry] = OrderedDict()
+        self._load_locks: dict[tuple[str, EngineKey], threading.Lock] = {}
+        self._closed = False
+        self._active = 0  # runs in flight (guarded by _lock)
+        self._idle = threading.Condition(self._lock)
+        self._ticker = _Ticker(tick_ms)
+        self._finalizer = weakref.finalize(self, self._ticker.stop)
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def tick_ms(self) -> int:
+        return self._tick_ms
+
+    @property
+    def active_runs(self) -> int:
+        """Runs in flight right now."""
+        with self._lock:
+            return self._active
+
+    def close(self) -> None:
+        """Refuse new runs, wait for runs in flight, then stop the epoch ticker.
+
+        Runs in flight still end within their limits (the ticker keeps their wall-clock
+        deadline alive until they return). Later runs raise ``SandboxError(SANDBOX_CLOSED)``.
+        Idempotent.
+        """
+        with self._lock:
+            self._closed = True
+            while self._active:
+                self._idle.wait()
+        self._finalizer()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- engines -----------------------------------------------------------------------
+
+    def _acquire_engine(self, key: EngineKey) -> _EngineEntry:
+        with self._lock:
+            if self._closed:
+                raise SandboxError("the sandbox is closed", code="SANDBOX_CLOSED")
+            entry = self._engines.get(key)
+            if entry is None:
+                entry = _EngineEntry(key)
+                self._engines[key] = entry
+                self._evict_engines()
+                self._ticker.targets = tuple(e.engine for e in self._engines.values())
+            else:
+                self._engines.move_to_end(key)
+            entry.active += 1
+            self._active += 1
+            return entry
+
+    def _release_engine(self, entry: _EngineEntry) -> None:
+        with self._lock:
+            entry.active -= 1
+            self._active -= 1
+            if not self._active:
+                self._idle.notify_all()
+
+    def _evict_engines(self) -> None:
+        # Only idle engines are evicted: a running store needs its engine's epoch ticking.
+        excess = len(self._engines) - MAX_ENGINES
+        for key in [k for k, e in self._engines.items() if e.active == 0]:
+            if excess <= 0:
+                break
+            del self._engines[key]
+            for mkey in [m for m in self._modules if m[1] == key]:
+                del self._modules[mkey]
+            excess -= 1
+
+    # -- modules -----------------------------------------------------------------------
+
+    def _event(self, name: str, fields: dict[str, object]) -> None:
+        if self._on_event is not None:
+            self._on_event(name, fields)
+
+    def _module_for(
+        self, module_bytes: bytes, config: RunConfig, entry: _EngineEntry
+    ) -> tuple[_ModuleEntry, str]:
+        """The compiled module for this run and how it was obtained (hit/miss/rejected)."""
+        sha = config.module_sha256.lower()
+        mkey = (sha, entry.key)
+        with self._lock:
+            found = self._modules.get(mkey)
+            if found is not None:
+                self._modules.move_to_end(mkey)
+                return found, "hit"
+            key_lock = self._load_locks.setdefault(mkey, threading.Lock())
+        with key_lock:  # one loader per module: concurrent first runs wait for it
+            try:
+                with self._lock:
+                    found = self._modules.get(mkey)
+                if found is not None:
+                    return found, "hit"
+                module, status = self._load_module(module_bytes, config, entry, sha)
+                pre: wasmtime.InstancePre | None = None
+                link_error = ""
+                try:
+                    pre = entry.linker.instantiate_pre(module)
+                except wasmtime.WasmtimeError as exc:
+                    link_error = _one_line(str(exc))
+                loaded = _ModuleEntry(module, pre, link_error)
+                with self._lock:
+                    if entry.key in self._engines:  # not evicted meanwhile
+                        self._modules[mkey] = loaded
+                        while len(self._modules) > MEMORY_CACHE_ENTRIES:
+                            self._modules.popitem(last=False)
+                return loaded, status
+            finally:
+                with self._lock:
+                    self._load_locks.pop(mkey, None)
+
+    def _load_module(
+        self, module_bytes: bytes, config: RunConfig, entry: _EngineEntry, sha: str
+    ) -> tuple[wasmtime.Module, str]:
+        # The cache binds artifacts to the digest, so the bytes must really have it.
+        if hashlib.sha256(module_bytes).hexdigest() != sha:
+            raise SandboxError(
+                "module bytes do not match config.module_sha256", code="DIGEST_MISMATCH"
+            )
+        if not module_bytes.startswith(WASM_MAGIC):
+            # wasmtime-py would parse anything else as WebAssembly text: refuse it.
+            raise _CompileFailed("not a WebAssembly binary (bad magic)")
+        status = "miss"
+        key = ""
+        if self._disk is not None:
+            key = cache_key(sha, entry.key.fingerprint(), self._version)
+            found = self._disk.load(key)
+            reason = found.reason
+            if found.status == "hit" and found.artifact is not None:
+                try:
+                    return wasmtime.Module.deserialize(entry.engine, found.artifact), "hit"
+                except wasmtime.WasmtimeError:
+                    self._disk.discard(key)
+                    reason = "deserialize_failed"
+            if found.status == "rejected" or reason == "deserialize_failed":
+                status = "rejected"
+                self._event(
+                    "cache_rejected",
+                    {
+                        "tenant": config.tenant,
+                        "module_sha256": sha,
+                        "key": key,
+                        "path": found.path,
+                        "reason": reason,
+                    },
+                )
+        try:
+            module = wasmtime.Module(entry.engine, bytes(module_bytes))
+        except wasmtime.WasmtimeError as exc:
+            raise _CompileFailed(_one_line(str(exc))) from exc
+        if self._disk is not None:
+            try:
+                self._disk.store(key, bytes(module.serialize()))
+            except (OSError, wasmtime.WasmtimeError) as exc:
+                self._event(
+                    "cache_write_failed",
+                    {"tenant": config.tenant, "module_sha256": sha, "key": key, "error": str(exc)},
+                )
+        return module, status
+
+    # -- running -----------------------------------------------------------------------
+
+    def run(self, module_bytes: bytes, config: RunConfig) -> RunResult:
+        """Run ``module_bytes`` (already verified to have ``config.module_sha256``).
+
+        Tenant-caused failures are reported in the result's ``code``; configuration
+        errors (invalid limits, argv, env or preopens, a digest mismatch, a closed
+        sandbox) raise :class:`SandboxError` with a stable ``code``.
+        """
+        started = time.perf_counter()
+        _validate(config)
+        entry = self._acquire_engine(EngineKey(config.limits.stack_bytes, config.deterministic))
+        try:
+            try:
+                loaded, cache_status = self._module_for(module_bytes, config, entry)
+            except _CompileFailed as exc:
+                result = _failed("COMPILE_ERROR", exc.detail, "miss")
+            else:
+                if config.limits.stack_bytes > INLINE_STACK_MAX:
+                    result = _call_on_big_stack(
+                        lambda: self._execute(entry, loaded, config, cache_status),
+                        config.limits.stack_bytes,
+                    )
+                else:
+                    result = self._execute(entry, loaded, config, cache_status)
+        finally:
+            self._release_engine(entry)
+        result.wall_ms = (time.perf_counter() - started) * 1000.0
+        return result
+
+    def _execute(
+        self, entry: _EngineEntry, loaded: _ModuleEntry, config: RunConfig, cache_status: str
+    ) -> RunResult:
+        if loaded.pre is None:
+            return _failed("INSTANTIATE_ERROR", loaded.link_error, cache_status)
+        limits = config.limits
+        sink = _OutputSink(limits.output_bytes)
+        wasi = _wasi_config(config)
+        released = sink.attach(wasi)
+        store = wasmtime.Store(entry.engine)
+        try:
+            store.set_limits(
+                memory_size=limits.memory_bytes,
+                table_elements=MAX_TABLE_ELEMENTS,
+                instances=MAX_INSTANCES,
+                tables=MAX_TABLES,
+                memories=MAX_MEMORIES,
+            )
+            store.set_fuel(limits.fuel)
+            ticks = max(1, math.ceil(limits.wall_ms / self._tick_ms))
+            watchdog = _install_watchdog(store, ticks, sink)
+            store.set_wasi(wasi)
+            if config.deterministic:
+                _tls.det = _DeterministicState(config.seed, limits.fuel)
+            instance: wasmtime.Instance | None = None
+            code, detail = "OK", ""
+            exit_code: int | None = 0
+            try:
+                instance = loaded.pre.instantiate(store)
+                func = instance.exports(store).get(config.entrypoint)
+                if not isinstance(func, wasmtime.Func):
+                    raise _Refused(
+                        f"entrypoint {config.entrypoint[:80]!r} is not an exported function"
+                    )
+                if func.type(store).params:
+                    raise _Refused(f"entrypoint {config.entrypoint[:80]!r} takes parameters")
+                func(store)
+            except _Refused as exc:
+                code, exit_code, detail = "INSTANTIATE_ERROR", None, _one_line(str(exc))
+            except wasmtime.ExitTrap as exc:
+                code = "OK" if exc.code == 0 else "EXIT_NONZERO"
+                exit_code, detail = exc.code, ("" if exc.code == 0 else f"exit status {exc.code}")
+            except wasmtime.Trap as exc:
+                exit_code, detail = None, _one_line(exc.message)
+                code = _trap_code(exc.trap_code)
+                if instance is None and code == "TRAP":
+                    code = "INSTANTIATE_ERROR"  # the start function trapped
+            except wasmtime.WasmtimeError as exc:
+                exit_code, detail = None, _one_line(str(exc))
+                if instance is None:
+                    code = (
+                        "MEMORY_LIMIT" if "exceeds memory limits" in detail else "INSTANTIATE_ERROR"
+                    )
+                else:
+                    code = "TRAP"
+            finally:
+                _tls.det = None
+            if watchdog is not None and watchdog.reason and code not in ("OK", "EXIT_NONZERO"):
+                code, exit_code = watchdog.reason, None
+                detail = (
+                    f"output limit of {limits.output_bytes} bytes reached: run stopped"
+                    if code == "OUTPUT_LIMIT"
+                    else f"wall-clock limit of {limits.wall_ms} ms reached"
+                )
+            fuel_used = max(0, limits.fuel - store.get_fuel())
+            memory_bytes, at_limit = 0, False
+            mem = _exported_memory(store, instance)
+            if mem is not None:
+                memory_bytes = mem.data_len(store)
+                at_limit = memory_bytes + mem.page_size(store) > limits.memory_bytes
+        finally:
+            store.close()  # frees linear memory now and finalises the WASI context
+            wasi.close()  # no-op once the store took it over
+            for event in released:
+                event.wait(RELEASE_WAIT_S)
+        stdout, stderr, truncated = sink.snapshot()
+        extra: dict[str, str] = {}
+        if code in ("TRAP", "EXIT_NONZERO") and at_limit:
+            extra["underlying_code"] = code
+            code = "MEMORY_LIMIT"
+        elif code in ("OK", "TRAP", "EXIT_NONZERO") and truncated:
+            extra["underlying_code"] = code
+            code = "OUTPUT_LIMIT"
+        return RunResult(
+            code=code,
+            exit_code=exit_code,
+            fuel_used=fuel_used,
+            wall_ms=0.0,
+            memory_bytes=memory_bytes,
+            stdout=stdout,
+            stderr=stderr,
+            output_truncated=truncated,
+            detail=detail,
+            cache=cache_status,
+            extra=extra,
+        )
+
+
+def _trap_code(trap_code: wasmtime.TrapCode | None) -> str:
+    if trap_code == wasmtime.TrapCode.OUT_OF_FUEL:
+        return "FUEL_EXHAUSTED"
+    if trap_code == wasmtime.TrapCode.INTERRUPT:
+        return "TIMEOUT"
+    if trap_code == wasmtime.TrapCode.STACK_OVERFLOW:
+        return "STACK_OVERFLOW"
+    return "TRAP"
+
+
+def _failed(code: str, detail: str, cache_status: str) -> RunResult:
+    return RunResult(
+        code=code,
+        exit_code=None,
+        fuel_used=0,
+        wall_ms=0.0,
+        memory_bytes=0,
+        stdout=b"",
+        stderr=b"",
+        detail=detail,
+        cache=cache_status,
+    )
