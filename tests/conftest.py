@@ -65,11 +65,18 @@ class Cli:
         return CliResult(code, cap.out, cap.err)
 
 
-def run_cli_subprocess(*args: str, cwd: Path | None = None,
-                       env: dict[str, str] | None = None, timeout: float = 120) -> CliResult:
+def run_cli_subprocess(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> CliResult:
     full_env = dict(os.environ, **(env or {}))
-    p = subprocess.run([sys.executable, "-m", "nightcore", *args], capture_output=True,
-                       text=True, cwd=cwd, env=full_env, timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, "-m", "nightcore", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=timeout,
+    )
     return CliResult(p.returncode, p.stdout, p.stderr)
 
 
@@ -99,10 +106,20 @@ class Env:
     maintainer: GeneratedKey
     cli: Cli
 
-    def add_tenant(self, tenant: str, extra: str = "", wasm: bytes | None = None,
-                   sign: bool = True, key: GeneratedKey | None = None) -> Path:
-        d = write_tenant(self.ws, tenant, simple_manifest(tenant, extra),
-                         wasm if wasm is not None else wat_module(HELLO_WAT))
+    def add_tenant(
+        self,
+        tenant: str,
+        extra: str = "",
+        wasm: bytes | None = None,
+        sign: bool = True,
+        key: GeneratedKey | None = None,
+    ) -> Path:
+        d = write_tenant(
+            self.ws,
+            tenant,
+            simple_manifest(tenant, extra),
+            wasm if wasm is not None else wat_module(HELLO_WAT),
+        )
         if sign:
             api.sign_tenant(d, str((key or self.publisher).private_path))
         return d
@@ -121,8 +138,9 @@ def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GeneratedKey
 
 
 @pytest.fixture
-def env(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        keys_dir: dict[str, GeneratedKey]) -> Iterator[Env]:
+def env(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], keys_dir: dict[str, GeneratedKey]
+) -> Iterator[Env]:
     ws = api.init_workspace(tmp_path / "ws")
     api.trust_add_key(ws, keys_dir["alice"].public_path, scope="*")
     api.trust_add_key(ws, keys_dir["maint"].public_path, scope="*", role="maintainer")
