@@ -1,12 +1,27 @@
-"""CLI commands of the audit layer: ``nightcore audit ...``."""
+"""CLI commands of the audit layer: ``nightcore audit ...``.
+
+``verify``, ``checkpoint``, ``show``, ``prove``, ``consistency`` work on a workspace;
+``verify-proof`` and ``verify-consistency`` are offline: they need only the files named on the
+command line and the node's public key (no workspace). A check that runs and says "no" exits 1
+with ``error[CODE]: message``; a refused command (usage, unreadable file) exits 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from nightcore.cli.render import info, print_json
+from nightcore.cli.render import clean, error, info, print_json, print_table
+from nightcore.errors import AuditError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+SHOW_DEFAULT_LIMIT = 50
+MAX_KEY_FILE = 64 * 1024
 
 
 def _ws(args: argparse.Namespace) -> Any:
@@ -15,23 +30,312 @@ def _ws(args: argparse.Namespace) -> Any:
     return Workspace.open(args.workspace, fips=True if args.fips else None)
 
 
-def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from nightcore.audit.log import verify_chain
+def _tlog(args: argparse.Namespace) -> Any:
+    from nightcore.audit.tlog import TransparencyLog
 
-    ws = _ws(args)
-    report = verify_chain(ws.audit().iter_lines())
-    out = {"ok": True, "entries": report.entries, "head": report.head}
+    return TransparencyLog(_ws(args))
+
+
+def _read_capped(path: str, cap: int, code: str, what: str) -> bytes:
+    with Path(path).open("rb") as fh:
+        data = fh.read(cap + 1)
+    if len(data) > cap:
+        raise AuditError(f"{what} {path} is larger than {cap} bytes", code=code)
+    return data
+
+
+def _refused(args: argparse.Namespace, exc: AuditError, **extra: Any) -> int:
+    """A check that ran and failed: exit 1 with the code (JSON on stdout with --json)."""
+    if args.json:
+        print_json({"ok": False, "code": exc.code, "error": clean(exc.message, 400), **extra})
+    error(exc.code, exc.message)
+    return EXIT_FAILED
+
+
+def _write_out(path: str, data: bytes) -> None:
+    Path(path).write_bytes(data)
+
+
+# -- verify --------------------------------------------------------------------------------
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    report = _tlog(args).verify()
+    if args.json:
+        print_json(report.to_dict())
+    if not report.ok:
+        message = report.message or ""
+        if report.seq is not None and not message.startswith(f"line {report.seq}:"):
+            message = f"seq {report.seq}: {message}"
+        error(str(report.code), message)
+        return EXIT_FAILED
+    if not args.json:
+        latest = report.latest_checkpoint
+        info(
+            f"audit log OK: {report.entries} entries, head {report.head}, Merkle root "
+            f"{report.root}, {report.checkpoints} checkpoint(s)"
+            + (f", latest at size {latest}" if latest is not None else "")
+        )
+    for warning in report.warnings:
+        info(f"warning: {warning}")
+    return EXIT_OK
+
+
+# -- checkpoint ----------------------------------------------------------------------------
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    tlog = _tlog(args)
+    try:
+        cp = tlog.checkpoint(args.reason)
+    except AuditError as exc:
+        return _refused(args, exc)
+    path = tlog.checkpoints_dir / f"{cp.size}.note"
+    if args.json:
+        print_json({"ok": True, **cp.to_dict(), "path": str(path)})
+    else:
+        sys.stdout.write(cp.note.decode("utf-8"))
+        info(f"checkpoint {cp.size} signed (root {cp.root.hex()}): {path}")
+    return EXIT_OK
+
+
+# -- show ----------------------------------------------------------------------------------
+
+
+def _records(ws: Any) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for n, raw in enumerate(ws.audit().iter_lines()):
+        if not raw.endswith(b"\n"):
+            break  # a torn tail is not an entry
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            raise AuditError(
+                f"audit line {n} is not JSON; run 'nightcore audit verify'",
+                code="AUDIT_LINE_MALFORMED",
+            ) from None
+        if not isinstance(rec, dict):
+            raise AuditError(f"audit line {n} is not an object", code="AUDIT_LINE_MALFORMED")
+        out.append(rec)
+    return out
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    from nightcore.cli.main import _parse_time
+    from nightcore.errors import UsageError
+
+    if args.limit < 0:
+        raise UsageError("--limit must be 0 (no limit) or more")
+    since = _parse_time(args.since) if args.since else None
+    rows: list[dict[str, Any]] = []
+    for rec in _records(_ws(args)):
+        if args.tenant is not None and rec.get("tenant") != args.tenant:
+            continue
+        if args.event is not None and rec.get("event") != args.event:
+            continue
+        if since is not None:
+            try:
+                if _parse_time(str(rec.get("ts", ""))) < since:
+                    continue
+            except UsageError:
+                continue
+        rows.append(rec)
+    if args.limit:
+        rows = rows[-args.limit :]
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    print_table(
+        "Audit log",
+        ["seq", "time", "event", "tenant", "data"],
+        [
+            [
+                r.get("seq", "?"),
+                r.get("ts", ""),
+                r.get("event", ""),
+                clean(r.get("tenant", "-")),
+                clean(json.dumps(r.get("data", {}), sort_keys=True, separators=(",", ":"))),
+            ]
+            for r in rows
+        ],
+    )
+    return EXIT_OK
+
+
+# -- proofs --------------------------------------------------------------------------------
+
+
+def cmd_audit_prove(args: argparse.Namespace) -> int:
+    tlog = _tlog(args)
+    try:
+        proof = tlog.prove(args.seq)
+        entry = tlog.entry(args.seq) if args.entry_out else None
+    except AuditError as exc:
+        return _refused(args, exc)
+    if args.out:
+        _write_out(args.out, proof)
+    if entry is not None:
+        _write_out(args.entry_out, entry)
+    if args.json:
+        print_json(
+            {
+                "ok": True,
+                "index": args.seq,
+                "proof": proof.decode("utf-8"),
+                "out": args.out,
+                "entry_out": args.entry_out,
+            }
+        )
+    elif args.out:
+        info(f"inclusion proof of entry {args.seq} written to {args.out}")
+    else:
+        sys.stdout.write(proof.decode("utf-8"))
+    if entry is not None and not args.json:
+        info(f"entry {args.seq} written to {args.entry_out}")
+    return EXIT_OK
+
+
+def cmd_audit_verify_proof(args: argparse.Namespace) -> int:
+    from nightcore.audit.log import MAX_LINE_BYTES
+    from nightcore.audit.note import MAX_TLOG_PROOF_SIZE
+    from nightcore.audit.tlog import verify_inclusion_proof
+
+    proof = _read_capped(args.proof, MAX_TLOG_PROOF_SIZE, "PROOF_FORMAT_INVALID", "proof")
+    key = _read_capped(args.key, MAX_KEY_FILE, "KEY_INVALID", "public key")
+    entry = _read_capped(args.entry, MAX_LINE_BYTES + 1, "AUDIT_LINE_TOO_LARGE", "entry")
+    try:
+        cp, rec = verify_inclusion_proof(proof, entry, key)
+    except AuditError as exc:
+        return _refused(args, exc)
+    out = {
+        "ok": True,
+        "index": rec["seq"],
+        "size": cp.size,
+        "root": cp.root.hex(),
+        "origin": cp.origin,
+        "signed_by": list(cp.key_names),
+        "entry": {k: rec.get(k) for k in ("seq", "ts", "event", "tenant", "node")},
+    }
     if args.json:
         print_json(out)
     else:
-        info(f"audit log OK: {report.entries} entries, head {report.head}")
-    return 0
+        info(
+            f"OK: entry {rec['seq']} ({clean(rec['event'], 60)}) is in the log {cp.origin} "
+            f"of size {cp.size}, checkpoint signed by {clean(', '.join(cp.key_names), 80)}"
+        )
+    return EXIT_OK
+
+
+def cmd_audit_consistency(args: argparse.Namespace) -> int:
+    from nightcore.audit.note import MAX_NOTE_SIZE
+
+    old = _read_capped(args.old_checkpoint, MAX_NOTE_SIZE, "NOTE_TOO_LARGE", "checkpoint")
+    tlog = _tlog(args)
+    try:
+        proof = tlog.consistency(old)
+    except AuditError as exc:
+        return _refused(args, exc)
+    if args.out:
+        _write_out(args.out, proof.to_text())
+    if args.json:
+        print_json({"ok": True, **proof.to_dict(), "out": args.out})
+        return EXIT_OK
+    if not args.out:
+        sys.stdout.write(proof.to_text().decode("utf-8"))
+    info(
+        f"OK: the log extends checkpoint {proof.old.size}; proof to signed checkpoint "
+        f"{proof.new.size}" + (f" written to {args.out}" if args.out else "")
+    )
+    return EXIT_OK
+
+
+def cmd_audit_verify_consistency(args: argparse.Namespace) -> int:
+    from nightcore.audit.note import MAX_NOTE_SIZE, MAX_TLOG_PROOF_SIZE
+    from nightcore.audit.tlog import verify_consistency_proof
+
+    proof = _read_capped(args.proof, MAX_TLOG_PROOF_SIZE, "PROOF_FORMAT_INVALID", "proof")
+    old = _read_capped(args.old, MAX_NOTE_SIZE, "NOTE_TOO_LARGE", "checkpoint")
+    key = _read_capped(args.key, MAX_KEY_FILE, "KEY_INVALID", "public key")
+    try:
+        res = verify_consistency_proof(proof, old, key)
+    except AuditError as exc:
+        return _refused(args, exc)
+    if args.json:
+        print_json({"ok": True, **res.to_dict()})
+    else:
+        info(f"OK: checkpoint {res.new.size} extends checkpoint {res.old.size}")
+    return EXIT_OK
+
+
+# -- parser --------------------------------------------------------------------------------
+
+
+def _seq(text: str) -> int:
+    from nightcore.errors import UsageError
+
+    if not text.isdigit() or (len(text) > 1 and text[0] == "0") or len(text) > 20:
+        raise UsageError(f"not an entry number: {text!r}")
+    return int(text)
 
 
 def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     from nightcore.cli.main import _need_sub
     from nightcore.cli.main import _Parser as Parser
 
-    audit = add("audit", _need_sub, "inspect and verify the audit log")
+    audit = add("audit", _need_sub, "inspect, checkpoint, prove and verify the audit log")
     asub = audit.add_subparsers(dest="audit_cmd", metavar="ACTION", parser_class=Parser)
-    add("verify", cmd_audit_verify, "verify the audit log's hash chain", asub)
+    add(
+        "verify",
+        cmd_audit_verify,
+        "verify the hash chain, the Merkle tree and every signed checkpoint",
+        asub,
+    )
+    sp = add("checkpoint", cmd_audit_checkpoint, "sign a checkpoint of the whole log", asub)
+    sp.add_argument("--reason", default="manual", help="recorded in the checkpoint event")
+
+    sp = add("show", cmd_audit_show, "list audit entries (latest last)", asub)
+    sp.add_argument("--tenant")
+    sp.add_argument("--event")
+    sp.add_argument("--since", help="ISO 8601 time; entries at or after it")
+    sp.add_argument(
+        "--limit",
+        type=int,
+        default=SHOW_DEFAULT_LIMIT,
+        help=f"show the latest N matches (default {SHOW_DEFAULT_LIMIT}; 0: all)",
+    )
+
+    sp = add(
+        "prove", cmd_audit_prove, "print an inclusion proof (c2sp tlog-proof) of entry SEQ", asub
+    )
+    sp.add_argument("seq", type=_seq, metavar="SEQ")
+    sp.add_argument("--out", help="write the proof to FILE instead of stdout")
+    sp.add_argument("--entry-out", help="also write the entry's line (the proven bytes) to FILE")
+
+    sp = add(
+        "verify-proof",
+        cmd_audit_verify_proof,
+        "verify an inclusion proof offline (needs only the proof, the entry and node.pub.pem)",
+        asub,
+    )
+    sp.add_argument("proof", metavar="PROOF_FILE")
+    sp.add_argument("--key", required=True, metavar="NODE_PUB_PEM")
+    sp.add_argument("--entry", required=True, metavar="ENTRY_FILE", help="the audit line bytes")
+
+    sp = add(
+        "consistency",
+        cmd_audit_consistency,
+        "prove the log (re-verified) extends an old signed checkpoint",
+        asub,
+    )
+    sp.add_argument("old_checkpoint", metavar="OLD_CHECKPOINT_FILE")
+    sp.add_argument("--out", help="write the consistency proof to FILE")
+
+    sp = add(
+        "verify-consistency",
+        cmd_audit_verify_consistency,
+        "verify a consistency proof offline against an old checkpoint and node.pub.pem",
+        asub,
+    )
+    sp.add_argument("proof", metavar="PROOF_FILE")
+    sp.add_argument("--old", required=True, metavar="OLD_CHECKPOINT_FILE")
+    sp.add_argument("--key", required=True, metavar="NODE_PUB_PEM")
