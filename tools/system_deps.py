@@ -12,7 +12,9 @@ import subprocess
 import sys
 
 # Debian package -> executable the tests use.
-PACKAGES: dict[str, str] = {}
+PACKAGES: dict[str, str] = {
+    "chromium": "chromium",  # dashboard browser tests (driven by playwright, executable_path)
+}
 
 
 def main() -> int:
