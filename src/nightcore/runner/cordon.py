@@ -49,7 +49,8 @@ def _locked(ws: Workspace) -> Iterator[None]:
         os.close(fd)
 
 
-def cordon(ws: Workspace, tenant: str, reason: str) -> dict[str, str]:
+def cordon(ws: Workspace, tenant: str, reason: str, *, actor: str = "cli") -> dict[str, str]:
+    """Cordon ``tenant``. ``actor`` names who asked (``cli``, ``token:<id>``) in the audit line."""
     from nightcore.audit.log import now_ts
 
     try:
@@ -63,17 +64,17 @@ def cordon(ws: Workspace, tenant: str, reason: str) -> dict[str, str]:
         if tenant in cordons:
             raise NightCoreError(f"tenant {tenant} is already cordoned", code="ALREADY_CORDONED")
         entry = {"reason": reason[:MAX_REASON], "ts": now_ts()}
-        ws.audit().append("cordon", {"reason": entry["reason"]}, tenant)
+        ws.audit().append("cordon", {"reason": entry["reason"], "actor": actor}, tenant)
         cordons[tenant] = entry
         atomic_write(_path(ws), canonical(cordons) + b"\n")
     return entry
 
 
-def uncordon(ws: Workspace, tenant: str, reason: str = "") -> None:
+def uncordon(ws: Workspace, tenant: str, reason: str = "", *, actor: str = "cli") -> None:
     with _locked(ws):
         cordons = load_cordons(ws)
         if tenant not in cordons:
             raise NightCoreError("tenant is not cordoned", code="NOT_CORDONED")
-        ws.audit().append("uncordon", {"reason": reason[:MAX_REASON]}, tenant)
+        ws.audit().append("uncordon", {"reason": reason[:MAX_REASON], "actor": actor}, tenant)
         del cordons[tenant]
         atomic_write(_path(ws), canonical(cordons) + b"\n")
