@@ -230,6 +230,7 @@ class Workspace:
         self.config = parse_config(data, fips_override=fips)
         self._node_key_id: str | None = None
         self._audit: Any = None
+        self._parsed: dict[str, tuple[Any, Any]] = {}
 
     @classmethod
     def open(cls, explicit: str | None = None, *, fips: bool | None = None) -> Workspace:
@@ -308,7 +309,15 @@ class Workspace:
 
         if not self.registry_path.exists():
             return Registry()
-        return parse_registry(_read_capped(self.registry_path, 4 * 1024 * 1024))
+        data = _read_capped(self.registry_path, 4 * 1024 * 1024)
+        # The file is re-read every time (it may change under us); only parsing is cached,
+        # keyed by the exact bytes.
+        cached = self._parsed.get("registry")
+        if cached is not None and cached[0] == data:
+            return cached[1]
+        registry = parse_registry(data)
+        self._parsed["registry"] = (data, registry)
+        return registry
 
     def revocation_mark(self) -> int:
         try:
@@ -331,9 +340,13 @@ class Workspace:
                     code="REVOCATION_ROLLBACK",
                 )
             return RevocationList()
-        rl = parse_revocations(
-            _read_capped(self.revocations_path, 16 * 1024 * 1024), registry, fips=self.policy.fips
-        )
+        data = _read_capped(self.revocations_path, 16 * 1024 * 1024)
+        cached = self._parsed.get("revocations")
+        if cached is not None and cached[0] == (data, registry.to_bytes(), self.policy.fips):
+            rl = cached[1]
+        else:
+            rl = parse_revocations(data, registry, fips=self.policy.fips)
+            self._parsed["revocations"] = ((data, registry.to_bytes(), self.policy.fips), rl)
         check_not_rollback(rl, mark)
         if rl.version > mark:
             self._write_mark(rl.version)

@@ -136,3 +136,39 @@ def test_concurrent_processes_never_interleave_or_fork_the_chain(tmp_path: Path)
     assert verify_chain(iter(lines(log))).entries == 180
     seen = {(json.loads(x)["data"]["worker"], json.loads(x)["data"]["i"]) for x in lines(log)}
     assert len(seen) == 180
+
+
+def test_threads_group_commit_into_one_valid_chain(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import threading
+
+    log = AuditLog(tmp_path / "audit", "node")
+    fsyncs = 0
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:  # instrumentation, the real fsync still runs
+        nonlocal fsyncs
+        fsyncs += 1
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    seqs: dict[int, list[int]] = {}
+
+    def worker(w: int) -> None:
+        seqs[w] = [log.append("t", {"w": w, "i": i}).seq for i in range(50)]
+
+    threads = [threading.Thread(target=worker, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert verify_chain(iter(lines(log))).entries == 400
+    for w, got in seqs.items():
+        assert got == sorted(got) and len(set(got)) == 50, w
+    recs = [json.loads(x) for x in lines(log)]
+    assert {(r["data"]["w"], r["data"]["i"]) for r in recs} == {
+        (w, i) for w in range(8) for i in range(50)
+    }
+    assert fsyncs <= 400  # never more than one per append; usually far fewer

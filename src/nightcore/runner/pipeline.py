@@ -105,6 +105,10 @@ def prepare_preopens(ws: Workspace, m: Manifest) -> tuple[Preopen, ...]:
     return tuple(out)
 
 
+def _start_event(tr: TenantRun, cfg: RunConfig) -> Event:
+    return Event("run_start", {"run_id": tr.run_id, "module_sha256": cfg.module_sha256}, cfg.tenant)
+
+
 def new_run_id(tenant: str) -> str:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
     return f"{stamp}-{tenant}-{secrets.token_hex(4)}"
@@ -263,18 +267,25 @@ class Runner:
                 )
             )
             admitted.append((tr, cfg, v.module))
+        workers = max(1, min(parallel or ws.config.parallel, len(admitted) or 1))
+        # The first `workers` admitted tenants start the moment the batch is durable, so
+        # their run_start lines ride in the same write and fsync; later ones log their own.
+        for tr, cfg, _module in admitted[:workers]:
+            events.append(_start_event(tr, cfg))
         audit.append_many(events)
         for tr in results.values():
             if tr.code != "OK" and progress is not None:
                 progress(tr)
 
         if admitted:
-            workers = max(1, min(parallel or ws.config.parallel, len(admitted)))
             sandbox = self.sandbox()
+            logged = {id(item[0]) for item in admitted[:workers]}
 
             def one(item: tuple[TenantRun, RunConfig, bytes]) -> TenantRun:
                 tr, cfg, module = item
                 try:
+                    if id(tr) not in logged:
+                        self.ws.audit().append_many([_start_event(tr, cfg)])
                     return self._execute(sandbox, tr, cfg, module)
                 finally:
                     if progress is not None:
@@ -295,9 +306,6 @@ class Runner:
     def _execute(self, sandbox: Sandbox, tr: TenantRun, cfg: RunConfig, module: bytes) -> TenantRun:
         ws = self.ws
         audit = ws.audit()
-        audit.append(
-            "run_start", {"run_id": tr.run_id, "module_sha256": cfg.module_sha256}, cfg.tenant
-        )
         result: RunResult = sandbox.run(module, cfg)
         run_dir = ws.state_dir / "runs" / tr.run_id
         run_dir.mkdir(parents=True)
