@@ -169,7 +169,8 @@ def trust_add_key(
     expires: dt.datetime | None = None,
     name: str | None = None,
 ) -> TrustedKey:
-    from nightcore.trust.keys import check_scheme, public_key_from_pem
+    from nightcore.trust.keys import check_scheme
+    from nightcore.trust.pubkey import PublicKey
     from nightcore.trust.registry import ROLES, TrustedKey, validate_scope
 
     if role not in ROLES:
@@ -179,7 +180,7 @@ def trust_add_key(
         data = public_pem.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read {public_pem}: {exc.strerror}") from None
-    key = public_key_from_pem(data)
+    key = PublicKey.from_pem(data)
     check_scheme(str(key.scheme), ws.policy.fips)
     registry = ws.load_registry()
     if expires is not None and expires <= utcnow():

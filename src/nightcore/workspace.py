@@ -270,13 +270,13 @@ class Workspace:
 
     def node_key_id(self) -> str:
         if self._node_key_id is None:
-            from nightcore.trust.keys import public_key_from_pem
+            from nightcore.trust.pubkey import PublicKey
 
             try:
                 data = self.node_pub_path.read_bytes()
             except OSError:
                 raise WorkspaceError("node.pub.pem is missing", code="NODE_KEY_MISSING") from None
-            self._node_key_id = str(public_key_from_pem(data).keyid)
+            self._node_key_id = PublicKey.from_pem(data).keyid
         return self._node_key_id
 
     def node_key_uri(self) -> str:

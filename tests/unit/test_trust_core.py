@@ -16,6 +16,7 @@ from nightcore.errors import ManifestError, NightCoreError, TrustError
 from nightcore.module.manifest import manifest_from_dict, parse_manifest_toml
 from nightcore.trust.envelope import ParsedEnvelope, RawSignature, parse_envelope, verify_signature
 from nightcore.trust.keys import public_key_from_pem
+from nightcore.trust.pubkey import PublicKey
 
 VECTORS = Path(__file__).resolve().parents[3] / "shared" / "vectors"
 
@@ -37,20 +38,42 @@ WYCHEPROOF = _wycheproof()
     "the workplace): Wycheproof vectors not available",
 )
 def test_ed25519_verification_agrees_with_every_wycheproof_vector() -> None:
-    """Our signature check (securesystemslib over DSSE PAE inputs) on raw messages."""
+    """Our verification key type (cryptography underneath) and securesystemslib's both."""
     from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
     from securesystemslib.signer import Signature
 
     assert len(WYCHEPROOF) == 151
     for pem, case in WYCHEPROOF:
-        key = public_key_from_pem(pem.encode())
+        ours = PublicKey.from_pem(pem.encode())
+        sslib = public_key_from_pem(pem.encode())
+        assert ours.keyid == sslib.keyid
         msg = bytes.fromhex(case["msg"])
         try:
-            key.verify_signature(Signature(key.keyid, case["sig"]), msg)
-            accepted = True
+            sslib.verify_signature(Signature(sslib.keyid, case["sig"]), msg)
+            sslib_accepts = True
         except (UnverifiedSignatureError, VerificationError):
-            accepted = False
-        assert accepted == (case["result"] == "valid"), case["tcId"]
+            sslib_accepts = False
+        want = case["result"] == "valid"
+        assert ours.verify(bytes.fromhex(case["sig"]), msg) == want, case["tcId"]
+        assert sslib_accepts == want, case["tcId"]
+
+
+@pytest.mark.parametrize("fips", [False, True])
+def test_key_ids_and_verification_agree_with_securesystemslib(tmp_path: Path, fips: bool) -> None:
+    from securesystemslib.signer import CryptoSigner
+
+    signer = CryptoSigner.generate_ecdsa() if fips else CryptoSigner.generate_ed25519()
+    sslib = signer.public_key
+    ours = PublicKey.from_dict(sslib.keyid, sslib.to_dict())
+    assert ours.keyid == sslib.keyid
+    assert PublicKey.from_pem(ours.to_pem()).keyid == sslib.keyid
+    sig = signer.sign(b"payload")
+    assert ours.verify(bytes.fromhex(sig.signature), b"payload")
+    assert not ours.verify(bytes.fromhex(sig.signature), b"other")
+    assert ours.to_sslib() == sslib
+    with pytest.raises(NightCoreError) as err:
+        PublicKey.from_dict("0" * 64, sslib.to_dict())
+    assert err.value.code == "KEY_ID_MISMATCH"
 
 
 def test_envelope_signature_check_uses_pae(tmp_path: Path) -> None:
@@ -62,13 +85,14 @@ def test_envelope_signature_check_uses_pae(tmp_path: Path) -> None:
     signer = load_signer(str(k.private_path))
     raw = sign_payload(b'{"a":1}', [signer])
     env = parse_envelope(raw)
-    assert verify_signature(env, signer.public_key)  # type: ignore[arg-type]
+    key = PublicKey.from_dict(signer.public_key.keyid, signer.public_key.to_dict())
+    assert verify_signature(env, key)
     forged = ParsedEnvelope("application/other", env.payload, env.signatures)
-    assert not verify_signature(forged, signer.public_key)  # type: ignore[arg-type]
+    assert not verify_signature(forged, key)
     bad = ParsedEnvelope(
         env.payload_type, env.payload, (RawSignature(env.signatures[0].keyid, b"\x00" * 64),)
     )
-    assert not verify_signature(bad, signer.public_key)  # type: ignore[arg-type]
+    assert not verify_signature(bad, key)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,9 @@ from nightcore.canonical import canonical, parse_json
 from nightcore.errors import NightCoreError, TrustError
 
 if TYPE_CHECKING:
-    from securesystemslib.signer import Signer, SSlibKey
+    from securesystemslib.signer import Signer
+
+    from nightcore.trust.pubkey import PublicKey
 
 PAYLOAD_TYPE_INTOTO = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -96,24 +98,13 @@ def sign_payload(
     return canonical(env.to_dict())
 
 
-def verify_signature(env: ParsedEnvelope, key: SSlibKey) -> bool:
+def verify_signature(env: ParsedEnvelope, key: PublicKey) -> bool:
     """True when some signature in ``env`` by ``key.keyid`` verifies under ``key``."""
-    from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
-    from securesystemslib.signer import Signature
-
     pae = env.pae()
-    for raw in env.signatures:
-        if raw.keyid != key.keyid:
-            continue
-        try:
-            key.verify_signature(Signature(raw.keyid, raw.sig.hex()), pae)
-            return True
-        except (UnverifiedSignatureError, VerificationError):
-            continue
-    return False
+    return any(raw.keyid == key.keyid and key.verify(raw.sig, pae) for raw in env.signatures)
 
 
-def verified_key_ids(env: ParsedEnvelope, keys: list[SSlibKey]) -> set[str]:
+def verified_key_ids(env: ParsedEnvelope, keys: list[PublicKey]) -> set[str]:
     """Distinct key ids whose signature verifies: thresholds count these, never entries."""
     return {k.keyid for k in keys if verify_signature(env, k)}
 

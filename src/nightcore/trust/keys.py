@@ -116,7 +116,9 @@ def generate_key(name: str, out_dir: Path, passphrase: bytes | None, *, fips: bo
     except Exception:
         priv_path.unlink()
         raise
-    key = public_key_from_pem(pub_pem)
+    from nightcore.trust.pubkey import PublicKey
+
+    key = PublicKey.from_pem(pub_pem)
     return GeneratedKey(name, key.keyid, key.scheme, priv_path, pub_path)
 
 
@@ -132,32 +134,6 @@ def public_key_from_pem(data: bytes) -> SSlibKey:
         return SSlibKey.from_crypto(pub)
     except (ValueError, TypeError) as exc:
         raise KeyError_(f"not a supported PEM public key ({type(exc).__name__})") from None
-
-
-def public_key_from_dict(key_id: str, data: dict[str, Any]) -> SSlibKey:
-    from securesystemslib.signer import SSlibKey
-    from securesystemslib.signer._utils import compute_default_keyid
-
-    try:
-        key = SSlibKey.from_dict(key_id, dict(data))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise KeyError_(f"invalid key entry {key_id[:16]}: {type(exc).__name__}") from None
-    # A registry entry names its key id; it must be the id the key material implies.
-    if compute_default_keyid(key.keytype, key.scheme, key.keyval) != key_id:
-        raise KeyError_(
-            f"key id {key_id[:16]} does not match its key material", code="KEY_ID_MISMATCH"
-        )
-    return key
-
-
-def public_key_pem(key: SSlibKey) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return bytes(
-        key._crypto_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
 
 
 def passphrase_from_env_or_prompt(env: str = PASSPHRASE_ENV, *, confirm: bool = False) -> bytes:

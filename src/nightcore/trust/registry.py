@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 from nightcore.canonical import canonical, parse_json
 from nightcore.errors import NightCoreError, TrustError
 from nightcore.trust.envelope import parse_envelope, sign_payload, verify_signature
-from nightcore.trust.keys import check_scheme, public_key_from_dict
+from nightcore.trust.keys import check_scheme
+from nightcore.trust.pubkey import PublicKey
 
 if TYPE_CHECKING:
-    from securesystemslib.signer import Signer, SSlibKey
+    from securesystemslib.signer import Signer
 
 REGISTRY_FORMAT = 1
 REVOCATIONS_PAYLOAD_TYPE = "application/vnd.nightcore.revocations+json"
@@ -68,7 +69,7 @@ def validate_scope(scope: str) -> str:
 
 @dataclass(frozen=True)
 class TrustedKey:
-    key: SSlibKey
+    key: PublicKey
     name: str
     role: str
     scope: str
@@ -158,7 +159,7 @@ def parse_registry(data: bytes) -> Registry:
         if not isinstance(e["key"], dict):
             raise TrustError(f"registry entry {i}: key must be an object", code="REGISTRY_INVALID")
         try:
-            key = public_key_from_dict(e["keyid"], e["key"])
+            key = PublicKey.from_dict(e["keyid"], e["key"])
         except NightCoreError as exc:
             raise TrustError(exc.message, code="REGISTRY_INVALID") from None
         if e["role"] not in ROLES:

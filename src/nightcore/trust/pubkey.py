@@ -1,0 +1,156 @@
+"""Public keys on the verification path, without importing securesystemslib.
+
+The key *model* is securesystemslib's (``keytype``, ``scheme``, ``keyval``; key id = SHA-256
+of its canonical JSON), so registry entries, DSSE key ids and python-tuf metadata agree. But
+``import securesystemslib.signer`` costs ~100 ms (it probes every cloud KMS SDK, boto3
+included), and ``nightcore verify``/``run`` only need to check Ed25519/ECDSA signatures, which
+``cryptography`` does directly. Signing, key generation and AUFS still use securesystemslib;
+``to_sslib()`` converts when needed. ``tests/unit/test_trust_core.py`` checks that key ids
+and verification results agree with securesystemslib.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from nightcore.errors import KeyError_
+
+ED25519 = "ed25519"
+ECDSA_SCHEMES = {"ecdsa-sha2-nistp256": "SHA256", "ecdsa-sha2-nistp384": "SHA384"}
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _olpc_string(s: str) -> str:
+    # securesystemslib's canonical JSON (OLPC) escapes only backslash and quote.
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def compute_key_id(keytype: str, scheme: str, public: str) -> str:
+    """securesystemslib's default key id for a key whose keyval is ``{"public": ...}``."""
+    text = (
+        '{"keytype":'
+        + _olpc_string(keytype)
+        + ',"keyval":{"public":'
+        + _olpc_string(public)
+        + '},"scheme":'
+        + _olpc_string(scheme)
+        + "}"
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    keyid: str
+    keytype: str
+    scheme: str
+    keyval: dict[str, str]
+    _crypto: Any = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_fields(cls, keytype: str, scheme: str, public: str) -> PublicKey:
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+        try:
+            crypto: Any
+            if keytype == ED25519 and scheme == ED25519:
+                if not re.fullmatch(r"[0-9a-f]{64}", public):
+                    raise ValueError("ed25519 public key must be 64 hex characters")
+                crypto = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(public))
+            elif keytype in ("ecdsa", scheme) and scheme in ECDSA_SCHEMES:
+                crypto = load_pem_public_key(public.encode())
+                want = ec.SECP256R1 if scheme.endswith("256") else ec.SECP384R1
+                if not isinstance(crypto, ec.EllipticCurvePublicKey) or not isinstance(
+                    crypto.curve, want
+                ):
+                    raise ValueError(f"key does not match scheme {scheme}")
+            else:
+                raise ValueError(f"unsupported key type/scheme {keytype}/{scheme}")
+        except (ValueError, TypeError) as exc:
+            raise KeyError_(f"invalid public key: {exc}") from None
+        return cls(
+            compute_key_id(keytype, scheme, public), keytype, scheme, {"public": public}, crypto
+        )
+
+    @classmethod
+    def from_pem(cls, data: bytes) -> PublicKey:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+        if len(data) > 64 * 1024:
+            raise KeyError_("public key file is too large")
+        try:
+            pub = serialization.load_pem_public_key(data)
+        except (ValueError, TypeError) as exc:
+            raise KeyError_(f"not a supported PEM public key ({type(exc).__name__})") from None
+        if isinstance(pub, ed25519.Ed25519PublicKey):
+            raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            return cls.from_fields(ED25519, ED25519, raw.hex())
+        if isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.name in (
+            "secp256r1",
+            "secp384r1",
+        ):
+            scheme = (
+                "ecdsa-sha2-nistp256" if pub.curve.name == "secp256r1" else ("ecdsa-sha2-nistp384")
+            )
+            pem = pub.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            ).decode()
+            return cls.from_fields("ecdsa", scheme, pem)
+        raise KeyError_("unsupported public key type (Ed25519, ECDSA P-256/P-384 only)")
+
+    @classmethod
+    def from_dict(cls, key_id: str, data: dict[str, Any]) -> PublicKey:
+        if (
+            not isinstance(data, dict)
+            or set(data) != {"keytype", "scheme", "keyval"}
+            or not isinstance(data["keyval"], dict)
+            or set(data["keyval"]) != {"public"}
+            or not all(
+                isinstance(v, str)
+                for v in (data["keytype"], data["scheme"], data["keyval"]["public"])
+            )
+        ):
+            raise KeyError_(f"invalid key entry {key_id[:16]}")
+        key = cls.from_fields(data["keytype"], data["scheme"], data["keyval"]["public"])
+        if key.keyid != key_id:
+            raise KeyError_(
+                f"key id {key_id[:16]} does not match its key material", code="KEY_ID_MISMATCH"
+            )
+        return key
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        try:
+            if self.scheme == ED25519:
+                self._crypto.verify(signature, data)
+            else:
+                algo = (
+                    hashes.SHA256() if ECDSA_SCHEMES[self.scheme] == "SHA256" else (hashes.SHA384())
+                )
+                self._crypto.verify(signature, data, ec.ECDSA(algo))
+        except InvalidSignature:
+            return False
+        return True
+
+    def to_pem(self) -> bytes:
+        from cryptography.hazmat.primitives import serialization
+
+        return bytes(
+            self._crypto.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+
+    def to_sslib(self) -> Any:
+        """The securesystemslib ``SSlibKey`` (for signing APIs and python-tuf)."""
+        from securesystemslib.signer import SSlibKey
+
+        return SSlibKey(self.keyid, self.keytype, self.scheme, dict(self.keyval))
