@@ -5,6 +5,7 @@ rebuilds (and refusals to rebuild over evidence), the parallel scan, and checkpo
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import subprocess
 import sys
@@ -432,6 +433,29 @@ def test_parallel_scan_matches_sequential(
         ]
 
 
+@settings(max_examples=150, deadline=None, database=None)
+@given(st.integers(0, 300), st.lists(st.integers(0, 300), max_size=5))
+def test_tree_from_parallel_runs_is_the_tree(n: int, cuts: list[int]) -> None:
+    leaves = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(n))
+    bounds = sorted({0, n, *(c for c in cuts if c < n)})
+    scan = tlog._Scan(start=0, seq0=0, prev0=ZERO_HASH)
+    scan.leaves += leaves
+    scan.count = n
+    scan.runs = [
+        (a, b - a, tlog._run_levels(leaves[32 * a : 32 * b], a))
+        for a, b in itertools.pairwise(bounds)
+    ]
+    merged = tlog._tree_of(scan)
+    reference = merkle.TreeStore.from_bytes(merkle.FILE_MAGIC + leaves)
+    assert merged.size == reference.size
+    assert merged._levels == reference._levels
+    for size in {0, n // 3, n // 2, n}:
+        assert merged.root(size) == reference.root(size)
+    merged.append(hashlib.sha256(b"next").digest())  # and it keeps growing like any TreeStore
+    reference.append(hashlib.sha256(b"next").digest())
+    assert merged.root() == reference.root()
+
+
 def test_segments_cover_the_log_at_line_boundaries(tmp_path: Path) -> None:
     log = make_log(tmp_path, 50)
     size = log.path.stat().st_size
@@ -534,3 +558,26 @@ def test_prove_and_entry_round_trip(tmp_path: Path) -> None:
     with pytest.raises(AuditError) as exc:
         t.prove(10**6)
     assert exc.value.code == "PROOF_INDEX_OUT_OF_RANGE"
+
+
+def test_latest_checkpoint_survives_a_crash_between_note_and_tail(tmp_path: Path) -> None:
+    ws = api.init_workspace(tmp_path / "ws")
+    t = TransparencyLog(ws)
+    first = t.checkpoint("one")
+    second = t.checkpoint("two")
+    (ws.state_dir / "audit" / "audit.tail").write_bytes(first.note)  # tail not yet replaced
+    latest = t.latest_checkpoint()
+    assert latest is not None and latest.size == second.size
+    (ws.state_dir / "audit" / "audit.tail").unlink()
+    latest = t.latest_checkpoint()
+    assert latest is not None and latest.size == second.size
+
+
+def test_fips_node_schedules_but_cannot_sign(tmp_path: Path) -> None:
+    ws = api.init_workspace(tmp_path / "ws", fips=True)
+    assert maybe_checkpoint(ws, every=5) is None  # not due: no key needed
+    ws.audit().append_many([Event("x", {"i": i}) for i in range(5)])
+    with pytest.raises(AuditError) as exc:
+        maybe_checkpoint(ws, every=5)
+    assert exc.value.code == "CHECKPOINT_UNSUPPORTED_KEY"
+    assert TransparencyLog(ws).verify().ok

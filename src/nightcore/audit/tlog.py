@@ -33,7 +33,10 @@ Rules (docs/audit.md has the operator's view):
    rules and codes as ``verify_chain``), the tree, every stored checkpoint (signature by the node
    public key, origin, size within the log, root equal to the tree root at that size) and every
    ``checkpoint`` event (its root equals the tree root at its size). The first problem is
-   reported with its code and the ``seq`` it concerns.
+   reported with its code and the ``seq`` it concerns. Lines are parsed by
+   :func:`parse_line_fast` (the same verdicts as ``parse_line``, ~3x faster), and a log of at
+   least :data:`PARALLEL_MIN_BYTES` is scanned by one process per core, each over a run of whole
+   lines, with ``prev`` checked across the runs: the result is that of one sequential scan.
 6. **Proofs** are c2sp.org/tlog-proof@v1 (inclusion) against the latest checkpoint covering the
    entry, and a small text format of the same shape for consistency (:data:`CONSISTENCY_HEADER`).
    Both verify offline with only ``node.pub.pem`` (:func:`verify_inclusion_proof`,
@@ -117,6 +120,7 @@ MAX_PUBLIC_KEY_FILE: Final = 64 * 1024
 _READ_CHUNK: Final = 16 * 1024 * 1024
 _STATE_VERSION: Final = 1
 _LEAF_PREFIX: Final = b"\x00"
+_NODE_PREFIX: Final = b"\x01"
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _HEX16: Final = re.compile(r"[0-9a-f]{16}")
 _NOTE_FILE: Final = re.compile(r"(0|[1-9][0-9]{0,19})\.note")
@@ -225,6 +229,9 @@ class _Scan:
     error_seq: int | None = None
     error_end: int | None = None  # absolute offset after the refused line's newline
     torn: bytes = b""  # bytes after the last newline of the range
+    # Parallel scans: (first leaf index, leaf count, interior levels 1.. of the perfect nodes
+    # inside that run) per joined run, so the tree is built without rehashing in one process.
+    runs: list[tuple[int, int, list[bytes]]] | None = None
 
     def __post_init__(self) -> None:
         self.head = self.prev0
@@ -397,15 +404,75 @@ def _segments(path: Path, size: int, parts: int) -> list[tuple[int, int, int]]:
     ]
 
 
+def _run_levels(leaves: bytes, first: int) -> list[bytes]:
+    """Interior levels 1.. of the perfect nodes lying wholly inside leaves
+    ``[first, first + len(leaves) // 32)``: level ``L`` holds the nodes ``k`` with
+    ``ceil(first / 2^L) <= k < floor(end / 2^L)``, in order."""
+    sha256 = hashlib.sha256
+    end = first + len(leaves) // merkle.HASH_SIZE
+    levels: list[bytes] = []
+    prev, prev_lo, level = leaves, first, 1
+    while True:
+        lo, hi = (first + (1 << level) - 1) >> level, end >> level
+        if hi <= lo:
+            return levels
+        a = (2 * lo - prev_lo) * merkle.HASH_SIZE
+        cur = b"".join(
+            sha256(_NODE_PREFIX + prev[i : i + 2 * merkle.HASH_SIZE]).digest()
+            for i in range(a, a + (hi - lo) * 2 * merkle.HASH_SIZE, 2 * merkle.HASH_SIZE)
+        )
+        levels.append(cur)
+        prev, prev_lo, level = cur, lo, level + 1
+
+
+def _nodes(below: bytes | bytearray, lo: int, hi: int) -> bytes:
+    """Nodes ``lo .. hi-1`` of a level, hashed from the complete level below."""
+    sha256 = hashlib.sha256
+    step = 2 * merkle.HASH_SIZE
+    return b"".join(
+        sha256(_NODE_PREFIX + below[k * step : (k + 1) * step]).digest() for k in range(lo, hi)
+    )
+
+
+def _tree_of(scan: _Scan) -> merkle.TreeStore:
+    """The TreeStore over a scan's leaves; a parallel scan's runs bring most interior nodes."""
+    leaves = bytes(scan.leaves)
+    if scan.runs is None:
+        return merkle.TreeStore.from_bytes(merkle.FILE_MAGIC + leaves)
+    n = len(leaves) // merkle.HASH_SIZE
+    levels = [bytearray(leaves)]
+    level = 1
+    while n >> level:
+        below, out, expected = levels[-1], bytearray(), 0
+        for first, count, run_levels in scan.runs:
+            lo, hi = (first + (1 << level) - 1) >> level, (first + count) >> level
+            if hi <= lo:
+                continue
+            if lo > expected:  # the node straddling the runs' boundary
+                out += _nodes(below, expected, lo)
+            out += run_levels[level - 1]
+            expected = hi
+        out += _nodes(below, expected, n >> level)
+        levels.append(out)
+        level += 1
+    # The TreeStore layout (merkle.py): level L is one bytearray of the size >> L perfect nodes.
+    tree = merkle.TreeStore()
+    tree._levels = levels
+    tree._size = n
+    return tree
+
+
 def _scan_segment(path: Path, start: int, end: int, seq0: int) -> dict[str, Any]:
     """One run of a parallel scan, as plain values (they cross a process boundary)."""
     scan = _scan_file(path, start, end, seq0, None)
     err = scan.error
+    leaves = bytes(scan.leaves)
     return {
+        "levels": _run_levels(leaves, seq0),
         "count": scan.count,
         "head": scan.head,
         "first_prev": scan.first_prev,
-        "leaves": bytes(scan.leaves),
+        "leaves": leaves,
         "events": scan.events,
         "end": scan.end,
         "last_start": scan.last_start,
@@ -418,16 +485,19 @@ def _scan_segment(path: Path, start: int, end: int, seq0: int) -> dict[str, Any]
 
 def _segment_worker_main() -> None:
     """Entry point of a scan worker process: reads ``[path, start, end, seq0]`` (JSON, one line)
-    from stdin; writes one JSON header line, then the raw leaf hashes, to stdout."""
+    from stdin; writes one JSON header line, then the raw leaf hashes and interior levels."""
     import sys
 
     path, start, end, seq0 = json.loads(sys.stdin.readline())
     res = _scan_segment(Path(path), int(start), int(end), int(seq0))
-    leaves = res.pop("leaves")
+    blobs = [res.pop("leaves"), *res.pop("levels")]
     res["torn"] = res["torn"].hex()
-    res["leaves_len"] = len(leaves)
-    sys.stdout.buffer.write(json.dumps(res).encode() + b"\n" + leaves)
-    sys.stdout.buffer.flush()
+    res["blob_lengths"] = [len(b) for b in blobs]
+    out = sys.stdout.buffer
+    out.write(json.dumps(res).encode() + b"\n")
+    for blob in blobs:
+        out.write(blob)
+    out.flush()
 
 
 _WORKER_CODE: Final = (
@@ -440,14 +510,19 @@ def _read_worker(proc: Any) -> dict[str, Any] | None:
     proc.stdout.close()
     if proc.wait() != 0:
         return None
-    header, sep, leaves = out.partition(b"\n")
+    header, sep, body = out.partition(b"\n")
     try:
         res: dict[str, Any] = json.loads(header)
-    except ValueError:
+        lengths = [int(n) for n in res["blob_lengths"]]
+    except (ValueError, KeyError, TypeError):
         return None
-    if not sep or len(leaves) != res.get("leaves_len"):
+    if not sep or not lengths or sum(lengths) != len(body):
         return None
-    res["leaves"] = leaves
+    blobs, pos = [], 0
+    for n in lengths:
+        blobs.append(body[pos : pos + n])
+        pos += n
+    res["leaves"], res["levels"] = blobs[0], blobs[1:]
     res["torn"] = bytes.fromhex(res["torn"])
     res["events"] = [tuple(e) for e in res["events"]]
     return res
@@ -499,6 +574,7 @@ def _scan_log(path: Path, size: int, *, workers: int | None = None) -> _Scan:
                 proc.kill()
         a, b, seq0 = segments[0]
         first = _scan_file(path, a, b, seq0, ZERO_HASH)  # this process takes the first run
+        first.runs = [(0, first.count, _run_levels(bytes(first.leaves), 0))]
         parts: list[dict[str, Any]] = []
         for proc, seg in zip(procs, segments[1:], strict=True):
             res = _read_worker(proc)
@@ -520,6 +596,8 @@ def _join(scan: _Scan, parts: list[dict[str, Any]]) -> _Scan:
         if part["count"] and part["first_prev"] != scan.head:
             scan.fail(_chain_broken(seq), seq, None)
             break
+        if scan.runs is not None:
+            scan.runs.append((seq, part["count"], part["levels"]))
         scan.leaves += part["leaves"]
         scan.events.extend(part["events"])
         scan.count += part["count"]
@@ -838,7 +916,7 @@ class LogTree:
         lineage = os.urandom(8).hex()
         state = TreeState(scan.count, scan.end, scan.last_start, scan.chain_head, lineage)
         _atomic_write(self.state_path, state.to_bytes(), 0o600)
-        self._tree = merkle.TreeStore.from_bytes(merkle.FILE_MAGIC + leaves)
+        self._tree = _tree_of(scan)
         self._state = state
         self.rebuilds += 1
 
@@ -1075,7 +1153,7 @@ def verify_log(
         scan.error_seq = n
     chain_error = scan.error
 
-    tree = merkle.TreeStore.from_bytes(merkle.FILE_MAGIC + leaves)
+    tree = _tree_of(scan)
     report.tree = tree
     report.root = tree.root().hex()
 
