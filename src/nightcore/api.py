@@ -309,6 +309,7 @@ def select_tenants(ws: Workspace, tenants: list[str] | None) -> list[str]:
 class Verified:
     decision: Decision
     module: bytes  # the exact bytes whose digest was verified (empty when denied)
+    envelope: bytes = b""  # the envelope those bytes were verified against
 
 
 def verify_packages(
@@ -329,7 +330,7 @@ def verify_packages(
             out.append(Verified(Decision(name, exc.code, exc.message), b""))
             continue
         d = decide(pkg, registry, revocations, ws.policy, now)
-        out.append(Verified(d, pkg.module if d.ok else b""))
+        out.append(Verified(d, pkg.module if d.ok else b"", pkg.envelope or b"" if d.ok else b""))
     return out
 
 

@@ -1023,11 +1023,11 @@ def load_node_public_key(pem: bytes) -> tuple[Ed25519PublicKey, str]:
     """The node's Ed25519 public key and its checkpoint origin, from ``node.pub.pem`` bytes."""
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
-    from nightcore.trust.keys import public_key_from_pem
+    from nightcore.trust.pubkey import PublicKey
 
     if len(pem) > MAX_PUBLIC_KEY_FILE:
         raise AuditError("public key file is too large", code="KEY_INVALID")
-    sslib = public_key_from_pem(pem)  # KeyError_ (KEY_INVALID) if not a supported key
+    sslib = PublicKey.from_pem(pem)  # KeyError_ (KEY_INVALID) if not a supported key
     key = load_pem_public_key(pem)
     if not isinstance(key, Ed25519PublicKey):
         raise AuditError(
@@ -1438,12 +1438,13 @@ class TransparencyLog:
             return self._signing_key
         from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-        from nightcore.trust.keys import load_signer, public_key_from_pem
+        from nightcore.trust.keys import load_file_signer
 
         pem = self.public_key_pem()
         public, _ = load_node_public_key(pem)  # CHECKPOINT_UNSUPPORTED_KEY for ECDSA
-        signer = load_signer(self.ws.node_key_uri(), NODE_PASSPHRASE_ENV, public_key_from_pem(pem))
-        private = getattr(signer, "_private_key", None)
+        # A local key file, read with cryptography (no securesystemslib import on this path).
+        signer = load_file_signer(self.ws.node_key_uri(), NODE_PASSPHRASE_ENV)
+        private = getattr(signer, "_private", None)
         if not isinstance(private, Ed25519PrivateKey):
             raise AuditError(
                 "the node signing key is not a local Ed25519 key; signed-note checkpoints need "
@@ -1597,6 +1598,23 @@ class TransparencyLog:
             proof = tree.inclusion_proof(seq, latest.size)
             merkle.verify_inclusion(tree.leaf_hash(seq), seq, latest.size, proof, latest.root)
             return note.format_tlog_proof(seq, proof, latest.note)
+
+    def prove_at(self, seq: int, checkpoint: SignedCheckpoint) -> bytes:
+        """A tlog-proof of line ``seq`` against a given (already verified) checkpoint."""
+        with self._mutex:
+            with _audit_lock(self.dir):
+                self.tree.sync_locked()
+            tree = self.tree.tree
+            if not 0 <= seq < checkpoint.size <= tree.size:
+                raise AuditError(
+                    f"seq {seq} is not covered by checkpoint {checkpoint.size}",
+                    code="PROOF_INDEX_OUT_OF_RANGE",
+                )
+            proof = tree.inclusion_proof(seq, checkpoint.size)
+            merkle.verify_inclusion(
+                tree.leaf_hash(seq), seq, checkpoint.size, proof, checkpoint.root
+            )
+            return note.format_tlog_proof(seq, proof, checkpoint.note)
 
     def entry(self, seq: int) -> bytes:
         """The bytes of line ``seq`` (no newline), checked against its leaf in the tree."""

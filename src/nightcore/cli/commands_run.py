@@ -90,6 +90,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         ok = sum(r.ok for r in report.runs)
         info(f"{ok}/{len(report.runs)} tenants OK")
+        if report.checkpoint is not None:
+            info(
+                f"signed checkpoint: {report.checkpoint['size']} entries, "
+                f"root {report.checkpoint['root'][:16]}"
+            )
+    if report.checkpoint_error is not None:
+        code, message = report.checkpoint_error
+        info(f"warning[{code}]: no checkpoint was signed after this run: {message}")
+        # An ECDSA (FIPS) node cannot sign C2SP notes: that is a known gap, not a failure.
+        if code != "CHECKPOINT_UNSUPPORTED_KEY":
+            return 1
     return 0 if report.ok else 1
 
 

@@ -15,12 +15,20 @@ import secrets
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nightcore.audit.log import Event
 from nightcore.errors import NightCoreError
+from nightcore.evidence.attestation import (
+    ATTESTATION_FILE,
+    RunFacts,
+    build_statement,
+    sign_attestation,
+    snapshot,
+    written_files,
+)
 from nightcore.module.manifest import LIMIT_NAMES, Manifest
 from nightcore.sandbox.types import EffectiveLimits, Preopen, RunConfig, RunResult
 from nightcore.workspace import Policy, Workspace
@@ -46,6 +54,8 @@ class TenantRun:
     cache: str = ""
     limits: dict[str, int] | None = None
     ts: str = ""
+    envelope_sha256: str = ""
+    capabilities: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -105,6 +115,36 @@ def prepare_preopens(ws: Workspace, m: Manifest) -> tuple[Preopen, ...]:
     return tuple(out)
 
 
+class _SslibAdapter:
+    """Gives a securesystemslib Signer (KMS/HSM) the ``sign(bytes)``/``key_id`` shape."""
+
+    def __init__(self, signer: Any) -> None:
+        self._signer = signer
+        self.key_id = str(signer.public_key.keyid)
+
+    def sign(self, data: bytes) -> bytes:
+        return bytes.fromhex(self._signer.sign(data).signature)
+
+
+def _store_content(
+    ws: Workspace, module_sha: str, module: bytes, env_sha: str, envelope: bytes
+) -> None:
+    """Keep each executed module and its envelope by digest (for replay and forensics)."""
+    for sub, digest, data, ext in (
+        ("modules", module_sha, module, "wasm"),
+        ("envelopes", env_sha, envelope, "dsse.json"),
+    ):
+        if not data:
+            continue
+        path = ws.state_dir / "content" / sub / f"{digest}.{ext}"
+        if path.exists():
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+
 def _start_event(tr: TenantRun, cfg: RunConfig) -> Event:
     return Event("run_start", {"run_id": tr.run_id, "module_sha256": cfg.module_sha256}, cfg.tenant)
 
@@ -129,6 +169,8 @@ def _write_output(path: Path, data: bytes) -> None:
 @dataclass
 class RunReport:
     runs: list[TenantRun]
+    checkpoint: dict[str, Any] | None = None  # {size, root} of the checkpoint signed after the run
+    checkpoint_error: tuple[str, str] | None = None  # (code, message) when none could be signed
 
     @property
     def ok(self) -> bool:
@@ -145,6 +187,7 @@ class Runner:
         self.ws = ws
         self._sandbox: Sandbox | None = None
         self._run_index: Any = None
+        self._node_signer: Any = None
         self._lock = threading.Lock()
 
     def sandbox(self) -> Sandbox:
@@ -240,6 +283,7 @@ class Runner:
                 continue
             limits = effective_limits(m, ws.policy)
             tr.limits = limits.to_dict()
+            tr.capabilities = m.capabilities.to_dict()
             tr.run_id = new_run_id(d.tenant)
             cfg = RunConfig(
                 tenant=d.tenant,
@@ -250,7 +294,8 @@ class Runner:
                 preopens=preopens,
                 limits=limits,
                 deterministic=m.deterministic,
-                seed=secrets.randbits(63) if m.deterministic else 0,
+                # 53 bits: the seed is logged as a JSON integer, exact below 2**53.
+                seed=secrets.randbits(53) if m.deterministic else 0,
             )
             events.append(
                 Event(
@@ -267,6 +312,8 @@ class Runner:
                 )
             )
             admitted.append((tr, cfg, v.module))
+            _store_content(ws, d.module_sha256, v.module, d.envelope_sha256, v.envelope)
+            tr.envelope_sha256 = d.envelope_sha256
         workers = max(1, min(parallel or ws.config.parallel, len(admitted) or 1))
         # The first `workers` admitted tenants start the moment the batch is durable, so
         # their run_start lines ride in the same write and fsync; later ones log their own.
@@ -301,11 +348,47 @@ class Runner:
                     list(pool.map(one, admitted))
 
         self._index([r for r in results.values() if r.audit_seq is not None])
-        return RunReport([results[n] for n in names])
+        report = RunReport([results[n] for n in names])
+        self._checkpoint(report)
+        return report
+
+    def _checkpoint(self, report: RunReport) -> None:
+        """Sign a checkpoint over everything this run logged (C2SP tlog-checkpoint)."""
+        from nightcore.audit.tlog import checkpoint_after_run
+
+        try:
+            cp = checkpoint_after_run(self.ws)
+        except NightCoreError as exc:
+            report.checkpoint_error = (exc.code, exc.message)
+            return
+        report.checkpoint = {"size": cp.size, "root": cp.root.hex()}
+
+    def node_signer(self) -> Any:
+        """The node's signer for attestations, loaded once (file keys via cryptography)."""
+        with self._lock:
+            if self._node_signer is None:
+                from nightcore.trust.keys import load_file_signer, load_signer
+                from nightcore.workspace import NODE_PASSPHRASE_ENV
+
+                uri = self.ws.node_key_uri()
+                signer: Any = load_file_signer(uri, NODE_PASSPHRASE_ENV)
+                if signer is None:  # KMS/HSM URI: securesystemslib's signer
+                    from nightcore.trust.pubkey import PublicKey
+
+                    pub = PublicKey.from_pem(self.ws.node_pub_path.read_bytes())
+                    signer = _SslibAdapter(load_signer(uri, NODE_PASSPHRASE_ENV, pub.to_sslib()))
+                if signer.key_id != self.ws.node_key_id():
+                    raise NightCoreError(
+                        "the node key does not match node.pub.pem", code="NODE_KEY_MISMATCH"
+                    )
+                self._node_signer = signer
+            return self._node_signer
 
     def _execute(self, sandbox: Sandbox, tr: TenantRun, cfg: RunConfig, module: bytes) -> TenantRun:
         ws = self.ws
         audit = ws.audit()
+        rw = [(p.guest_path, p.host_dir) for p in cfg.preopens if p.writable]
+        before = snapshot(rw) if rw else {}
         result: RunResult = sandbox.run(module, cfg)
         run_dir = ws.state_dir / "runs" / tr.run_id
         run_dir.mkdir(parents=True)
@@ -343,6 +426,36 @@ class Runner:
         )
         tr.audit_seq = entry.seq
         tr.ts = str(entry.record["ts"])
+        written, truncated = written_files(before, rw) if rw else ([], False)
+        facts = RunFacts(
+            tenant=cfg.tenant,
+            run_id=tr.run_id,
+            module_sha256=cfg.module_sha256,
+            envelope_sha256=tr.envelope_sha256,
+            signer_key_id=tr.key_id,
+            limits=cfg.limits.to_dict(),
+            capabilities=tr.capabilities,
+            argv=list(cfg.argv),
+            code=result.code,
+            exit_code=result.exit_code,
+            detail=result.detail,
+            fuel_used=result.fuel_used,
+            wall_us=wall_us,
+            memory_bytes=result.memory_bytes,
+            output_bytes=result.output_bytes,
+            stdout_sha256=hashlib.sha256(result.stdout).hexdigest(),
+            stderr_sha256=hashlib.sha256(result.stderr).hexdigest(),
+            audit_seq=entry.seq,
+            deterministic=cfg.deterministic,
+            seed=cfg.seed,
+            node_id=ws.node_key_id(),
+            node_name=ws.config.node_name,
+            written=written,
+            written_truncated=truncated,
+        )
+        _write_output(
+            run_dir / ATTESTATION_FILE, sign_attestation(build_statement(facts), self.node_signer())
+        )
         return tr
 
     def _index(self, runs: list[TenantRun]) -> None:

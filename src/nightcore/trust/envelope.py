@@ -98,6 +98,24 @@ def sign_payload(
     return canonical(env.to_dict())
 
 
+def sign_payload_with(
+    payload: bytes, signer: Any, payload_type: str = PAYLOAD_TYPE_INTOTO
+) -> bytes:
+    """DSSE envelope JSON (canonical) from a ``keys.FileSigner`` (``sign(bytes)``, ``key_id``).
+
+    Byte-compatible with ``sign_payload``: the same PAE, the same ``{keyid, sig}`` entries.
+    """
+    env = ParsedEnvelope(payload_type, payload, ())
+    sig = signer.sign(env.pae())
+    return canonical(
+        {
+            "payload": base64.b64encode(payload).decode(),
+            "payloadType": payload_type,
+            "signatures": [{"keyid": signer.key_id, "sig": base64.b64encode(sig).decode()}],
+        }
+    )
+
+
 def verify_signature(env: ParsedEnvelope, key: PublicKey) -> bool:
     """True when some signature in ``env`` by ``key.keyid`` verifies under ``key``."""
     pae = env.pae()

@@ -242,3 +242,49 @@ def load_signer(
         )
     except ValueError as exc:
         raise KeyError_(f"cannot load signer: {exc}") from None
+
+
+class FileSigner:
+    """A signer over a local private-key file, using ``cryptography`` directly.
+
+    The node signs a checkpoint and an attestation on every run; loading securesystemslib's
+    signer machinery for that costs more than the run. Same key model, same DSSE bytes.
+    """
+
+    def __init__(self, private: Any) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        from nightcore.trust.pubkey import PublicKey
+
+        self._private = private
+        pem = private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        self.public_key = PublicKey.from_pem(pem)
+
+    @property
+    def key_id(self) -> str:
+        return self.public_key.keyid
+
+    def sign(self, data: bytes) -> bytes:
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        if self.public_key.scheme == "ed25519":
+            return bytes(self._private.sign(data))
+        algo = hashes.SHA256() if self.public_key.scheme.endswith("256") else hashes.SHA384()
+        return bytes(self._private.sign(data, ec.ECDSA(algo)))
+
+
+def load_file_signer(uri_or_path: str, passphrase_env: str = PASSPHRASE_ENV) -> FileSigner | None:
+    """A FileSigner for a plain path or ``nightcore-key:``/``file2:`` URI; None for KMS/HSM."""
+    scheme, sep, rest = uri_or_path.partition(":")
+    if sep and len(scheme) > 1 and scheme not in (URI_SCHEME, "file2"):
+        return None
+    path = Path(rest if sep and len(scheme) > 1 else uri_or_path)
+    head = b""
+    if path.is_file():
+        with path.open("rb") as fh:
+            head = fh.read(64)
+    passphrase = passphrase_from_env_or_prompt(passphrase_env) if b"ENCRYPTED" in head else None
+    return FileSigner(_load_private(path, passphrase))

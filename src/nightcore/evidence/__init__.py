@@ -1,0 +1,1 @@
+"""Evidence: signed run attestations, SBOMs, proof and forensic bundles."""
