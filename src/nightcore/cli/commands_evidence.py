@@ -1,0 +1,134 @@
+"""CLI commands of the evidence layer: sbom, replay, proof export/verify, forensics export."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nightcore.cli.render import info, print_json, print_table
+from nightcore.errors import NightCoreError
+
+
+def _ws(args: argparse.Namespace) -> Any:
+    from nightcore.workspace import Workspace
+
+    return Workspace.open(args.workspace, fips=True if args.fips else None)
+
+
+def cmd_sbom(args: argparse.Namespace) -> int:
+    from nightcore.evidence.sbom import write_sbom
+
+    try:
+        ws = _ws(args)
+    except NightCoreError:
+        ws = None  # the runtime's own SBOM needs no workspace
+    out = Path(args.out)
+    digest = write_sbom(ws, out)
+    if args.json:
+        print_json({"sbom": str(out), "sha256": digest, "spec": "CycloneDX 1.5"})
+    else:
+        info(f"wrote {out} (CycloneDX 1.5, validated), sha256 {digest}")
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from nightcore.runner.replay import replay
+
+    res = replay(_ws(args), args.run_id)
+    if args.json:
+        print_json(res.to_dict())
+    else:
+        rows = [
+            [
+                k,
+                res.original[k][:16],
+                res.replayed[k][:16],
+                "same" if res.original[k] == res.replayed[k] else "DIFFERS",
+            ]
+            for k in ("outcome", "stdout", "stderr")
+        ]
+        print_table(f"Replay of {args.run_id}", ["stream", "attested", "replayed", ""], rows)
+        info(
+            res.code
+            + (f": first difference in {res.diverged}" if res.diverged else "")
+            + ("" if res.deterministic else " (the run was not deterministic)")
+        )
+    return 0 if res.code == "REPLAY_MATCH" else 1
+
+
+def cmd_proof_export(args: argparse.Namespace) -> int:
+    from nightcore.evidence.bundle import export_proof
+
+    runs = [r for r in (args.runs or "").split(",") if r] or None
+    digest, n = export_proof(_ws(args), Path(args.out), since=args.since, runs=runs)
+    if args.json:
+        print_json({"bundle": args.out, "sha256": digest, "runs": n})
+    else:
+        info(f"wrote {args.out}: {n} runs, sha256 {digest}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from nightcore.evidence.bundle import verify_bundle
+
+    try:
+        pem = Path(args.key).read_bytes()
+    except OSError as exc:
+        raise NightCoreError(f"cannot read {args.key}: {exc.strerror}", code="USAGE") from None
+    res = verify_bundle(Path(args.bundle), pem)
+    if args.json:
+        print_json(res.to_dict())
+    else:
+        print_table(
+            "Bundle verification",
+            ["check", "result", "detail"],
+            [[c.check, "OK" if c.ok else c.code, c.detail] for c in res.checks],
+            code_column=1,
+        )
+    failure = res.first_failure
+    if failure is not None:
+        if not args.json:
+            info(f"error[{failure.code}]: {failure.detail}")
+        return 1
+    return 0
+
+
+def cmd_forensics_export(args: argparse.Namespace) -> int:
+    from nightcore.evidence.bundle import export_forensics
+
+    digest, n = export_forensics(_ws(args), args.tenant, Path(args.out), run=args.run)
+    if args.json:
+        print_json({"bundle": args.out, "sha256": digest, "runs": n})
+    else:
+        info(f"wrote {args.out}: tenant {args.tenant}, {n} runs, sha256 {digest}")
+    return 0
+
+
+def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
+    from nightcore.cli.main import _need_sub
+    from nightcore.cli.main import _Parser as Parser
+
+    sp = add("sbom", cmd_sbom, "write the node's CycloneDX SBOM (runtime + admitted tenants)")
+    sp.add_argument("--out", default="sbom.cdx.json")
+    sp = add("replay", cmd_replay, "re-run a recorded run and compare it with its attestation")
+    sp.add_argument("run_id")
+    proof = add("proof", _need_sub, "export and verify offline proof bundles")
+    psub = proof.add_subparsers(dest="proof_cmd", metavar="ACTION", parser_class=Parser)
+    sp = add("export", cmd_proof_export, "export a signed proof bundle", psub)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--since", help="runs started at or after this ISO 8601 time")
+    sp.add_argument("--runs", help="comma-separated run ids")
+    sp = add("verify", _verify, "verify a bundle offline with only the node public key", psub)
+    sp.add_argument("bundle")
+    sp.add_argument("--key", required=True, help="the node's public key (node.pub.pem)")
+    forensics = add("forensics", _need_sub, "export an incident bundle for one tenant")
+    fsub = forensics.add_subparsers(dest="forensics_cmd", metavar="ACTION", parser_class=Parser)
+    sp = add("export", cmd_forensics_export, "export a signed forensic bundle", fsub)
+    sp.add_argument("--tenant", required=True)
+    sp.add_argument("--run")
+    sp.add_argument("--out", required=True)
+    sp = add("verify", _verify, "verify a forensic bundle offline", fsub)
+    sp.add_argument("bundle")
+    sp.add_argument("--key", required=True)

@@ -1,0 +1,574 @@
+"""Proof and forensic bundles: export from a workspace, verify offline with only a public key.
+
+Layout of a bundle (a gzip'd tar, members sorted, mtime 0, mode 0644)::
+
+    index.json              {"format", "kind", "created", "node", "checkpoint", "files": [...]}
+    index.dsse.json         DSSE over index.json by the node key
+    SHA256SUMS              "<sha256>  <path>" for every file in the index
+    dashboard.html          the static report (its hash is in the index)      [proof]
+    sbom.cdx.json           CycloneDX 1.5 SBOM                                 [proof]
+    attestations/<run>.intoto.dsse.json
+    audit/lines.jsonl       the audit slice (whole lines, as logged)
+    audit/audit.tail        the signed checkpoint every proof is against
+    audit/proofs/<seq>.tlog-proof
+    keys/node.pub.pem       trust/registry.json  trust/revocations.json
+    runs/<run>/stdout|stderr, module/<sha>.wasm, module/<sha>.dsse.json,
+    config/nightcore.toml, host.json                                          [forensic]
+
+``verify`` trusts nothing in the archive but what the given public key signed: it extracts
+into a temporary directory refusing absolute paths, ``..``, links, devices and duplicates,
+caps member and total sizes (a gzip bomb stops at the cap), then checks the index signature,
+every file hash, every attestation signature, every inclusion proof against the checkpoint,
+the checkpoint signature, and that attestations and audit lines agree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nightcore.canonical import canonical, parse_json
+from nightcore.errors import NightCoreError
+from nightcore.trust.envelope import parse_envelope, sign_payload_with, verify_signature
+from nightcore.trust.pubkey import PublicKey
+from nightcore.workspace import Workspace
+
+FORMAT = "nightcore-bundle/v1"
+INDEX_PAYLOAD_TYPE = "application/vnd.nightcore.bundle-index+json"
+MAX_MEMBER_BYTES = 256 * 1024 * 1024
+MAX_TOTAL_BYTES = 1024 * 1024 * 1024
+MAX_MEMBERS = 100_000
+_RUN_EVENTS = (b'"event":"admit"', b'"event":"run_start"', b'"event":"run_outcome"')
+
+
+class BundleError(NightCoreError):
+    code = "BUNDLE_INVALID"
+
+
+# -- export --------------------------------------------------------------------------------
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+
+    def add(self, path: str, data: bytes) -> None:
+        if path in self.files:
+            raise BundleError(f"duplicate bundle path {path}", code="BUNDLE_DUPLICATE")
+        self.files[path] = data
+
+    def write(self, out: Path, ws: Workspace, kind: str, extra: dict[str, Any], signer: Any) -> str:
+        entries = [
+            {"path": p, "sha256": hashlib.sha256(d).hexdigest(), "size": len(d)}
+            for p, d in sorted(self.files.items())
+        ]
+        index = {
+            "format": FORMAT,
+            "kind": kind,
+            "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "node": {"id": ws.node_key_id(), "name": ws.config.node_name},
+            "files": entries,
+            **extra,
+        }
+        index_bytes = canonical(index) + b"\n"
+        sums = "".join(f"{e['sha256']}  {e['path']}\n" for e in entries).encode()
+        members = dict(self.files)
+        members["index.json"] = index_bytes
+        members["index.dsse.json"] = sign_payload_with(index_bytes, signer, INDEX_PAYLOAD_TYPE)
+        members["SHA256SUMS"] = sums
+        buf = io.BytesIO()
+        with (
+            gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            for name in sorted(members):
+                info = tarfile.TarInfo(name)
+                info.size = len(members[name])
+                info.mode = 0o644
+                info.mtime = 0
+                tar.addfile(info, io.BytesIO(members[name]))
+        data = buf.getvalue()
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(out)
+        return hashlib.sha256(data).hexdigest()
+
+
+def _select_runs(ws: Workspace, since: str | None, runs: list[str] | None) -> list[str]:
+    root = ws.state_dir / "runs"
+    found = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    if runs:
+        missing = [r for r in runs if r not in found]
+        if missing:
+            raise NightCoreError(f"run {missing[0][:80]!r} not found", code="RUN_NOT_FOUND")
+        return list(dict.fromkeys(runs))
+    if since:
+        try:
+            t = dt.datetime.fromisoformat(since.replace("Z", "+00:00"))
+        except ValueError:
+            raise NightCoreError("--since must be an ISO 8601 time", code="USAGE") from None
+        stamp = (t if t.tzinfo else t.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+        prefix = stamp.strftime("%Y%m%dT%H%M%S%f")
+        return [r for r in found if r[:21] >= prefix]
+    return found
+
+
+def _lines_for(ws: Workspace, run_ids: set[str], tenant: str | None) -> list[bytes]:
+    out = []
+    for raw in ws.audit().iter_lines():
+        line = raw.rstrip(b"\n")
+        if tenant is not None:
+            if f'"tenant":"{tenant}"'.encode() in line:
+                out.append(line)
+            continue
+        if any(m in line for m in _RUN_EVENTS):
+            rec = json.loads(line)
+            if rec.get("data", {}).get("run_id") in run_ids:
+                out.append(line)
+    return out
+
+
+def _add_audit(w: _Writer, ws: Workspace, lines: list[bytes]) -> dict[str, Any]:
+    from nightcore.audit.tlog import transparency_log
+
+    tl = transparency_log(ws)
+    latest = tl.latest_checkpoint()
+    top = max((json.loads(x)["seq"] for x in lines), default=-1)
+    if latest is None or latest.size <= top:
+        raise NightCoreError(
+            "no signed checkpoint covers the exported audit lines yet; run "
+            "'nightcore audit checkpoint' first",
+            code="CHECKPOINT_MISSING",
+        )
+    w.add("audit/lines.jsonl", b"".join(x + b"\n" for x in lines))
+    w.add("audit/audit.tail", latest.note)
+    for line in lines:
+        seq = int(json.loads(line)["seq"])
+        w.add(f"audit/proofs/{seq}.tlog-proof", tl.prove_at(seq, latest))
+    return {"size": latest.size, "root": latest.root.hex()}
+
+
+def _add_trust(w: _Writer, ws: Workspace) -> None:
+    w.add("keys/node.pub.pem", ws.node_pub_path.read_bytes())
+    for name in ("registry.json", "revocations.json"):
+        p = ws.trust_dir / name
+        if p.exists():
+            w.add(f"trust/{name}", p.read_bytes())
+
+
+def _signer(ws: Workspace) -> Any:
+    from nightcore.runner.pipeline import Runner
+
+    return Runner(ws).node_signer()
+
+
+def export_proof(
+    ws: Workspace, out: Path, *, since: str | None = None, runs: list[str] | None = None
+) -> tuple[str, int]:
+    """Write a proof bundle for the selected runs; returns (sha256 of the archive, runs)."""
+    from nightcore.audit.tlog import transparency_log
+    from nightcore.evidence.attestation import ATTESTATION_FILE
+    from nightcore.evidence.sbom import build_sbom, validate_sbom
+
+    selected = _select_runs(ws, since, runs)
+    w = _Writer()
+    for run_id in selected:
+        att = ws.state_dir / "runs" / run_id / ATTESTATION_FILE
+        if att.exists():
+            w.add(f"attestations/{run_id}.intoto.dsse.json", att.read_bytes())
+    lines = _lines_for(ws, set(selected), None)
+    # A fresh checkpoint so every exported line is covered (appends one audit line).
+    transparency_log(ws).checkpoint("proof-export")
+    checkpoint = _add_audit(w, ws, lines)
+    sbom = build_sbom(ws)
+    validate_sbom(sbom)
+    w.add("sbom.cdx.json", sbom.encode())
+    dashboard_sha = _add_dashboard(w, ws)
+    _add_trust(w, ws)
+    digest = w.write(
+        out,
+        ws,
+        "proof",
+        {"checkpoint": checkpoint, "runs": selected, "dashboard_sha256": dashboard_sha},
+        _signer(ws),
+    )
+    return digest, len(selected)
+
+
+def _add_dashboard(w: _Writer, ws: Workspace) -> str:
+    import importlib
+
+    try:
+        build_report = importlib.import_module("nightcore.dashboard").build_report
+    except (ImportError, AttributeError):  # a bundle without the dashboard layer
+        return ""
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _sha = build_report(ws, Path(tmp) / "dashboard.html")
+        data = path.read_bytes()
+    w.add("dashboard.html", data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def export_forensics(
+    ws: Workspace, tenant: str, out: Path, *, run: str | None = None
+) -> tuple[str, int]:
+    """Everything about one tenant (or one of its runs). Reads state, never changes it."""
+    import os
+    import platform
+
+    from nightcore.audit.tlog import transparency_log
+    from nightcore.evidence.attestation import ATTESTATION_FILE
+    from nightcore.module.manifest import validate_tenant_id
+
+    try:
+        validate_tenant_id(tenant)
+    except NightCoreError:
+        raise NightCoreError("not a valid tenant id", code="TENANT_NAME_INVALID") from None
+    w = _Writer()
+    lines = _lines_for(ws, set(), tenant)
+    run_ids = sorted({json.loads(x).get("data", {}).get("run_id") for x in lines} - {None})
+    if run is not None:
+        if run not in run_ids:
+            raise NightCoreError(f"run {run[:80]!r} is not a run of {tenant}", code="RUN_NOT_FOUND")
+        run_ids = [run]
+        lines = [x for x in lines if json.loads(x).get("data", {}).get("run_id") in (run, None)]
+    for rid in run_ids:
+        d = ws.state_dir / "runs" / str(rid)
+        for name in ("stdout", "stderr", ATTESTATION_FILE):
+            if (d / name).exists():
+                w.add(f"runs/{rid}/{name}", (d / name).read_bytes())
+    pkg = ws.modules_dir / tenant
+    for name in ("module.wasm", "manifest.toml", "module.intoto.dsse.json"):
+        p = pkg / name
+        if p.is_file() and not p.is_symlink():
+            w.add(f"package/{name}", p.read_bytes())
+    content = ws.state_dir / "content"
+    for line in lines:
+        d = json.loads(line).get("data", {})
+        for sub, key, ext in (
+            ("modules", "module_sha256", "wasm"),
+            ("envelopes", "envelope_sha256", "dsse.json"),
+        ):
+            digest = d.get(key)
+            p = content / sub / f"{digest}.{ext}"
+            if isinstance(digest, str) and p.is_file() and f"content/{sub}/{p.name}" not in w.files:
+                w.add(f"content/{sub}/{p.name}", p.read_bytes())
+    tl = transparency_log(ws)
+    latest = tl.latest_checkpoint()  # no new checkpoint: export never modifies state
+    covered = [x for x in lines if latest is not None and json.loads(x)["seq"] < latest.size]
+    w.add("audit/lines.jsonl", b"".join(x + b"\n" for x in lines))
+    checkpoint: dict[str, Any] | None = None
+    if latest is not None:
+        w.add("audit/audit.tail", latest.note)
+        for line in covered:
+            seq = int(json.loads(line)["seq"])
+            w.add(f"audit/proofs/{seq}.tlog-proof", tl.prove_at(seq, latest))
+        checkpoint = {"size": latest.size, "root": latest.root.hex()}
+    cfg = (ws.root / "nightcore.toml").read_text()
+    w.add("config/nightcore.toml", _redact(cfg).encode())
+    w.add(
+        "host.json",
+        canonical(
+            {
+                "platform": platform.platform(),
+                "python": platform.python_version(),
+                "machine": platform.machine(),
+                "pid": os.getpid(),
+            }
+        ),
+    )
+    _add_trust(w, ws)
+    digest = w.write(
+        out,
+        ws,
+        "forensic",
+        {
+            "checkpoint": checkpoint,
+            "tenant": tenant,
+            "runs": run_ids,
+            "unproven_lines": len(lines) - len(covered),
+        },
+        _signer(ws),
+    )
+    return digest, len(run_ids)
+
+
+def _redact(config: str) -> str:
+    out = []
+    for line in config.splitlines():
+        key = line.split("=", 1)[0].strip().lower()
+        if "=" in line and any(s in key for s in ("secret", "password", "token", "passphrase")):
+            out.append(f'{line.split("=", 1)[0]}= "<redacted>"')
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+# -- verify --------------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    check: str
+    ok: bool
+    detail: str
+    code: str = ""
+
+
+@dataclass
+class VerifyResult:
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def first_failure(self) -> Check | None:
+        return next((c for c in self.checks if not c.ok), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        f = self.first_failure
+        return {
+            "ok": self.ok,
+            "code": f.code if f else "OK",
+            "checks": [c.__dict__ for c in self.checks],
+        }
+
+
+def safe_extract(archive: Path, dest: Path) -> dict[str, Path]:
+    """Extract regular files only, refusing anything that could escape or exhaust ``dest``."""
+    total = 0
+    seen: dict[str, Path] = {}
+    try:
+        with tarfile.open(archive, mode="r:gz") as tar:
+            for count, member in enumerate(tar):
+                if count >= MAX_MEMBERS:
+                    raise BundleError("too many members", code="BUNDLE_TOO_LARGE")
+                name = member.name
+                parts = name.split("/")
+                if (
+                    not member.isreg()
+                    or name.startswith("/")
+                    or "\\" in name
+                    or any(p in ("", ".", "..") for p in parts)
+                ):
+                    raise BundleError(
+                        f"unsafe member {name[:80]!r} (links, devices, absolute "
+                        "or '..' paths are refused)",
+                        code="BUNDLE_UNSAFE_MEMBER",
+                    )
+                if name in seen:
+                    raise BundleError(f"duplicate member {name[:80]!r}", code="BUNDLE_DUPLICATE")
+                if member.size > MAX_MEMBER_BYTES or total + member.size > MAX_TOTAL_BYTES:
+                    raise BundleError(f"member {name[:80]!r} is too large", code="BUNDLE_TOO_LARGE")
+                src = tar.extractfile(member)
+                assert src is not None
+                target = dest.joinpath(*parts)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                written = 0
+                with target.open("xb") as fh:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > member.size:
+                            raise BundleError(
+                                "member longer than its header", code="BUNDLE_MALFORMED"
+                            )
+                        fh.write(chunk)
+                total += written
+                seen[name] = target
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError, zlib.error) as exc:
+        raise BundleError(
+            f"not a readable bundle: {type(exc).__name__}: {exc}"[:200], code="BUNDLE_MALFORMED"
+        ) from None
+    return seen
+
+
+def verify_bundle(archive: Path, node_pub_pem: bytes) -> VerifyResult:
+    res = VerifyResult()
+    node_key = PublicKey.from_pem(node_pub_pem)
+    with tempfile.TemporaryDirectory(prefix="nightcore-verify-") as tmp:
+        try:
+            files = safe_extract(archive, Path(tmp))
+        except BundleError as exc:
+            res.checks.append(Check("archive", False, exc.message, exc.code))
+            return res
+        res.checks.append(Check("archive", True, f"{len(files)} members extracted safely"))
+        steps: list[tuple[str, Callable[[], Check]]] = [
+            ("index signature", lambda: _check_index(files, node_key)),
+            ("file hashes", lambda: _check_hashes(files)),
+            ("attestations", lambda: _check_attestations(files, node_key)),
+            ("inclusion proofs", lambda: _check_proofs(files, node_pub_pem)),
+            ("attestations vs audit", lambda: _check_agreement(files, node_key)),
+        ]
+        # Stop at the first failing class: later checks would only repeat it.
+        for name, step in steps:
+            try:
+                out = step()
+            except NightCoreError as exc:
+                out = Check(name, False, exc.message, exc.code)
+            except (KeyError, TypeError, ValueError) as exc:  # malformed JSON shapes
+                out = Check(
+                    name, False, f"malformed content: {type(exc).__name__}", "BUNDLE_MALFORMED"
+                )
+            res.checks.append(out)
+            if not out.ok:
+                break
+    return res
+
+
+def _read(files: dict[str, Path], name: str) -> bytes:
+    if name not in files:
+        raise BundleError(f"{name} is missing", code="FILE_MISSING")
+    return files[name].read_bytes()
+
+
+def _index(files: dict[str, Path]) -> dict[str, Any]:
+    doc = parse_json(
+        _read(files, "index.json"), max_bytes=64 << 20, what="index.json", code="BUNDLE_MALFORMED"
+    )
+    if (
+        not isinstance(doc, dict)
+        or doc.get("format") != FORMAT
+        or not isinstance(doc.get("files"), list)
+    ):
+        raise BundleError("index.json is not a Night Core bundle index", code="BUNDLE_MALFORMED")
+    return doc
+
+
+def _check_index(files: dict[str, Path], node_key: PublicKey) -> Check:
+    env = parse_envelope(_read(files, "index.dsse.json"), payload_type=INDEX_PAYLOAD_TYPE)
+    if not verify_signature(env, node_key):
+        return Check(
+            "index signature",
+            False,
+            "index.dsse.json is not signed by this node key",
+            "INDEX_SIGNATURE_INVALID",
+        )
+    if env.payload != _read(files, "index.json"):
+        return Check(
+            "index signature",
+            False,
+            "the signed index differs from index.json",
+            "INDEX_SIGNATURE_INVALID",
+        )
+    _index(files)
+    return Check("index signature", True, f"signed by node key {node_key.keyid[:16]}")
+
+
+def _check_hashes(files: dict[str, Path]) -> Check:
+    index = _index(files)
+    listed: dict[str, str] = {}
+    for e in index["files"]:
+        if not isinstance(e, dict) or not isinstance(e.get("path"), str):
+            raise BundleError("index entry malformed", code="BUNDLE_MALFORMED")
+        listed[e["path"]] = str(e.get("sha256"))
+    own = {"index.json", "index.dsse.json", "SHA256SUMS"}
+    extra = sorted(set(files) - set(listed) - own)
+    if extra:
+        return Check("file hashes", False, f"{extra[0]} is not in the index", "FILE_UNEXPECTED")
+    for path, want in listed.items():
+        got = hashlib.sha256(_read(files, path)).hexdigest()
+        if got != want:
+            return Check(
+                "file hashes", False, f"{path} does not match its index hash", "FILE_HASH_MISMATCH"
+            )
+    sums = "".join(f"{listed[p]}  {p}\n" for p in sorted(listed)).encode()
+    if _read(files, "SHA256SUMS") != sums:
+        return Check(
+            "file hashes", False, "SHA256SUMS disagrees with the index", "FILE_HASH_MISMATCH"
+        )
+    dash = index.get("dashboard_sha256")
+    if dash and listed.get("dashboard.html") != dash:
+        return Check("file hashes", False, "dashboard hash disagrees", "FILE_HASH_MISMATCH")
+    return Check("file hashes", True, f"{len(listed)} files match the signed index")
+
+
+def _attestations(files: dict[str, Path], node_key: PublicKey) -> dict[str, dict[str, Any]]:
+    from nightcore.evidence.attestation import open_attestation
+
+    out = {}
+    for name in sorted(files):
+        if name.startswith("attestations/"):
+            out[name] = open_attestation(files[name].read_bytes(), node_key)
+    return out
+
+
+def _check_attestations(files: dict[str, Path], node_key: PublicKey) -> Check:
+    n = len(_attestations(files, node_key))
+    return Check("attestations", True, f"{n} run attestations signed by the node key")
+
+
+def _check_proofs(files: dict[str, Path], node_pub_pem: bytes) -> Check:
+    from nightcore.audit.tlog import (
+        load_node_public_key,
+        open_node_checkpoint,
+        verify_inclusion_proof,
+    )
+
+    key, origin = load_node_public_key(node_pub_pem)
+    tail = open_node_checkpoint(_read(files, "audit/audit.tail"), key, origin)
+    lines = [x for x in _read(files, "audit/lines.jsonl").split(b"\n") if x]
+    for line in lines:
+        seq = json.loads(line)["seq"]
+        proof = _read(files, f"audit/proofs/{seq}.tlog-proof")
+        cp, _rec = verify_inclusion_proof(proof, line, node_pub_pem)
+        if cp.note != tail.note:
+            return Check(
+                "inclusion proofs",
+                False,
+                f"proof for seq {seq} is against another checkpoint than audit.tail",
+                "PROOF_CHECKPOINT_MISMATCH",
+            )
+    return Check(
+        "inclusion proofs", True, f"{len(lines)} audit lines included in checkpoint {tail.size}"
+    )
+
+
+def _check_agreement(files: dict[str, Path], node_key: PublicKey) -> Check:
+    from nightcore.evidence.attestation import subject_digests
+
+    outcomes: dict[str, dict[str, Any]] = {}
+    for line in _read(files, "audit/lines.jsonl").split(b"\n"):
+        if line:
+            rec = json.loads(line)
+            if rec.get("event") == "run_outcome":
+                outcomes[rec["data"]["run_id"]] = rec
+    for name, stmt in _attestations(files, node_key).items():
+        p = stmt["predicate"]
+        rec = outcomes.get(str(p.get("run_id")))
+        subj = subject_digests(stmt)
+        if rec is None:
+            return Check(
+                "attestations vs audit",
+                False,
+                f"{name}: no run_outcome line",
+                "ATTESTATION_AUDIT_MISMATCH",
+            )
+        d = rec["data"]
+        pairs: Iterable[tuple[Any, Any]] = (
+            (p.get("audit_seq"), rec["seq"]),
+            (p["outcome"]["code"], d["code"]),
+            (p.get("fuel_used"), d["fuel_used"]),
+            (subj.get("stdout"), d["stdout_sha256"]),
+            (subj.get("stderr"), d["stderr_sha256"]),
+            (subj.get("module.wasm"), d["module_sha256"]),
+        )
+        if any(a != b for a, b in pairs):
+            return Check(
+                "attestations vs audit",
+                False,
+                f"{name} disagrees with audit line {rec['seq']}",
+                "ATTESTATION_AUDIT_MISMATCH",
+            )
+    return Check("attestations vs audit", True, f"{len(outcomes)} outcomes agree")

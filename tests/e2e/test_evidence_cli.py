@@ -1,0 +1,333 @@
+"""Evidence end to end: attestations, proof bundles verified elsewhere, tampering, replay,
+SBOM and forensic export — real runs, real keys, real archives."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nightcore import api
+from nightcore.evidence.attestation import open_attestation, subject_digests
+from nightcore.evidence.bundle import _Writer
+from nightcore.evidence.sbom import build_sbom, validate_sbom
+from nightcore.trust.keys import FileSigner, GeneratedKey
+from nightcore.trust.pubkey import PublicKey
+from nightcore.workspace import Workspace
+from tests.conftest import Env, run_cli_subprocess
+from tests.e2e.test_run_cli import install
+
+
+def _runs(env: Env) -> dict[str, dict[str, Any]]:
+    res = env.cli("run", "--json")
+    return {r["tenant"]: r for r in res.json()}
+
+
+@pytest.fixture
+def ran(env: Env) -> tuple[Env, dict[str, dict[str, Any]]]:
+    install(env, "hello", "clock-random", "fs-writer")
+    return env, _runs(env)
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path, "r:gz") as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isreg()}  # type: ignore[union-attr]
+
+
+def _write_tar(path: Path, members: dict[str, bytes], extra: list[tarfile.TarInfo] = ()) -> None:  # type: ignore[assignment]
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for info in extra:
+            tar.addfile(info, io.BytesIO(b"x" * info.size) if info.isreg() else None)
+
+
+def _verify(path: Path, key: Path) -> tuple[int, dict[str, Any]]:
+    res = run_cli_subprocess("proof", "verify", str(path), "--key", str(key), "--json")
+    assert "Traceback" not in res.err
+    return res.code, json.loads(res.out)
+
+
+def test_attestation_binds_outputs_and_written_files(ran: tuple[Env, dict[str, Any]]) -> None:
+    env, rows = ran
+    pub = PublicKey.from_pem((env.ws / "node.pub.pem").read_bytes())
+    row = rows["fs-writer"]
+    att = env.ws / "state/runs" / row["run_id"] / "attestation.intoto.dsse.json"
+    stmt = open_attestation(att.read_bytes(), pub)
+    subjects = subject_digests(stmt)
+    assert subjects["module.wasm"] == row["module_sha256"]
+    assert "fs/data/out.txt" in subjects
+    p = stmt["predicate"]
+    assert p["tenant"] == "fs-writer" and p["signer_key_id"] == row["key_id"]
+    assert p["outcome"]["code"] == "OK" and p["limits"]["fuel"] > 0
+    outcome = next(
+        e
+        for e in env.audit_lines()
+        if e["event"] == "run_outcome" and e["data"]["run_id"] == row["run_id"]
+    )
+    assert p["audit_seq"] == outcome["seq"]
+    clock = open_attestation(
+        (
+            env.ws / "state/runs" / rows["clock-random"]["run_id"] / "attestation.intoto.dsse.json"
+        ).read_bytes(),
+        pub,
+    )
+    assert clock["predicate"]["deterministic"] and "seed" in clock["predicate"]
+
+
+def test_proof_bundle_verifies_elsewhere_with_only_the_public_key(
+    ran: tuple[Env, dict[str, Any]], tmp_path: Path
+) -> None:
+    env, _ = ran
+    bundle = env.root / "proof.tar.gz"
+    res = env.cli("proof", "export", "--out", str(bundle), "--json")
+    assert res.code == 0 and res.json()["runs"] == 3
+    fresh = tmp_path / "elsewhere"
+    fresh.mkdir()
+    shutil.copy(bundle, fresh / "proof.tar.gz")
+    shutil.copy(env.ws / "node.pub.pem", fresh / "node.pub.pem")
+    code, out = _verify(fresh / "proof.tar.gz", fresh / "node.pub.pem")
+    assert code == 0 and out["ok"], out
+    checks = {c["check"] for c in out["checks"]}
+    assert {
+        "index signature",
+        "file hashes",
+        "attestations",
+        "inclusion proofs",
+        "attestations vs audit",
+    } <= checks
+    members = _members(bundle)
+    validate_sbom(members["sbom.cdx.json"].decode())
+
+
+@pytest.mark.parametrize(
+    "mutation,code",
+    [
+        ("flip", "FILE_HASH_MISMATCH"),
+        ("add", "FILE_UNEXPECTED"),
+        ("remove", "FILE_MISSING"),
+        ("forge_index", "INDEX_SIGNATURE_INVALID"),
+        ("traversal", "BUNDLE_UNSAFE_MEMBER"),
+        ("symlink", "BUNDLE_UNSAFE_MEMBER"),
+        ("huge", "BUNDLE_TOO_LARGE"),
+        ("garbage", "BUNDLE_MALFORMED"),
+    ],
+)
+def test_tampered_bundles_are_refused(
+    ran: tuple[Env, dict[str, Any]],
+    tmp_path: Path,
+    keys_dir: dict[str, GeneratedKey],
+    mutation: str,
+    code: str,
+) -> None:
+    env, _ = ran
+    bundle = env.root / "proof.tar.gz"
+    assert env.cli("proof", "export", "--out", str(bundle)).code == 0
+    members = _members(bundle)
+    bad = tmp_path / "bad.tar.gz"
+    extra: list[tarfile.TarInfo] = []
+    if mutation == "flip":
+        name = next(n for n in members if n.startswith("attestations/"))
+        data = bytearray(members[name])
+        data[len(data) // 2] ^= 1
+        members[name] = bytes(data)
+    elif mutation == "add":
+        members["attestations/extra.json"] = b"{}"
+    elif mutation == "remove":
+        del members[next(n for n in members if n.startswith("audit/proofs/"))]
+    elif mutation == "forge_index":
+        from nightcore.trust.envelope import sign_payload_with
+        from nightcore.trust.keys import load_file_signer
+
+        mallory = load_file_signer(str(keys_dir["mallory"].private_path))
+        index = json.loads(members["index.json"])
+        index["runs"] = ["forged"]
+        members["index.json"] = json.dumps(index).encode()
+        members["index.dsse.json"] = sign_payload_with(
+            members["index.json"], mallory, "application/vnd.nightcore.bundle-index+json"
+        )
+    elif mutation == "traversal":
+        members["../escaped.txt"] = b"owned"
+    elif mutation == "symlink":
+        link = tarfile.TarInfo("keys/evil")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc/passwd"
+        extra.append(link)
+    elif mutation == "huge":
+        # A gzip bomb: 300 MB of zeros compresses to ~300 KB; the cap stops it unread.
+        with gzip.open(bad, "wb", compresslevel=1) as gz, tarfile.open(fileobj=gz, mode="w") as t:
+            info = tarfile.TarInfo("sbom.cdx.json")
+            info.size = 300 * 1024 * 1024
+            t.addfile(info, io.BytesIO(bytes(info.size)))
+    if mutation == "garbage":
+        bad.write_bytes(b"\x1f\x8b" + b"not really gzip" * 10)
+    elif mutation != "huge":
+        _write_tar(bad, members, extra)
+    code_, out = _verify(bad, env.ws / "node.pub.pem")
+    assert code_ == 1 and out["code"] == code, out
+    assert not (tmp_path / "escaped.txt").exists() and not (Path.cwd() / "escaped.txt").exists()
+
+
+def _node_writer_bundle(env: Env, path: Path, change: str) -> None:
+    """Re-sign a modified bundle with the node key itself: the deeper checks must still fail
+    (a bug or a compromised exporter cannot make forged evidence verify)."""
+    from nightcore.runner.pipeline import Runner
+
+    members = _members(env.root / "proof.tar.gz")
+    for own in ("index.json", "index.dsse.json", "SHA256SUMS"):
+        members.pop(own)
+    if change == "attestation_other_key":
+        name = next(n for n in members if n.startswith("attestations/"))
+        from nightcore.trust.envelope import parse_envelope, sign_payload_with
+        from nightcore.trust.keys import load_file_signer
+
+        other = load_file_signer(str(env.publisher.private_path))
+        env_ = parse_envelope(members[name])
+        members[name] = sign_payload_with(env_.payload, other)
+    elif change == "forged_line":
+        lines = members["audit/lines.jsonl"].split(b"\n")
+        rec = json.loads(lines[-2])
+        rec["data"]["code"] = "OK" if rec["data"].get("code") != "OK" else "TRAP"
+        from nightcore.canonical import canonical
+
+        lines[-2] = canonical(rec)
+        members["audit/lines.jsonl"] = b"\n".join(lines)
+    elif change == "other_checkpoint":
+        env.cli("audit", "checkpoint")
+        from nightcore.audit.tlog import transparency_log
+
+        tl = transparency_log(Workspace(env.ws))
+        cp = tl.latest_checkpoint()
+        assert cp is not None
+        seq = int(
+            next(n for n in members if n.startswith("audit/proofs/")).split("/")[-1].split(".")[0]
+        )
+        members[f"audit/proofs/{seq}.tlog-proof"] = tl.prove_at(seq, cp)
+    w = _Writer()
+    for k, v in members.items():
+        w.add(k, v)
+    ws = Workspace(env.ws)
+    w.write(path, ws, "proof", {"checkpoint": {}}, Runner(ws).node_signer())
+
+
+@pytest.mark.parametrize(
+    "change,code",
+    [
+        ("attestation_other_key", "ATTESTATION_SIGNATURE_INVALID"),
+        ("forged_line", "PROOF_ROOT_MISMATCH"),
+        ("other_checkpoint", "PROOF_CHECKPOINT_MISMATCH"),
+    ],
+)
+def test_forged_evidence_fails_even_under_a_valid_index(
+    ran: tuple[Env, dict[str, Any]], tmp_path: Path, change: str, code: str
+) -> None:
+    env, _ = ran
+    assert env.cli("proof", "export", "--out", str(env.root / "proof.tar.gz")).code == 0
+    bad = tmp_path / "bad.tar.gz"
+    _node_writer_bundle(env, bad, change)
+    rc, out = _verify(bad, env.ws / "node.pub.pem")
+    assert rc == 1 and out["code"] == code, out
+
+
+def test_wrong_public_key_is_refused(
+    ran: tuple[Env, dict[str, Any]], keys_dir: dict[str, GeneratedKey]
+) -> None:
+    env, _ = ran
+    bundle = env.root / "proof.tar.gz"
+    assert env.cli("proof", "export", "--out", str(bundle)).code == 0
+    rc, out = _verify(bundle, keys_dir["mallory"].public_path)
+    assert rc == 1 and out["code"] == "INDEX_SIGNATURE_INVALID"
+
+
+def test_replay_matches_across_processes_and_nondeterminism_differs(env: Env) -> None:
+    install(env, "clock-random")
+    first = _runs(env)["clock-random"]
+    res = run_cli_subprocess("-w", str(env.ws), "replay", first["run_id"], "--json")
+    assert res.code == 0, res.err
+    out = json.loads(res.out)
+    assert out["code"] == "REPLAY_MATCH" and out["deterministic"]
+    # The same module, signed without deterministic mode: real clock and randomness.
+    d = env.ws / "modules" / "clock-random"
+    text = (
+        (d / "manifest.toml").read_text().replace("deterministic = true", "deterministic = false")
+    )
+    (d / "manifest.toml").write_text(text)
+    api.sign_tenant(d, str(env.publisher.private_path))
+    a = _runs(env)["clock-random"]
+    b = _runs(env)["clock-random"]
+    sa = (env.ws / "state/runs" / a["run_id"] / "stdout").read_bytes()
+    sb = (env.ws / "state/runs" / b["run_id"] / "stdout").read_bytes()
+    assert sa != sb
+    res = env.cli("replay", a["run_id"], "--json")
+    assert res.code == 1 and res.json()["code"] == "REPLAY_DIVERGED"
+    assert res.json()["diverged"] == "stdout"
+
+
+def test_replay_refuses_tampered_content(env: Env) -> None:
+    install(env, "clock-random")
+    row = _runs(env)["clock-random"]
+    stored = env.ws / "state/content/modules" / f"{row['module_sha256']}.wasm"
+    stored.write_bytes(stored.read_bytes() + b"\x00")
+    res = env.cli("replay", row["run_id"])
+    assert res.code == 2 and "error[CONTENT_TAMPERED]" in res.err
+    res = env.cli("replay", "../../etc")
+    assert res.code == 2 and "error[USAGE]" in res.err
+
+
+def test_sbom_lists_runtime_and_tenants(ran: tuple[Env, dict[str, Any]]) -> None:
+    env, rows = ran
+    out = env.root / "sbom.json"
+    assert env.cli("sbom", "--out", str(out)).code == 0
+    text = out.read_text()
+    validate_sbom(text)
+    doc = json.loads(text)
+    names = {c["name"].lower(): c for c in doc["components"]}
+    for dist in ("wasmtime", "cryptography", "tuf"):
+        assert names[dist]["version"], dist
+    hashes = {h["content"] for c in doc["components"] for h in c.get("hashes", [])}
+    assert rows["hello"]["module_sha256"] in hashes
+    assert doc["specVersion"] == "1.5"
+    validate_sbom(build_sbom(None))  # the runtime alone, without a workspace
+
+
+def test_forensic_export_changes_nothing_and_verifies(ran: tuple[Env, dict[str, Any]]) -> None:
+    env, _ = ran
+
+    def state() -> dict[str, bytes]:
+        # Derived caches (the run index, the Merkle tree cache) may be refreshed; every
+        # record (audit log, checkpoints, runs, content, trust) must stay byte-identical.
+        derived = ("nightcore.db", "tree.bin", "tree.state")
+        return {
+            str(p): p.read_bytes()
+            for p in sorted((env.ws / "state").rglob("*"))
+            if p.is_file() and not p.name.startswith(derived)
+        }
+
+    before = state()
+    out = env.root / "forensic.tar.gz"
+    res = env.cli("forensics", "export", "--tenant", "fs-writer", "--out", str(out), "--json")
+    assert res.code == 0 and res.json()["runs"] == 1
+    assert state() == before
+    members = _members(out)
+    assert "package/module.wasm" in members and "config/nightcore.toml" in members
+    assert any(n.startswith("runs/") and n.endswith("/stdout") for n in members)
+    rc, verdict = _verify(out, env.ws / "node.pub.pem")
+    assert rc == 0 and verdict["ok"], verdict
+    res = env.cli("forensics", "export", "--tenant", "<bad>", "--out", str(out))
+    assert res.code == 2 and "TENANT_NAME_INVALID" in res.err
+
+
+def test_file_signer_matches_node_key(env: Env) -> None:
+    from nightcore.runner.pipeline import Runner
+
+    signer = Runner(Workspace(env.ws)).node_signer()
+    assert isinstance(signer, FileSigner)
+    assert signer.key_id == Workspace(env.ws).node_key_id()
