@@ -114,6 +114,8 @@ class Config:
     node_key: str
     policy: Policy
     parallel: int = 2
+    checkpoint_every: int = 1000
+    heartbeat_idle_seconds: int = 300
     raw: dict[str, Any] = field(default_factory=dict)
 
 
@@ -172,6 +174,18 @@ def parse_config(data: bytes, *, fips_override: bool | None = None) -> Config:
         },
     )
     run = _table(doc, "run", {"parallel"})
+    audit = _table(doc, "audit", {"checkpoint_every", "heartbeat_idle_seconds", "mirror"})
+    checkpoint_every = audit.get("checkpoint_every", 1000)
+    heartbeat_idle = audit.get("heartbeat_idle_seconds", 300)
+    for key, value in (
+        ("checkpoint_every", checkpoint_every),
+        ("heartbeat_idle_seconds", heartbeat_idle),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10**7:
+            raise ConfigError(f"audit.{key} must be an integer in [1, 10000000]")
+    from nightcore.audit.mirror import parse_mirrors
+
+    parse_mirrors(audit.get("mirror"))  # validated now, used by the audit layer
     name = node.get("name", "node")
     key = node.get("key", "private/node.key")
     if not isinstance(name, str) or not isinstance(key, str):
@@ -201,7 +215,15 @@ def parse_config(data: bytes, *, fips_override: bool | None = None) -> Config:
         max_limits=max_limits,
         default_limits=defaults,
     )
-    return Config(node_name=name, node_key=key, policy=policy, parallel=parallel, raw=doc)
+    return Config(
+        node_name=name,
+        node_key=key,
+        policy=policy,
+        parallel=parallel,
+        checkpoint_every=checkpoint_every,
+        heartbeat_idle_seconds=heartbeat_idle,
+        raw=doc,
+    )
 
 
 def find_workspace(explicit: str | None) -> Path:

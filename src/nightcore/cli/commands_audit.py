@@ -60,7 +60,12 @@ def _write_out(path: str, data: bytes) -> None:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    report = _tlog(args).verify()
+    if getattr(args, "source", None):
+        from nightcore.audit.mirror import verify_source
+
+        report = verify_source(_ws(args), args.source)
+    else:
+        report = _tlog(args).verify()
     if args.json:
         print_json(report.to_dict())
     if not report.ok:
@@ -79,6 +84,58 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     for warning in report.warnings:
         info(f"warning: {warning}")
     return EXIT_OK
+
+
+# -- mirrors and heartbeat -------------------------------------------------------------------
+
+
+def _mirror_table(rows: list[Any], title: str) -> None:
+    print_table(
+        title,
+        ["mirror", "kind", "lines", "lag", "checkpoints", "status"],
+        [[m.name, m.kind, m.lines, m.lag, m.checkpoints, "OK" if m.ok else m.error] for m in rows],
+        code_column=5,
+    )
+
+
+def cmd_mirror_status(args: argparse.Namespace) -> int:
+    from nightcore.audit.mirror import status
+
+    rows = status(_ws(args))
+    if args.json:
+        print_json([m.to_dict() for m in rows])
+    else:
+        _mirror_table(rows, "Audit mirrors")
+    return EXIT_OK if all(m.ok for m in rows) else EXIT_FAILED
+
+
+def cmd_mirror_sync(args: argparse.Namespace) -> int:
+    from nightcore.audit.mirror import sync_all
+
+    rows = sync_all(_ws(args))
+    if args.json:
+        print_json([m.to_dict() for m in rows])
+    else:
+        _mirror_table(rows, "Audit mirrors after sync")
+    return EXIT_OK if all(m.ok for m in rows) else EXIT_FAILED
+
+
+def cmd_heartbeat(args: argparse.Namespace) -> int:
+    import time
+
+    from nightcore.audit.heartbeat import heartbeat
+
+    ws = _ws(args)
+    idle = args.idle if args.idle is not None else ws.config.heartbeat_idle_seconds
+    while True:
+        cp = heartbeat(ws, idle)
+        if args.json:
+            print_json({"heartbeat": cp is not None, **(cp.to_dict() if cp else {})})
+        elif cp is not None:
+            info(f"heartbeat checkpoint {cp.size} signed (root {cp.root.hex()[:16]})")
+        if not args.loop:
+            return EXIT_OK
+        time.sleep(max(1.0, idle / 4))
 
 
 # -- checkpoint ----------------------------------------------------------------------------
@@ -284,12 +341,30 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
 
     audit = add("audit", _need_sub, "inspect, checkpoint, prove and verify the audit log")
     asub = audit.add_subparsers(dest="audit_cmd", metavar="ACTION", parser_class=Parser)
-    add(
+    sp = add(
         "verify",
         cmd_audit_verify,
         "verify the hash chain, the Merkle tree and every signed checkpoint",
         asub,
     )
+    sp.add_argument("--source", help="verify the named audit mirror on its own instead")
+    mirror = add("mirror", _need_sub, "audit mirrors: status and catch-up", asub)
+    msub = mirror.add_subparsers(dest="mirror_cmd", metavar="ACTION", parser_class=Parser)
+    add("status", cmd_mirror_status, "each mirror's position and lag", msub)
+    add("sync", cmd_mirror_sync, "copy what each mirror is missing", msub)
+    sp = add(
+        "heartbeat",
+        cmd_heartbeat,
+        "sign a heartbeat checkpoint if the log has been idle (for cron or a loop)",
+        asub,
+    )
+    sp.add_argument(
+        "--idle",
+        type=int,
+        default=None,
+        help="seconds of silence before a heartbeat (default: [audit] heartbeat_idle_seconds)",
+    )
+    sp.add_argument("--loop", action="store_true", help="keep running, checking every idle/4 s")
     sp = add("checkpoint", cmd_audit_checkpoint, "sign a checkpoint of the whole log", asub)
     sp.add_argument("--reason", default="manual", help="recorded in the checkpoint event")
 

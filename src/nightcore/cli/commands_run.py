@@ -95,6 +95,12 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"signed checkpoint: {report.checkpoint['size']} entries, "
                 f"root {report.checkpoint['root'][:16]}"
             )
+    for m in report.mirrors:
+        if not m["ok"]:
+            info(
+                f"warning[MIRROR_UNAVAILABLE]: audit mirror {m['name']} is {m['lag']} lines "
+                f"behind: {m['error']}"
+            )
     if report.checkpoint_error is not None:
         code, message = report.checkpoint_error
         info(f"warning[{code}]: no checkpoint was signed after this run: {message}")

@@ -171,6 +171,7 @@ class RunReport:
     runs: list[TenantRun]
     checkpoint: dict[str, Any] | None = None  # {size, root} of the checkpoint signed after the run
     checkpoint_error: tuple[str, str] | None = None  # (code, message) when none could be signed
+    mirrors: list[dict[str, Any]] = field(default_factory=list)  # audit mirror statuses
 
     @property
     def ok(self) -> bool:
@@ -362,6 +363,11 @@ class Runner:
             report.checkpoint_error = (exc.code, exc.message)
             return
         report.checkpoint = {"size": cp.size, "root": cp.root.hex()}
+        from nightcore.audit.mirror import mirrors, sync_all
+
+        if mirrors(self.ws):
+            # A mirror outage is reported, never fatal: local evidence is already durable.
+            report.mirrors = [m.to_dict() for m in sync_all(self.ws)]
 
     def node_signer(self) -> Any:
         """The node's signer for attestations, loaded once (file keys via cryptography)."""
