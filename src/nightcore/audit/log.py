@@ -120,6 +120,7 @@ class AuditLog:
         self._recovery_info: list[dict[str, Any]] = []
         # Group commit: threads of one process queue their batches; whichever thread holds
         # the writer lock writes every queued batch with one write() and one fsync().
+        self._fds: tuple[int, int] | None = None  # (lock fd, log fd), kept between appends
         self._queue: list[_Request] = []
         self._queue_lock = threading.Lock()
         self._writer_lock = threading.Lock()
@@ -169,56 +170,89 @@ class AuditLog:
             raise req.error
         return req.entries
 
-    def _write(self, events: list[Event]) -> list[Entry]:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
+    def _open_locked(self) -> tuple[int, int]:
+        """Take the writer flock and return (lock fd, log fd), both naming the current files.
+
+        The descriptors are kept between appends (opening files is the dominant cost of a
+        small durable append here) and re-opened whenever the path names another inode.
+        """
+        while True:
+            if self._fds is None:
+                self.dir.mkdir(parents=True, exist_ok=True)
+                lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._fds = (lock_fd, -1)
+            lock_fd, fd = self._fds
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
             try:
-                pending_before = len(self.recovered)
-                size, prev, seq = self._tail_state(fd)
-                # A recovered torn tail is itself evidence: log it ahead of the new events.
-                recovery = [
-                    Event("audit_torn_tail_recovered", info)
-                    for info in self._recovery_info[pending_before:]
-                ]
-                events = recovery + list(events)
-                entries: list[Entry] = []
-                out = bytearray()
-                for ev in events:
-                    rec: dict[str, Any] = {
-                        "v": LINE_VERSION,
-                        "seq": seq,
-                        "ts": now_ts(),
-                        "node": self.node_id,
-                        "event": ev.event,
-                        "data": ev.data,
-                        "prev": prev,
-                    }
-                    if ev.tenant is not None:
-                        rec["tenant"] = ev.tenant
-                    line = canonical(rec)
-                    if len(line) > MAX_LINE_BYTES:
-                        raise AuditError(
-                            f"audit event {ev.event} is larger than {MAX_LINE_BYTES} bytes",
-                            code="AUDIT_LINE_TOO_LARGE",
-                        )
-                    entry = Entry(seq, line, rec)
-                    entries.append(entry)
-                    out += line + b"\n"
-                    prev = entry.digest
-                    seq += 1
-                written = os.write(fd, bytes(out))
-                if written != len(out):
-                    raise AuditError("short write to the audit log", code="AUDIT_WRITE_FAILED")
-                os.fsync(fd)
-                self._cursor = (size + len(out), prev, seq)
-                return entries[len(recovery) :]
-            finally:
-                os.close(fd)
+                same_lock = os.stat(self.lock_path).st_ino == os.fstat(lock_fd).st_ino
+            except FileNotFoundError:
+                same_lock = False
+            if not same_lock:  # the lock file was replaced: lock the new one instead
+                self.close()
+                continue
+            try:
+                same_log = fd >= 0 and os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same_log = False
+            if not same_log:
+                if fd >= 0:
+                    os.close(fd)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+                self._fds = (lock_fd, fd)
+                self._cursor = None
+            return lock_fd, fd
+
+    def close(self) -> None:
+        if self._fds is not None:
+            for fd in self._fds:
+                if fd >= 0:
+                    os.close(fd)
+            self._fds = None
+
+    def _write(self, events: list[Event]) -> list[Entry]:
+        lock_fd, fd = self._open_locked()
+        try:
+            pending_before = len(self.recovered)
+            size, prev, seq = self._tail_state(fd)
+            # A recovered torn tail is itself evidence: log it ahead of the new events.
+            recovery = [
+                Event("audit_torn_tail_recovered", info)
+                for info in self._recovery_info[pending_before:]
+            ]
+            events = recovery + list(events)
+            entries: list[Entry] = []
+            out = bytearray()
+            for ev in events:
+                rec: dict[str, Any] = {
+                    "v": LINE_VERSION,
+                    "seq": seq,
+                    "ts": now_ts(),
+                    "node": self.node_id,
+                    "event": ev.event,
+                    "data": ev.data,
+                    "prev": prev,
+                }
+                if ev.tenant is not None:
+                    rec["tenant"] = ev.tenant
+                line = canonical(rec)
+                if len(line) > MAX_LINE_BYTES:
+                    raise AuditError(
+                        f"audit event {ev.event} is larger than {MAX_LINE_BYTES} bytes",
+                        code="AUDIT_LINE_TOO_LARGE",
+                    )
+                entry = Entry(seq, line, rec)
+                entries.append(entry)
+                out += line + b"\n"
+                prev = entry.digest
+                seq += 1
+            written = os.write(fd, bytes(out))
+            if written != len(out):
+                raise AuditError("short write to the audit log", code="AUDIT_WRITE_FAILED")
+            os.fsync(fd)
+            self._cursor = (size + len(out), prev, seq)
+            return entries[len(recovery) :]
         finally:
-            os.close(lock_fd)  # closing releases the flock
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
 
     def _tail_state(self, fd: int) -> tuple[int, str, int]:
         size = os.fstat(fd).st_size

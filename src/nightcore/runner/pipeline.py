@@ -224,7 +224,14 @@ class Runner:
         *,
         parallel: int | None = None,
         progress: ProgressFn | None = None,
+        checkpoint: bool = True,
     ) -> RunReport:
+        """Verify, admit, run and record ``tenants`` (all when None).
+
+        ``checkpoint=True`` (the CLI) signs a checkpoint over everything this call logged;
+        services calling many times a second pass False and get one every
+        ``[audit] checkpoint_every`` entries instead (plus heartbeats when idle).
+        """
         from nightcore import api
         from nightcore.module.package import check_tenant_dir_name
         from nightcore.runner.cordon import load_cordons
@@ -350,17 +357,23 @@ class Runner:
 
         self._index([r for r in results.values() if r.audit_seq is not None])
         report = RunReport([results[n] for n in names])
-        self._checkpoint(report)
+        self._checkpoint(report, always=checkpoint)
         return report
 
-    def _checkpoint(self, report: RunReport) -> None:
+    def _checkpoint(self, report: RunReport, *, always: bool) -> None:
         """Sign a checkpoint over everything this run logged (C2SP tlog-checkpoint)."""
-        from nightcore.audit.tlog import checkpoint_after_run
+        from nightcore.audit.tlog import checkpoint_after_run, maybe_checkpoint
 
         try:
-            cp = checkpoint_after_run(self.ws)
+            cp = (
+                checkpoint_after_run(self.ws)
+                if always
+                else maybe_checkpoint(self.ws, self.ws.config.checkpoint_every)
+            )
         except NightCoreError as exc:
             report.checkpoint_error = (exc.code, exc.message)
+            return
+        if cp is None:
             return
         report.checkpoint = {"size": cp.size, "root": cp.root.hex()}
         from nightcore.audit.mirror import mirrors, sync_all
