@@ -90,6 +90,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def _mirror_table(rows: list[Any], title: str) -> None:
+    if not rows:
+        info("no audit mirrors configured ([[audit.mirror]] in nightcore.toml)")
+        return
     print_table(
         title,
         ["mirror", "kind", "lines", "lag", "checkpoints", "status"],
