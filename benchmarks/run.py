@@ -149,25 +149,25 @@ def main() -> None:
             f"{t2:,.0f} runs/s, scaling {t2 / t1:.2f}x (target >= 1.8x on 2 cores)"
         )
         loops = make_ws(
-            root / "loops", {f"loop-{i:02d}": "fuel-burner" for i in range(4)}, fuel=200_000_000
+            root / "loops", {f"loop-{i:02d}": "fuel-burner" for i in range(8)}, fuel=500_000_000
         )
         lnames = sorted(p.name for p in loops.modules_dir.iterdir())
         runner = Runner(loops)
         try:
-            runner.run(lnames, parallel=1)
+            runner.run(lnames, parallel=1, checkpoint=False)
             c1 = []
             c2 = []
             for _ in range(3):
                 t0 = time.perf_counter()
-                runner.run(lnames, parallel=1)
+                runner.run(lnames, parallel=1, checkpoint=False)
                 c1.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                runner.run(lnames, parallel=2)
+                runner.run(lnames, parallel=2, checkpoint=False)
                 c2.append(time.perf_counter() - t0)
         finally:
             runner.close()
         print(
-            f"    CPU-bound guests (4 x 200M-fuel loops): 1 thread {min(c1) * 1e3:.0f} ms, "
+            f"    CPU-bound guests (8 x 500M-fuel loops): 1 thread {min(c1) * 1e3:.0f} ms, "
             f"2 threads {min(c2) * 1e3:.0f} ms, scaling {min(c1) / min(c2):.2f}x"
         )
 
