@@ -106,6 +106,11 @@ def test_proof_bundle_verifies_elsewhere_with_only_the_public_key(
     } <= checks
     members = _members(bundle)
     validate_sbom(members["sbom.cdx.json"].decode())
+    index = json.loads(members["index.json"])
+    import hashlib
+
+    assert index["dashboard_sha256"] == hashlib.sha256(members["dashboard.html"]).hexdigest()
+    assert b"hello" in members["dashboard.html"]
 
 
 @pytest.mark.parametrize(

@@ -304,12 +304,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _register_extensions(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     """Commands of later layers (run path, audit tree) register here."""
-    from nightcore.cli import commands_audit, commands_aufs, commands_evidence, commands_run
+    from nightcore.cli import (
+        commands_audit,
+        commands_aufs,
+        commands_dashboard,
+        commands_evidence,
+        commands_run,
+    )
 
     commands_run.register(add, sub)
     commands_audit.register(add, sub)
     commands_evidence.register(add, sub)
     commands_aufs.register(add, sub)
+    commands_dashboard.register(add, sub)
 
 
 def _need_sub(args: argparse.Namespace) -> int:

@@ -206,12 +206,8 @@ def export_proof(
 
 
 def _add_dashboard(w: _Writer, ws: Workspace) -> str:
-    import importlib
+    from nightcore.dashboard import build_report
 
-    try:
-        build_report = importlib.import_module("nightcore.dashboard").build_report
-    except (ImportError, AttributeError):  # a bundle without the dashboard layer
-        return ""
     with tempfile.TemporaryDirectory() as tmp:
         path, _sha = build_report(ws, Path(tmp) / "dashboard.html")
         data = path.read_bytes()

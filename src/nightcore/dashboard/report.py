@@ -1,0 +1,155 @@
+"""Rendering the report: the static file (:func:`build_report`) and the live console's pages."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from nightcore.dashboard import assets, charts, templates, text
+from nightcore.dashboard.collect import (
+    CHART_POINTS,
+    MAX_ROWS,
+    Snapshot,
+    code_class,
+    collect,
+)
+from nightcore.workspace import Workspace
+
+RECENT_ROWS = 25
+REPORT_NAME = "dashboard.html"
+
+
+def _usage_bar(frac: float | None, cls: str) -> Markup:
+    return charts.usage_bar(frac, cls)
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.DictLoader({"page.html": templates.PAGE, "content.html": templates.CONTENT}),
+        autoescape=True,  # every {{ }} is HTML-escaped, in every template
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(
+        clean=text.clean,
+        short=text.short,
+        num=text.num,
+        size=text.size,
+        millis=text.millis,
+        when=text.when,
+        code_class=code_class,
+        usage_bar=_usage_bar,
+    )
+    return env
+
+
+_ENV = _environment()
+
+
+def _context(s: Snapshot, *, live: bool, version: str) -> dict[str, Any]:
+    names = list(s.runs.series)
+    wall = {n: [(t, w, c) for t, w, _, c in pts] for n, pts in s.runs.series.items()}
+    fuel = {n: [(t, f, c) for t, _, f, c in pts] for n, pts in s.runs.series.items()}
+    ok_runs = sum(n for code, n in s.runs.outcome_counts if code == "OK")
+    counted = sum(n for _, n in s.runs.outcome_counts)
+    return {
+        "s": s,
+        "live": live,
+        "version": version,
+        "csp": assets.csp(live=live),
+        "css": assets.CSS,
+        "js": assets.JS,
+        "icon": assets.ICON,
+        "ok_runs": ok_runs,
+        "failed_runs": counted - ok_runs,
+        "chart_names": names,
+        "chart_points": CHART_POINTS,
+        "outcome_chart": charts.bar_chart(s.runs.outcome_counts),
+        "wall_chart": charts.line_chart(wall, label="wall time per run", fmt="ms"),
+        "fuel_chart": charts.line_chart(fuel, label="fuel per run"),
+        "timeline": charts.timeline(s.runs.recent),
+        "recent_rows": list(reversed(s.runs.recent))[:RECENT_ROWS],
+    }
+
+
+def render_page(s: Snapshot, *, live: bool = False, version: str = "") -> str:
+    """The whole HTML document (static report, or the console's first page)."""
+    return _ENV.get_template("page.html").render(_context(s, live=live, version=version))
+
+
+def render_content(s: Snapshot, *, live: bool = True, version: str = "") -> str:
+    """Only ``<main id="content">``: what the live console swaps in on each update."""
+    return _ENV.get_template("content.html").render(_context(s, live=live, version=version))
+
+
+@dataclass(frozen=True)
+class BuiltReport:
+    path: Path
+    sha256: str
+    size: int
+    snapshot: Snapshot
+
+
+def default_report_path(ws: Workspace) -> Path:
+    return ws.state_dir / REPORT_NAME
+
+
+def write_report(
+    ws: Workspace,
+    out: Path | None = None,
+    *,
+    diff_since: str | None = None,
+    verify: str = "auto",
+    max_rows: int = MAX_ROWS,
+) -> BuiltReport:
+    """Collect, render and atomically write the report; returns its path and SHA-256."""
+    snapshot = collect(ws, diff_since=diff_since, verify=verify, max_rows=max_rows)
+    data = render_page(snapshot, live=False).encode("utf-8")
+    path = out if out is not None else default_report_path(ws)
+    _atomic_write(path, data)
+    return BuiltReport(path, hashlib.sha256(data).hexdigest(), len(data), snapshot)
+
+
+def build_report(
+    ws: Workspace,
+    out: Path | None = None,
+    *,
+    diff_since: str | None = None,
+    verify: str = "auto",
+    max_rows: int = MAX_ROWS,
+) -> tuple[Path, str]:
+    """Write the self-contained HTML report (default ``<workspace>/state/dashboard.html``).
+
+    Returns ``(path, sha256 hex of the file)``. ``diff_since`` (a checkpoint size or an ISO
+    8601 time) adds what changed since then. ``verify``: ``auto`` (full verification up to
+    16 MiB of log, the quick scan check above), ``full``, ``quick`` or ``none``.
+    """
+    built = write_report(ws, out, diff_since=diff_since, verify=verify, max_rows=max_rows)
+    return built.path, built.sha256
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    # 0640 like run outputs: the report quotes audit data and tenant output.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    os.replace(tmp, path)

@@ -1,0 +1,507 @@
+"""One streaming pass over the audit log, incremental: :class:`AuditScanner`.
+
+The report must stay fast for 10^4 tenants and 10^6 audit lines, so the scanner never parses
+every line. Each line is classified by byte searches on its canonical (RFC 8785, sorted keys)
+form: the top-level ``event``, ``tenant``, ``prev``, ``seq`` and ``ts`` keys all come *after*
+``data``, and a string value cannot contain an unescaped ``"``, so the *last* occurrence of
+``"event":"`` is the top-level one, and a ``"tenant":"`` after it is the top-level tenant.
+Only the lines the report shows are parsed, at the end: each tenant's latest decision
+(``verify`` / ``admit`` / ``admission_denied``) and latest ``run_outcome``, the last few runs
+and events, and the rare ``cordon`` / ``checkpoint`` lines.
+
+With ``merkle=True`` the RFC 9162 Merkle tree is folded along the way (a compact stack of
+perfect-subtree roots, O(log n) memory) so that the root at the size of every ``checkpoint``
+event, and at any size asked for, can be compared with the signed checkpoints: that covers
+every line up to the latest checkpoint. With ``chain=True`` each line from ``chain_from`` on
+(the lines no checkpoint covers yet) has its ``prev`` checked against the SHA-256 of the line
+before it, as ``verify_chain`` does, without the strict canonical re-serialisation.
+This is the report's *quick* check; ``nightcore audit verify`` (``tlog.verify_log``) is the
+full one.
+
+``update()`` reads only what was appended since the last call, so the live console follows a
+growing log in O(new lines). If the file was replaced, shrank, or the last consumed line
+changed (torn-tail recovery), the scanner starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+ZERO_HEX = b"0" * 64
+EMPTY_ROOT = hashlib.sha256(b"").digest()
+DECISION_EVENTS = frozenset({b"verify", b"admit", b"admission_denied"})
+CORDON_EVENTS = frozenset({b"cordon", b"uncordon"})
+MAX_ROOTS = 4096
+# A first read of at least this many bytes hashes in a worker process (2 SHA-256 per line hold
+# the GIL: lines are short), while this process classifies the same lines.
+PARALLEL_MIN_BYTES = 32 * 1024 * 1024
+
+_EVENT = b'"event":"'
+_TENANT = b'"tenant":"'
+_PREV = b'"prev":"'
+_TS = b'"ts":"'
+
+# Per-tenant state (a list, for speed): first seq, first ts, latest decision line, latest
+# run_outcome line, number of run outcomes.
+FIRST_SEQ, FIRST_TS, DECISION, OUTCOME, RUNS = range(5)
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """``--diff SINCE``: lines before ``seq`` (a checkpoint size) or with ``ts`` <= ``ts``."""
+
+    label: str
+    seq: int | None = None
+    ts: bytes | None = None  # the audit log's own ts format, so bytes compare like times
+
+
+@dataclass
+class CheckpointEvent:
+    seq: int  # where the event line is
+    size: int
+    root: str  # as recorded in the event
+    computed: str | None  # the Merkle root of the first ``size`` lines, if the scan had it
+
+
+def loads(line: bytes) -> dict[str, Any] | None:
+    """A parsed audit record with a dict ``data``, or None for anything else."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(rec, dict):
+        return None
+    if not isinstance(rec.get("data"), dict):
+        rec["data"] = {}
+    return rec
+
+
+class Hasher:
+    """The quick check's hashing: hash chain from ``chain_from`` on, and the Merkle tree.
+
+    Fed every line in order (in the scanning process, or in a worker process for a big log).
+    """
+
+    def __init__(
+        self, *, chain: bool, merkle: bool, chain_from: int = 0, sizes: Iterable[int] = ()
+    ) -> None:
+        self.chain = chain
+        self.merkle = merkle
+        self.chain_from = chain_from
+        self._hash_from = max(0, chain_from - 1)  # the line before: its hash is the next prev
+        self.sizes = set(sizes)
+        self.head = ZERO_HEX
+        self.stack: list[bytes] = []
+        self.roots: dict[int, bytes] = {}
+        self.chain_error: tuple[int, str, str] | None = None
+        self.mismatch: CheckpointEvent | None = None
+        self.last_checkpoint: CheckpointEvent | None = None
+
+    def feed(self, line: bytes, n: int, checkpoint: bool) -> None:
+        sha = hashlib.sha256
+        if self.chain and n >= self._hash_from:
+            if n >= self.chain_from:
+                k = line.rfind(_PREV)
+                if (k < 0 or line[k + 8 : k + 72] != self.head) and self.chain_error is None:
+                    self.chain_error = (
+                        n,
+                        "AUDIT_CHAIN_BROKEN",
+                        f"line {n}: prev does not match the previous line's hash "
+                        "(a line was edited, deleted, inserted or reordered)",
+                    )
+            self.head = sha(line).hexdigest().encode()
+        if not self.merkle:
+            return
+        if checkpoint:
+            self._checkpoint_event(line, n)
+        stack = self.stack
+        h = sha(b"\x00" + line).digest()
+        done = n + 1
+        while not done & 1:
+            h = sha(b"\x01" + stack.pop() + h).digest()
+            done >>= 1
+        stack.append(h)
+        if self.sizes and n + 1 in self.sizes:
+            self.roots[n + 1] = _fold(stack)
+
+    def _checkpoint_event(self, line: bytes, n: int) -> None:
+        """A ``checkpoint`` event logged right after signing covers exactly the lines before
+        it: its root must be the tree's root there."""
+        rec = loads(line)
+        data = rec["data"] if rec else {}
+        size, root = data.get("size"), data.get("root")
+        if not isinstance(size, int) or isinstance(size, bool) or not isinstance(root, str):
+            return
+        computed: bytes | None = None
+        if size == n:
+            computed = self.roots[size] = _fold(self.stack)
+        elif size in self.roots:
+            computed = self.roots[size]
+        if len(self.roots) > MAX_ROOTS:  # only recent sizes matter: drop the oldest half
+            for old in sorted(self.roots)[: MAX_ROOTS // 2]:
+                del self.roots[old]
+        ev = CheckpointEvent(n, size, root, computed.hex() if computed is not None else None)
+        self.last_checkpoint = ev
+        if ev.computed is not None and ev.computed != root and self.mismatch is None:
+            self.mismatch = ev
+
+    # -- across a process boundary -------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "head": self.head.decode(),
+            "stack": [h.hex() for h in self.stack],
+            "roots": {str(k): v.hex() for k, v in self.roots.items()},
+            "chain_error": self.chain_error,
+            "mismatch": None if self.mismatch is None else vars(self.mismatch),
+        }
+
+    def adopt(self, doc: dict[str, Any]) -> None:
+        self.head = str(doc["head"]).encode()
+        self.stack = [bytes.fromhex(h) for h in doc["stack"]]
+        self.roots = {int(k): bytes.fromhex(v) for k, v in doc["roots"].items()}
+        err = doc["chain_error"]
+        self.chain_error = (int(err[0]), str(err[1]), str(err[2])) if err else None
+        self.mismatch = CheckpointEvent(**doc["mismatch"]) if doc["mismatch"] else None
+
+
+_WORKER_CODE = "from nightcore.dashboard.scan import _hash_worker_main; _hash_worker_main()"
+
+
+def _hash_worker_main() -> None:
+    """Worker process: hash the first ``end`` bytes of the log; args and result are JSON."""
+    import sys
+
+    args = json.loads(sys.stdin.readline())
+    hasher = Hasher(
+        chain=args["chain"],
+        merkle=args["merkle"],
+        chain_from=args["chain_from"],
+        sizes=args["sizes"],
+    )
+    end, n, offset = int(args["end"]), 0, 0
+    with open(args["path"], "rb", buffering=1 << 20) as fh:
+        for raw in fh:
+            if offset >= end or raw[-1:] != b"\n":
+                break
+            line = raw[:-1]
+            ei = line.rfind(_EVENT)
+            hasher.feed(line, n, ei >= 0 and line.startswith(b'checkpoint"', ei + 9))
+            offset += len(raw)
+            n += 1
+    sys.stdout.write(json.dumps({"count": n, "offset": offset, **hasher.to_json()}))
+
+
+class AuditScanner:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        chain: bool = True,
+        merkle: bool = True,
+        since: Boundary | None = None,
+        recent_runs: int = 200,
+        recent_events: int = 40,
+        keep: int = 100,
+        merkle_sizes: Iterable[int] = (),
+        chain_from: int = 0,
+        parallel_min_bytes: int | None = PARALLEL_MIN_BYTES,
+    ) -> None:
+        self.path = path
+        self.chain = chain
+        self.chain_from = chain_from
+        self.merkle = merkle
+        self.since = since
+        self._recent_runs = recent_runs
+        self._recent_events = recent_events
+        self._keep = keep
+        self.merkle_sizes = set(merkle_sizes)
+        self.parallel_min_bytes = parallel_min_bytes
+        self.resets = 0
+        self.used_worker = False
+        self._reset()
+
+    # -- state -------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self.offset = 0
+        self.count = 0
+        self.last_line = b""
+        self.torn_bytes = 0
+        self._ino: int | None = None
+        self.hasher: Hasher | None = None
+        if self.chain or self.merkle:
+            self.hasher = Hasher(
+                chain=self.chain,
+                merkle=self.merkle,
+                chain_from=self.chain_from,
+                sizes=self.merkle_sizes,
+            )
+        self.checkpoint_event_count = 0
+        self.tenants: dict[bytes, list[Any]] = {}
+        self.invalid: deque[bytes] = deque(maxlen=self._keep)
+        self.cordon_events: deque[bytes] = deque(maxlen=self._keep)
+        self.runs: deque[bytes] = deque(maxlen=self._recent_runs)
+        self.events: deque[bytes] = deque(maxlen=self._recent_events)
+        self.event_counts: dict[bytes, int] = {}
+        self.run_outcomes = 0
+        # --diff: the per-tenant (decision, outcome) lines as of the boundary.
+        self.before: dict[bytes, tuple[bytes | None, bytes | None]] | None = None
+        self.boundary_count: int | None = None
+        self.boundary_runs = 0
+        # For callers that keep the scanner (the live console): views built from a tenant's
+        # (decision, outcome) lines, reused while those lines are unchanged.
+        self.view_cache: dict[bytes, tuple[Any, Any, int, Any]] = {}
+
+    @property
+    def size(self) -> int:
+        """Bytes of whole lines consumed."""
+        return self.offset
+
+    @property
+    def head(self) -> str:
+        """SHA-256 of the last line consumed (the chain head)."""
+        return hashlib.sha256(self.last_line).hexdigest() if self.count else ZERO_HEX.decode()
+
+    @property
+    def chain_error(self) -> tuple[int, str, str] | None:
+        return self.hasher.chain_error if self.hasher else None
+
+    @property
+    def checkpoint_mismatch(self) -> CheckpointEvent | None:
+        return self.hasher.mismatch if self.hasher else None
+
+    def merkle_root(self) -> bytes:
+        """Root of the lines consumed so far (``merkle=True`` only)."""
+        return _fold(self.hasher.stack if self.hasher else [])
+
+    def root_at(self, size: int) -> bytes | None:
+        if self.hasher is None or not self.merkle:
+            return None
+        if size == self.count:
+            return self.merkle_root()
+        return self.hasher.roots.get(size)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def update(self) -> bool:
+        """Consume the whole lines appended since the last call; True if any were."""
+        try:
+            fh = self.path.open("rb", buffering=1 << 20)
+        except FileNotFoundError:
+            if self.offset:
+                self._reset()
+                self.resets += 1
+                return True
+            return False
+        with fh:
+            st = os.fstat(fh.fileno())
+            if self.offset and (
+                st.st_ino != self._ino or st.st_size < self.offset or not self._tail_ok(fh)
+            ):
+                self._reset()
+                self.resets += 1
+            self._ino = st.st_ino
+            if st.st_size == self.offset:
+                self.torn_bytes = 0
+                return False
+            before = self.count
+            if (
+                self.offset == 0
+                and self.hasher is not None
+                and self.parallel_min_bytes is not None
+                and st.st_size >= self.parallel_min_bytes
+            ):
+                self._consume_with_worker(fh, st.st_size)
+            fh.seek(self.offset)
+            self._consume(fh)
+            return self.count != before
+
+    def _consume_with_worker(self, fh: IO[bytes], size: int) -> None:
+        """A big first read: classify here while a worker process hashes the same bytes."""
+        import subprocess
+        import sys
+
+        hasher = self.hasher
+        assert hasher is not None
+        end = _whole_lines_end(fh, size)
+        if end == 0:
+            return
+        args = {
+            "path": str(self.path),
+            "end": end,
+            "chain": hasher.chain,
+            "merkle": hasher.merkle,
+            "chain_from": hasher.chain_from,
+            "sizes": sorted(hasher.sizes),
+        }
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_CODE],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError:
+            return  # hash in this process instead
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(json.dumps(args).encode() + b"\n")
+        proc.stdin.close()
+        self.hasher = None
+        try:
+            fh.seek(0)
+            self._consume(fh, limit=end)
+        finally:
+            self.hasher = hasher
+            out = proc.stdout.read()
+            proc.stdout.close()
+            proc.wait()
+        try:
+            doc = json.loads(out) if proc.returncode == 0 else None
+        except ValueError:
+            doc = None
+        if doc is not None and doc.get("count") == self.count and doc.get("offset") == end:
+            hasher.adopt(doc)
+            self.used_worker = True
+            return
+        # The worker failed: hash the same lines here.
+        fh.seek(0)
+        offset = 0
+        for n, raw in enumerate(fh):
+            if offset >= end:
+                break
+            line = raw[:-1]
+            ei = line.rfind(_EVENT)
+            hasher.feed(line, n, ei >= 0 and line.startswith(b'checkpoint"', ei + 9))
+            offset += len(raw)
+
+    def _tail_ok(self, fh: IO[bytes]) -> bool:
+        n = len(self.last_line) + 1
+        if self.offset < n:
+            return False
+        return os.pread(fh.fileno(), n, self.offset - n) == self.last_line + b"\n"
+
+    def finish(self) -> None:
+        """For a one-shot report: a --diff boundary never crossed is at the end."""
+        if self.since is not None and self.before is None:
+            self._snapshot(self.count)
+
+    def _snapshot(self, n: int) -> None:
+        self.before = {k: (v[DECISION], v[OUTCOME]) for k, v in self.tenants.items()}
+        self.boundary_count = n
+        self.boundary_runs = self.run_outcomes
+
+    def _crossed(self, line: bytes, n: int) -> bool:
+        since = self.since
+        assert since is not None
+        if since.seq is not None:
+            return n >= since.seq
+        i = line.rfind(_TS)
+        if i < 0 or since.ts is None:
+            return False
+        return line[i + 6 : line.find(b'"', i + 6)] > since.ts
+
+    def _consume(self, fh: IO[bytes], limit: int | None = None) -> None:
+        tenants = self.tenants
+        counts = self.event_counts
+        runs = self.runs
+        events = self.events
+        hasher = self.hasher
+        decisions = DECISION_EVENTS
+        n = self.count
+        offset = self.offset
+        last = self.last_line
+        outcomes = self.run_outcomes
+        pending_since = self.since is not None and self.before is None
+        self.torn_bytes = 0
+        for raw in fh:
+            if limit is not None and offset >= limit:
+                break
+            if raw[-1:] != b"\n":
+                self.torn_bytes = len(raw)  # a write in progress, or a torn tail
+                break
+            line = raw[:-1]
+            if pending_since and self._crossed(line, n):
+                self.run_outcomes = outcomes
+                self._snapshot(n)
+                pending_since = False
+            ei = line.rfind(_EVENT)
+            ev = line[ei + 9 : line.find(b'"', ei + 9)] if ei >= 0 else b"?"
+            counts[ev] = counts.get(ev, 0) + 1
+            events.append(line)
+            if ev == b"run_start":
+                pass
+            elif ev == b"run_outcome" or ev in decisions:
+                st = None
+                ti = line.rfind(_TENANT)
+                if ti > ei:  # a top-level tenant (a nested "tenant" key sits inside data)
+                    key = line[ti + 10 : line.find(b'"', ti + 10)]
+                    st = tenants.get(key)
+                    if st is None:
+                        st = self._new_tenant(line, key, n)
+                if ev == b"run_outcome":
+                    if st is not None:
+                        st[OUTCOME] = line
+                        st[RUNS] += 1
+                    runs.append(line)
+                    outcomes += 1
+                elif st is None:
+                    self.invalid.append(line)  # a package whose name is not a tenant id
+                else:
+                    st[DECISION] = line
+            elif ev in CORDON_EVENTS:
+                self.cordon_events.append(line)
+            elif ev == b"checkpoint":
+                self.checkpoint_event_count += 1
+            if hasher is not None:
+                hasher.feed(line, n, ev == b"checkpoint")
+            offset += len(raw)
+            n += 1
+            last = line
+        self.count = n
+        self.offset = offset
+        self.last_line = last
+        self.run_outcomes = outcomes
+
+    def _new_tenant(self, line: bytes, key: bytes, n: int) -> list[Any] | None:
+        if b"\\" in key:  # an escaped character in the name: take the real value
+            rec = loads(line)
+            tenant = rec.get("tenant") if rec else None
+            if not isinstance(tenant, str):
+                return None
+            key = tenant.encode("utf-8", "surrogatepass")
+            if key in self.tenants:
+                return self.tenants[key]
+        i = line.rfind(_TS)
+        ts = line[i + 6 : line.find(b'"', i + 6)] if i >= 0 else b""
+        st = self.tenants[key] = [n, ts, None, None, 0]
+        return st
+
+
+def _whole_lines_end(fh: IO[bytes], size: int) -> int:
+    """The offset just after the last newline in the first ``size`` bytes."""
+    pos = size
+    while pos > 0:
+        lo = max(0, pos - 65536)
+        idx = os.pread(fh.fileno(), pos - lo, lo).rfind(b"\n")
+        if idx >= 0:
+            return lo + idx + 1
+        pos = lo
+    return 0
+
+
+def _fold(stack: list[bytes]) -> bytes:
+    """RFC 9162 root from perfect-subtree roots of decreasing width, left to right."""
+    if not stack:
+        return EMPTY_ROOT
+    acc = stack[-1]
+    for left in reversed(stack[:-1]):
+        acc = hashlib.sha256(b"\x01" + left + acc).digest()
+    return acc
