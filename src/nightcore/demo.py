@@ -69,6 +69,10 @@ def main() -> int:
         "hostile tenants are stopped with their codes and the tampered copy is denied: "
         "a non-zero exit from `run` is expected here."
     )
+    info(
+        f"open {DEMO_DIR / 'state' / 'dashboard.html'} in a browser for the report; "
+        f"`nightcore -w {DEMO_DIR} serve` for the live console."
+    )
     return 0 if code in (0, 1) else code
 
 

@@ -9,7 +9,8 @@ import pytest
 from nightcore import api
 from nightcore.aufs import artifacts
 from nightcore.aufs.errors import AufsError
-from nightcore.aufs.update import NodePaths, node_lock
+from nightcore.aufs.state import NodePaths
+from nightcore.aufs.update import node_lock
 from nightcore.trust.keys import GeneratedKey, load_signer
 from nightcore.trust.registry import RevocationList, sign_revocations
 from tests.aufs.conftest import World, make_package, publish

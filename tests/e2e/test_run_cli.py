@@ -274,3 +274,15 @@ def test_public_api_runs_without_the_cli(env: Env) -> None:
     assert first.ok and second.ok
     assert first.runs[0].run_id != second.runs[0].run_id
     shutil.rmtree(env.ws / "state" / "runs")
+
+
+def test_run_refreshes_the_dashboard_unless_told_not_to(env: Env) -> None:
+    install(env, "hello")
+    report = env.ws / "state" / "dashboard.html"
+    assert env.cli("run", "--no-dashboard").code == 0
+    assert not report.exists()
+    res = env.cli("run")
+    assert res.code == 0 and report.exists()
+    assert "dashboard:" in res.err and "hello" in report.read_text()
+    res = env.cli("run", "--parallel", "0")
+    assert res.code == 2 and "error[USAGE]" in res.err

@@ -27,6 +27,7 @@ from tuf.ngclient import Updater
 from nightcore.aufs.config import Limits
 from nightcore.aufs.errors import AufsError, from_tuf
 from nightcore.aufs.fetcher import BoundedFetcher
+from nightcore.aufs.state import is_initialized, trusted_versions
 
 PLACEHOLDER_URL = "http://127.0.0.1:9/"  # init never fetches; Updater wants some base URL
 
@@ -60,10 +61,6 @@ def root_info(data: bytes) -> RootInfo:
         hashlib.sha256(data).hexdigest(),
         roles,
     )
-
-
-def is_initialized(metadata_dir: Path) -> bool:
-    return (metadata_dir / "root.json").exists()
 
 
 def init_client(
@@ -193,24 +190,3 @@ class AufsClient:
         md = Metadata[Root].from_bytes((self.metadata_dir / "root.json").read_bytes())
         assert isinstance(md.signed, Root)
         return md.signed
-
-
-def trusted_versions(metadata_dir: Path) -> dict[str, int]:
-    """Versions of the trusted metadata on disk (0 for a role not loaded yet)."""
-    out: dict[str, int] = {}
-    for role in ("root", "timestamp", "snapshot", "targets"):
-        try:
-            out[role] = _version_of((metadata_dir / f"{role}.json").read_bytes())
-        except (OSError, ValueError, KeyError, TypeError):
-            out[role] = 0
-    return out
-
-
-def _version_of(data: bytes) -> int:
-    import json
-
-    doc = json.loads(data)
-    version = doc["signed"]["version"]
-    if not isinstance(version, int):
-        raise ValueError("version")
-    return version

@@ -46,39 +46,9 @@ from nightcore.aufs.adapters import AdapterRegistry, default_registry, runtime_v
 from nightcore.aufs.client import AufsClient
 from nightcore.aufs.config import Limits, Settings
 from nightcore.aufs.errors import AufsError
+from nightcore.aufs.state import NodePaths, load_state
 from nightcore.errors import NightCoreError
 from nightcore.workspace import Workspace, atomic_write
-
-STATE_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class NodePaths:
-    ws: Workspace
-
-    @property
-    def base(self) -> Path:
-        return self.ws.state_dir / "aufs"
-
-    @property
-    def metadata(self) -> Path:
-        return self.base / "metadata"
-
-    @property
-    def targets(self) -> Path:
-        return self.base / "targets"
-
-    @property
-    def installed(self) -> Path:
-        return self.base / "installed.json"
-
-    @property
-    def staging(self) -> Path:
-        return self.ws.modules_dir / ".aufs-staging"
-
-    @property
-    def previous(self) -> Path:
-        return self.ws.modules_dir / ".aufs-previous"
 
 
 @dataclass
@@ -127,18 +97,6 @@ class UpdateReport:
 
 
 # -- installed state -----------------------------------------------------------------------
-
-
-def load_state(paths: NodePaths) -> dict[str, Any]:
-    try:
-        doc = json.loads(paths.installed.read_bytes())
-    except FileNotFoundError:
-        return {"format": STATE_FORMAT, "tenants": {}, "trust": {}, "runtime": {}}
-    except ValueError:
-        raise AufsError("state/aufs/installed.json is corrupt", code="STATE_INVALID") from None
-    if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
-        raise AufsError("state/aufs/installed.json has an unknown format", code="STATE_INVALID")
-    return doc
 
 
 def save_state(paths: NodePaths, state: dict[str, Any]) -> None:

@@ -411,8 +411,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from nightcore.aufs import runtime
-    from nightcore.aufs.client import is_initialized, trusted_versions
-    from nightcore.aufs.update import NodePaths, load_state
+    from nightcore.aufs.state import NodePaths, is_initialized, load_state, trusted_versions
 
     ws = _ws(args)
     paths = NodePaths(ws)

@@ -144,9 +144,13 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     from nightcore.cli.main import _need_sub
     from nightcore.cli.main import _Parser as Parser
-    from nightcore.dashboard.collect import MAX_ROWS, VERIFY_MODES
-    from nightcore.dashboard.server import DEFAULT_HOST, DEFAULT_PORT
-    from nightcore.dashboard.tokens import DEFAULT_TTL
+    from nightcore.dashboard_defaults import (
+        DEFAULT_HOST,
+        DEFAULT_PORT,
+        DEFAULT_TTL,
+        MAX_ROWS,
+        VERIFY_MODES,
+    )
 
     dash = add("dashboard", _need_sub, "the self-contained HTML report")
     dsub = dash.add_subparsers(dest="dashboard_cmd", metavar="ACTION", parser_class=Parser)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from nightcore.cli.render import info, print_json, print_table
+from nightcore.errors import UsageError
 
 PROGRESS_THRESHOLD = 5
 
@@ -33,6 +34,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nightcore import api
     from nightcore.runner.pipeline import TenantRun, run_tenants
 
+    if args.parallel is not None and not 1 <= args.parallel <= 256:
+        raise UsageError("--parallel must be between 1 and 256")
     ws = _ws(args)
     names = api.select_tenants(ws, args.tenants or None)
     progress_cb: Callable[[TenantRun], None] | None = None
@@ -95,6 +98,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"signed checkpoint: {report.checkpoint['size']} entries, "
                 f"root {report.checkpoint['root'][:16]}"
             )
+    if not args.no_dashboard:
+        from nightcore.dashboard import build_report
+
+        # "quick": the run just signed a checkpoint; `nightcore audit verify` is the full check.
+        path, digest = build_report(ws, verify="quick")
+        if not args.json:
+            info(f"dashboard: {path} (sha256 {digest})")
     for m in report.mirrors:
         if not m["ok"]:
             info(
@@ -176,6 +186,11 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
 
     sp = add("run", cmd_run, "verify, admit and run tenants in bounded sandboxes")
     sp.add_argument("tenants", nargs="*")
+    sp.add_argument(
+        "--no-dashboard",
+        action="store_true",
+        help="do not refresh state/dashboard.html after the run",
+    )
     sp.add_argument(
         "--parallel",
         type=int,

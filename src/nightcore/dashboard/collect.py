@@ -34,14 +34,14 @@ from nightcore.dashboard.scan import (
     Boundary,
     loads,
 )
+from nightcore.dashboard_defaults import MAX_ROWS, VERIFY_MODES
 from nightcore.errors import NightCoreError, UsageError
 from nightcore.workspace import Workspace
 
 VerifyMode = Literal["auto", "full", "quick", "none"]
-VERIFY_MODES: tuple[str, ...] = ("auto", "full", "quick", "none")
+
 # ``auto`` runs the full verification (tlog.verify_log, ~20 ms/MB) up to this log size.
 FULL_VERIFY_MAX_BYTES = 16 * 1024 * 1024
-MAX_ROWS = 500
 RECENT_RUNS = 100
 CHART_TENANTS = 6
 CHART_POINTS = 60
@@ -842,8 +842,7 @@ def _version_of(entry: object) -> str:
 def aufs_view(ws: Workspace) -> AufsView:
     """TUF metadata versions and installed versions, if this node uses AUFS (read-only)."""
     try:
-        from nightcore.aufs.client import is_initialized, trusted_versions
-        from nightcore.aufs.update import NodePaths, load_state
+        from nightcore.aufs.state import NodePaths, is_initialized, load_state, trusted_versions
     except ImportError:
         return AufsView("not configured")
     try:

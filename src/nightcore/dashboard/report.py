@@ -15,11 +15,11 @@ from markupsafe import Markup
 from nightcore.dashboard import assets, charts, templates, text
 from nightcore.dashboard.collect import (
     CHART_POINTS,
-    MAX_ROWS,
     Snapshot,
     code_class,
     collect,
 )
+from nightcore.dashboard_defaults import MAX_ROWS
 from nightcore.workspace import Workspace
 
 RECENT_ROWS = 25

@@ -45,7 +45,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nightcore.dashboard import assets, openapi
 from nightcore.dashboard.collect import (
-    MAX_ROWS,
     TENANT_ID_RE,
     CheckpointView,
     Snapshot,
@@ -59,11 +58,10 @@ from nightcore.dashboard.collect import (
 from nightcore.dashboard.report import render_content, render_page
 from nightcore.dashboard.scan import AuditScanner
 from nightcore.dashboard.tokens import TokenError, TokenRecord, TokenStore
+from nightcore.dashboard_defaults import DEFAULT_HOST, DEFAULT_PORT, MAX_ROWS
 from nightcore.errors import NightCoreError, UsageError
 from nightcore.workspace import Workspace
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 8700
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
 MAX_BODY = 16 * 1024

@@ -29,7 +29,7 @@ from nightcore.workspace import Workspace, atomic_write
 
 TOKEN_FILE = "serve-tokens.json"  # noqa: S105 - a file name
 FORMAT = "nightcore-serve-tokens/1"
-DEFAULT_TTL = "7d"
+
 MAX_TTL = dt.timedelta(days=366)
 MAX_TOKENS = 1000
 TOKEN_RE = re.compile(r"nct_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")

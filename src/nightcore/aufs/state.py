@@ -1,0 +1,80 @@
+"""Where a node keeps its AUFS state, and reading it without python-tuf (the dashboard and
+status views read these without loading the TUF client)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nightcore.aufs.errors import AufsError
+from nightcore.workspace import Workspace
+
+STATE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    ws: Workspace
+
+    @property
+    def base(self) -> Path:
+        return self.ws.state_dir / "aufs"
+
+    @property
+    def metadata(self) -> Path:
+        return self.base / "metadata"
+
+    @property
+    def targets(self) -> Path:
+        return self.base / "targets"
+
+    @property
+    def installed(self) -> Path:
+        return self.base / "installed.json"
+
+    @property
+    def staging(self) -> Path:
+        return self.ws.modules_dir / ".aufs-staging"
+
+    @property
+    def previous(self) -> Path:
+        return self.ws.modules_dir / ".aufs-previous"
+
+
+def load_state(paths: NodePaths) -> dict[str, Any]:
+    try:
+        doc = json.loads(paths.installed.read_bytes())
+    except FileNotFoundError:
+        return {"format": STATE_FORMAT, "tenants": {}, "trust": {}, "runtime": {}}
+    except ValueError:
+        raise AufsError("state/aufs/installed.json is corrupt", code="STATE_INVALID") from None
+    if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+        raise AufsError("state/aufs/installed.json has an unknown format", code="STATE_INVALID")
+    return doc
+
+
+def is_initialized(metadata_dir: Path) -> bool:
+    return (metadata_dir / "root.json").exists()
+
+
+def trusted_versions(metadata_dir: Path) -> dict[str, int]:
+    """Versions of the trusted metadata on disk (0 for a role not loaded yet)."""
+    out: dict[str, int] = {}
+    for role in ("root", "timestamp", "snapshot", "targets"):
+        try:
+            out[role] = _version_of((metadata_dir / f"{role}.json").read_bytes())
+        except (OSError, ValueError, KeyError, TypeError):
+            out[role] = 0
+    return out
+
+
+def _version_of(data: bytes) -> int:
+    import json
+
+    doc = json.loads(data)
+    version = doc["signed"]["version"]
+    if not isinstance(version, int):
+        raise ValueError("version")
+    return version
