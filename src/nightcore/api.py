@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -229,6 +230,11 @@ def revoke(ws: Workspace, *, kind: str, subject: str, key: str, reason: str) -> 
     if kind not in ("key", "module"):
         raise UsageError("revoke what: key or module")
     subject = subject.lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", subject):
+        raise UsageError(
+            f"the {kind} to revoke must be 64 hex characters (a full "
+            f"{'key id' if kind == 'key' else 'sha256'})"
+        )
     registry = ws.load_registry()
     current = ws.load_revocations(registry)
     signer = load_signer(key)

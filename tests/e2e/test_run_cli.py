@@ -286,3 +286,16 @@ def test_run_refreshes_the_dashboard_unless_told_not_to(env: Env) -> None:
     assert "dashboard:" in res.err and "hello" in report.read_text()
     res = env.cli("run", "--parallel", "0")
     assert res.code == 2 and "error[USAGE]" in res.err
+
+
+def test_a_corrupt_run_index_is_reported_and_rebuilt_from_the_audit_log(env: Env) -> None:
+    install(env, "hello")
+    assert env.cli("run", "--no-dashboard").code == 0
+    (env.ws / "state" / "nightcore.db").write_bytes(b"this is not a database")
+    res = env.cli("runs")
+    assert res.code == 2 and "error[INDEX_UNAVAILABLE]" in res.err
+    res = env.cli("run", "--no-dashboard")
+    assert res.code == 0 and "warning[INDEX_UNAVAILABLE]" in res.err  # the run still counts
+    assert env.cli("state", "rebuild", "--json").json() == {"runs_indexed": 2}
+    assert len(env.cli("runs", "--json").json()) == 2
+    assert env.cli("runs", "--limit", "0").code == 2

@@ -392,3 +392,11 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert json.loads(res.out)["code"] == "WORKSPACE_NOT_FOUND"
     res = run_cli_subprocess("nonsense")
     assert res.code == 2 and res.err.startswith("error[USAGE]")
+
+
+@pytest.mark.parametrize("subject", ["zz", "a" * 63, "g" * 64, "../" * 22])
+def test_revoke_refuses_malformed_subjects_before_asking_for_a_key(env: Env, subject: str) -> None:
+    before = trust_snapshot(env)
+    res = env.cli("revoke", "module", subject, "--key", "/nonexistent", "--reason", "x")
+    assert res.code == 2 and "error[USAGE]" in res.err
+    assert trust_snapshot(env) == before

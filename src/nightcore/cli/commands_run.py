@@ -105,6 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         path, digest = build_report(ws, verify="quick")
         if not args.json:
             info(f"dashboard: {path} (sha256 {digest})")
+    if report.index_error is not None:
+        info(f"warning[{report.index_error[0]}]: {report.index_error[1]}")
     for m in report.mirrors:
         if not m["ok"]:
             info(
@@ -145,6 +147,8 @@ def cmd_uncordon(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     from nightcore.runner.pipeline import query_runs
 
+    if not 1 <= args.limit <= 100_000:
+        raise UsageError("--limit must be between 1 and 100000")
     rows = query_runs(_ws(args), args.tenant, args.limit)
     if args.json:
         print_json(rows)

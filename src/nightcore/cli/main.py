@@ -67,8 +67,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_keygen(args: argparse.Namespace) -> int:
     from nightcore import api
-    from nightcore.trust.keys import passphrase_from_env_or_prompt
+    from nightcore.trust.keys import KEY_NAME_RE, passphrase_from_env_or_prompt
 
+    if not KEY_NAME_RE.fullmatch(args.name):
+        raise UsageError("--name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
     passphrase = passphrase_from_env_or_prompt(confirm=True)
     gen = api.keygen(args.name, Path(args.out), passphrase, fips=args.fips)
     out = {

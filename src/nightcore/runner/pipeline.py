@@ -172,6 +172,7 @@ class RunReport:
     checkpoint: dict[str, Any] | None = None  # {size, root} of the checkpoint signed after the run
     checkpoint_error: tuple[str, str] | None = None  # (code, message) when none could be signed
     mirrors: list[dict[str, Any]] = field(default_factory=list)  # audit mirror statuses
+    index_error: tuple[str, str] | None = None  # the run index could not be updated
 
     @property
     def ok(self) -> bool:
@@ -355,8 +356,13 @@ class Runner:
                 ) as pool:
                     list(pool.map(one, admitted))
 
-        self._index([r for r in results.values() if r.audit_seq is not None])
         report = RunReport([results[n] for n in names])
+        try:
+            self._index([r for r in results.values() if r.audit_seq is not None])
+        except NightCoreError as exc:
+            # The index is derived from the audit log (already durable): a broken index is
+            # reported, never a reason to call the run failed.
+            report.index_error = (exc.code, exc.message)
         self._checkpoint(report, always=checkpoint)
         return report
 

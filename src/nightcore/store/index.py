@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
+
+from nightcore.errors import StateError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -55,6 +57,19 @@ class RunIndex:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        try:
+            with self._connect_raw() as conn:
+                yield conn
+        except sqlite3.Error as exc:
+            self.close()
+            raise StateError(
+                f"{self.path.name} is unusable ({exc}); it is derived data: "
+                "run 'nightcore state rebuild'",
+                code="INDEX_UNAVAILABLE",
+            ) from None
+
+    @contextmanager
+    def _connect_raw(self) -> Iterator[sqlite3.Connection]:
         if self._conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
@@ -72,8 +87,9 @@ class RunIndex:
 
     def close(self) -> None:
         if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+            conn, self._conn = self._conn, None
+            with suppress(sqlite3.Error):  # closing a broken database must not mask the cause
+                conn.close()
 
     def add(self, rows: Iterable[dict[str, Any]]) -> None:
         with self._connect() as conn:
