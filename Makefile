@@ -45,4 +45,4 @@ bench: $(VENV)/.dev
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) demo-workspace .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) demo-workspace demo-keys .pytest_cache .mypy_cache .ruff_cache

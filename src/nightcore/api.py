@@ -369,4 +369,21 @@ def verify_tenants(ws: Workspace, tenants: list[str] | None = None) -> list[Deci
             data["dir_name_sha256"] = hashlib.sha256(d.tenant.encode()).hexdigest()
         events.append(Event("verify", data, tenant))
     ws.audit().append_many(events)
+    checkpoint_if_due(ws)
     return results
+
+
+def checkpoint_if_due(ws: Workspace) -> None:
+    """Sign a checkpoint when ``[audit] checkpoint_every`` lines went by without one.
+
+    Cheap when nothing is due (it counts new lines). A node whose key cannot sign C2SP notes
+    (ECDSA in FIPS mode) keeps its hash chain and Merkle tree and skips this; any other
+    failure (a tampered log) is raised.
+    """
+    from nightcore.audit.tlog import maybe_checkpoint
+
+    try:
+        maybe_checkpoint(ws, ws.config.checkpoint_every)
+    except NightCoreError as exc:
+        if exc.code != "CHECKPOINT_UNSUPPORTED_KEY":
+            raise

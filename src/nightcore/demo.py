@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 DEMO_DIR = Path("demo-workspace")
+DEMO_KEYS = Path("demo-keys")
 EXAMPLES = Path("examples/tenants")
 DEMO_PASSPHRASE = "night-core-demo-passphrase"  # noqa: S105 - demo keys only, printed below
 
@@ -37,11 +38,13 @@ def main() -> int:
     if not EXAMPLES.is_dir():
         info("run `make demo` from the repository root (examples/tenants is needed)")
         return 2
-    if DEMO_DIR.exists():
-        shutil.rmtree(DEMO_DIR)
+    for old in (DEMO_DIR, DEMO_KEYS):
+        if old.exists():
+            shutil.rmtree(old)
     os.environ.setdefault("NIGHTCORE_KEY_PASSPHRASE", DEMO_PASSPHRASE)
     ws = api.init_workspace(DEMO_DIR, name="demo-node")
-    keys = DEMO_DIR / "keys"  # demo only: real publisher keys never live in a workspace
+    # The publisher's key lives outside the workspace, as it would on a publisher's machine.
+    keys = DEMO_KEYS
     publisher = api.keygen("publisher", keys, os.environ["NIGHTCORE_KEY_PASSPHRASE"].encode())
     api.trust_add_key(ws, publisher.public_path, scope="*", name="demo-publisher")
     tenants = sorted(p for p in EXAMPLES.iterdir() if (p / "manifest.toml").exists())

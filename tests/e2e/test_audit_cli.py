@@ -612,3 +612,14 @@ def test_show_filters_and_cleans(env: Env) -> None:
     assert "\x1b" not in table.out and "\u202e" not in table.out and "evil?[31mred?" in table.out
     bad = env.cli("audit", "show", "--since", "yesterday")
     assert bad.code == 2 and "error[USAGE]" in bad.err
+
+
+def test_verify_signs_a_checkpoint_every_n_entries(env: Env) -> None:
+    cfg = env.ws / "nightcore.toml"
+    cfg.write_text(cfg.read_text() + "\n[audit]\ncheckpoint_every = 5\n")
+    env.add_tenant("hello")
+    for _ in range(6):
+        assert env.cli("verify").code == 0
+    events = [e["event"] for e in env.audit_lines()]
+    assert events.count("checkpoint") >= 1
+    assert env.cli("audit", "verify").code == 0
