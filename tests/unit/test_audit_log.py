@@ -172,3 +172,26 @@ def test_threads_group_commit_into_one_valid_chain(
         (w, i) for w in range(8) for i in range(50)
     }
     assert fsyncs <= 400  # never more than one per append; usually far fewer
+
+
+def test_a_recovery_interrupted_before_its_event_is_finished_by_the_next_writer(
+    tmp_path: Path,
+) -> None:
+    log = make(tmp_path, 2)
+    # A writer moved a torn tail aside and truncated the log, then died before logging it.
+    pending = tmp_path / "audit" / "audit.jsonl.torn-20260101T000000000000Z.pending"
+    pending.write_bytes(b'{"half')
+    AuditLog(tmp_path / "audit", "node").append("after", {})
+    recs = [json.loads(x) for x in lines(log)]
+    assert recs[2]["event"] == "audit_torn_tail_recovered"
+    assert recs[2]["data"]["moved_to"] == "audit.jsonl.torn-20260101T000000000000Z"
+    assert not pending.exists()
+    assert (tmp_path / "audit" / "audit.jsonl.torn-20260101T000000000000Z").exists()
+    # Died after logging but before the rename: finished without a second event.
+    again = tmp_path / "audit" / "audit.jsonl.torn-20260101T000000000000Z.pending"
+    (tmp_path / "audit" / "audit.jsonl.torn-20260101T000000000000Z").rename(again)
+    AuditLog(tmp_path / "audit", "node").append("later", {})
+    events = [json.loads(x)["event"] for x in lines(log)]
+    assert events.count("audit_torn_tail_recovered") == 1
+    assert not again.exists()
+    assert verify_chain(iter(lines(log))).entries == 5

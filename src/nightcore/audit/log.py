@@ -117,7 +117,7 @@ class AuditLog:
         # (file size, last line digest, next seq) as of our last look under the lock.
         self._cursor: tuple[int, str, int] | None = None
         self.recovered: list[Path] = []
-        self._recovery_info: list[dict[str, Any]] = []
+        self._scan_pending = True  # look for unfinished torn-tail recoveries on first write
         # Group commit: threads of one process queue their batches; whichever thread holds
         # the writer lock writes every queued batch with one write() and one fsync().
         self._fds: tuple[int, int] | None = None  # (lock fd, log fd), kept between appends
@@ -212,12 +212,11 @@ class AuditLog:
     def _write(self, events: list[Event]) -> list[Entry]:
         lock_fd, fd = self._open_locked()
         try:
-            pending_before = len(self.recovered)
             size, prev, seq = self._tail_state(fd)
             # A recovered torn tail is itself evidence: log it ahead of the new events.
+            pending = self._pending_recoveries(fd, size) if self._scan_pending else []
             recovery = [
-                Event("audit_torn_tail_recovered", info)
-                for info in self._recovery_info[pending_before:]
+                Event("audit_torn_tail_recovered", info) for _, info in pending if info is not None
             ]
             events = recovery + list(events)
             entries: list[Entry] = []
@@ -250,6 +249,7 @@ class AuditLog:
                 raise AuditError("short write to the audit log", code="AUDIT_WRITE_FAILED")
             os.fsync(fd)
             self._cursor = (size + len(out), prev, seq)
+            self._finish_recoveries(pending)
             return entries[len(recovery) :]
         finally:
             fcntl.flock(lock_fd, fcntl.LOCK_UN)
@@ -282,21 +282,57 @@ class AuditLog:
         start = _line_start(fd, head)
         torn = os.pread(fd, size - start, start)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
-        aside = self.dir / f"audit.jsonl.torn-{stamp}"
+        # Crash-safe in three durable steps: (1) the torn bytes go to a ``.pending`` file,
+        # (2) the log is truncated, (3) the recovery event is appended, then the file loses
+        # its ``.pending`` suffix. A crash anywhere leaves a ``.pending`` file that the next
+        # writer finishes: it logs the event unless the log's tail already names the file.
+        aside = self.dir / f"audit.jsonl.torn-{stamp}{PENDING_SUFFIX}"
         afd = os.open(aside, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.write(afd, torn)
             os.fsync(afd)
         finally:
             os.close(afd)
+        _fsync_dir(self.dir)
         os.ftruncate(fd, start)
         os.fsync(fd)
-        self.recovered.append(aside)
-        self._recovery_info.append(
-            {"moved_to": aside.name, "bytes": len(torn), "sha256": hashlib.sha256(torn).hexdigest()}
-        )
+        self._scan_pending = True
         self._cursor = None
         return start
+
+    def _pending_recoveries(self, fd: int, size: int) -> list[tuple[Path, dict[str, Any] | None]]:
+        """Unfinished recoveries: (pending file, event data, or None if already logged)."""
+        self._scan_pending = False
+        files = sorted(self.dir.glob(f"audit.jsonl.torn-*{PENDING_SUFFIX}"))
+        if not files:
+            return []
+        tail = os.pread(fd, min(size, 1 << 20), max(0, size - (1 << 20)))
+        out: list[tuple[Path, dict[str, Any] | None]] = []
+        for path in files:
+            final = path.name.removesuffix(PENDING_SUFFIX)
+            data = path.read_bytes()
+            logged = f'"moved_to":"{final}"'.encode() in tail
+            out.append(
+                (
+                    path,
+                    None
+                    if logged
+                    else {
+                        "moved_to": final,
+                        "bytes": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                    },
+                )
+            )
+        return out
+
+    def _finish_recoveries(self, pending: list[tuple[Path, dict[str, Any] | None]]) -> None:
+        for path, _info in pending:
+            final = path.with_name(path.name.removesuffix(PENDING_SUFFIX))
+            os.replace(path, final)
+            self.recovered.append(final)
+        if pending:
+            _fsync_dir(self.dir)
 
     # -- reading -----------------------------------------------------------------------
 
@@ -310,6 +346,17 @@ class AuditLog:
         for i, raw in enumerate(self.iter_lines()):
             line = raw[:-1] if raw.endswith(b"\n") else raw
             yield Entry(i, line, json.loads(line))
+
+
+PENDING_SUFFIX = ".pending"
+
+
+def _fsync_dir(directory: Path) -> None:
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _line_start(fd: int, end: int) -> int:
