@@ -50,6 +50,14 @@ def run_checks(ws: Any | None) -> list[dict[str, str]]:
         add(dist, "OK" if v != "missing" else "FAIL", v)
     status, detail = openssl_fips_status()
     add("openssl fips", status, detail)
+    from nightcore.sandbox.strongbox import seccomp_available
+
+    why = seccomp_available()
+    add(
+        "strongbox",
+        "OK" if not why else "INFO",
+        why if why else "seccomp worker isolation available (nightcore run --strongbox)",
+    )
     if ws is None:
         add("workspace", "INFO", "no workspace here (nightcore init, -w DIR or NIGHTCORE_HOME)")
         return checks

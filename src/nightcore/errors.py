@@ -104,4 +104,8 @@ RUN_CODES = (
     "COMPILE_ERROR",
     "INSTANTIATE_ERROR",
     "CORDONED",
+    # --strongbox: the confined worker process
+    "SECCOMP_VIOLATION",
+    "WORKER_CRASHED",
+    "WORKER_REPLY_INVALID",
 )

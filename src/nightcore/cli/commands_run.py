@@ -53,7 +53,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         progress.start()
     try:
-        report = run_tenants(ws, names, parallel=args.parallel, progress=progress_cb)
+        report = run_tenants(
+            ws, names, parallel=args.parallel, progress=progress_cb, strongbox=args.strongbox
+        )
     finally:
         if progress is not None:
             progress.stop()
@@ -195,6 +197,12 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
 
     sp = add("run", cmd_run, "verify, admit and run tenants in bounded sandboxes")
     sp.add_argument("tenants", nargs="*")
+    sp.add_argument(
+        "--strongbox",
+        action="store_true",
+        help="run each tenant in a confined worker process: seccomp allow-list, no network, "
+        "unprivileged uid, rlimits (Linux, root; docs/strongbox.md)",
+    )
     sp.add_argument(
         "--no-dashboard",
         action="store_true",

@@ -35,6 +35,7 @@ from nightcore.workspace import Policy, Workspace
 
 if TYPE_CHECKING:
     from nightcore.sandbox.engine import Sandbox
+    from nightcore.sandbox.strongbox import StrongboxSandbox
 
 
 @dataclass
@@ -185,15 +186,29 @@ ProgressFn = Callable[[TenantRun], None]
 class Runner:
     """Runs tenants of one workspace. Reusable: the sandbox (engines, caches) stays warm."""
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: Workspace, *, strongbox: bool = False) -> None:
+        """``strongbox=True`` runs every tenant in a confined worker process (seccomp, no
+        network, unprivileged uid; docs/strongbox.md) instead of in this process."""
         self.ws = ws
-        self._sandbox: Sandbox | None = None
+        self.strongbox = strongbox
+        self._sandbox: Sandbox | StrongboxSandbox | None = None
         self._run_index: Any = None
         self._node_signer: Any = None
         self._lock = threading.Lock()
 
-    def sandbox(self) -> Sandbox:
+    def sandbox(self) -> Sandbox | StrongboxSandbox:
         with self._lock:
+            if self._sandbox is None and self.strongbox:
+                from nightcore.sandbox.strongbox import StrongboxSandbox, seccomp_available
+
+                why = seccomp_available()
+                if why:
+                    raise NightCoreError(
+                        f"--strongbox is not available here: {why}", code="STRONGBOX_UNAVAILABLE"
+                    )
+                self._sandbox = StrongboxSandbox(
+                    workers=self.ws.config.parallel, on_event=self._on_sandbox_event
+                )
             if self._sandbox is None:
                 from nightcore.sandbox.engine import Sandbox
 
@@ -335,6 +350,11 @@ class Runner:
 
         if admitted:
             sandbox = self.sandbox()
+            if self.strongbox:
+                # Workers run as an unprivileged uid: hand them their data directories.
+                for _tr, cfg, _module in admitted:
+                    for p in cfg.preopens:
+                        sandbox.grant_access(p.host_dir)  # type: ignore[union-attr]
             logged = {id(item[0]) for item in admitted[:workers]}
 
             def one(item: tuple[TenantRun, RunConfig, bytes]) -> TenantRun:
@@ -409,12 +429,28 @@ class Runner:
                 self._node_signer = signer
             return self._node_signer
 
-    def _execute(self, sandbox: Sandbox, tr: TenantRun, cfg: RunConfig, module: bytes) -> TenantRun:
+    def _execute(
+        self, sandbox: Sandbox | StrongboxSandbox, tr: TenantRun, cfg: RunConfig, module: bytes
+    ) -> TenantRun:
         ws = self.ws
         audit = ws.audit()
         rw = [(p.guest_path, p.host_dir) for p in cfg.preopens if p.writable]
         before = snapshot(rw) if rw else {}
-        result: RunResult = sandbox.run(module, cfg)
+        try:
+            result: RunResult = sandbox.run(module, cfg)
+        except NightCoreError as exc:
+            # A sandbox refusal (e.g. a preopen a strongbox worker cannot reach) ends this
+            # tenant's run with its code; the run_start already logged gets its outcome.
+            result = RunResult(
+                code=exc.code,
+                exit_code=None,
+                fuel_used=0,
+                wall_ms=0.0,
+                memory_bytes=0,
+                stdout=b"",
+                stderr=b"",
+                detail=exc.message,
+            )
         run_dir = ws.state_dir / "runs" / tr.run_id
         run_dir.mkdir(parents=True)
         _write_output(run_dir / "stdout", result.stdout)
@@ -515,8 +551,9 @@ def run_tenants(
     *,
     parallel: int | None = None,
     progress: ProgressFn | None = None,
+    strongbox: bool = False,
 ) -> RunReport:
-    runner = Runner(ws)
+    runner = Runner(ws, strongbox=strongbox)
     try:
         return runner.run(tenants, parallel=parallel, progress=progress)
     finally:
