@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import platform
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,26 +115,12 @@ class RunFacts:
     written_truncated: bool
 
 
-def runtime_versions() -> dict[str, str]:
-    from importlib import metadata
-
-    def v(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "unknown"
-
-    return {
-        "nightcore": v("nightcore"),
-        "wasmtime": v("wasmtime"),
-        "python": platform.python_version(),
-    }
-
-
 _VERSIONS: dict[str, str] | None = None
 
 
 def build_statement(f: RunFacts) -> dict[str, Any]:
+    from nightcore.versions import runtime_versions
+
     global _VERSIONS  # noqa: PLW0603 - computed once per process, read-only after
     if _VERSIONS is None:
         _VERSIONS = runtime_versions()

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import importlib.metadata
 import os
 import stat
 import tempfile
@@ -56,12 +55,9 @@ LoadStatus = Literal["hit", "absent", "rejected"]
 
 def wasmtime_version() -> str:
     """The installed wasmtime-py version (part of every cache key)."""
-    try:
-        return importlib.metadata.version("wasmtime")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - always installed
-        import wasmtime
+    from nightcore.versions import distribution_version
 
-        return str(getattr(wasmtime, "__version__", "unknown"))
+    return distribution_version("wasmtime")
 
 
 def cache_key(module_sha256: str, engine_fingerprint: str, version: str) -> str:

@@ -1,0 +1,19 @@
+"""The cheap version lookups agree with importlib.metadata and pyproject.toml."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import metadata
+
+import nightcore
+from nightcore.versions import distribution_version, runtime_versions
+from tests.conftest import REPO
+
+
+def test_versions_agree() -> None:
+    assert distribution_version("wasmtime") == metadata.version("wasmtime")
+    assert distribution_version("cryptography") == metadata.version("cryptography")
+    assert distribution_version("no-such-dist-here") == "unknown"
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert nightcore.__version__ == pyproject["project"]["version"]
+    assert runtime_versions()["wasmtime"] == metadata.version("wasmtime")
