@@ -187,11 +187,14 @@ def main() -> None:
         cli1 = timed([*nc, "-w", str(ws1.root), "run"], repeat, env)
         cli20 = timed([*nc, "-w", str(ws20.root), "run"], repeat, env)
         helpt = timed([*nc, "--help"], repeat, env)
+        nodash = timed([*nc, "-w", str(ws1.root), "run", "--no-dashboard"], repeat, env)
         print(
             f"(d) cold CLI: 1 tenant {cli1 * 1e3:.0f} ms vs bare script {bare1 * 1e3:.0f} ms "
             f"= {cli1 / bare1:.2f}x (target <= 2x); 20 tenants {cli20 * 1e3:.0f} ms vs "
             f"{bare20 * 1e3:.0f} ms = {cli20 / bare20:.2f}x; first run with an empty compile "
-            f"cache {cold_compile * 1e3:.0f} ms; `nightcore --help` {helpt * 1e3:.0f} ms"
+            f"cache {cold_compile * 1e3:.0f} ms; `nightcore --help` {helpt * 1e3:.0f} ms\n"
+            f"    1 tenant with --no-dashboard (no report refresh): {nodash * 1e3:.0f} ms "
+            f"= {nodash / bare1:.2f}x"
         )
 
         loop = make_ws(root / "loop", {"infinite-loop": "infinite-loop"})
