@@ -329,32 +329,37 @@ class Workspace:
     def load_registry(self) -> Any:
         from nightcore.trust.registry import Registry, parse_registry
 
-        if not self.registry_path.exists():
+        key = _file_key(self.registry_path)
+        if key is None:
             return Registry()
-        data = _read_capped(self.registry_path, 4 * 1024 * 1024)
-        # The file is re-read every time (it may change under us); only parsing is cached,
-        # keyed by the exact bytes.
         cached = self._parsed.get("registry")
-        if cached is not None and cached[0] == data:
+        if cached is not None and cached[0] == key:
             return cached[1]
-        registry = parse_registry(data)
-        self._parsed["registry"] = (data, registry)
+        registry = parse_registry(_read_capped(self.registry_path, 4 * 1024 * 1024))
+        self._parsed["registry"] = (key, registry)
         return registry
 
     def revocation_mark(self) -> int:
+        key = _file_key(self.revocation_mark_path)
+        cached = self._parsed.get("mark")
+        if key is not None and cached is not None and cached[0] == key:
+            return int(cached[1])
         try:
             text = self.revocation_mark_path.read_text().strip()
         except FileNotFoundError:
             return 0
         if not text.isdigit():
             raise TrustError("state/trust/revocations.version is corrupt", code="STATE_INVALID")
+        if key is not None:
+            self._parsed["mark"] = (key, int(text))
         return int(text)
 
     def load_revocations(self, registry: Any) -> Any:
         from nightcore.trust.registry import RevocationList, check_not_rollback, parse_revocations
 
         mark = self.revocation_mark()
-        if not self.revocations_path.exists():
+        key = _file_key(self.revocations_path)
+        if key is None:
             if mark > 0:
                 raise TrustError(
                     f"revocation list is missing but version {mark} was accepted "
@@ -362,13 +367,18 @@ class Workspace:
                     code="REVOCATION_ROLLBACK",
                 )
             return RevocationList()
-        data = _read_capped(self.revocations_path, 16 * 1024 * 1024)
         cached = self._parsed.get("revocations")
-        if cached is not None and cached[0] == (data, registry.to_bytes(), self.policy.fips):
+        if (
+            cached is not None
+            and cached[0][0] == key
+            and cached[0][1] is registry
+            and cached[0][2] == self.policy.fips
+        ):
             rl = cached[1]
         else:
+            data = _read_capped(self.revocations_path, 16 * 1024 * 1024)
             rl = parse_revocations(data, registry, fips=self.policy.fips)
-            self._parsed["revocations"] = ((data, registry.to_bytes(), self.policy.fips), rl)
+            self._parsed["revocations"] = ((key, registry, self.policy.fips), rl)
         check_not_rollback(rl, mark)
         if rl.version > mark:
             self._write_mark(rl.version)
@@ -376,6 +386,19 @@ class Workspace:
 
     def _write_mark(self, version: int) -> None:
         atomic_write(self.revocation_mark_path, f"{version}\n".encode())
+
+
+def _file_key(path: Path) -> tuple[int, int, int, int] | None:
+    """Identity of a file's current content for parse caches: inode, size, mtime and ctime.
+
+    ctime cannot be set from user space, so a rewrite (even one that restores the mtime and
+    the size) changes the key; a cache hit means the very same bytes are still there.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _read_capped(path: Path, cap: int) -> bytes:

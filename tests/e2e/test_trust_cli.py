@@ -400,3 +400,16 @@ def test_revoke_refuses_malformed_subjects_before_asking_for_a_key(env: Env, sub
     res = env.cli("revoke", "module", subject, "--key", "/nonexistent", "--reason", "x")
     assert res.code == 2 and "error[USAGE]" in res.err
     assert trust_snapshot(env) == before
+
+
+def test_parse_cache_sees_a_rewrite_that_keeps_size_and_mtime(env: Env) -> None:
+    ws = Workspace(env.ws)
+    reg = env.ws / "trust" / "registry.json"
+    assert ws.load_registry().keys[0].scope == "*"
+    before = reg.stat()
+    data = reg.read_bytes()
+    forged = data.replace(b'"scope":"*"', b'"scope":"x"', 1)
+    assert len(forged) == len(data) and forged != data
+    reg.write_bytes(forged)
+    os.utime(reg, ns=(before.st_atime_ns, before.st_mtime_ns))  # hide the edit
+    assert ws.load_registry().keys[0].scope == "x"  # ctime moved: the cache misses

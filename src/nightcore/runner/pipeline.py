@@ -95,7 +95,8 @@ def effective_limits(m: Manifest, policy: Policy) -> EffectiveLimits:
 def prepare_preopens(ws: Workspace, m: Manifest) -> tuple[Preopen, ...]:
     """Create each granted directory under ``state/tenants/<tenant>/``, refusing symlinks."""
     root = ws.tenant_data_root(m.tenant)
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.is_dir():  # a stat, not a mkdir, on every run after the first
+        root.mkdir(parents=True, exist_ok=True)
     out = []
     for grant in m.capabilities.fs:
         path = root
@@ -106,7 +107,8 @@ def prepare_preopens(ws: Workspace, m: Manifest) -> tuple[Preopen, ...]:
                     f"preopen {grant.path!r} crosses a symlink in the data root",
                     code="PREOPEN_INVALID",
                 )
-            path.mkdir(exist_ok=True)
+            if not path.is_dir():
+                path.mkdir(exist_ok=True)
         real = path.resolve()
         if not real.is_relative_to(root.resolve()):
             raise NightCoreError(
@@ -454,7 +456,8 @@ class Runner:
         run_dir = ws.state_dir / "runs" / tr.run_id
         run_dir.mkdir(parents=True)
         _write_output(run_dir / "stdout", result.stdout)
-        _write_output(run_dir / "stderr", result.stderr)
+        if result.stderr:  # an absent stderr file means an empty stream (its digest is logged)
+            _write_output(run_dir / "stderr", result.stderr)
         tr.code = result.code
         tr.reason = result.detail
         tr.exit_code = result.exit_code
