@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nightcore.cli.context import open_workspace as _ws
 from nightcore.cli.render import clean, error, info, print_json, print_table
 from nightcore.errors import AuditError
 
@@ -22,12 +23,6 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 SHOW_DEFAULT_LIMIT = 50
 MAX_KEY_FILE = 64 * 1024
-
-
-def _ws(args: argparse.Namespace) -> Any:
-    from nightcore.workspace import Workspace
-
-    return Workspace.open(args.workspace, fips=True if args.fips else None)
 
 
 def _tlog(args: argparse.Namespace) -> Any:

@@ -14,18 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nightcore.cli.context import open_workspace as _ws
 from nightcore.cli.render import info, print_json, print_table
 from nightcore.errors import NightCoreError, UsageError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 REPO_ENV = "NIGHTCORE_AUFS_REPO"
-
-
-def _ws(args: argparse.Namespace) -> Any:
-    from nightcore.workspace import Workspace
-
-    return Workspace.open(args.workspace, fips=True if args.fips else None)
 
 
 def _ws_optional(args: argparse.Namespace) -> Any:

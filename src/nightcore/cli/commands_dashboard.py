@@ -9,13 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nightcore.cli.context import open_workspace as _ws
 from nightcore.cli.render import clean, info, print_json, print_table
-
-
-def _ws(args: argparse.Namespace) -> Any:
-    from nightcore.workspace import Workspace
-
-    return Workspace.open(args.workspace, fips=True if args.fips else None)
 
 
 def cmd_dashboard_build(args: argparse.Namespace) -> int:

@@ -7,14 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from nightcore.cli.context import open_workspace as _ws
 from nightcore.cli.render import info, print_json, print_table
 from nightcore.errors import NightCoreError
-
-
-def _ws(args: argparse.Namespace) -> Any:
-    from nightcore.workspace import Workspace
-
-    return Workspace.open(args.workspace, fips=True if args.fips else None)
 
 
 def cmd_sbom(args: argparse.Namespace) -> int:

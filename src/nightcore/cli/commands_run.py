@@ -7,17 +7,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from nightcore.cli.context import open_workspace as _ws
 from nightcore.cli.render import info, print_json, print_table
 from nightcore.errors import UsageError
 
 PROGRESS_THRESHOLD = 5
 REFRESH_VERIFY_MAX_BYTES = 64 * 1024 * 1024
-
-
-def _ws(args: argparse.Namespace) -> Any:
-    from nightcore.workspace import Workspace
-
-    return Workspace.open(args.workspace, fips=True if args.fips else None)
 
 
 def _fmt_bytes(n: int) -> str:

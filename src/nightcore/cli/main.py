@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from nightcore.cli.context import open_workspace as _ws
 from nightcore.cli.render import clean, error, info, print_json, print_table
 from nightcore.errors import NightCoreError, UsageError
 
@@ -35,12 +36,6 @@ def _parse_time(value: str) -> dt.datetime:
     except ValueError:
         raise UsageError(f"not an ISO 8601 date: {value!r}") from None
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
-
-
-def _ws(args: argparse.Namespace) -> Any:
-    from nightcore.workspace import Workspace
-
-    return Workspace.open(args.workspace, fips=True if args.fips else None)
 
 
 # -- commands ------------------------------------------------------------------------------

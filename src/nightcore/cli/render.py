@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-# C0/C1 controls (ESC starts ANSI sequences), DEL, and Unicode bidi overrides that can make
-# a terminal show text other than what is there.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+from nightcore.untrusted import clean
 
-
-def clean(text: object, limit: int = 200) -> str:
-    """One printable line of at most ``limit`` characters from untrusted text."""
-    s = _CONTROL.sub("?", str(text)).replace("\n", " ").replace("\t", " ")
-    return s if len(s) <= limit else s[: limit - 1] + "…"
+__all__ = ["clean", "error", "info", "print_json", "print_table"]
 
 
 def print_json(value: Any) -> None:

@@ -12,36 +12,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-# ANSI: CSI (ESC [ ... final), OSC (ESC ] ... BEL or ESC \), and other two-byte ESC sequences.
-_ANSI = re.compile(
-    r"\x1b\[[0-?]*[ -/]*[@-~]|\x9b[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]"
-)
-# C0/C1 controls, DEL, bidi embeddings/overrides/isolates, zero-width and BOM characters.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+from nightcore.untrusted import clean, clean_block
+
+__all__ = ["clean", "clean_block"]
+
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-def clean(value: object, limit: int = 200) -> str:
-    """One printable line of at most ``limit`` characters from untrusted text."""
-    if value is None:
-        return ""
-    s = str(value)
-    if len(s) > limit * 4 + 64:
-        s = s[: limit * 4 + 64]  # bound the regex work before cleaning
-    s = _ANSI.sub("", s)
-    s = s.replace("\r\n", " ").replace("\n", " ").replace("\t", " ")
-    s = _CONTROL.sub("?", s)
-    return s if len(s) <= limit else s[: max(0, limit - 1)] + "…"
-
-
-def clean_block(value: object, limit: int = 400) -> str:
-    """Like :func:`clean` but keeps newlines (for ``<pre>`` previews of run output)."""
-    if value is None:
-        return ""
-    s = str(value)[: limit * 4 + 64]
-    s = _ANSI.sub("", s).replace("\r\n", "\n").replace("\t", "    ")
-    s = "\n".join(_CONTROL.sub("?", line) for line in s.split("\n"))
-    return s if len(s) <= limit else s[: max(0, limit - 1)] + "…"
 
 
 def short(value: object, n: int = 12) -> str:

@@ -1,0 +1,16 @@
+"""What every CLI command shares: opening the workspace the user pointed at."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from nightcore.workspace import Workspace
+
+
+def open_workspace(args: argparse.Namespace) -> Workspace:
+    """``-w`` beats ``NIGHTCORE_HOME`` beats the current directory; ``--fips`` only tightens."""
+    from nightcore.workspace import Workspace
+
+    return Workspace.open(args.workspace, fips=True if args.fips else None)
