@@ -18,6 +18,7 @@ Layout::
 from __future__ import annotations
 
 import os
+import threading
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -253,6 +254,8 @@ class Workspace:
         self._node_key_id: str | None = None
         self._audit: Any = None
         self._parsed: dict[str, tuple[Any, Any]] = {}
+        self._node_signer: Any = None
+        self._signer_lock = threading.Lock()
 
     @classmethod
     def open(cls, explicit: str | None = None, *, fips: bool | None = None) -> Workspace:
@@ -300,6 +303,36 @@ class Workspace:
                 raise WorkspaceError("node.pub.pem is missing", code="NODE_KEY_MISSING") from None
             self._node_key_id = PublicKey.from_pem(data).keyid
         return self._node_key_id
+
+    def node_signer(self) -> Any:
+        """The node's signer (attestations, bundle indexes, checkpoints), loaded once.
+
+        A local key file is read with ``cryptography`` (``FileSigner``); a KMS/HSM URI goes
+        through securesystemslib. Either must match ``node.pub.pem``.
+        """
+        with self._signer_lock:
+            if self._node_signer is None:
+                from nightcore.trust.keys import (
+                    SslibSignerAdapter,
+                    load_file_signer,
+                    load_signer,
+                )
+
+                uri = self.node_key_uri()
+                signer: Any = load_file_signer(uri, NODE_PASSPHRASE_ENV)
+                if signer is None:
+                    from nightcore.trust.pubkey import PublicKey
+
+                    pub = PublicKey.from_pem(self.node_pub_path.read_bytes())
+                    signer = SslibSignerAdapter(
+                        load_signer(uri, NODE_PASSPHRASE_ENV, pub.to_sslib())
+                    )
+                if signer.key_id != self.node_key_id():
+                    raise WorkspaceError(
+                        "the node key does not match node.pub.pem", code="NODE_KEY_MISMATCH"
+                    )
+                self._node_signer = signer
+            return self._node_signer
 
     def node_key_uri(self) -> str:
         key = self.config.node_key

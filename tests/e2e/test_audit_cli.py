@@ -587,7 +587,7 @@ def test_node_name_that_cannot_be_a_note_key_name(
 def test_node_public_key_swapped(env: Env, keys_dir: dict[str, GeneratedKey]) -> None:
     shutil.copy(keys_dir["alice"].public_path, env.ws / "node.pub.pem")
     res = env.cli("audit", "checkpoint")
-    assert res.code == 1 and "error[CHECKPOINT_KEY_MISMATCH]" in res.err
+    assert res.code == 2 and "error[NODE_KEY_MISMATCH]" in res.err
 
 
 # -- show ----------------------------------------------------------------------------------

@@ -299,3 +299,18 @@ def test_a_corrupt_run_index_is_reported_and_rebuilt_from_the_audit_log(env: Env
     assert env.cli("state", "rebuild", "--json").json() == {"runs_indexed": 2}
     assert len(env.cli("runs", "--json").json()) == 2
     assert env.cli("runs", "--limit", "0").code == 2
+
+
+def test_services_get_a_checkpoint_every_n_entries(env: Env) -> None:
+    from nightcore.runner.pipeline import Runner
+
+    cfg = env.ws / "nightcore.toml"
+    cfg.write_text(cfg.read_text() + "\n[audit]\ncheckpoint_every = 10\n")
+    install(env, "hello")
+    runner = Runner(Workspace(env.ws))
+    try:
+        signed = [runner.run(["hello"], checkpoint=False).checkpoint for _ in range(6)]
+    finally:
+        runner.close()
+    assert any(signed) and not all(signed)  # only when 10 entries went by unsigned
+    assert env.cli("audit", "verify").code == 0

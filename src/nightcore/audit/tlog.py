@@ -48,7 +48,7 @@ Codes: ``AUDIT_TRUNCATED`` (the log is shorter than a signed checkpoint), ``CHEC
 root at that size differs: history rewritten), ``CHECKPOINT_ORIGIN_MISMATCH``,
 ``CHECKPOINT_MALFORMED`` (a stored file whose name is not its size), ``CHECKPOINT_EVENT_MISMATCH``
 (a ``checkpoint`` event's root is not the tree root at its size), ``CHECKPOINT_UNSUPPORTED_KEY``,
-``CHECKPOINT_KEY_MISMATCH`` (private key does not match ``node.pub.pem``),
+``NODE_KEY_MISMATCH`` (private key does not match ``node.pub.pem``, from the workspace),
 ``CHECKPOINT_KEY_NAME_INVALID``, ``AUDIT_TREE_MISMATCH``, ``CONSISTENCY_FAILED``,
 ``PROOF_INDEX_MISMATCH`` (the entry's ``seq`` is not the proof's index), the chain codes of
 :mod:`nightcore.audit.log` and the ``PROOF_*`` / ``NOTE_*`` codes of :mod:`~nightcore.audit.merkle`
@@ -113,7 +113,6 @@ CHECKPOINT_EVENT: Final = "checkpoint"
 ORIGIN_PREFIX: Final = "nightcore/"
 CONSISTENCY_HEADER: Final = "nightcore/consistency-proof@v1"
 DEFAULT_CHECKPOINT_EVERY: Final = 1000
-NODE_PASSPHRASE_ENV: Final = "NIGHTCORE_NODE_KEY_PASSPHRASE"  # noqa: S105 - a variable name
 MAX_REASON: Final = 200
 MAX_PUBLIC_KEY_FILE: Final = 64 * 1024
 
@@ -1436,14 +1435,10 @@ class TransparencyLog:
     def _signer(self) -> Ed25519PrivateKey:
         if self._signing_key is not None:
             return self._signing_key
-        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-        from nightcore.trust.keys import load_file_signer
-
         pem = self.public_key_pem()
-        public, _ = load_node_public_key(pem)  # CHECKPOINT_UNSUPPORTED_KEY for ECDSA
-        # A local key file, read with cryptography (no securesystemslib import on this path).
-        signer = load_file_signer(self.ws.node_key_uri(), NODE_PASSPHRASE_ENV)
+        load_node_public_key(pem)  # CHECKPOINT_UNSUPPORTED_KEY for an ECDSA node key
+        # The workspace's node signer: a local key file is read once, with cryptography.
+        signer = self.ws.node_signer()
         private = getattr(signer, "_private", None)
         if not isinstance(private, Ed25519PrivateKey):
             raise AuditError(
@@ -1451,11 +1446,8 @@ class TransparencyLog:
                 "one (a KMS/HSM signer cannot produce C2SP Ed25519 note signatures here)",
                 code="CHECKPOINT_UNSUPPORTED_KEY",
             )
-        raw = Encoding.Raw, PublicFormat.Raw
-        if private.public_key().public_bytes(*raw) != public.public_bytes(*raw):
-            raise AuditError(
-                "the node private key does not match node.pub.pem", code="CHECKPOINT_KEY_MISMATCH"
-            )
+        # ws.node_signer() already refused a key that does not match node.pub.pem
+        # (NODE_KEY_MISMATCH).
         self._signing_key = private
         return private
 

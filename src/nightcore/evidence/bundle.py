@@ -167,9 +167,7 @@ def _add_trust(w: _Writer, ws: Workspace) -> None:
 
 
 def _signer(ws: Workspace) -> Any:
-    from nightcore.runner.pipeline import Runner
-
-    return Runner(ws).node_signer()
+    return ws.node_signer()
 
 
 def export_proof(

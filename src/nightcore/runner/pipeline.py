@@ -118,17 +118,6 @@ def prepare_preopens(ws: Workspace, m: Manifest) -> tuple[Preopen, ...]:
     return tuple(out)
 
 
-class _SslibAdapter:
-    """Gives a securesystemslib Signer (KMS/HSM) the ``sign(bytes)``/``key_id`` shape."""
-
-    def __init__(self, signer: Any) -> None:
-        self._signer = signer
-        self.key_id = str(signer.public_key.keyid)
-
-    def sign(self, data: bytes) -> bytes:
-        return bytes.fromhex(self._signer.sign(data).signature)
-
-
 def _store_content(
     ws: Workspace, module_sha: str, module: bytes, env_sha: str, envelope: bytes
 ) -> None:
@@ -195,7 +184,6 @@ class Runner:
         self.strongbox = strongbox
         self._sandbox: Sandbox | StrongboxSandbox | None = None
         self._run_index: Any = None
-        self._node_signer: Any = None
         self._lock = threading.Lock()
 
     def sandbox(self) -> Sandbox | StrongboxSandbox:
@@ -411,25 +399,7 @@ class Runner:
             report.mirrors = [m.to_dict() for m in sync_all(self.ws)]
 
     def node_signer(self) -> Any:
-        """The node's signer for attestations, loaded once (file keys via cryptography)."""
-        with self._lock:
-            if self._node_signer is None:
-                from nightcore.trust.keys import load_file_signer, load_signer
-                from nightcore.workspace import NODE_PASSPHRASE_ENV
-
-                uri = self.ws.node_key_uri()
-                signer: Any = load_file_signer(uri, NODE_PASSPHRASE_ENV)
-                if signer is None:  # KMS/HSM URI: securesystemslib's signer
-                    from nightcore.trust.pubkey import PublicKey
-
-                    pub = PublicKey.from_pem(self.ws.node_pub_path.read_bytes())
-                    signer = _SslibAdapter(load_signer(uri, NODE_PASSPHRASE_ENV, pub.to_sslib()))
-                if signer.key_id != self.ws.node_key_id():
-                    raise NightCoreError(
-                        "the node key does not match node.pub.pem", code="NODE_KEY_MISMATCH"
-                    )
-                self._node_signer = signer
-            return self._node_signer
+        return self.ws.node_signer()
 
     def _execute(
         self, sandbox: Sandbox | StrongboxSandbox, tr: TenantRun, cfg: RunConfig, module: bytes

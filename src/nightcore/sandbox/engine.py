@@ -997,14 +997,4 @@ def _trap_code(trap_code: wasmtime.TrapCode | None) -> str:
 
 
 def _failed(code: str, detail: str, cache_status: str) -> RunResult:
-    return RunResult(
-        code=code,
-        exit_code=None,
-        fuel_used=0,
-        wall_ms=0.0,
-        memory_bytes=0,
-        stdout=b"",
-        stderr=b"",
-        detail=detail,
-        cache=cache_status,
-    )
+    return RunResult.refused(code, detail, cache=cache_status)

@@ -864,17 +864,7 @@ class StrongboxSandbox:
                     "status": status,
                 },
             )
-        return RunResult(
-            code=code,
-            exit_code=None,
-            fuel_used=0,
-            wall_ms=0.0,
-            memory_bytes=0,
-            stdout=b"",
-            stderr=b"",
-            detail=detail,
-            extra=extra,
-        )
+        return RunResult.refused(code, detail, extra=extra)
 
 
 def seccomp_available() -> str:

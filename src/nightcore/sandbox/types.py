@@ -62,6 +62,24 @@ class RunResult:
     cache: str = ""  # "hit", "miss", "rejected" (authentication failed, recompiled)
     extra: dict[str, str] = field(default_factory=dict)
 
+    @classmethod
+    def refused(
+        cls, code: str, detail: str, *, cache: str = "", extra: dict[str, str] | None = None
+    ) -> RunResult:
+        """A run that never executed guest code (compile/instantiate/config refusals)."""
+        return cls(
+            code=code,
+            exit_code=None,
+            fuel_used=0,
+            wall_ms=0.0,
+            memory_bytes=0,
+            stdout=b"",
+            stderr=b"",
+            detail=detail,
+            cache=cache,
+            extra=extra or {},
+        )
+
     @property
     def output_bytes(self) -> int:
         return len(self.stdout) + len(self.stderr)

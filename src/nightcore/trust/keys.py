@@ -276,6 +276,17 @@ class FileSigner:
         return bytes(self._private.sign(data, ec.ECDSA(algo)))
 
 
+class SslibSignerAdapter:
+    """Gives a securesystemslib Signer (KMS/HSM) the ``sign(bytes)``/``key_id`` shape."""
+
+    def __init__(self, signer: Any) -> None:
+        self._signer = signer
+        self.key_id = str(signer.public_key.keyid)
+
+    def sign(self, data: bytes) -> bytes:
+        return bytes.fromhex(self._signer.sign(data).signature)
+
+
 def load_file_signer(uri_or_path: str, passphrase_env: str = PASSPHRASE_ENV) -> FileSigner | None:
     """A FileSigner for a plain path or ``nightcore-key:``/``file2:`` URI; None for KMS/HSM."""
     scheme, sep, rest = uri_or_path.partition(":")
