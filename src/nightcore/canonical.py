@@ -12,28 +12,38 @@ from typing import Any
 
 from nightcore.errors import NightCoreError
 
+_SAFE_INT = 2**53
+
 
 def _plain(value: Any) -> bool:
     """True when json.dumps(sort_keys, compact, UTF-8) already *is* the RFC 8785 form.
 
     That holds without floats (RFC 8785 prints numbers the ECMAScript way) and with keys
     whose code-point order equals their UTF-16 order (no characters above U+D7FF), and with
-    integers inside the IEEE-754 exact range. Anything else takes the rfc8785 package.
+    integers inside the IEEE-754 exact range. Anything else (subclasses of the JSON types
+    included) takes the rfc8785 package. Iterative with exact type checks: this runs on every
+    audit line, and the recursive form cost ~30 us a line.
     """
-    if isinstance(value, str):
-        return True
-    if isinstance(value, bool) or value is None:
-        return True
-    if isinstance(value, int):
-        return -(2**53) < value < 2**53
-    if isinstance(value, dict):
-        return all(
-            isinstance(k, str) and (k.isascii() or max(k) < "\ud800") and _plain(v)
-            for k, v in value.items()
-        )
-    if isinstance(value, list | tuple):
-        return all(_plain(v) for v in value)
-    return False
+    stack = [value]
+    pop, push, extend = stack.pop, stack.append, stack.extend
+    while stack:
+        v = pop()
+        t = type(v)
+        if t is str or t is bool or v is None:
+            continue
+        if t is int:
+            if not -_SAFE_INT < v < _SAFE_INT:
+                return False
+        elif t is dict:
+            for k, x in v.items():
+                if type(k) is not str or not (k.isascii() or max(k) < "\ud800"):
+                    return False
+                push(x)
+        elif t is list or t is tuple:
+            extend(v)
+        else:
+            return False
+    return True
 
 
 def canonical(value: Any) -> bytes:

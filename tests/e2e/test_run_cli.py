@@ -314,3 +314,125 @@ def test_services_get_a_checkpoint_every_n_entries(env: Env) -> None:
         runner.close()
     assert any(signed) and not all(signed)  # only when 10 entries went by unsigned
     assert env.cli("audit", "verify").code == 0
+
+
+def _audit_fsyncs(monkeypatch: pytest.MonkeyPatch, ws: Path) -> list[int]:
+    """Count fsyncs of the audit log (a spy on os.fsync: it observes, the real call runs)."""
+    import os
+
+    calls: list[int] = []
+    real = os.fsync
+    log = str(ws / "state" / "audit" / "audit.jsonl")
+
+    def spy(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == log:
+            calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    return calls
+
+
+def _check_run_lines(env: Env, run_ids: list[str]) -> None:
+    """Every run has one admit, one run_start and one run_outcome, in that order."""
+    seqs: dict[str, dict[str, int]] = {}
+    for rec in env.audit_lines():
+        rid = rec["data"].get("run_id")
+        if rid in run_ids:
+            assert rec["event"] not in seqs.setdefault(rid, {}), rec
+            seqs[rid][rec["event"]] = rec["seq"]
+    for rid in run_ids:
+        s = seqs[rid]
+        assert s["admit"] < s["run_start"] < s["run_outcome"], s
+
+
+def test_a_batch_commits_its_audit_lines_in_groups(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve runs in one call: the admissions and the run_start lines of the group are one
+    write + fsync, the outcomes another; each outcome is durable before it is reported."""
+    from nightcore.evidence.attestation import ATTESTATION_FILE
+    from nightcore.runner import pipeline
+    from nightcore.runner.pipeline import Runner, TenantRun
+
+    names = [f"hello-{i:02d}" for i in range(12)]
+    for name in names:
+        env.add_tenant(name)
+    monkeypatch.setattr(pipeline, "COMMIT_WINDOW_S", 3600.0)
+    runner = Runner(Workspace(env.ws))
+    try:
+        runner.run(names[:1], checkpoint=False)  # warm: compile outside the count
+        fsyncs = _audit_fsyncs(monkeypatch, env.ws)
+        reported: list[str] = []
+
+        def progress(tr: TenantRun) -> None:
+            logged = {
+                r["data"].get("run_id") for r in env.audit_lines() if r["event"] == "run_outcome"
+            }
+            assert tr.run_id in logged  # invariant 7: durable before reported
+            reported.append(tr.run_id)
+
+        report = runner.run(names, parallel=1, checkpoint=False, progress=progress)
+    finally:
+        runner.close()
+    assert report.ok and len(reported) == 12
+    assert len(fsyncs) == 2
+    _check_run_lines(env, reported)
+    assert all((env.ws / "state" / "runs" / rid / ATTESTATION_FILE).exists() for rid in reported)
+    assert env.cli("audit", "verify").code == 0
+
+
+def test_outcomes_wait_at_most_the_commit_window(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nightcore.runner import pipeline
+    from nightcore.runner.pipeline import Runner
+
+    names = [f"hello-{i:02d}" for i in range(6)]
+    for name in names:
+        env.add_tenant(name)
+    monkeypatch.setattr(pipeline, "COMMIT_WINDOW_S", 0.0)  # commit as soon as a second is ready
+    runner = Runner(Workspace(env.ws))
+    try:
+        runner.run(names[:1], checkpoint=False)
+        fsyncs = _audit_fsyncs(monkeypatch, env.ws)
+        report = runner.run(names, parallel=2, checkpoint=False)
+    finally:
+        runner.close()
+    assert report.ok
+    assert len(fsyncs) > 2
+    _check_run_lines(env, [r.run_id for r in report.runs])
+
+
+def test_a_failure_mid_group_still_records_the_outcomes_before_it(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host fault while recording the third run (injected: a full disk cannot be caused
+    here) leaves the first two runs' outcomes durable, and the error surfaces."""
+    from nightcore.runner import pipeline
+    from nightcore.runner.pipeline import Runner
+
+    names = [f"hello-{i:02d}" for i in range(4)]
+    for name in names:
+        env.add_tenant(name)
+    monkeypatch.setattr(pipeline, "COMMIT_WINDOW_S", 3600.0)
+    real = pipeline._write_output
+    seen: list[Path] = []
+
+    def failing(path: Path, data: bytes) -> None:
+        if path.name == "stdout":
+            seen.append(path)
+            if len(seen) == 3:
+                raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(pipeline, "_write_output", failing)
+    runner = Runner(Workspace(env.ws))
+    try:
+        with pytest.raises(OSError):
+            runner.run(names, parallel=1, checkpoint=False)
+    finally:
+        runner.close()
+    done = [p.parent.name for p in seen[:2]]
+    outcomes = {r["data"]["run_id"] for r in env.audit_lines() if r["event"] == "run_outcome"}
+    assert set(done) <= outcomes and len(outcomes) == 2
+    _check_run_lines(env, done)
+    assert env.cli("audit", "verify").code == 0

@@ -1020,14 +1020,12 @@ def open_node_checkpoint(
 
 def load_node_public_key(pem: bytes) -> tuple[Ed25519PublicKey, str]:
     """The node's Ed25519 public key and its checkpoint origin, from ``node.pub.pem`` bytes."""
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
     from nightcore.trust.pubkey import PublicKey
 
     if len(pem) > MAX_PUBLIC_KEY_FILE:
         raise AuditError("public key file is too large", code="KEY_INVALID")
     sslib = PublicKey.from_pem(pem)  # KeyError_ (KEY_INVALID) if not a supported key
-    key = load_pem_public_key(pem)
+    key = sslib._crypto  # the cryptography key object the PEM was loaded into
     if not isinstance(key, Ed25519PublicKey):
         raise AuditError(
             f"the node key is {sslib.scheme}; signed-note checkpoints (C2SP) need an Ed25519 "
@@ -1409,6 +1407,10 @@ class TransparencyLog:
         self.tail_path = self.dir / TAIL_NAME
         self._mutex = threading.RLock()
         self._signing_key: Ed25519PrivateKey | None = None
+        # Memos keyed by the exact bytes read (never by path or stat): a changed file is a miss.
+        self._public_key_memo: tuple[bytes, tuple[Ed25519PublicKey, str]] | None = None
+        self._opened_memo: dict[tuple[bytes, bytes], SignedCheckpoint] = {}
+        self._count_memo: tuple[int, int] | None = None  # (byte offset, lines before it)
 
     # -- keys ----------------------------------------------------------------------------------
 
@@ -1420,7 +1422,28 @@ class TransparencyLog:
             raise AuditError("node.pub.pem is missing", code="NODE_KEY_MISSING") from None
 
     def public_key(self) -> tuple[Ed25519PublicKey, str]:
-        return load_node_public_key(self.public_key_pem())
+        pem = self.public_key_pem()
+        memo = self._public_key_memo
+        if memo is not None and memo[0] == pem:
+            return memo[1]
+        loaded = load_node_public_key(pem)
+        self._public_key_memo = (pem, loaded)
+        return loaded
+
+    def _open_stored(self, path: Path, what: str) -> SignedCheckpoint:
+        """A stored note verified with the node key; a note already verified with these exact
+        bytes under this exact key is not verified again (the hot path of maybe_checkpoint)."""
+        data = _read_note(path)
+        key, origin = self.public_key()
+        pem = self._public_key_memo[0] if self._public_key_memo is not None else b""
+        cached = self._opened_memo.get((pem, data))
+        if cached is not None:
+            return cached
+        cp = open_node_checkpoint(data, key, origin, what=what)
+        if len(self._opened_memo) >= 4:
+            self._opened_memo.clear()
+        self._opened_memo[(pem, data)] = cp
+        return cp
 
     @property
     def key_name(self) -> str:
@@ -1474,14 +1497,21 @@ class TransparencyLog:
         has_tail = self.tail_path.exists()
         if not sizes and not has_tail:
             return None
-        key, origin = self.public_key()
         latest: SignedCheckpoint | None = None
         if has_tail:
-            latest = open_node_checkpoint(_read_note(self.tail_path), key, origin, what=TAIL_NAME)
+            latest = self._open_stored(self.tail_path, TAIL_NAME)
         if sizes and (latest is None or max(sizes) > latest.size):
             label = f"{CHECKPOINTS_DIR}/{max(sizes)}.note"
-            latest = open_node_checkpoint(_read_note(self.dir / label), key, origin, what=label)
+            latest = self._open_stored(self.dir / label, label)
         return latest
+
+    def _tail_locked(self) -> SignedCheckpoint | None:
+        """``audit.tail`` only, verified: enough to decide whether a checkpoint is due. A tail
+        left behind by a crash only makes one due early; checkpoint() reads every note."""
+        try:
+            return self._open_stored(self.tail_path, TAIL_NAME)
+        except FileNotFoundError:
+            return self._latest_locked()
 
     def latest_checkpoint(self) -> SignedCheckpoint | None:
         with self._mutex, _audit_lock(self.dir):
@@ -1547,7 +1577,7 @@ class TransparencyLog:
         with self._mutex:
             with _audit_lock(self.dir):
                 size = self._count_lines_locked()
-                latest = self._latest_locked()
+                latest = self._tail_locked()
             if size - (latest.size if latest is not None else 0) < every:
                 return None
             return self.checkpoint(f"every {every} entries")
@@ -1556,6 +1586,12 @@ class TransparencyLog:
         state = self.tree._read_state()
         log_size = _log_size_locked(self.dir)
         start, count = (state.offset, state.size) if state is not None else (0, 0)
+        # The log only grows between checkpoints, so the newlines counted by the previous call
+        # need not be counted again. (A shorter log makes the memo unusable; a rewritten one is
+        # the business of checkpoint(), which re-checks the signed root.)
+        memo = self._count_memo
+        if memo is not None and start <= memo[0] <= log_size and memo[1] >= count:
+            start, count = memo
         if start > log_size:
             start, count = 0, 0
         if log_size:
@@ -1563,6 +1599,8 @@ class TransparencyLog:
                 fh.seek(start)
                 while chunk := fh.read(_READ_CHUNK):
                     count += chunk.count(b"\n")
+                    start += len(chunk)
+        self._count_memo = (start, count)
         return count
 
     # -- proofs --------------------------------------------------------------------------------

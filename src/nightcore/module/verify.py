@@ -145,6 +145,70 @@ def _deny(code: str, reason: str, key_id: str = "") -> _Deny:
     return d
 
 
+# Memos keyed by the SHA-256 of the exact bytes parsed (only successes are kept; bounded). A
+# service running the same tenant again skips re-parsing what it already validated; the
+# signature over those bytes is still checked on every decision.
+_MEMO_MAX = 1024
+_statement_memo: dict[bytes, tuple[str, Manifest]] = {}
+_toml_memo: dict[bytes, Manifest] = {}
+
+
+def _remember(memo: dict[bytes, Any], key: bytes, value: Any) -> None:
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+    memo[key] = value
+
+
+def signed_manifest(payload: bytes) -> tuple[str, Manifest]:
+    """(subject sha256, manifest) of a signed statement payload; raises _Deny."""
+    key = hashlib.sha256(payload).digest()
+    hit = _statement_memo.get(key)
+    if hit is None:
+        hit = _parse_statement(payload)
+        _remember(_statement_memo, key, hit)
+    return hit
+
+
+def _parse_statement(payload: bytes) -> tuple[str, Manifest]:
+    try:
+        stmt = parse_json(
+            payload, max_bytes=MAX_ENVELOPE_BYTES, what="statement", code="MANIFEST_INVALID"
+        )
+    except NightCoreError as exc:
+        raise _deny("MANIFEST_INVALID", exc.message) from None
+    if (
+        not isinstance(stmt, dict)
+        or set(stmt) != {"_type", "subject", "predicateType", "predicate"}
+        or stmt["_type"] != STATEMENT_TYPE
+        or stmt["predicateType"] != MANIFEST_PREDICATE_TYPE
+    ):
+        raise _deny("MANIFEST_INVALID", "payload is not a Night Core manifest statement")
+    subjects = stmt["subject"]
+    if (
+        not isinstance(subjects, list)
+        or len(subjects) != 1
+        or not isinstance(subjects[0], dict)
+        or not isinstance(subjects[0].get("digest"), dict)
+        or not isinstance(subjects[0]["digest"].get("sha256"), str)
+    ):
+        raise _deny("MANIFEST_INVALID", "statement must have one subject with a sha256 digest")
+    try:
+        manifest = manifest_from_dict(stmt["predicate"])
+    except NightCoreError as exc:
+        raise _deny("MANIFEST_INVALID", f"signed manifest: {exc.message}") from None
+    return subjects[0]["digest"]["sha256"], manifest
+
+
+def manifest_toml(data: bytes) -> Manifest:
+    """parse_manifest_toml memoized by the exact bytes (Manifest is immutable)."""
+    key = hashlib.sha256(data).digest()
+    hit = _toml_memo.get(key)
+    if hit is None:
+        hit = parse_manifest_toml(data)
+        _remember(_toml_memo, key, hit)
+    return hit
+
+
 def _decide(
     pkg: TenantPackage,
     module_sha: str,
@@ -191,31 +255,9 @@ def _decide(
         raise _deny("KEY_UNTRUSTED", f"key role {signer.role} may not sign tenant modules", kid)
 
     try:
-        stmt = parse_json(
-            env.payload, max_bytes=MAX_ENVELOPE_BYTES, what="statement", code="MANIFEST_INVALID"
-        )
-    except NightCoreError as exc:
-        raise _deny("MANIFEST_INVALID", exc.message, kid) from None
-    if (
-        not isinstance(stmt, dict)
-        or set(stmt) != {"_type", "subject", "predicateType", "predicate"}
-        or stmt["_type"] != STATEMENT_TYPE
-        or stmt["predicateType"] != MANIFEST_PREDICATE_TYPE
-    ):
-        raise _deny("MANIFEST_INVALID", "payload is not a Night Core manifest statement", kid)
-    subjects = stmt["subject"]
-    if (
-        not isinstance(subjects, list)
-        or len(subjects) != 1
-        or not isinstance(subjects[0], dict)
-        or not isinstance(subjects[0].get("digest"), dict)
-        or not isinstance(subjects[0]["digest"].get("sha256"), str)
-    ):
-        raise _deny("MANIFEST_INVALID", "statement must have one subject with a sha256 digest", kid)
-    try:
-        manifest = manifest_from_dict(stmt["predicate"])
-    except NightCoreError as exc:
-        raise _deny("MANIFEST_INVALID", f"signed manifest: {exc.message}", kid) from None
+        subject_sha, manifest = signed_manifest(env.payload)
+    except _Deny as d:
+        raise _deny(d.code, d.reason, kid) from None
     if manifest.tenant != pkg.name:
         raise _deny(
             "MANIFEST_MISMATCH",
@@ -228,7 +270,7 @@ def _decide(
             f"key scope {signer.scope!r} does not cover tenant {manifest.tenant!r}",
             kid,
         )
-    if subjects[0]["digest"]["sha256"] != module_sha:
+    if subject_sha != module_sha:
         raise _deny("DIGEST_MISMATCH", "module.wasm does not match the signed digest", kid)
     if (rev := revocations.module_revoked(module_sha)) is not None:
         raise _deny("MODULE_REVOKED", f"module digest is revoked: {rev.reason}", kid)
@@ -246,7 +288,7 @@ def _decide(
         )
     if pkg.manifest is not None:
         try:
-            on_disk = parse_manifest_toml(pkg.manifest)
+            on_disk = manifest_toml(pkg.manifest)
         except NightCoreError as exc:
             raise _deny("MANIFEST_INVALID", f"manifest.toml: {exc.message}", kid) from None
         if on_disk != manifest:

@@ -23,6 +23,35 @@ ECDSA_SCHEMES = {"ecdsa-sha2-nistp256": "SHA256", "ecdsa-sha2-nistp384": "SHA384
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
+# (key id, signature, sha256(message)) of signatures that verified in this process (bounded).
+_VERIFIED: set[tuple[str, bytes, bytes]] = set()
+_VERIFIED_MAX = 4096
+# RFC 8410: the DER SubjectPublicKeyInfo of an Ed25519 key is this prefix + 32 key bytes.
+_ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+
+
+def ed25519_raw_from_pem(data: bytes) -> bytes | None:
+    """The 32 raw bytes of a PEM Ed25519 public key, or None for anything else (the caller
+    then uses cryptography's full PEM loader). Spares the cold path its ~8 ms import."""
+    import base64
+    import binascii
+
+    lines = data.strip().split(b"\n")
+    if (
+        len(lines) < 3
+        or lines[0].strip() != b"-----BEGIN PUBLIC KEY-----"
+        or lines[-1].strip() != b"-----END PUBLIC KEY-----"
+    ):
+        return None
+    try:
+        der = base64.b64decode(b"".join(x.strip() for x in lines[1:-1]), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(der) != 44 or not der.startswith(_ED25519_SPKI_PREFIX):
+        return None
+    return der[len(_ED25519_SPKI_PREFIX) :]
+
+
 def _olpc_string(s: str) -> str:
     # securesystemslib's canonical JSON (OLPC) escapes only backslash and quote.
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
@@ -52,16 +81,19 @@ class PublicKey:
 
     @classmethod
     def from_fields(cls, keytype: str, scheme: str, public: str) -> PublicKey:
-        from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-        from cryptography.hazmat.primitives.serialization import load_pem_public_key
+        from cryptography.hazmat.primitives.asymmetric import ed25519
 
         try:
             crypto: Any
             if keytype == ED25519 and scheme == ED25519:
-                if not re.fullmatch(r"[0-9a-f]{64}", public):
+                if not _HEX64.fullmatch(public):
                     raise ValueError("ed25519 public key must be 64 hex characters")
                 crypto = ed25519.Ed25519PublicKey.from_public_bytes(bytes.fromhex(public))
             elif keytype in ("ecdsa", scheme) and scheme in ECDSA_SCHEMES:
+                # ECDSA only: these imports cost ~10 ms of a cold Ed25519-only start.
+                from cryptography.hazmat.primitives.asymmetric import ec
+                from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
                 crypto = load_pem_public_key(public.encode())
                 want = ec.SECP256R1 if scheme.endswith("256") else ec.SECP384R1
                 if not isinstance(crypto, ec.EllipticCurvePublicKey) or not isinstance(
@@ -78,11 +110,14 @@ class PublicKey:
 
     @classmethod
     def from_pem(cls, data: bytes) -> PublicKey:
+        if len(data) > 64 * 1024:
+            raise KeyError_("public key file is too large")
+        raw = ed25519_raw_from_pem(data)
+        if raw is not None:
+            return cls.from_fields(ED25519, ED25519, raw.hex())
         from cryptography.hazmat.primitives import serialization
         from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-        if len(data) > 64 * 1024:
-            raise KeyError_("public key file is too large")
         try:
             pub = serialization.load_pem_public_key(data)
         except (ValueError, TypeError) as exc:
@@ -124,20 +159,33 @@ class PublicKey:
         return key
 
     def verify(self, signature: bytes, data: bytes) -> bool:
-        from cryptography.exceptions import InvalidSignature
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
+        """True when ``signature`` over ``data`` verifies under this key.
 
+        A verification that succeeded is remembered in this process by (key id, signature,
+        SHA-256 of the data): checking the same exact bytes again returns the same answer
+        without the ~0.1 ms public-key operation. Failures are never remembered.
+        """
+        from cryptography.exceptions import InvalidSignature
+
+        memo_key = (self.keyid, bytes(signature), hashlib.sha256(data).digest())
+        if memo_key in _VERIFIED:
+            return True
         try:
             if self.scheme == ED25519:
                 self._crypto.verify(signature, data)
             else:
+                from cryptography.hazmat.primitives import hashes
+                from cryptography.hazmat.primitives.asymmetric import ec
+
                 algo = (
                     hashes.SHA256() if ECDSA_SCHEMES[self.scheme] == "SHA256" else (hashes.SHA384())
                 )
                 self._crypto.verify(signature, data, ec.ECDSA(algo))
         except InvalidSignature:
             return False
+        if len(_VERIFIED) >= _VERIFIED_MAX:
+            _VERIFIED.clear()
+        _VERIFIED.add(memo_key)
         return True
 
     def to_pem(self) -> bytes:
