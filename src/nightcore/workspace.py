@@ -119,6 +119,13 @@ class Config:
     heartbeat_idle_seconds: int = 300
     raw: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def has_mirrors(self) -> bool:
+        """Whether ``[[audit.mirror]]`` is set (validated by :func:`parse_config`): callers can
+        skip importing :mod:`nightcore.audit.mirror` when it is not."""
+        audit = self.raw.get("audit")
+        return isinstance(audit, dict) and audit.get("mirror") is not None
+
 
 def _table(d: dict[str, Any], name: str, allowed: set[str]) -> dict[str, Any]:
     t = d.get(name, {})
@@ -184,9 +191,10 @@ def parse_config(data: bytes, *, fips_override: bool | None = None) -> Config:
     ):
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10**7:
             raise ConfigError(f"audit.{key} must be an integer in [1, 10000000]")
-    from nightcore.audit.mirror import parse_mirrors
+    if audit.get("mirror") is not None:  # only nodes with mirrors import that module
+        from nightcore.audit.mirror import parse_mirrors
 
-    parse_mirrors(audit.get("mirror"))  # validated now, used by the audit layer
+        parse_mirrors(audit.get("mirror"))  # validated now, used by the audit layer
     name = node.get("name", "node")
     key = node.get("key", "private/node.key")
     if not isinstance(name, str) or not isinstance(key, str):

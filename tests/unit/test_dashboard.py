@@ -282,6 +282,9 @@ def test_aufs_section_shows_trusted_and_installed_versions(env: Env) -> None:
     ws = Workspace(env.ws)
     assert collect(ws).aufs.status == "not configured"
     base = env.ws / "state" / "aufs"
+    from nightcore.aufs.state import NodePaths
+
+    assert NodePaths(ws).metadata == base / "metadata"  # what aufs_view checks before importing
     (base / "metadata").mkdir(parents=True)
     for role, version in (("root", 3), ("timestamp", 41), ("snapshot", 40), ("targets", 12)):
         doc = {"signed": {"_type": role, "version": version}, "signatures": []}

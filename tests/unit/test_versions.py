@@ -6,7 +6,7 @@ import tomllib
 from importlib import metadata
 
 import nightcore
-from nightcore.versions import distribution_version, runtime_versions
+from nightcore.versions import distribution_version, installed_version, runtime_versions
 from tests.conftest import REPO
 
 
@@ -17,3 +17,12 @@ def test_versions_agree() -> None:
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert nightcore.__version__ == pyproject["project"]["version"]
     assert runtime_versions()["wasmtime"] == metadata.version("wasmtime")
+
+
+def test_installed_version_agrees_with_importlib_metadata() -> None:
+    for dist in ("nightcore", "wasmtime", "Jinja2", "markupsafe", "no-such-dist-here"):
+        try:
+            want: str | None = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            want = None
+        assert installed_version(dist) == want, dist

@@ -37,7 +37,6 @@ import datetime as dt
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -384,6 +383,8 @@ def verify_source(ws: Workspace, name: str) -> Any:
     sink = sink_for(ws, cfg)
     if isinstance(sink, DirSink):
         return verify_log(sink.root, pem)
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="nightcore-mirror-") as tmp:
         try:
             sink.download(Path(tmp))

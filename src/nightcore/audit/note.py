@@ -53,7 +53,6 @@ from typing import Final, NamedTuple
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from nightcore.audit import merkle
 from nightcore.errors import AuditError
@@ -148,7 +147,9 @@ def _check_name(name: object) -> str:
 
 
 def _raw_public(key: Ed25519PublicKey) -> bytes:
-    return key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+    # public_bytes(Encoding.Raw, PublicFormat.Raw), without importing cryptography's
+    # serialization package (and its SSH/RSA/EC modules) on every checkpoint.
+    return key.public_bytes_raw()
 
 
 def _decode_text(data: bytes, code: str, what: str) -> str:

@@ -337,7 +337,7 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     from nightcore.cli.main import _need_sub
     from nightcore.cli.main import _Parser as Parser
 
-    audit = add("audit", _need_sub, "inspect, checkpoint, prove and verify the audit log")
+    audit = add("audit", _need_sub)
     asub = audit.add_subparsers(dest="audit_cmd", metavar="ACTION", parser_class=Parser)
     sp = add(
         "verify",

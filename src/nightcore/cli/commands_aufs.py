@@ -446,7 +446,7 @@ def _need_sub(args: argparse.Namespace) -> int:
 def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     from nightcore.cli.main import _Parser as Parser
 
-    aufs = add("aufs", _need_sub, "TUF-secured updates: repository tooling and node client")
+    aufs = add("aufs", _need_sub)
     asub = aufs.add_subparsers(dest="aufs_cmd", metavar="ACTION", parser_class=Parser)
 
     repo = add("repo", _need_sub, "maintain an AUFS repository (threshold-signed)", asub)

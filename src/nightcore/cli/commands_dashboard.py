@@ -147,7 +147,7 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         VERIFY_MODES,
     )
 
-    dash = add("dashboard", _need_sub, "the self-contained HTML report")
+    dash = add("dashboard", _need_sub)
     dsub = dash.add_subparsers(dest="dashboard_cmd", metavar="ACTION", parser_class=Parser)
     sp = add(
         "build",
@@ -176,7 +176,7 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         help=f"tenant rows shown, problems first (default {MAX_ROWS})",
     )
 
-    sp = add("serve", cmd_serve, "the live console: report views, JSON API, server-sent events")
+    sp = add("serve", cmd_serve)
     sp.add_argument("--host", default=DEFAULT_HOST, help=f"address (default {DEFAULT_HOST})")
     sp.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     sp.add_argument(

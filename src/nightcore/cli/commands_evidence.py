@@ -105,11 +105,11 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     from nightcore.cli.main import _need_sub
     from nightcore.cli.main import _Parser as Parser
 
-    sp = add("sbom", cmd_sbom, "write the node's CycloneDX SBOM (runtime + admitted tenants)")
+    sp = add("sbom", cmd_sbom)
     sp.add_argument("--out", default="sbom.cdx.json")
-    sp = add("replay", cmd_replay, "re-run a recorded run and compare it with its attestation")
+    sp = add("replay", cmd_replay)
     sp.add_argument("run_id")
-    proof = add("proof", _need_sub, "export and verify offline proof bundles")
+    proof = add("proof", _need_sub)
     psub = proof.add_subparsers(dest="proof_cmd", metavar="ACTION", parser_class=Parser)
     sp = add("export", cmd_proof_export, "export a signed proof bundle", psub)
     sp.add_argument("--out", required=True)
@@ -118,7 +118,7 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     sp = add("verify", _verify, "verify a bundle offline with only the node public key", psub)
     sp.add_argument("bundle")
     sp.add_argument("--key", required=True, help="the node's public key (node.pub.pem)")
-    forensics = add("forensics", _need_sub, "export an incident bundle for one tenant")
+    forensics = add("forensics", _need_sub)
     fsub = forensics.add_subparsers(dest="forensics_cmd", metavar="ACTION", parser_class=Parser)
     sp = add("export", cmd_forensics_export, "export a signed forensic bundle", fsub)
     sp.add_argument("--tenant", required=True)

@@ -190,7 +190,7 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     from nightcore.cli.main import _need_sub
     from nightcore.cli.main import _Parser as Parser
 
-    sp = add("run", cmd_run, "verify, admit and run tenants in bounded sandboxes")
+    sp = add("run", cmd_run)
     sp.add_argument("tenants", nargs="*")
     sp.add_argument(
         "--strongbox",
@@ -209,15 +209,15 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         default=None,
         help="worker threads (default: run.parallel in nightcore.toml)",
     )
-    sp = add("cordon", cmd_cordon, "stop a tenant from running (incident response)")
+    sp = add("cordon", cmd_cordon)
     sp.add_argument("tenant")
     sp.add_argument("--reason", required=True)
-    sp = add("uncordon", cmd_uncordon, "allow a cordoned tenant to run again")
+    sp = add("uncordon", cmd_uncordon)
     sp.add_argument("tenant")
     sp.add_argument("--reason", default="")
-    sp = add("runs", cmd_runs, "query run history (SQLite index)")
+    sp = add("runs", cmd_runs)
     sp.add_argument("--tenant")
     sp.add_argument("--limit", type=int, default=50)
-    state = add("state", _need_sub, "maintain derived state")
+    state = add("state", _need_sub)
     ssub = state.add_subparsers(dest="state_cmd", metavar="ACTION", parser_class=Parser)
     add("rebuild", cmd_state_rebuild, "rebuild the run index from the audit log", ssub)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (nightcore --help)
 if TYPE_CHECKING:
     from nightcore.workspace import Workspace
 

@@ -1,28 +1,31 @@
 """The ``nightcore`` command: parse, call one API function, render.
 
 Heavy modules (wasmtime, cryptography, rich) are imported inside the command that needs
-them, so ``nightcore --help`` starts in a few tens of milliseconds.
+them, and a command's parser is built only when it is invoked, so ``nightcore --help``
+starts in a few tens of milliseconds. This module imports no more than ``argparse`` and
+:mod:`nightcore.errors` itself (not even ``typing``, ``pathlib`` or ``json``).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
 
-from nightcore.cli.context import open_workspace as _ws
-from nightcore.cli.render import clean, error, info, print_json, print_table
 from nightcore.errors import NightCoreError, UsageError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing
+if TYPE_CHECKING:
+    import datetime as dt
+    from collections.abc import Callable, Sequence
+    from typing import Any
+
+    Handler = Callable[[argparse.Namespace], int]
+    Registrar = Callable[[Callable[..., argparse.ArgumentParser], Any], None]
 
 EXIT_OK = 0
 EXIT_FAILED = 1  # the command ran and something was denied or failed
 EXIT_ERROR = 2  # the command itself was refused (usage, bad input, broken state)
-
-Handler = Callable[[argparse.Namespace], int]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -31,6 +34,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parse_time(value: str) -> dt.datetime:
+    import datetime as dt
+
     try:
         t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -38,11 +43,20 @@ def _parse_time(value: str) -> dt.datetime:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
+def _ws(args: argparse.Namespace) -> Any:
+    from nightcore.cli.context import open_workspace
+
+    return open_workspace(args)
+
+
 # -- commands ------------------------------------------------------------------------------
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from nightcore import api
+    from nightcore.cli.render import info, print_json
 
     root = Path(args.dir or args.workspace or os.environ.get("NIGHTCORE_HOME") or ".")
     ws = api.init_workspace(root, name=args.name, fips=args.fips)
@@ -61,7 +75,10 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from nightcore import api
+    from nightcore.cli.render import info, print_json
     from nightcore.trust.keys import KEY_NAME_RE, passphrase_from_env_or_prompt
 
     if not KEY_NAME_RE.fullmatch(args.name):
@@ -84,7 +101,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_sign(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from nightcore import api
+    from nightcore.cli.render import info, print_json
 
     res = api.sign_tenant(Path(args.tenant_dir), args.key, fips=bool(args.fips))
     out = {
@@ -101,7 +121,10 @@ def cmd_sign(args: argparse.Namespace) -> int:
 
 
 def cmd_trust_add(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from nightcore import api
+    from nightcore.cli.render import info, print_json
 
     ws = _ws(args)
     tk = api.trust_add_key(
@@ -121,6 +144,7 @@ def cmd_trust_add(args: argparse.Namespace) -> int:
 
 def cmd_trust_list(args: argparse.Namespace) -> int:
     from nightcore import api
+    from nightcore.cli.render import print_json, print_table
 
     keys = api.trust_list(_ws(args))
     if args.json:
@@ -146,6 +170,7 @@ def cmd_trust_list(args: argparse.Namespace) -> int:
 
 def cmd_trust_remove(args: argparse.Namespace) -> int:
     from nightcore import api
+    from nightcore.cli.render import info, print_json
 
     kid = api.trust_remove_key(_ws(args), args.key_id)
     if args.json:
@@ -156,7 +181,10 @@ def cmd_trust_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_trust_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from nightcore import api
+    from nightcore.cli.render import info, print_json
 
     rl = api.import_revocations(_ws(args), Path(args.file))
     if args.json:
@@ -168,6 +196,7 @@ def cmd_trust_import(args: argparse.Namespace) -> int:
 
 def cmd_revoke(args: argparse.Namespace) -> int:
     from nightcore import api
+    from nightcore.cli.render import info, print_json
 
     rl = api.revoke(
         _ws(args), kind=args.kind, subject=args.subject, key=args.key, reason=args.reason
@@ -181,6 +210,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from nightcore import api
+    from nightcore.cli.render import print_json, print_table
 
     decisions = api.verify_tenants(_ws(args), args.tenants or None)
     if args.json:
@@ -197,6 +227,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from nightcore import doctor
+    from nightcore.cli.render import print_json, print_table
 
     ws = None
     try:
@@ -217,6 +248,70 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 # -- parser --------------------------------------------------------------------------------
+
+
+class _Discard:
+    """Stands in for the parser of a command that is not being built: swallows its set-up
+    (``add_argument``, ``add_subparsers``, ``set_defaults`` ...)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return self._swallow
+
+    def _swallow(self, *_args: Any, **_kwargs: Any) -> Any:
+        return self
+
+
+_DISCARD: Any = _Discard()
+
+if TYPE_CHECKING:
+    _SubParsers = argparse._SubParsersAction[argparse.ArgumentParser]
+else:
+    _SubParsers = argparse._SubParsersAction
+
+
+class _Commands(_SubParsers):
+    """The top-level COMMAND argument, whose parsers are built only when invoked.
+
+    ``nightcore run`` imports one command module and builds the parser of ``run`` alone, not
+    those of all ~60 commands and actions (that cost ~15 ms of every cold start). The command
+    list in ``--help`` and the "invalid choice" error need only each command's name and help
+    line (``_COMMANDS``, in the same order), so argparse prints exactly what it would print
+    with every parser built.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._builders: dict[str, Callable[[str], None]] = {}
+
+    def add_lazy(self, name: str, help_: str, build: Callable[[str], None]) -> None:
+        self._choices_actions.append(self._ChoicesPseudoAction(name, (), help_))
+        self._name_parser_map[name] = _DISCARD  # replaced by the real parser in build()
+        self._builders[name] = build
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if name not in self._builders:
+            return super().add_parser(name, **kwargs)
+        # Building a registered command: what add_parser does, minus the second help line.
+        kwargs.pop("help", None)
+        if kwargs.get("prog") is None:
+            kwargs["prog"] = f"{self._prog_prefix} {name}"
+        parser = self._parser_class(**kwargs)
+        self._name_parser_map[name] = parser
+        return parser
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        name = values[0]
+        build = self._builders.get(name)
+        if build is not None:
+            build(name)
+            del self._builders[name]
+        super().__call__(parser, namespace, values, option_string)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,28 +339,89 @@ def build_parser() -> argparse.ArgumentParser:
         "with tamper-evident evidence of every decision.",
     )
     p.add_argument("--version", action="version", version="nightcore 0.1.0")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(
+        dest="command", metavar="COMMAND", parser_class=_Parser, action=_Commands
+    )
+    assert isinstance(sub, _Commands)
 
-    def add(name: str, handler: Handler, help_: str, parent: Any = sub) -> argparse.ArgumentParser:
-        sp: argparse.ArgumentParser = parent.add_parser(
-            name, help=help_, parents=[common], description=help_
-        )
-        sp.set_defaults(handler=handler)
-        return sp
+    def build(name: str) -> None:
+        """Build the parser of top-level command ``name``: its module's ``register(add, sub)``
+        runs with an ``add`` that builds ``name`` and swallows the module's other commands."""
 
-    sp = add("init", cmd_init, "create a workspace (node policy, node key, directories)")
+        def add(n: str, handler: Handler, help_: str | None = None, parent: Any = sub) -> Any:
+            if parent is _DISCARD or (parent is sub and n != name):
+                return _DISCARD
+            if help_ is None:  # a top-level command: its help line is in _COMMANDS
+                help_ = _COMMANDS[n][1]
+            sp: argparse.ArgumentParser = parent.add_parser(
+                n, help=help_, parents=[common], description=help_
+            )
+            sp.set_defaults(handler=handler)
+            return sp
+
+        _registrar(_COMMANDS[name][0])(add, sub)
+
+    for name, (_, help_) in _COMMANDS.items():
+        sub.add_lazy(name, help_, build)
+    return p
+
+
+# Each layer registers its commands with ``register(add, sub)``, where
+# ``add(name, handler, help=None, parent=sub)`` returns the new command's parser. A top-level
+# command passes no help: its help line is here, in ``nightcore --help`` order, so that
+# listing needs no command module imported (tests/unit/test_cli_parser.py checks both agree).
+_CORE = "nightcore.cli.main:_register_core"
+_RUN = "nightcore.cli.commands_run:register"
+_AUDIT = "nightcore.cli.commands_audit:register"
+_EVIDENCE = "nightcore.cli.commands_evidence:register"
+_AUFS = "nightcore.cli.commands_aufs:register"
+_DASHBOARD = "nightcore.cli.commands_dashboard:register"
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "init": (_CORE, "create a workspace (node policy, node key, directories)"),
+    "keygen": (_CORE, "generate a signing key (Ed25519; ECDSA P-256 with --fips)"),
+    "sign": (_CORE, "sign a tenant directory's manifest and module"),
+    "trust": (_CORE, "manage trusted keys and revocation lists"),
+    "revoke": (_CORE, "revoke a key id or a module digest (maintainer-signed)"),
+    "verify": (_CORE, "verify tenants (signature, digest, manifest, policy)"),
+    "doctor": (_CORE, "report the environment: versions, FIPS backend, workspace"),
+    "run": (_RUN, "verify, admit and run tenants in bounded sandboxes"),
+    "cordon": (_RUN, "stop a tenant from running (incident response)"),
+    "uncordon": (_RUN, "allow a cordoned tenant to run again"),
+    "runs": (_RUN, "query run history (SQLite index)"),
+    "state": (_RUN, "maintain derived state"),
+    "audit": (_AUDIT, "inspect, checkpoint, prove and verify the audit log"),
+    "sbom": (_EVIDENCE, "write the node's CycloneDX SBOM (runtime + admitted tenants)"),
+    "replay": (_EVIDENCE, "re-run a recorded run and compare it with its attestation"),
+    "proof": (_EVIDENCE, "export and verify offline proof bundles"),
+    "forensics": (_EVIDENCE, "export an incident bundle for one tenant"),
+    "aufs": (_AUFS, "TUF-secured updates: repository tooling and node client"),
+    "dashboard": (_DASHBOARD, "the self-contained HTML report"),
+    "serve": (_DASHBOARD, "the live console: report views, JSON API, server-sent events"),
+}
+
+
+def _registrar(ref: str) -> Registrar:
+    import importlib
+
+    module, _, func = ref.partition(":")
+    registrar: Registrar = getattr(importlib.import_module(module), func)
+    return registrar
+
+
+def _register_core(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
+    sp = add("init", cmd_init)
     sp.add_argument("dir", nargs="?")
     sp.add_argument("--name", default="node", help="node name")
 
-    sp = add("keygen", cmd_keygen, "generate a signing key (Ed25519; ECDSA P-256 with --fips)")
+    sp = add("keygen", cmd_keygen)
     sp.add_argument("--name", required=True)
     sp.add_argument("--out", default=".", help="directory for NAME.key and NAME.pub.pem")
 
-    sp = add("sign", cmd_sign, "sign a tenant directory's manifest and module")
+    sp = add("sign", cmd_sign)
     sp.add_argument("tenant_dir")
     sp.add_argument("--key", required=True, help="private key file or private-key URI")
 
-    trust = add("trust", _need_sub, "manage trusted keys and revocation lists")
+    trust = add("trust", _need_sub)
     tsub = trust.add_subparsers(dest="trust_cmd", metavar="ACTION", parser_class=_Parser)
     sp = add("add-key", cmd_trust_add, "trust a public key for tenants matching a scope", tsub)
     sp.add_argument("pubkey")
@@ -284,36 +440,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("file")
 
-    sp = add("revoke", cmd_revoke, "revoke a key id or a module digest (maintainer-signed)")
+    sp = add("revoke", cmd_revoke)
     sp.add_argument("kind", choices=["key", "module"])
     sp.add_argument("subject", help="key id (64 hex) or module sha256 (64 hex)")
     sp.add_argument("--key", required=True, help="maintainer private key file or URI")
     sp.add_argument("--reason", required=True)
 
-    sp = add("verify", cmd_verify, "verify tenants (signature, digest, manifest, policy)")
+    sp = add("verify", cmd_verify)
     sp.add_argument("tenants", nargs="*")
 
-    add("doctor", cmd_doctor, "report the environment: versions, FIPS backend, workspace")
-
-    _register_extensions(add, sub)
-    return p
-
-
-def _register_extensions(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
-    """Commands of later layers (run path, audit tree) register here."""
-    from nightcore.cli import (
-        commands_audit,
-        commands_aufs,
-        commands_dashboard,
-        commands_evidence,
-        commands_run,
-    )
-
-    commands_run.register(add, sub)
-    commands_audit.register(add, sub)
-    commands_evidence.register(add, sub)
-    commands_aufs.register(add, sub)
-    commands_dashboard.register(add, sub)
+    add("doctor", cmd_doctor)
 
 
 def _need_sub(args: argparse.Namespace) -> int:
@@ -333,14 +469,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_ERROR
         return handler(args)
     except NightCoreError as exc:
+        from nightcore.cli.render import clean, error, print_json
+
         if getattr(args if "args" in locals() else None, "json", False):
             print_json({"ok": False, "code": exc.code, "error": clean(exc.message, 400)})
         error(exc.code, exc.message)
         return EXIT_ERROR
     except OSError as exc:
+        from nightcore.cli.render import error
+
         error("IO_ERROR", f"{exc.strerror or exc}: {exc.filename or ''}")
         return EXIT_ERROR
     except KeyboardInterrupt:
+        from nightcore.cli.render import error
+
         error("INTERRUPTED", "interrupted")
         return 130
     except BrokenPipeError:

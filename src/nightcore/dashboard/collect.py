@@ -20,7 +20,6 @@ import sqlite3
 import tomllib
 from collections import Counter
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -430,11 +429,11 @@ def parse_since(value: str) -> Boundary:
 
 
 def versions() -> dict[str, str]:
+    from nightcore.versions import installed_version
+
     def v(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "not installed"
+        # importlib.metadata.version(), without its ~20 ms import on every report refresh.
+        return installed_version(dist) or "not installed"
 
     return {
         "nightcore": v("nightcore"),
@@ -841,6 +840,10 @@ def _version_of(entry: object) -> str:
 
 def aufs_view(ws: Workspace) -> AufsView:
     """TUF metadata versions and installed versions, if this node uses AUFS (read-only)."""
+    if not (ws.state_dir / "aufs" / "metadata" / "root.json").exists():
+        # is_initialized(NodePaths(ws).metadata), without importing the AUFS layer on every
+        # report refresh of a node that does not use it.
+        return AufsView("not configured")
     try:
         from nightcore.aufs.state import NodePaths, is_initialized, load_state, trusted_versions
     except ImportError:

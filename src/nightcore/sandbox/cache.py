@@ -31,7 +31,6 @@ import hashlib
 import hmac
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -203,6 +202,8 @@ class DiskModuleCache:
         key_raw = _check_key(key)
         final = self.path_for(key)
         tag = self._tag(key_raw, artifact)
+        import tempfile  # only on a cache miss: a warm `nightcore run` never writes here
+
         fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=self._dir)
         try:
             with os.fdopen(fd, "wb") as f:

@@ -153,9 +153,23 @@ def passphrase_from_env_or_prompt(env: str = PASSPHRASE_ENV, *, confirm: bool = 
     return first.encode()
 
 
-def _load_private(path: Path, passphrase: bytes | None) -> Any:
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+def _pem_private_key_loader() -> Any:
+    """``cryptography``'s ``load_pem_private_key``, without importing its ``serialization``
+    package: that package also imports the SSH, RSA, DSA and EC modules (~10 ms of every cold
+    ``nightcore run``, whose node key is usually Ed25519). ``serialization.load_pem_private_key``
+    *is* this Rust function (``serialization/base.py``); the public import is the fallback."""
+    try:
+        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
 
+        return rust_openssl.keys.load_pem_private_key
+    except (ImportError, AttributeError):  # pragma: no cover - another cryptography layout
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        return load_pem_private_key
+
+
+def _load_private(path: Path, passphrase: bytes | None) -> Any:
+    load_pem_private_key = _pem_private_key_loader()
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -252,11 +266,18 @@ class FileSigner:
     """
 
     def __init__(self, private: Any) -> None:
-        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
 
         from nightcore.trust.pubkey import PublicKey
 
         self._private = private
+        if isinstance(private, ed25519.Ed25519PrivateKey):
+            # What PublicKey.from_pem makes of this key's PEM, without the serialization import.
+            raw = private.public_key().public_bytes_raw()
+            self.public_key = PublicKey.from_fields(ED25519, ED25519, raw.hex())
+            return
+        from cryptography.hazmat.primitives import serialization
+
         pem = private.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -267,11 +288,11 @@ class FileSigner:
         return self.public_key.keyid
 
     def sign(self, data: bytes) -> bytes:
+        if self.public_key.scheme == "ed25519":
+            return bytes(self._private.sign(data))
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
 
-        if self.public_key.scheme == "ed25519":
-            return bytes(self._private.sign(data))
         algo = hashes.SHA256() if self.public_key.scheme.endswith("256") else hashes.SHA384()
         return bytes(self._private.sign(data, ec.ECDSA(algo)))
 
