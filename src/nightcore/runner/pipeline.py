@@ -11,12 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,9 +141,15 @@ def _start_event(tr: TenantRun, cfg: RunConfig) -> Event:
     return Event("run_start", {"run_id": tr.run_id, "module_sha256": cfg.module_sha256}, cfg.tenant)
 
 
+def _random_seed() -> int:
+    import secrets
+
+    return secrets.randbits(53)
+
+
 def new_run_id(tenant: str) -> str:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
-    return f"{stamp}-{tenant}-{secrets.token_hex(4)}"
+    return f"{stamp}-{tenant}-{os.urandom(4).hex()}"  # secrets.token_hex(4)
 
 
 def _write_output(path: Path, data: bytes) -> None:
@@ -355,7 +359,7 @@ class Runner:
                 limits=limits,
                 deterministic=m.deterministic,
                 # 53 bits: the seed is logged as a JSON integer, exact below 2**53.
-                seed=secrets.randbits(53) if m.deterministic else 0,
+                seed=_random_seed() if m.deterministic else 0,
             )
             events.append(
                 Event(
@@ -398,6 +402,8 @@ class Runner:
             if workers == 1:
                 self._work(sandbox, schedule, progress)
             else:
+                from concurrent.futures import ThreadPoolExecutor
+
                 with ThreadPoolExecutor(
                     max_workers=workers, thread_name_prefix="nightcore-run"
                 ) as pool:
@@ -433,6 +439,8 @@ class Runner:
         if cp is None:
             return
         report.checkpoint = {"size": cp.size, "root": cp.root.hex()}
+        if not self.ws.config.has_mirrors:
+            return
         from nightcore.audit.mirror import mirrors, sync_all
 
         if mirrors(self.ws):
