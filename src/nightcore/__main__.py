@@ -1,5 +1,3 @@
-import sys
+from nightcore.cli.main import run
 
-from nightcore.cli.main import main
-
-sys.exit(main())
+run()

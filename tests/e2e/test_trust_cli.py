@@ -394,6 +394,36 @@ def test_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     assert res.code == 2 and res.err.startswith("error[USAGE]")
 
 
+def test_the_console_command_flushes_everything_and_keeps_exit_codes(env: Env) -> None:
+    """`nightcore` exits without interpreter teardown (cli.main.run): piped output must still
+    arrive whole, exit codes must be main()'s, and a closed pipe must not print a traceback."""
+    import subprocess
+    import sys
+
+    for i in range(40):
+        env.add_tenant(f"hello-{i:02d}")
+    exe = Path(sys.executable).with_name("nightcore")
+    p = subprocess.run(
+        [str(exe), "-w", str(env.ws), "verify", "--json"], capture_output=True, timeout=120
+    )
+    assert p.returncode == 0 and len(json.loads(p.stdout)) == 40
+    (env.ws / "modules" / "hello-00" / "module.wasm").write_bytes(b"\0asm\1\0\0\0tampered")
+    res = run_cli_subprocess("-w", str(env.ws), "verify", "--json")
+    assert res.code == 1 and {r["code"] for r in json.loads(res.out)} == {"OK", "DIGEST_MISMATCH"}
+    for _ in range(4):  # > 64 KiB of audit lines: more than a pipe holds
+        env.cli("verify")
+    proc = subprocess.Popen(
+        [str(exe), "-w", str(env.ws), "audit", "show", "--json", "--limit", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()  # the reader goes away while the writer still has output
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) in (0, 2) and b"Traceback" not in err
+
+
 @pytest.mark.parametrize("subject", ["zz", "a" * 63, "g" * 64, "../" * 22])
 def test_revoke_refuses_malformed_subjects_before_asking_for_a_key(env: Env, subject: str) -> None:
     before = trust_snapshot(env)
