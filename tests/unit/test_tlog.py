@@ -560,17 +560,23 @@ def test_prove_and_entry_round_trip(tmp_path: Path) -> None:
     assert exc.value.code == "PROOF_INDEX_OUT_OF_RANGE"
 
 
-def test_latest_checkpoint_survives_a_crash_between_note_and_tail(tmp_path: Path) -> None:
+def test_latest_checkpoint_survives_a_crash_between_tail_and_note(tmp_path: Path) -> None:
+    """checkpoint() writes audit.tail, then checkpoints/<size>.note: a crash between them
+    leaves a tail without its note, which the next checkpoint() writes."""
     ws = api.init_workspace(tmp_path / "ws")
     t = TransparencyLog(ws)
-    first = t.checkpoint("one")
+    t.checkpoint("one")
     second = t.checkpoint("two")
-    (ws.state_dir / "audit" / "audit.tail").write_bytes(first.note)  # tail not yet replaced
+    kept = ws.state_dir / "audit" / "checkpoints" / f"{second.size}.note"
+    kept.unlink()  # the crash: the tail was replaced, the note not yet written
     latest = t.latest_checkpoint()
-    assert latest is not None and latest.size == second.size
-    (ws.state_dir / "audit" / "audit.tail").unlink()
-    latest = t.latest_checkpoint()
-    assert latest is not None and latest.size == second.size
+    assert latest is not None and latest.note == second.note
+    third = t.checkpoint("three")
+    assert kept.read_bytes() == second.note and third.size > second.size
+    (ws.state_dir / "audit" / "audit.tail").unlink()  # no tail: the largest note is latest
+    latest = TransparencyLog(ws).latest_checkpoint()
+    assert latest is not None and latest.note == third.note
+    assert verify_log(ws.state_dir / "audit", ws.node_pub_path.read_bytes()).ok
 
 
 def test_fips_node_schedules_but_cannot_sign(tmp_path: Path) -> None:

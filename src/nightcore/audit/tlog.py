@@ -1484,34 +1484,24 @@ class TransparencyLog:
     def _latest_locked(self) -> SignedCheckpoint | None:
         """The latest stored checkpoint, verified with the node key; None if there is none.
 
-        ``audit.tail``, unless a larger ``checkpoints/<size>.note`` exists (a crash between
-        writing the two) or the tail is missing.
+        ``audit.tail``: checkpoint() writes it before ``checkpoints/<size>.note``, so it is
+        never older than a note (a crash between the two leaves a tail without its note, which
+        the next checkpoint() writes). Only without a tail are the notes listed: a node signs
+        one per ``nightcore run``, so that directory grows without bound.
         """
-        sizes = []
-        if self.checkpoints_dir.is_dir():
-            sizes = [
-                int(m.group(1))
-                for p in self.checkpoints_dir.iterdir()
-                if (m := _NOTE_FILE.fullmatch(p.name))
-            ]
-        has_tail = self.tail_path.exists()
-        if not sizes and not has_tail:
-            return None
-        latest: SignedCheckpoint | None = None
-        if has_tail:
-            latest = self._open_stored(self.tail_path, TAIL_NAME)
-        if sizes and (latest is None or max(sizes) > latest.size):
-            label = f"{CHECKPOINTS_DIR}/{max(sizes)}.note"
-            latest = self._open_stored(self.dir / label, label)
-        return latest
-
-    def _tail_locked(self) -> SignedCheckpoint | None:
-        """``audit.tail`` only, verified: enough to decide whether a checkpoint is due. A tail
-        left behind by a crash only makes one due early; checkpoint() reads every note."""
         try:
             return self._open_stored(self.tail_path, TAIL_NAME)
         except FileNotFoundError:
-            return self._latest_locked()
+            pass
+        try:
+            names = os.listdir(self.checkpoints_dir)
+        except FileNotFoundError:
+            return None
+        sizes = [int(m.group(1)) for n in names if (m := _NOTE_FILE.fullmatch(n))]
+        if not sizes:
+            return None
+        label = f"{CHECKPOINTS_DIR}/{max(sizes)}.note"
+        return self._open_stored(self.dir / label, label)
 
     def latest_checkpoint(self) -> SignedCheckpoint | None:
         with self._mutex, _audit_lock(self.dir):
@@ -1553,13 +1543,17 @@ class TransparencyLog:
                 latest = self._latest_locked()
                 if latest is not None:
                     self._extends(latest)
+                    kept = self.checkpoints_dir / f"{latest.size}.note"
+                    if not kept.exists():  # a crash came between the tail and its note
+                        _atomic_write(kept, latest.note)
                     if latest.size == tree.size:
                         return latest
                 body = note.Checkpoint(origin, tree.size, tree.root()).body()
                 signed = note.sign_note(body, key_name, key)
                 cp = open_node_checkpoint(signed, key.public_key(), origin)
-                _atomic_write(self.checkpoints_dir / f"{cp.size}.note", signed)
+                # The tail first: it is what _latest_locked reads, and never older than a note.
                 _atomic_write(self.tail_path, signed)
+                _atomic_write(self.checkpoints_dir / f"{cp.size}.note", signed)
             # After signing and outside the lock: the event lands at seq >= cp.size.
             self.ws.audit().append(
                 CHECKPOINT_EVENT, {"size": cp.size, "root": cp.root.hex(), "reason": reason}
@@ -1577,7 +1571,7 @@ class TransparencyLog:
         with self._mutex:
             with _audit_lock(self.dir):
                 size = self._count_lines_locked()
-                latest = self._tail_locked()
+                latest = self._latest_locked()
             if size - (latest.size if latest is not None else 0) < every:
                 return None
             return self.checkpoint(f"every {every} entries")
