@@ -19,8 +19,9 @@ import pytest
 from nightcore.audit import merkle
 from nightcore.audit.log import ZERO_HASH
 from nightcore.canonical import canonical
-from nightcore.dashboard import build_report, collect
+from nightcore.dashboard import build_report, collect, render_page, scancache
 from nightcore.dashboard.assets import JS, SCRIPT_HASH, STYLE_HASH
+from nightcore.dashboard.collect import latest_checkpoint, new_scanner, parse_since, quick_verify
 from nightcore.dashboard.scan import AuditScanner
 from nightcore.dashboard.server import RateLimiter, create_app, is_loopback
 from nightcore.dashboard.text import clean
@@ -341,7 +342,13 @@ def test_worker_process_hashing_matches_in_process(env: Env) -> None:
     size = len(lines) - 4
 
     def scan(parallel: int | None) -> AuditScanner:
-        sc = AuditScanner(log, chain_from=size, merkle_sizes=[size], parallel_min_bytes=parallel)
+        sc = AuditScanner(
+            log,
+            chain_from=size,
+            merkle_sizes=[size],
+            parallel_min_bytes=parallel,
+            snapshot_at=size,
+        )
         sc.update()
         return sc
 
@@ -359,6 +366,99 @@ def test_worker_process_hashing_matches_in_process(env: Env) -> None:
         assert here.checkpoint_mismatch == worker.checkpoint_mismatch
         assert (here.checkpoint_mismatch is not None) == tamper
         assert here.tenants.keys() == worker.tenants.keys() and here.runs == worker.runs
+        # The state kept for the next refresh (taken before the tampered line) is the same.
+        assert here.snapshot is not None and here.snapshot["count"] == size
+        assert here.snapshot == worker.snapshot
+
+
+def _verdict(scanner: AuditScanner, cp: Any) -> dict[str, Any]:
+    return {k: v for k, v in quick_verify(scanner, cp).to_dict().items() if k != "at"}
+
+
+def _fresh_and_resumed(ws: Workspace, state: dict[str, Any]) -> tuple[AuditScanner, AuditScanner]:
+    cp, _ = latest_checkpoint(ws)
+    fresh, resumed = new_scanner(ws, "quick", cp), new_scanner(ws, "quick", cp)
+    fresh.update()
+    resumed.resume(state)
+    resumed.update()
+    return fresh, resumed
+
+
+def test_scan_state_resumes_only_over_the_same_bytes(env: Env) -> None:
+    env.add_tenant("hello")
+    ws = Workspace(env.ws)
+    run_tenants(ws)
+    cp, _ = latest_checkpoint(ws)
+    assert cp is not None and cp.verified
+    first = new_scanner(ws, "quick", cp)
+    first.update()
+    state = first.snapshot
+    assert state is not None and state["count"] == cp.size and state["hashed"] is not None
+    ws.audit().append("cordon", {"reason": "x"}, "hello")
+    for _ in range(3):
+        run_tenants(ws)  # each signs a checkpoint
+    fresh, resumed = _fresh_and_resumed(ws, state)
+    assert resumed.resumed_at == cp.size and fresh.resumed_at is None
+    for sc in (fresh, resumed):  # what a scan from line 0 computes, from the state on
+        assert sc.count == len(env.audit_lines()) and sc.chain_error is None
+    assert resumed.merkle_root() == fresh.merkle_root()
+    new_cp, _ = latest_checkpoint(ws)
+    assert new_cp is not None and new_cp.size > cp.size
+    assert resumed.root_at(new_cp.size) == fresh.root_at(new_cp.size) is not None
+    assert _verdict(resumed, new_cp) == _verdict(fresh, new_cp)
+    for attr in ("tenants", "runs", "events", "cordon_events", "event_counts", "run_outcomes"):
+        assert getattr(resumed, attr) == getattr(fresh, attr), attr
+    assert resumed.snapshot == fresh.snapshot is not None
+    # Not where a scan from line 0 would check more: the chain before the state's end, a
+    # Merkle size inside it, a --diff boundary, other parameters.
+    assert not AuditScanner(first.path, chain_from=cp.size - 1).resume(state)
+    assert not AuditScanner(first.path, merkle_sizes=[cp.size - 1]).resume(state)
+    assert not AuditScanner(first.path, chain=False, merkle=False).resume(dict(state, params=()))
+    assert not new_scanner(ws, "quick", new_cp, parse_since("1")).resume(state)
+    # History rewritten under the state (and re-chained): scanned from line 0 again, and the
+    # signed checkpoint catches it.
+    log = ws.state_dir / "audit" / "audit.jsonl"
+    recs = [json.loads(x) for x in log.read_bytes().splitlines()]
+    recs[1]["data"]["scope"] = "evil-*"
+    prev = ZERO_HASH
+    for rec in recs:
+        rec["prev"] = prev
+        prev = hashlib.sha256(canonical(rec)).hexdigest()
+    log.write_bytes(b"".join(canonical(r) + b"\n" for r in recs))
+    fresh, resumed = _fresh_and_resumed(ws, state)
+    assert resumed.resumed_at is None
+    v = quick_verify(resumed, new_cp)
+    assert not v.ok and v.code == "CHECKPOINT_ROOT_MISMATCH"
+    assert _verdict(resumed, new_cp) == _verdict(fresh, new_cp)
+
+
+def test_report_refreshes_from_the_saved_state_show_the_same(env: Env) -> None:
+    env.add_tenant("hello")
+    env.add_tenant("other")
+    ws = Workspace(env.ws)
+    saved = env.ws / "private" / scancache.STATE_NAME
+    for i in range(12):
+        run_tenants(ws, None if i % 3 else ["hello"])
+        if i == 5:
+            ws.audit().append("cordon", {"reason": XSS}, "other")
+        s = collect(ws, verify="quick")  # resumes from the state the previous one saved
+        assert saved.exists() and stat.S_IMODE(saved.stat().st_mode) == 0o600
+        state = saved.read_bytes()
+        saved.unlink()
+        t = collect(ws, verify="quick")  # from line 0
+        t.generated, t.audit.verify.at = s.generated, s.audit.verify.at
+        assert render_page(s) == render_page(t)
+        assert s.audit.verify.ok and t.audit.verify.ok
+        saved.write_bytes(state)
+    loaded = scancache.load(ws)
+    assert loaded is not None and loaded["count"] > 40
+    # Anything but an intact state written with this node's secret is ignored.
+    saved.write_bytes(state[:-1] + bytes([state[-1] ^ 1]))
+    assert scancache.load(ws) is None
+    saved.write_bytes(state)
+    (env.ws / "private" / "cache.secret").write_bytes(b"another node's secret, 32 bytes!")
+    assert scancache.load(ws) is None
+    assert collect(ws, verify="quick").audit.verify.ok  # and rescanned from line 0
 
 
 def test_clean_strips_terminal_and_bidi_controls() -> None:

@@ -155,7 +155,7 @@ def line_chart(
         if len(pts) > 1:
             out.append(f'<polyline points="{coords}"/>')
         for t, v, code in pts:
-            tip = f"{name} · {t.strftime('%Y-%m-%d %H:%M:%SZ')} · {fmt_value(v)} · {code}"
+            tip = f"{name} · {text.stamp(t)} · {fmt_value(v)} · {code}"
             bad = " fail" if code_class(code) == "bad" else ""
             out.append(
                 f'<circle class="pt{bad}" cx="{_f(x(t))}" cy="{_f(y(v))}" r="3.5">'
@@ -205,7 +205,7 @@ def timeline(runs: Sequence[RunView], *, width: int = 1100) -> Markup:
         if lane is None:
             continue
         yy = top_m + lane_h * lane + lane_h / 2
-        tip = f"{r.tenant} · {r.code} · {t.strftime('%Y-%m-%d %H:%M:%SZ')}"
+        tip = f"{r.tenant} · {r.code} · {text.stamp(t)}"
         if r.wall_ms is not None:
             tip += f" · {text.millis(r.wall_ms)}"
         out.append(

@@ -50,6 +50,8 @@ RUN_ID_RE = re.compile(r"[0-9]{8}T[0-9]{12}-[a-z0-9][a-z0-9._-]{0,62}-[0-9a-f]{8
 TENANT_ID_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 OUTPUT_PREVIEW_BYTES = 4096
 MANIFEST_CAP = 64 * 1024
+# The scan state is saved for the next refresh once it gets this many lines further.
+STATE_SAVE_LINES = 64
 
 
 def _int(v: object) -> int | None:
@@ -562,6 +564,8 @@ def _summary(data: dict[str, Any], limit: int = 240) -> str:
             shown = "{…}" if v else "{}"
         elif isinstance(v, list):
             shown = "[…]" if v else "[]"
+        elif type(v) is int:
+            shown = str(v)  # what json.dumps gives, without its encoder set-up
         else:
             shown = json.dumps(v)
         parts.append(f"{k}={shown}")
@@ -979,6 +983,24 @@ def quick_verify(scanner: AuditScanner, cp: CheckpointView | None) -> VerifyView
 # -- collect ---------------------------------------------------------------------------------
 
 
+def _keep_state(ws: Workspace, scanner: AuditScanner) -> None:
+    """Save the scan's snapshot for the next refresh (see :mod:`nightcore.dashboard.scancache`)
+    once it is :data:`STATE_SAVE_LINES` further than the one it started from: until then,
+    re-reading those few lines costs less than writing the state after every run."""
+    snap = scanner.snapshot
+    if snap is None:
+        return
+    if scanner.resumed_at is not None:
+        hashed, was_hashed = snap["hashed"] is not None, scanner.resumed_hashed
+        if was_hashed and not hashed:
+            return  # a `none`/`full` refresh would leave the next quick check a whole log
+        if hashed == was_hashed and snap["count"] - scanner.resumed_at < STATE_SAVE_LINES:
+            return
+    from nightcore.dashboard import scancache
+
+    scancache.save(ws, snap)
+
+
 def new_scanner(
     ws: Workspace,
     mode: str,
@@ -996,6 +1018,7 @@ def new_scanner(
         merkle_sizes=[start] if start else [],
         since=since,
         recent_runs=max(recent_runs, 1),
+        snapshot_at=start if start and since is None else None,
     )
 
 
@@ -1029,8 +1052,15 @@ def collect(
     cp, cp_error = checkpoint if checkpoint is not None else latest_checkpoint(ws)
     since = parse_since(diff_since) if diff_since is not None else None
     mode = resolve_mode(ws, verify) if scanner is None else "quick"
+    one_shot = scanner is None
     if scanner is None:
         scanner = new_scanner(ws, mode, cp, since, recent_runs)
+        if scanner.snapshot_at is not None:
+            from nightcore.dashboard import scancache
+
+            state = scancache.load(ws)
+            if state is not None:
+                scanner.resume(state)
     scanner.update()
     if since is not None:
         if since.seq is not None and since.seq > scanner.count:
@@ -1054,6 +1084,8 @@ def collect(
             verify_view = VerifyView(mode="none", ok=None, entries=scanner.count, at=now_ts())
     if cp is not None:
         cp.behind = max(0, scanner.count - cp.size)
+    if one_shot and verify_view.ok is not False:
+        _keep_state(ws, scanner)
 
     # Tenants: every package directory with a valid name, and every tenant in the log.
     from nightcore.module.package import discover

@@ -39,6 +39,7 @@ EMPTY_ROOT = hashlib.sha256(b"").digest()
 DECISION_EVENTS = frozenset({b"verify", b"admit", b"admission_denied"})
 CORDON_EVENTS = frozenset({b"cordon", b"uncordon"})
 MAX_ROOTS = 4096
+STATE_FORMAT = 1  # of export(): bump on any change to what the scan keeps or how
 # A first read of at least this many bytes hashes in a worker process (2 SHA-256 per line hold
 # the GIL: lines are short), while this process classifies the same lines.
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
@@ -152,6 +153,20 @@ class Hasher:
         if ev.computed is not None and ev.computed != root and self.mismatch is None:
             self.mismatch = ev
 
+    def state_at(self, n: int) -> dict[str, Any] | None:
+        """What a later scan needs to go on from here, fed the first ``n`` lines (None after a
+        broken chain or a mismatched checkpoint event: such a log is always scanned whole).
+
+        Roots at sizes of ``n`` and above are left out: they only exist because this scan asked
+        for them (``sizes``), and a later scan asks for its own.
+        """
+        if self.chain_error is not None or self.mismatch is not None:
+            return None
+        return {
+            "stack": list(self.stack),
+            "roots": {k: v for k, v in self.roots.items() if k < n},
+        }
+
     # -- across a process boundary -------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
@@ -187,16 +202,41 @@ def _hash_worker_main() -> None:
         sizes=args["sizes"],
     )
     end, n, offset = int(args["end"]), 0, 0
+    snapshot_at = args.get("snapshot_at")
+    snapshot: dict[str, Any] | None = None
     with open(args["path"], "rb", buffering=1 << 20) as fh:
         for raw in fh:
             if offset >= end or raw[-1:] != b"\n":
                 break
+            if n == snapshot_at:
+                snapshot = _state_to_json(hasher.state_at(n))
             line = raw[:-1]
             ei = line.rfind(_EVENT)
             hasher.feed(line, n, ei >= 0 and line.startswith(b'checkpoint"', ei + 9))
             offset += len(raw)
             n += 1
-    sys.stdout.write(json.dumps({"count": n, "offset": offset, **hasher.to_json()}))
+    if n == snapshot_at:
+        snapshot = _state_to_json(hasher.state_at(n))
+    doc = {"count": n, "offset": offset, "snapshot": snapshot, **hasher.to_json()}
+    sys.stdout.write(json.dumps(doc))
+
+
+def _state_to_json(state: dict[str, Any] | None) -> dict[str, Any] | None:
+    if state is None:
+        return None
+    return {
+        "stack": [h.hex() for h in state["stack"]],
+        "roots": {str(k): v.hex() for k, v in state["roots"].items()},
+    }
+
+
+def _state_from_json(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    if doc is None:
+        return None
+    return {
+        "stack": [bytes.fromhex(h) for h in doc["stack"]],
+        "roots": {int(k): bytes.fromhex(v) for k, v in doc["roots"].items()},
+    }
 
 
 class AuditScanner:
@@ -213,6 +253,7 @@ class AuditScanner:
         merkle_sizes: Iterable[int] = (),
         chain_from: int = 0,
         parallel_min_bytes: int | None = PARALLEL_MIN_BYTES,
+        snapshot_at: int | None = None,
     ) -> None:
         self.path = path
         self.chain = chain
@@ -226,6 +267,12 @@ class AuditScanner:
         self.parallel_min_bytes = parallel_min_bytes
         self.resets = 0
         self.used_worker = False
+        # Between processes (see :meth:`export` and :meth:`resume`): the state after the first
+        # ``snapshot_at`` lines, and the state this scan started from.
+        self.snapshot_at = snapshot_at
+        self._pending: dict[str, Any] | None = None
+        self.resumed_at: int | None = None
+        self.resumed_hashed = False
         self._reset()
 
     # -- state -------------------------------------------------------------------------
@@ -259,6 +306,9 @@ class AuditScanner:
         # For callers that keep the scanner (the live console): views built from a tenant's
         # (decision, outcome) lines, reused while those lines are unchanged.
         self.view_cache: dict[bytes, tuple[Any, Any, int, Any]] = {}
+        self.snapshot: dict[str, Any] | None = None
+        # SHA-256 of the bytes consumed so far, while a snapshot is still to be taken.
+        self._digest: Any = hashlib.sha256() if self.snapshot_at is not None else None
 
     @property
     def size(self) -> int:
@@ -309,10 +359,14 @@ class AuditScanner:
                 self._reset()
                 self.resets += 1
             self._ino = st.st_ino
+            before = self.count
+            if self._pending is not None:
+                state, self._pending = self._pending, None
+                if self.offset == 0 and self._prefix_matches(fh, st.st_size, state):
+                    self._apply(state)
             if st.st_size == self.offset:
                 self.torn_bytes = 0
-                return False
-            before = self.count
+                return self.count != before
             if (
                 self.offset == 0
                 and self.hasher is not None
@@ -321,8 +375,117 @@ class AuditScanner:
             ):
                 self._consume_with_worker(fh, st.st_size)
             fh.seek(self.offset)
-            self._consume(fh)
+            self._consume_split(fh)
             return self.count != before
+
+    # -- between processes ---------------------------------------------------------------
+
+    def _params(self) -> tuple[int, ...]:
+        return (STATE_FORMAT, self._recent_runs, self._recent_events, self._keep, MAX_ROOTS)
+
+    def export(self) -> dict[str, Any] | None:
+        """The scan state after the lines consumed so far, as plain values (see :meth:`resume`);
+        None if the hash checks found a problem there."""
+        hashed: dict[str, Any] | None = None
+        if self.hasher is not None:
+            hashed = self.hasher.state_at(self.count)
+            if hashed is None:
+                return None
+        return {
+            "params": self._params(),
+            "count": self.count,
+            "offset": self.offset,
+            "last_line": self.last_line,
+            "hashed": hashed,
+            "checkpoint_event_count": self.checkpoint_event_count,
+            "tenants": {k: list(v) for k, v in self.tenants.items()},
+            "invalid": list(self.invalid),
+            "cordon_events": list(self.cordon_events),
+            "runs": list(self.runs),
+            "events": list(self.events),
+            "event_counts": dict(self.event_counts),
+            "run_outcomes": self.run_outcomes,
+        }
+
+    def resume(self, state: dict[str, Any]) -> bool:
+        """Start from ``state`` (a :attr:`snapshot` of an earlier scan of this log, with the
+        SHA-256 of the bytes it had consumed) instead of from line 0.
+
+        Accepted only where it is exactly what this scan would compute itself: same parameters,
+        no ``--diff`` boundary, and the hash checks asked for start at or after its end (the
+        chain from ``chain_from``, the Merkle roots at ``merkle_sizes``; the Merkle tree of its
+        lines is in the state). The first :meth:`update` re-hashes that many bytes of the file
+        and starts from line 0 unless they are the same bytes.
+        """
+        n = state.get("count")
+        if (
+            self.offset
+            or self.since is not None
+            or state.get("params") != self._params()
+            or not isinstance(n, int)
+            or not isinstance(state.get("digest"), bytes)
+            or (self.snapshot_at is not None and self.snapshot_at < n)
+        ):
+            return False
+        if self.hasher is not None and (
+            state.get("hashed") is None
+            or (self.chain and self.chain_from < n)
+            or any(size < n for size in self.merkle_sizes)
+        ):
+            return False
+        self._pending = state
+        return True
+
+    def _prefix_matches(self, fh: IO[bytes], size: int, state: dict[str, Any]) -> bool:
+        end = state["offset"]
+        if not isinstance(end, int) or end > size:
+            return False
+        digest = _prefix_digest(fh.fileno(), end)
+        if digest is None:
+            return False
+        if digest.digest() != state["digest"]:
+            return False
+        if self._digest is not None:
+            self._digest = digest  # goes on over the lines consumed next
+        return True
+
+    def _apply(self, state: dict[str, Any]) -> None:
+        n = state["count"]
+        self.count, self.offset, self.last_line = n, state["offset"], state["last_line"]
+        self.checkpoint_event_count = state["checkpoint_event_count"]
+        self.tenants = state["tenants"]
+        self.invalid.extend(state["invalid"])
+        self.cordon_events.extend(state["cordon_events"])
+        self.runs.extend(state["runs"])
+        self.events.extend(state["events"])
+        self.event_counts = state["event_counts"]
+        self.run_outcomes = state["run_outcomes"]
+        hasher = self.hasher
+        if hasher is not None:
+            hashed = state["hashed"]
+            hasher.stack = list(hashed["stack"])
+            hasher.roots = dict(hashed["roots"])
+            if n in hasher.sizes:  # a scan from line 0 stores it after line n - 1
+                hasher.roots[n] = _fold(hasher.stack)
+            hasher.head = hashlib.sha256(self.last_line).hexdigest().encode() if n else ZERO_HEX
+        self.resumed_at = n
+        self.resumed_hashed = state["hashed"] is not None
+
+    def _consume_split(self, fh: IO[bytes], limit: int | None = None) -> None:
+        """:meth:`_consume`, taking the :attr:`snapshot` after ``snapshot_at`` lines."""
+        at = self.snapshot_at
+        if at is None or self._digest is None or self.count > at:
+            self._consume(fh, limit)
+            return
+        if self.count < at:
+            self._consume(fh, limit, stop=at, digest=self._digest)
+            if self.count < at:
+                return
+        snapshot = self.export()
+        if snapshot is not None:
+            snapshot["digest"] = self._digest.digest()
+        self.snapshot, self._digest = snapshot, None
+        self._consume(fh, limit)
 
     def _consume_with_worker(self, fh: IO[bytes], size: int) -> None:
         """A big first read: classify here while a worker process hashes the same bytes."""
@@ -341,6 +504,7 @@ class AuditScanner:
             "merkle": hasher.merkle,
             "chain_from": hasher.chain_from,
             "sizes": sorted(hasher.sizes),
+            "snapshot_at": self.snapshot_at if self._digest is not None else None,
         }
         try:
             proc = subprocess.Popen(
@@ -355,9 +519,10 @@ class AuditScanner:
         proc.stdin.write(json.dumps(args).encode() + b"\n")
         proc.stdin.close()
         self.hasher = None
+        snapshot_pending = self._digest is not None
         try:
             fh.seek(0)
-            self._consume(fh, limit=end)
+            self._consume_split(fh, limit=end)
         finally:
             self.hasher = hasher
             out = proc.stdout.read()
@@ -367,20 +532,29 @@ class AuditScanner:
             doc = json.loads(out) if proc.returncode == 0 else None
         except ValueError:
             doc = None
+        # The snapshot, if taken meanwhile, still needs the hashing state at its line.
+        snapshot = self.snapshot if snapshot_pending and self._digest is None else None
         if doc is not None and doc.get("count") == self.count and doc.get("offset") == end:
             hasher.adopt(doc)
             self.used_worker = True
-            return
-        # The worker failed: hash the same lines here.
-        fh.seek(0)
-        offset = 0
-        for n, raw in enumerate(fh):
-            if offset >= end:
-                break
-            line = raw[:-1]
-            ei = line.rfind(_EVENT)
-            hasher.feed(line, n, ei >= 0 and line.startswith(b'checkpoint"', ei + 9))
-            offset += len(raw)
+            if snapshot is not None:
+                snapshot["hashed"] = _state_from_json(doc.get("snapshot"))
+        else:  # the worker failed: hash the same lines here
+            fh.seek(0)
+            offset = 0
+            for n, raw in enumerate(fh):
+                if offset >= end:
+                    break
+                if snapshot is not None and n == snapshot["count"]:
+                    snapshot["hashed"] = hasher.state_at(n)
+                line = raw[:-1]
+                ei = line.rfind(_EVENT)
+                hasher.feed(line, n, ei >= 0 and line.startswith(b'checkpoint"', ei + 9))
+                offset += len(raw)
+            if snapshot is not None and self.count == snapshot["count"]:
+                snapshot["hashed"] = hasher.state_at(self.count)
+        if snapshot is not None and snapshot["hashed"] is None:
+            self.snapshot = None  # a hash check failed before its line: nothing to keep
 
     def _tail_ok(self, fh: IO[bytes]) -> bool:
         n = len(self.last_line) + 1
@@ -408,7 +582,9 @@ class AuditScanner:
             return False
         return line[i + 6 : line.find(b'"', i + 6)] > since.ts
 
-    def _consume(self, fh: IO[bytes], limit: int | None = None) -> None:
+    def _consume(
+        self, fh: IO[bytes], limit: int | None = None, stop: int | None = None, digest: Any = None
+    ) -> None:
         tenants = self.tenants
         counts = self.event_counts
         runs = self.runs
@@ -462,9 +638,13 @@ class AuditScanner:
                 self.checkpoint_event_count += 1
             if hasher is not None:
                 hasher.feed(line, n, ev == b"checkpoint")
+            if digest is not None:
+                digest.update(raw)
             offset += len(raw)
             n += 1
             last = line
+            if n == stop:
+                break
         self.count = n
         self.offset = offset
         self.last_line = last
@@ -483,6 +663,29 @@ class AuditScanner:
         ts = line[i + 6 : line.find(b'"', i + 6)] if i >= 0 else b""
         st = self.tenants[key] = [n, ts, None, None, 0]
         return st
+
+
+def _prefix_digest(fd: int, end: int) -> Any:
+    """SHA-256 of the first ``end`` bytes of ``fd`` (None if it has fewer), read through one
+    small buffer: fresh 1 MiB chunks cost more in page faults than the hashing."""
+    digest = hashlib.sha256()
+    buf = bytearray(1 << 16)
+    view = memoryview(buf)
+    preadv = getattr(os, "preadv", None)
+    pos = 0
+    while pos < end:
+        want = min(len(buf), end - pos)
+        if preadv is not None:
+            n = preadv(fd, [view[:want]], pos)
+        else:  # pragma: no cover - a platform without preadv
+            chunk = os.pread(fd, want, pos)
+            n = len(chunk)
+            view[:n] = chunk
+        if n <= 0:
+            return None
+        digest.update(view[:n])
+        pos += n
+    return digest
 
 
 def _whole_lines_end(fh: IO[bytes], size: int) -> int:

@@ -77,9 +77,17 @@ def parse_ts(value: object) -> dt.datetime | None:
     return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
+def stamp(t: dt.datetime) -> str:
+    """``t.strftime("%Y-%m-%d %H:%M:%SZ")`` (t's own fields), several times faster: the
+    report formats a few hundred of them."""
+    if t.year < 1000:  # strftime does not zero-pad such years
+        return t.strftime("%Y-%m-%d %H:%M:%SZ")
+    return t.isoformat(" ", "seconds")[:19] + "Z"
+
+
 def when(value: object) -> str:
     """Display form of an audit timestamp: ``2026-11-28 21:19:18Z``."""
     t = parse_ts(value)
     if t is None:
         return clean(value, 40) if value else "-"
-    return t.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return stamp(t.astimezone(dt.UTC))
