@@ -30,6 +30,12 @@ CREATE TABLE IF NOT EXISTS runs (
     audit_seq INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS runs_tenant ON runs (tenant, ts);
+-- Every listing is "most recent first" by audit seq (globally or per tenant); the report
+-- counts outcomes by code. Without these, each query sorts or scans the whole table
+-- (measured on 120,000 runs: 78 ms -> 0.2 ms per tenant, 53 ms -> 9 ms for the counts).
+CREATE INDEX IF NOT EXISTS runs_seq ON runs (audit_seq);
+CREATE INDEX IF NOT EXISTS runs_tenant_seq ON runs (tenant, audit_seq);
+CREATE INDEX IF NOT EXISTS runs_code ON runs (code, audit_seq);
 """
 
 COLUMNS = (
