@@ -36,7 +36,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     names = api.select_tenants(ws, args.tenants or None)
     progress_cb: Callable[[TenantRun], None] | None = None
     progress = None
-    if not args.json and len(names) > PROGRESS_THRESHOLD:
+    # A progress bar only for a person watching: in a pipe or log file it is noise.
+    if not args.json and len(names) > PROGRESS_THRESHOLD and sys.stderr.isatty():
         from rich.console import Console
         from rich.progress import Progress
 
