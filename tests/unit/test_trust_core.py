@@ -232,3 +232,100 @@ def test_canonical_fast_path_equals_rfc8785(value: Any) -> None:
             canonical(value)
         return
     assert canonical(value) == want
+
+
+# -- what one process remembers (docs/security.md) ------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(seed=st.binary(min_size=32, max_size=32))
+def test_ed25519_pem_fast_path_agrees_with_cryptography(seed: bytes) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    from nightcore.trust.pubkey import ed25519_raw_from_pem
+
+    pub = ed25519.Ed25519PrivateKey.from_private_bytes(seed).public_key()
+    pem = pub.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert ed25519_raw_from_pem(pem) == pub.public_bytes_raw()
+    assert PublicKey.from_pem(pem).keyval["public"] == pub.public_bytes_raw().hex()
+    ecdsa = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    assert ed25519_raw_from_pem(ecdsa) is None  # anything else takes cryptography's loader
+    assert PublicKey.from_pem(ecdsa).scheme == "ecdsa-sha2-nistp256"
+    lines = pem.splitlines()
+    for mangled in (
+        pem.replace(b"PUBLIC KEY", b"PRIVATE KEY"),
+        b"\n".join([lines[0], lines[1] + b"A", lines[2]]),  # 45 bytes of DER
+        b"\n".join([lines[0], lines[1][:-4] + b"!!!!", lines[2]]),  # not base64
+        b"\n".join([lines[0], lines[2]]),
+    ):
+        assert ed25519_raw_from_pem(mangled) is None
+        with pytest.raises(NightCoreError):
+            PublicKey.from_pem(mangled)
+
+
+def test_verification_memo_never_remembers_failures() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from nightcore.trust import pubkey
+
+    private = ed25519.Ed25519PrivateKey.generate()
+    key = PublicKey.from_fields("ed25519", "ed25519", private.public_key().public_bytes_raw().hex())
+    good = private.sign(b"message")
+    bad = bytes([good[0] ^ 1]) + good[1:]
+    assert not key.verify(bad, b"message")
+    assert key.verify(good, b"message")
+    assert key.verify(good, b"message")  # remembered: same key, signature and message
+    assert not key.verify(bad, b"message")
+    assert not key.verify(good, b"messagf")
+    other = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex()
+    assert not PublicKey.from_fields("ed25519", "ed25519", other).verify(good, b"message")
+    for i in range(pubkey._VERIFIED_MAX + 10):  # the memo is bounded and stays correct
+        assert key.verify(private.sign(b"%d" % i), b"%d" % i)
+    assert len(pubkey._VERIFIED) <= pubkey._VERIFIED_MAX
+    assert key.verify(good, b"message") and not key.verify(bad, b"message")
+
+
+def test_a_remembered_verification_does_not_survive_tampering(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same process verifies a package, then sees it tampered: every byte still counts."""
+    import base64
+
+    from nightcore import api
+    from nightcore.workspace import Workspace
+    from tests.conftest import HELLO_WAT, simple_manifest, wat_module, write_tenant
+
+    monkeypatch.setenv("NIGHTCORE_KEY_PASSPHRASE", "pw-for-tests-only")
+    ws = api.init_workspace(tmp_path / "ws")
+    key = api.keygen("pub", tmp_path / "keys", b"pw-for-tests-only")
+    api.trust_add_key(ws, key.public_path, scope="*")
+    d = write_tenant(ws.root, "hello", simple_manifest("hello"), wat_module(HELLO_WAT))
+    api.sign_tenant(d, str(key.private_path))
+    ws = Workspace(ws.root)
+
+    def code() -> str:
+        return api.verify_packages(ws, ["hello"])[0].decision.code
+
+    assert code() == "OK"
+    env_path = d / "module.intoto.dsse.json"
+    good = env_path.read_bytes()
+    doc = json.loads(good)
+    sig = bytearray(base64.b64decode(doc["signatures"][0]["sig"]))
+    sig[5] ^= 1
+    doc["signatures"][0]["sig"] = base64.b64encode(bytes(sig)).decode()
+    env_path.write_text(json.dumps(doc))
+    assert code() == "SIGNATURE_INVALID"
+    env_path.write_bytes(good)
+    assert code() == "OK"
+    (d / "manifest.toml").write_text(simple_manifest("hello", 'description = "changed"\n'))
+    assert code() == "MANIFEST_MISMATCH"
+    (d / "manifest.toml").write_text(simple_manifest("hello"))
+    (d / "module.wasm").write_bytes(wat_module(HELLO_WAT) + b"\0")
+    assert code() == "DIGEST_MISMATCH"
