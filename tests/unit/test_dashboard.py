@@ -42,6 +42,17 @@ HOSTILE_OUTPUT = (
 JS_URL_DESCRIPTION = 'see javascript:alert(1) and <a href=\\"javascript:alert(1)\\">click</a>'
 
 
+def rewrite_history(log: Path) -> None:
+    """Change line 1 of the audit log and re-chain every later line (a forger's rewrite)."""
+    recs = [json.loads(x) for x in log.read_bytes().splitlines()]
+    recs[1]["data"]["scope"] = "evil-*"
+    prev = ZERO_HASH
+    for rec in recs:
+        rec["prev"] = prev
+        prev = hashlib.sha256(canonical(rec)).hexdigest()
+    log.write_bytes(b"".join(canonical(r) + b"\n" for r in recs))
+
+
 def echo_module(payload: bytes) -> bytes:
     """A WASI module that writes ``payload`` to stdout."""
     data = "".join(f"\\{b:02x}" for b in payload)
@@ -256,15 +267,8 @@ def test_quick_check_catches_rewritten_history(env: Env) -> None:
     assert cp is not None and cp.verified and cp.size > 1
     log = env.ws / "state" / "audit" / "audit.jsonl"
     original = log.read_bytes()
-    lines = original.splitlines(keepends=True)
     # Rewrite history under the checkpoint *and* re-chain every later line.
-    recs = [json.loads(x) for x in lines]
-    recs[1]["data"]["scope"] = "evil-*"
-    prev = ZERO_HASH
-    for rec in recs:
-        rec["prev"] = prev
-        prev = hashlib.sha256(canonical(rec)).hexdigest()
-    log.write_bytes(b"".join(canonical(r) + b"\n" for r in recs))
+    rewrite_history(log)
     v = collect(ws, verify="quick").audit.verify
     assert not v.ok and v.code == "CHECKPOINT_ROOT_MISMATCH" and v.seq == cp.size
     assert collect(ws, verify="full").audit.verify.ok is False
@@ -417,14 +421,7 @@ def test_scan_state_resumes_only_over_the_same_bytes(env: Env) -> None:
     assert not new_scanner(ws, "quick", new_cp, parse_since("1")).resume(state)
     # History rewritten under the state (and re-chained): scanned from line 0 again, and the
     # signed checkpoint catches it.
-    log = ws.state_dir / "audit" / "audit.jsonl"
-    recs = [json.loads(x) for x in log.read_bytes().splitlines()]
-    recs[1]["data"]["scope"] = "evil-*"
-    prev = ZERO_HASH
-    for rec in recs:
-        rec["prev"] = prev
-        prev = hashlib.sha256(canonical(rec)).hexdigest()
-    log.write_bytes(b"".join(canonical(r) + b"\n" for r in recs))
+    rewrite_history(ws.state_dir / "audit" / "audit.jsonl")
     fresh, resumed = _fresh_and_resumed(ws, state)
     assert resumed.resumed_at is None
     v = quick_verify(resumed, new_cp)

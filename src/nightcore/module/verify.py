@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nightcore.canonical import parse_json
 from nightcore.errors import NightCoreError, TrustError
@@ -149,24 +150,26 @@ def _deny(code: str, reason: str, key_id: str = "") -> _Deny:
 # service running the same tenant again skips re-parsing what it already validated; the
 # signature over those bytes is still checked on every decision.
 _MEMO_MAX = 1024
+T = TypeVar("T")
 _statement_memo: dict[bytes, tuple[str, Manifest]] = {}
 _toml_memo: dict[bytes, Manifest] = {}
 
 
-def _remember(memo: dict[bytes, Any], key: bytes, value: Any) -> None:
-    if len(memo) >= _MEMO_MAX:
-        memo.clear()
-    memo[key] = value
+def _memoized(memo: dict[bytes, T], data: bytes, parse: Callable[[bytes], T]) -> T:
+    """``parse(data)``, remembered by the SHA-256 of ``data`` (exceptions are not)."""
+    key = hashlib.sha256(data).digest()
+    hit = memo.get(key)
+    if hit is None:
+        hit = parse(data)
+        if len(memo) >= _MEMO_MAX:
+            memo.clear()
+        memo[key] = hit
+    return hit
 
 
 def signed_manifest(payload: bytes) -> tuple[str, Manifest]:
     """(subject sha256, manifest) of a signed statement payload; raises _Deny."""
-    key = hashlib.sha256(payload).digest()
-    hit = _statement_memo.get(key)
-    if hit is None:
-        hit = _parse_statement(payload)
-        _remember(_statement_memo, key, hit)
-    return hit
+    return _memoized(_statement_memo, payload, _parse_statement)
 
 
 def _parse_statement(payload: bytes) -> tuple[str, Manifest]:
@@ -201,12 +204,7 @@ def _parse_statement(payload: bytes) -> tuple[str, Manifest]:
 
 def manifest_toml(data: bytes) -> Manifest:
     """parse_manifest_toml memoized by the exact bytes (Manifest is immutable)."""
-    key = hashlib.sha256(data).digest()
-    hit = _toml_memo.get(key)
-    if hit is None:
-        hit = parse_manifest_toml(data)
-        _remember(_toml_memo, key, hit)
-    return hit
+    return _memoized(_toml_memo, data, parse_manifest_toml)
 
 
 def _decide(
