@@ -691,6 +691,25 @@ def test_cordon_run_checkpoint_are_audited_with_the_token_id(
     assert int(res.headers["retry-after"]) >= 1
 
 
+def test_console_runs_reuse_one_warm_runner(console: tuple[TestClient, str, Env]) -> None:
+    client, token, env = console
+    state = client.app.state  # type: ignore[attr-defined]
+    codes = []
+    for _ in range(3):
+        res = client.post("/api/run", json={"tenants": ["hello"]}, headers=auth(token))
+        assert res.status_code == 200
+        codes.append(res.json()["runs"][0]["code"])
+        assert len(state.warm_runners) == 1
+    assert codes == ["OK"] * 3
+    runner = state.warm_runners[0]
+    assert runner._sandbox is not None  # engines and compiled modules kept between requests
+    runs = client.get("/api/runs?tenant=hello&limit=5").json()["runs"]
+    assert len(runs) == 3
+    state.close()
+    assert state.warm_runners == [] and runner._sandbox is None
+    assert env.cli("audit", "verify").code == 0
+
+
 def test_openapi_schema_is_valid_and_complete(console: tuple[TestClient, str, Env]) -> None:
     client, _, _ = console
     doc = client.get("/openapi.json").json()

@@ -288,6 +288,10 @@ def create_app(
     limiter = RateLimiter(rate_limit, rate_window)
     failures = RateLimiter(FAILED_AUTH_LIMIT, 60.0)
     run_lock = threading.Lock()
+    # One Runner for the console's lifetime (created on the first run, used under run_lock):
+    # engines, compiled modules, memoized verifications and the run index stay warm, so a
+    # service that runs tenants through POST /api/run pays no cold start per run.
+    warm: list[Any] = []
     from nightcore.dashboard.collect import versions
 
     api_version = versions()["nightcore"]
@@ -539,13 +543,15 @@ def create_app(
         try:
 
             def execute() -> dict[str, Any]:
-                from nightcore.runner.pipeline import run_tenants
+                from nightcore.runner.pipeline import Runner
 
                 ws.audit().append(
                     "console_action",
                     {"action": "run", "actor": f"token:{rec.id}", "tenants": names or []},
                 )
-                report = run_tenants(ws, names or None)
+                if not warm:
+                    warm.append(Runner(ws))
+                report = warm[0].run(names or None)
                 return {
                     "ok": report.ok,
                     "runs": [r.to_dict() for r in report.runs],
@@ -582,8 +588,16 @@ def create_app(
         Route("/api/tenants/{tenant}/uncordon", guarded(uncordon_tenant), methods=["POST"]),
         Route("/api/run", guarded(run_now), methods=["POST"]),
     ]
+
+    def close() -> None:
+        with run_lock:
+            while warm:
+                warm.pop().close()
+
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.live = state
+    app.state.warm_runners = warm
+    app.state.close = close  # the server calls it once it has stopped
     app.add_middleware(SecurityMiddleware, allowed_hosts=allowed_hosts, scheme=scheme, log=log)
     return app
 
@@ -689,6 +703,7 @@ def serve(
         if main:
             signal.signal(signal.SIGTERM, previous)
         sock.close()
+        app.state.close()
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -720,6 +735,7 @@ class ServerThread:
         self.server.should_exit = True
         self._thread.join(10)
         self.sock.close()
+        self.app.state.close()
 
     def __enter__(self) -> ServerThread:
         return self.start()
