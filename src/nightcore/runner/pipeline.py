@@ -153,15 +153,21 @@ def new_run_id(tenant: str) -> str:
 
 
 def _write_output(path: Path, data: bytes) -> None:
-    # Not fsync'd: the durable record of a run is its run_outcome audit line, which carries
-    # these files' SHA-256. A crash can lose an output file, never the evidence of what it was.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
+    """Write a run's file whole or not at all: a temporary name, then a rename.
+
+    Not fsync'd: the durable record of a run is its run_outcome audit line, which carries
+    these files' SHA-256. A crash can lose an output file, never the evidence of what it was;
+    and a killed process never leaves a torn one (tests/fault/test_run_kill.py).
+    """
+    tmp = path.with_name(f".{path.name}.part")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
+    os.rename(tmp, path)
 
 
 @dataclass
