@@ -475,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print_json({"ok": False, "code": exc.code, "error": clean(exc.message, 400)})
         error(exc.code, exc.message)
         return EXIT_ERROR
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
+        return EXIT_ERROR
     except OSError as exc:
         from nightcore.cli.render import error
 
@@ -485,8 +487,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         error("INTERRUPTED", "interrupted")
         return 130
-    except BrokenPipeError:
-        return EXIT_ERROR
 
 
 def run() -> None:
