@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nightcore.errors import NightCoreError, TrustError, UsageError, WorkspaceError
+from nightcore.fsio import atomic_write
 from nightcore.workspace import (
     CONFIG_NAME,
     DEFAULT_CONFIG,
@@ -29,7 +30,6 @@ from nightcore.workspace import (
     DEFAULT_MAX,
     NODE_PASSPHRASE_ENV,
     Workspace,
-    atomic_write,
 )
 
 __all__ = [

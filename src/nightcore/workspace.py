@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nightcore.errors import ConfigError, TrustError, WorkspaceError
+from nightcore.fsio import atomic_write
 from nightcore.module.manifest import LIMIT_NAMES, LIMIT_RANGES
 from nightcore.sandbox.types import EffectiveLimits
 
@@ -448,21 +449,3 @@ def _read_capped(path: Path, cap: int) -> bytes:
     if len(data) > cap:
         raise TrustError(f"{path.name} is larger than {cap} bytes", code="TRUST_FILE_TOO_LARGE")
     return data
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Write ``data`` to ``path`` so readers see the old or the new file, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)

@@ -43,7 +43,8 @@ from typing import Any, Protocol
 
 from nightcore.canonical import canonical
 from nightcore.errors import ConfigError, NightCoreError
-from nightcore.workspace import Workspace, atomic_write
+from nightcore.fsio import atomic_write
+from nightcore.workspace import Workspace
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 MAX_CHUNK_LINES = 10_000

@@ -78,6 +78,7 @@ from nightcore.audit import merkle, note
 from nightcore.audit.log import _FIELDS, _REQUIRED, MAX_LINE_BYTES, ZERO_HASH, parse_line
 from nightcore.canonical import canonical
 from nightcore.errors import AuditError, NightCoreError, UsageError
+from nightcore.fsio import atomic_write
 
 if TYPE_CHECKING:
     from nightcore.workspace import Workspace
@@ -945,8 +946,6 @@ class LogTree:
 
 
 def _atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
-    from nightcore.workspace import atomic_write
-
     atomic_write(path, data, mode)
 
 

@@ -55,8 +55,8 @@ from nightcore.aufs.adapters import AdapterRegistry, default_registry
 from nightcore.aufs.errors import AufsError
 from nightcore.canonical import parse_json
 from nightcore.errors import NightCoreError
+from nightcore.fsio import atomic_write
 from nightcore.module.manifest import TENANT_ID_RE
-from nightcore.workspace import atomic_write
 
 CONFIG_NAME = "aufs-repo.json"
 ONLINE_PASSPHRASE_ENV = "NIGHTCORE_AUFS_ONLINE_KEY_PASSPHRASE"  # noqa: S105 - a variable name

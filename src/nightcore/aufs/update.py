@@ -48,7 +48,8 @@ from nightcore.aufs.config import Limits, Settings
 from nightcore.aufs.errors import AufsError
 from nightcore.aufs.state import NodePaths, load_state
 from nightcore.errors import NightCoreError
-from nightcore.workspace import Workspace, atomic_write
+from nightcore.fsio import atomic_write
+from nightcore.workspace import Workspace
 
 
 @dataclass

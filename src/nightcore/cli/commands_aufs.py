@@ -240,7 +240,7 @@ def cmd_repo_serve(args: argparse.Namespace) -> int:
 def cmd_client_init(args: argparse.Namespace) -> int:
     from nightcore.aufs.client import init_client
     from nightcore.aufs.config import SETTINGS_NAME, render_settings
-    from nightcore.workspace import atomic_write
+    from nightcore.fsio import atomic_write
 
     ws = _ws_optional(args)
     settings = _settings(ws)

@@ -22,6 +22,7 @@ import marshal
 import os
 from typing import Any
 
+from nightcore.fsio import atomic_write
 from nightcore.workspace import Workspace
 
 STATE_NAME = "dashboard-scan.state"
@@ -76,15 +77,9 @@ def save(ws: Workspace, state: dict[str, Any]) -> None:
         return
     payload = marshal.dumps(state)
     data = MAGIC + hmac.new(key, payload, hashlib.sha256).digest() + payload
-    directory = ws.root / "private"
-    tmp = directory / f".{STATE_NAME}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+    if not (ws.root / "private").is_dir():
+        return  # no private dir (a foreign workspace): the next refresh scans from line 0
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        atomic_write(ws.root / "private" / STATE_NAME, data, 0o600, durable=False)
     except OSError:
-        return  # no private dir, or not ours to write: the next refresh scans from line 0
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, directory / STATE_NAME)
-    except OSError:
-        tmp.unlink(missing_ok=True)
+        return  # not ours to write: the next refresh scans from line 0

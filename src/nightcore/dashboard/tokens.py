@@ -25,7 +25,8 @@ from pathlib import Path
 
 from nightcore.canonical import canonical, parse_json
 from nightcore.errors import NightCoreError, UsageError
-from nightcore.workspace import Workspace, atomic_write
+from nightcore.fsio import atomic_write
+from nightcore.workspace import Workspace
 
 TOKEN_FILE = "serve-tokens.json"  # noqa: S105 - a file name
 FORMAT = "nightcore-serve-tokens/1"

@@ -15,8 +15,9 @@ from pathlib import Path
 
 from nightcore.canonical import canonical, parse_json
 from nightcore.errors import NightCoreError, StateError
+from nightcore.fsio import atomic_write
 from nightcore.module.manifest import validate_tenant_id
-from nightcore.workspace import Workspace, atomic_write
+from nightcore.workspace import Workspace
 
 MAX_REASON = 512
 

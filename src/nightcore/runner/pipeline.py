@@ -29,6 +29,7 @@ from nightcore.evidence.attestation import (
     snapshot,
     written_files,
 )
+from nightcore.fsio import atomic_write
 from nightcore.module.manifest import LIMIT_NAMES, Manifest
 from nightcore.sandbox.types import EffectiveLimits, Preopen, RunConfig, RunResult
 from nightcore.workspace import Policy, Workspace
@@ -129,12 +130,8 @@ def _store_content(
         if not data:
             continue
         path = ws.state_dir / "content" / sub / f"{digest}.{ext}"
-        if path.exists():
-            continue
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        if not path.exists():
+            atomic_write(path, data, durable=False)  # re-created from the package if lost
 
 
 def _start_event(tr: TenantRun, cfg: RunConfig) -> Event:
@@ -153,21 +150,11 @@ def new_run_id(tenant: str) -> str:
 
 
 def _write_output(path: Path, data: bytes) -> None:
-    """Write a run's file whole or not at all: a temporary name, then a rename.
-
-    Not fsync'd: the durable record of a run is its run_outcome audit line, which carries
-    these files' SHA-256. A crash can lose an output file, never the evidence of what it was;
-    and a killed process never leaves a torn one (tests/fault/test_run_kill.py).
-    """
-    tmp = path.with_name(f".{path.name}.part")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o640)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+    # Whole or absent, and not fsync'd: the durable record of a run is its run_outcome audit
+    # line, which carries these files' SHA-256. A crash can lose an output file, never the
+    # evidence of what it was, and a killed process never leaves a torn one
+    # (tests/fault/test_run_kill.py).
+    atomic_write(path, data, 0o640, durable=False)
 
 
 @dataclass

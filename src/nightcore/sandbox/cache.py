@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Literal
 
 from nightcore.errors import SandboxError
+from nightcore.fsio import atomic_write
 
 MAGIC = b"NCMODC01"
 TAG_LEN = 32
@@ -202,33 +203,5 @@ class DiskModuleCache:
         key_raw = _check_key(key)
         final = self.path_for(key)
         tag = self._tag(key_raw, artifact)
-        import tempfile  # only on a cache miss: a warm `nightcore run` never writes here
-
-        fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=self._dir)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                os.fchmod(f.fileno(), 0o600)
-                f.write(MAGIC)
-                f.write(tag)
-                f.write(artifact)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_name, final)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
-        self._fsync_dir()
+        atomic_write(final, MAGIC + tag + artifact, 0o600)
         return final
-
-    def _fsync_dir(self) -> None:
-        try:
-            dfd = os.open(self._dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:  # pragma: no cover - platform without directory fds
-            return
-        try:
-            os.fsync(dfd)
-        except OSError:  # pragma: no cover - some filesystems refuse directory fsync
-            pass
-        finally:
-            os.close(dfd)
