@@ -601,20 +601,13 @@ def _index_connect(ws: Workspace) -> sqlite3.Connection | None:
 
 def query_runs_ro(ws: Workspace, tenant: str | None, limit: int) -> list[dict[str, Any]] | None:
     """Most recent runs from the index, read-only (None without an index)."""
-    from nightcore.store.index import COLUMNS
+    from nightcore.store.index import recent_runs
 
     conn = _index_connect(ws)
     if conn is None:
         return None
     try:
-        sql = f"SELECT {', '.join(COLUMNS)} FROM runs"  # noqa: S608 - constant columns
-        params: list[Any] = []
-        if tenant:
-            sql += " WHERE tenant = ?"
-            params.append(tenant)
-        sql += " ORDER BY audit_seq DESC LIMIT ?"
-        params.append(limit)
-        return [dict(zip(COLUMNS, row, strict=True)) for row in conn.execute(sql, params)]
+        return recent_runs(conn, tenant, limit)
     finally:
         conn.close()
 

@@ -107,15 +107,8 @@ class RunIndex:
 
     def query(self, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Most recent first."""
-        sql = f"SELECT {', '.join(COLUMNS)} FROM runs"  # noqa: S608 - constant columns
-        params: list[Any] = []
-        if tenant:
-            sql += " WHERE tenant = ?"
-            params.append(tenant)
-        sql += " ORDER BY audit_seq DESC LIMIT ?"
-        params.append(limit)
         with self._connect() as conn:
-            return [dict(zip(COLUMNS, row, strict=True)) for row in conn.execute(sql, params)]
+            return recent_runs(conn, tenant, limit)
 
     def rebuild(self, rows: Iterable[dict[str, Any]]) -> int:
         tmp = self.path.with_name(self.path.name + ".rebuild")
@@ -132,6 +125,20 @@ class RunIndex:
             self.path.with_name(self.path.name + suffix).unlink(missing_ok=True)
         tmp.replace(self.path)
         return len(rows)
+
+
+def recent_runs(
+    conn: sqlite3.Connection, tenant: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """The latest ``limit`` runs (of ``tenant``, if given), most recent first."""
+    sql = f"SELECT {', '.join(COLUMNS)} FROM runs"  # noqa: S608 - constant columns
+    params: list[Any] = []
+    if tenant:
+        sql += " WHERE tenant = ?"
+        params.append(tenant)
+    sql += " ORDER BY audit_seq DESC LIMIT ?"
+    params.append(limit)
+    return [dict(zip(COLUMNS, row, strict=True)) for row in conn.execute(sql, params)]
 
 
 def row_from_outcome(record: dict[str, Any]) -> dict[str, Any] | None:
