@@ -587,3 +587,27 @@ def test_fips_node_schedules_but_cannot_sign(tmp_path: Path) -> None:
         maybe_checkpoint(ws, every=5)
     assert exc.value.code == "CHECKPOINT_UNSUPPORTED_KEY"
     assert TransparencyLog(ws).verify().ok
+
+
+def test_a_remembered_checkpoint_does_not_survive_tampering(tmp_path: Path) -> None:
+    """One TransparencyLog verifies audit.tail once per exact bytes and key: a changed tail,
+    or a different node key, is verified again (and refused)."""
+    ws = api.init_workspace(tmp_path / "ws")
+    t = TransparencyLog(ws)
+    cp = t.checkpoint("one")
+    assert t.latest_checkpoint() == cp and t.latest_checkpoint() == cp  # second: remembered
+    tail = ws.state_dir / "audit" / "audit.tail"
+    good = tail.read_bytes()
+    body, sig = good.rsplit(b" ", 1)
+    forged = body + b" " + (b"A" if sig[:1] != b"A" else b"B") + sig[1:]
+    tail.write_bytes(forged)
+    with pytest.raises(AuditError) as exc:
+        t.latest_checkpoint()
+    assert exc.value.code == "CHECKPOINT_FORGED"
+    tail.write_bytes(good)
+    assert t.latest_checkpoint() == cp
+    other = api.keygen("other", tmp_path / "keys", b"pw-for-tests-only")
+    ws.node_pub_path.write_bytes(other.public_path.read_bytes())
+    with pytest.raises(AuditError) as exc:
+        t.latest_checkpoint()
+    assert exc.value.code == "CHECKPOINT_FORGED"

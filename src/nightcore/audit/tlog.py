@@ -1421,20 +1421,22 @@ class TransparencyLog:
             raise AuditError("node.pub.pem is missing", code="NODE_KEY_MISSING") from None
 
     def public_key(self) -> tuple[Ed25519PublicKey, str]:
+        _, key, origin = self._public_key_read()
+        return key, origin
+
+    def _public_key_read(self) -> tuple[bytes, Ed25519PublicKey, str]:
+        """(PEM bytes read now, key, origin); parsed again only when the bytes changed."""
         pem = self.public_key_pem()
         memo = self._public_key_memo
-        if memo is not None and memo[0] == pem:
-            return memo[1]
-        loaded = load_node_public_key(pem)
-        self._public_key_memo = (pem, loaded)
-        return loaded
+        if memo is None or memo[0] != pem:
+            memo = self._public_key_memo = (pem, load_node_public_key(pem))
+        return pem, *memo[1]
 
     def _open_stored(self, path: Path, what: str) -> SignedCheckpoint:
         """A stored note verified with the node key; a note already verified with these exact
         bytes under this exact key is not verified again (the hot path of maybe_checkpoint)."""
         data = _read_note(path)
-        key, origin = self.public_key()
-        pem = self._public_key_memo[0] if self._public_key_memo is not None else b""
+        pem, key, origin = self._public_key_read()
         cached = self._opened_memo.get((pem, data))
         if cached is not None:
             return cached
