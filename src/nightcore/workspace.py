@@ -26,6 +26,7 @@ from typing import Any
 
 from nightcore.errors import ConfigError, TrustError, WorkspaceError
 from nightcore.fsio import atomic_write
+from nightcore.layout import Layout
 from nightcore.module.manifest import LIMIT_NAMES, LIMIT_RANGES
 from nightcore.sandbox.types import EffectiveLimits
 
@@ -254,6 +255,7 @@ class Workspace:
 
     def __init__(self, root: Path, *, fips: bool | None = None) -> None:
         self.root = root
+        self.layout = Layout(root)
         cfg_path = root / CONFIG_NAME
         try:
             data = cfg_path.read_bytes()
