@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -68,6 +69,10 @@ def test_serve_refuses_non_loopback_without_remote_and_tls(env: Env, tmp_path: P
         assert res.code == 2 and "error[SERVE_REMOTE_REFUSED]" in res.err, extra
     res = env.cli("serve", "--host", "192.0.2.1", "--allow-remote", "--tls-cert", str(cert))
     assert res.code == 2 and "error[USAGE]" in res.err
+    # A certificate that does not load is refused before the URL is printed.
+    res = env.cli("serve", "--port", "0", "--json", "--tls-cert", str(cert), "--tls-key", str(cert))
+    assert res.code == 2 and "error[SERVE_TLS_INVALID]" in res.err
+    assert "url" not in res.json() and res.json()["code"] == "SERVE_TLS_INVALID"
 
 
 def test_token_create_list_revoke(env: Env) -> None:
@@ -135,6 +140,36 @@ def test_serve_answers_read_only_and_stops_cleanly(
     log = proc.stderr.read()
     assert "GET /api/tenants 200" in log and "POST /api/tenants/hello/cordon 401" in log
     assert "console stopped" in log and "Traceback" not in log
+
+
+def test_serve_json_prints_its_url_only_once_listening(env: Env) -> None:
+    """The URL line means "connect now": the first connection must not be refused."""
+    env.add_tenant("hello")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nightcore", "-w", str(env.ws), "serve", "--port", "0", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    try:
+        assert proc.stdout is not None
+        url = json.loads(proc.stdout.readline())["url"]
+        host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+        # Immediately, no retry: a refused connection here is the bug.
+        with socket.create_connection((host, int(port)), timeout=30) as conn:
+            conn.sendall(b"GET /api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := conn.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def test_build_output_is_deterministic_apart_from_its_timestamp(env: Env) -> None:

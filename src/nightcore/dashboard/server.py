@@ -70,6 +70,7 @@ POLL_INTERVAL = 0.25
 PING_EVERY = 5.0
 VERIFY_CACHE_SECONDS = 10.0
 FAILED_AUTH_LIMIT = 30  # per client address and minute
+LISTEN_BACKLOG = 2048  # uvicorn's default
 
 # Which HTTP status a refused mutation gets, by error code (default 400 for usage errors,
 # 500 for anything else).
@@ -640,6 +641,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         raise NightCoreError(
             f"cannot listen on {host} port {port}: {exc.strerror}", code="SERVE_BIND_FAILED"
         ) from None
+    # Listen now: the kernel completes connections (up to the backlog) before uvicorn's loop
+    # accepts them, so the URL printed next is connectable at once (no refused first request).
+    sock.listen(LISTEN_BACKLOG)
     sock.set_inheritable(True)
     return sock
 
@@ -689,8 +693,15 @@ def serve(
     sock = bind_socket(host, port)
     app = create_app(ws, allowed_hosts=names, scheme=scheme, log=log)
     server = _uvicorn_server(app, tls_cert, tls_key)
+    try:
+        server.config.load()  # the TLS context too: a bad certificate fails before "ready"
+    except OSError as exc:  # ssl.SSLError is an OSError
+        sock.close()
+        raise NightCoreError(
+            f"cannot use the TLS certificate or key: {exc}", code="SERVE_TLS_INVALID"
+        ) from None
     if ready is not None:
-        ready(url_of(sock, scheme))
+        ready(url_of(sock, scheme))  # the socket listens already: connectable now
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: make both
     # end here, so that stopping the console is a clean exit (status 0).
     main = threading.current_thread() is threading.main_thread()
