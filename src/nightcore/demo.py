@@ -31,7 +31,7 @@ def build_tenant(src: Path, dest: Path) -> None:
 
 
 def main() -> int:
-    from nightcore import api
+    from nightcore import app
     from nightcore.cli.main import main as cli_main
     from nightcore.cli.render import info
 
@@ -42,30 +42,30 @@ def main() -> int:
         if old.exists():
             shutil.rmtree(old)
     os.environ.setdefault("NIGHTCORE_KEY_PASSPHRASE", DEMO_PASSPHRASE)
-    ws = api.init_workspace(DEMO_DIR, name="demo-node")
+    ctx = app.init_workspace(DEMO_DIR, name="demo-node")
     # The publisher's key lives outside the workspace, as it would on a publisher's machine.
     keys = DEMO_KEYS
-    publisher = api.keygen("publisher", keys, os.environ["NIGHTCORE_KEY_PASSPHRASE"].encode())
-    api.trust_add_key(ws, publisher.public_path, scope="*", name="demo-publisher")
+    publisher = app.keygen("publisher", keys, os.environ["NIGHTCORE_KEY_PASSPHRASE"].encode())
+    app.trust_add_key(ctx, publisher.public_path, scope="*", name="demo-publisher")
     tenants = sorted(p for p in EXAMPLES.iterdir() if (p / "manifest.toml").exists())
     for src in tenants:
-        dest = ws.modules_dir / src.name
+        dest = ctx.layout.modules_dir / src.name
         build_tenant(src, dest)
-        api.sign_tenant(dest, str(publisher.private_path))
+        app.sign_tenant(dest, str(publisher.private_path))
     # A signed copy of hello whose module was changed after signing: it must be denied.
-    hello = ws.modules_dir / "hello"
+    hello = ctx.layout.modules_dir / "hello"
     if hello.exists():
-        tampered = ws.modules_dir / "tampered"
+        tampered = ctx.layout.modules_dir / "tampered"
         shutil.copytree(hello, tampered)
         manifest = (tampered / "manifest.toml").read_text()
         (tampered / "manifest.toml").write_text(
             manifest.replace('tenant = "hello"', 'tenant = "tampered"')
         )
-        api.sign_tenant(tampered, str(publisher.private_path))
+        app.sign_tenant(tampered, str(publisher.private_path))
         wasm = bytearray((tampered / "module.wasm").read_bytes())
         wasm[-1] ^= 0x01
         (tampered / "module.wasm").write_bytes(bytes(wasm))
-    info(f"workspace {ws.root}: {len(tenants) + 1} tenants signed by {publisher.key_id[:16]}")
+    info(f"workspace {ctx.root}: {len(tenants) + 1} tenants signed by {publisher.key_id[:16]}")
     code = cli_main(["-w", str(DEMO_DIR), "run"])
     cli_main(["-w", str(DEMO_DIR), "audit", "verify"])
     info(

@@ -12,7 +12,7 @@ Order of one update (under ``state/aufs/lock``, one updater at a time):
    check ``min_runtime``, refuse downgrades without a dual-signed override, then apply:
 
    * registry: strict parse, and the current revocation list must still verify under it;
-   * revocations: ``api.import_revocations`` (signature, monotonic version);
+   * revocations: ``trustops.import_revocations`` (signature, monotonic version);
    * tenant: safe extraction into ``modules/.aufs-staging/<id>/<tenant>/`` (same file system
      as ``modules/``), schema/ABI check through the adapter registry, the trust layer's
      ``decide`` on the staged bytes, then an atomic swap into ``modules/<tenant>`` (Linux
@@ -401,14 +401,14 @@ class Updater:
     def _revocations(
         self, client: AufsClient, art: artifacts.Artifact, state: dict[str, Any], o: Outcome
     ) -> None:
-        from nightcore import api
+        from nightcore.trustops import import_revocations
 
         if self._file_sha(self.ws.revocations_path) == art.sha256:
             return
         _, local = self._fetch(client, art.path)
-        self._flush()  # api.import_revocations appends its own events
+        self._flush()  # import_revocations appends its own events
         prev = str(self.ws.revocation_mark())
-        rl = api.import_revocations(self.ws, local)  # audits revocations_imported/refused itself
+        rl = import_revocations(self.ws, local)  # audits revocations_imported/refused itself
         state["trust"]["revocations"] = {"version": str(rl.version), "sha256": art.sha256}
         self._record(
             "aufs_apply",

@@ -27,13 +27,13 @@ def _fmt_bytes(n: int) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from nightcore import api
-    from nightcore.runner.pipeline import TenantRun, run_tenants
+    from nightcore import app
+    from nightcore.runner.pipeline import TenantRun
 
     if args.parallel is not None and not 1 <= args.parallel <= 256:
         raise UsageError("--parallel must be between 1 and 256")
     ws = _ws(args)
-    names = api.select_tenants(ws, args.tenants or None)
+    names = app.select_tenants(ws, args.tenants or None)
     progress_cb: Callable[[TenantRun], None] | None = None
     progress = None
     # A progress bar only for a person watching: in a pipe or log file it is noise.
@@ -49,8 +49,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         progress.start()
     try:
-        report = run_tenants(
-            ws, names, parallel=args.parallel, progress=progress_cb, strongbox=args.strongbox
+        report = app.run(
+            ws,
+            names,
+            selected=True,
+            parallel=args.parallel,
+            progress=progress_cb,
+            strongbox=args.strongbox,
         )
     finally:
         if progress is not None:
@@ -103,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         # The run just signed a checkpoint, and `nightcore audit verify` is the full check: the
         # refresh re-hashes the log ("quick") only while that stays cheap, so a node with a
         # huge log does not pay seconds per run for its report.
-        log = ws.state_dir / "audit" / "audit.jsonl"
+        log = ws.layout.audit_log
         big = log.exists() and log.stat().st_size > REFRESH_VERIFY_MAX_BYTES
         path, digest = build_report(ws, verify="none" if big else "quick")
         if not args.json:
@@ -126,33 +131,33 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_cordon(args: argparse.Namespace) -> int:
-    from nightcore.runner.cordon import cordon
+    from nightcore import app
 
-    entry = cordon(_ws(args), args.tenant, args.reason)
+    out = app.cordon(_ws(args), args.tenant, args.reason)
     if args.json:
-        print_json({"tenant": args.tenant, "cordoned": True, **entry})
+        print_json(out)
     else:
         info(f"cordoned {args.tenant}")
     return 0
 
 
 def cmd_uncordon(args: argparse.Namespace) -> int:
-    from nightcore.runner.cordon import uncordon
+    from nightcore import app
 
-    uncordon(_ws(args), args.tenant, args.reason or "")
+    out = app.uncordon(_ws(args), args.tenant, args.reason or "")
     if args.json:
-        print_json({"tenant": args.tenant, "cordoned": False})
+        print_json(out)
     else:
         info(f"uncordoned {args.tenant}")
     return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from nightcore.runner.pipeline import query_runs
+    from nightcore import app
 
     if not 1 <= args.limit <= 100_000:
         raise UsageError("--limit must be between 1 and 100000")
-    rows = query_runs(_ws(args), args.tenant, args.limit)
+    rows = app.runs(_ws(args), args.tenant, args.limit)
     if args.json:
         print_json(rows)
     else:
@@ -177,9 +182,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 def cmd_state_rebuild(args: argparse.Namespace) -> int:
-    from nightcore.runner.pipeline import rebuild_index
+    from nightcore import app
 
-    n = rebuild_index(_ws(args))
+    n = app.rebuild_index(_ws(args))
     if args.json:
         print_json({"runs_indexed": n})
     else:

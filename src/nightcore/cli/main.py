@@ -55,21 +55,21 @@ def _ws(args: argparse.Namespace) -> Any:
 def cmd_init(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from nightcore import api
+    from nightcore import app
     from nightcore.cli.render import info, print_json
 
     root = Path(args.dir or args.workspace or os.environ.get("NIGHTCORE_HOME") or ".")
-    ws = api.init_workspace(root, name=args.name, fips=args.fips)
+    ctx = app.init_workspace(root, name=args.name, fips=args.fips)
     out = {
-        "workspace": str(ws.root),
-        "node_key_id": ws.node_key_id(),
-        "node_public_key": str(ws.node_pub_path),
-        "fips": ws.policy.fips,
+        "workspace": str(ctx.root),
+        "node_key_id": ctx.node_key_id(),
+        "node_public_key": str(ctx.layout.node_pub_path),
+        "fips": ctx.policy.fips,
     }
     if args.json:
         print_json(out)
     else:
-        info(f"initialised workspace {ws.root}")
+        info(f"initialised workspace {ctx.root}")
         info(f"node key id {out['node_key_id']}  (public key: node.pub.pem)")
     return EXIT_OK
 
@@ -77,14 +77,14 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_keygen(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from nightcore import api
+    from nightcore import app
     from nightcore.cli.render import info, print_json
     from nightcore.trust.keys import KEY_NAME_RE, passphrase_from_env_or_prompt
 
     if not KEY_NAME_RE.fullmatch(args.name):
         raise UsageError("--name must match [A-Za-z0-9][A-Za-z0-9._-]{0,63}")
     passphrase = passphrase_from_env_or_prompt(confirm=True)
-    gen = api.keygen(args.name, Path(args.out), passphrase, fips=args.fips)
+    gen = app.keygen(args.name, Path(args.out), passphrase, fips=args.fips)
     out = {
         "name": gen.name,
         "key_id": gen.key_id,
@@ -103,10 +103,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_sign(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from nightcore import api
+    from nightcore import app
     from nightcore.cli.render import info, print_json
 
-    res = api.sign_tenant(Path(args.tenant_dir), args.key, fips=bool(args.fips))
+    res = app.sign_tenant(Path(args.tenant_dir), args.key, fips=bool(args.fips))
     out = {
         "tenant": res.tenant,
         "envelope": str(res.envelope_path),
@@ -123,12 +123,11 @@ def cmd_sign(args: argparse.Namespace) -> int:
 def cmd_trust_add(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from nightcore import api
+    from nightcore import app
     from nightcore.cli.render import info, print_json
 
-    ws = _ws(args)
-    tk = api.trust_add_key(
-        ws,
+    tk = app.trust_add_key(
+        _ws(args),
         Path(args.pubkey),
         scope=args.scope,
         role=args.role,
@@ -143,10 +142,10 @@ def cmd_trust_add(args: argparse.Namespace) -> int:
 
 
 def cmd_trust_list(args: argparse.Namespace) -> int:
-    from nightcore import api
+    from nightcore import app
     from nightcore.cli.render import print_json, print_table
 
-    keys = api.trust_list(_ws(args))
+    keys = app.trust_list(_ws(args))
     if args.json:
         print_json([k.to_dict() for k in keys])
     else:
@@ -169,10 +168,10 @@ def cmd_trust_list(args: argparse.Namespace) -> int:
 
 
 def cmd_trust_remove(args: argparse.Namespace) -> int:
-    from nightcore import api
+    from nightcore import app
     from nightcore.cli.render import info, print_json
 
-    kid = api.trust_remove_key(_ws(args), args.key_id)
+    kid = app.trust_remove_key(_ws(args), args.key_id)
     if args.json:
         print_json({"removed": kid})
     else:
@@ -183,10 +182,10 @@ def cmd_trust_remove(args: argparse.Namespace) -> int:
 def cmd_trust_import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from nightcore import api
+    from nightcore import app
     from nightcore.cli.render import info, print_json
 
-    rl = api.import_revocations(_ws(args), Path(args.file))
+    rl = app.import_revocations(_ws(args), Path(args.file))
     if args.json:
         print_json({"version": rl.version, "signer": rl.signer})
     else:
@@ -195,10 +194,10 @@ def cmd_trust_import(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    from nightcore import api
+    from nightcore import app
     from nightcore.cli.render import info, print_json
 
-    rl = api.revoke(
+    rl = app.revoke(
         _ws(args), kind=args.kind, subject=args.subject, key=args.key, reason=args.reason
     )
     if args.json:
@@ -209,10 +208,10 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from nightcore import api
+    from nightcore import app
     from nightcore.cli.render import print_json, print_table
 
-    decisions = api.verify_tenants(_ws(args), args.tenants or None)
+    decisions = app.verify(_ws(args), args.tenants or None)
     if args.json:
         print_json([d.to_dict() for d in decisions])
     else:

@@ -1115,7 +1115,7 @@ def collect(
     try:
         from nightcore.runner.cordon import load_cordons
 
-        for tenant, entry in sorted(load_cordons(ws).items()):
+        for tenant, entry in sorted(load_cordons(ws.layout).items()):
             reason = _str(entry.get("reason")) if isinstance(entry, dict) else ""
             cordons.append(CordonView(tenant, reason, _str(entry.get("ts"), 40)))
             t = by_name.get(tenant)

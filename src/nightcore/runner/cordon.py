@@ -11,23 +11,23 @@ import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nightcore.canonical import canonical, parse_json
 from nightcore.errors import NightCoreError, StateError
 from nightcore.fsio import atomic_write
 from nightcore.module.manifest import validate_tenant_id
-from nightcore.workspace import Workspace
+
+if TYPE_CHECKING:
+    from nightcore.context import NodeContext
+    from nightcore.layout import Layout
 
 MAX_REASON = 512
 
 
-def _path(ws: Workspace) -> Path:
-    return ws.state_dir / "cordons.json"
-
-
-def load_cordons(ws: Workspace) -> dict[str, dict[str, str]]:
-    p = _path(ws)
+def load_cordons(layout: Layout) -> dict[str, dict[str, str]]:
+    """The cordoned tenants (a read-only view: the dashboard reads it too)."""
+    p = layout.cordons_path
     if not p.exists():
         return {}
     try:
@@ -40,9 +40,9 @@ def load_cordons(ws: Workspace) -> dict[str, dict[str, str]]:
 
 
 @contextmanager
-def _locked(ws: Workspace) -> Iterator[None]:
-    ws.state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(ws.state_dir / "cordons.lock", os.O_RDWR | os.O_CREAT, 0o600)
+def _locked(layout: Layout) -> Iterator[None]:
+    layout.state_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(layout.cordons_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -50,7 +50,7 @@ def _locked(ws: Workspace) -> Iterator[None]:
         os.close(fd)
 
 
-def cordon(ws: Workspace, tenant: str, reason: str, *, actor: str = "cli") -> dict[str, str]:
+def cordon(ctx: NodeContext, tenant: str, reason: str, *, actor: str = "cli") -> dict[str, str]:
     """Cordon ``tenant``. ``actor`` names who asked (``cli``, ``token:<id>``) in the audit line."""
     from nightcore.audit.log import now_ts
 
@@ -60,22 +60,22 @@ def cordon(ws: Workspace, tenant: str, reason: str, *, actor: str = "cli") -> di
         raise NightCoreError("not a valid tenant id", code="TENANT_NAME_INVALID") from None
     if not reason.strip():
         raise NightCoreError("--reason must not be empty", code="USAGE")
-    with _locked(ws):
-        cordons = load_cordons(ws)
+    with _locked(ctx.layout):
+        cordons = load_cordons(ctx.layout)
         if tenant in cordons:
             raise NightCoreError(f"tenant {tenant} is already cordoned", code="ALREADY_CORDONED")
         entry = {"reason": reason[:MAX_REASON], "ts": now_ts()}
-        ws.audit().append("cordon", {"reason": entry["reason"], "actor": actor}, tenant)
+        ctx.audit().append("cordon", {"reason": entry["reason"], "actor": actor}, tenant)
         cordons[tenant] = entry
-        atomic_write(_path(ws), canonical(cordons) + b"\n")
+        atomic_write(ctx.layout.cordons_path, canonical(cordons) + b"\n")
     return entry
 
 
-def uncordon(ws: Workspace, tenant: str, reason: str = "", *, actor: str = "cli") -> None:
-    with _locked(ws):
-        cordons = load_cordons(ws)
+def uncordon(ctx: NodeContext, tenant: str, reason: str = "", *, actor: str = "cli") -> None:
+    with _locked(ctx.layout):
+        cordons = load_cordons(ctx.layout)
         if tenant not in cordons:
             raise NightCoreError("tenant is not cordoned", code="NOT_CORDONED")
-        ws.audit().append("uncordon", {"reason": reason[:MAX_REASON], "actor": actor}, tenant)
+        ctx.audit().append("uncordon", {"reason": reason[:MAX_REASON], "actor": actor}, tenant)
         del cordons[tenant]
-        atomic_write(_path(ws), canonical(cordons) + b"\n")
+        atomic_write(ctx.layout.cordons_path, canonical(cordons) + b"\n")

@@ -32,9 +32,11 @@ from nightcore.evidence.attestation import (
 from nightcore.fsio import atomic_write
 from nightcore.module.manifest import LIMIT_NAMES, Manifest
 from nightcore.sandbox.types import EffectiveLimits, Preopen, RunConfig, RunResult
-from nightcore.workspace import Policy, Workspace
 
 if TYPE_CHECKING:
+    from nightcore.config import Policy
+    from nightcore.context import NodeContext
+    from nightcore.layout import Layout
     from nightcore.sandbox.engine import Sandbox
     from nightcore.sandbox.strongbox import StrongboxSandbox
 
@@ -93,9 +95,9 @@ def effective_limits(m: Manifest, policy: Policy) -> EffectiveLimits:
     return EffectiveLimits(**vals)
 
 
-def prepare_preopens(ws: Workspace, m: Manifest) -> tuple[Preopen, ...]:
+def prepare_preopens(layout: Layout, m: Manifest) -> tuple[Preopen, ...]:
     """Create each granted directory under ``state/tenants/<tenant>/``, refusing symlinks."""
-    root = ws.tenant_data_root(m.tenant)
+    root = layout.tenant_data_root(m.tenant)
     if not root.is_dir():  # a stat, not a mkdir, on every run after the first
         root.mkdir(parents=True, exist_ok=True)
     out = []
@@ -120,7 +122,7 @@ def prepare_preopens(ws: Workspace, m: Manifest) -> tuple[Preopen, ...]:
 
 
 def _store_content(
-    ws: Workspace, module_sha: str, module: bytes, env_sha: str, envelope: bytes
+    layout: Layout, module_sha: str, module: bytes, env_sha: str, envelope: bytes
 ) -> None:
     """Keep each executed module and its envelope by digest (for replay and forensics)."""
     for sub, digest, data, ext in (
@@ -129,7 +131,7 @@ def _store_content(
     ):
         if not data:
             continue
-        path = ws.state_dir / "content" / sub / f"{digest}.{ext}"
+        path = layout.content_dir / sub / f"{digest}.{ext}"
         if not path.exists():
             atomic_write(path, data, durable=False)  # re-created from the package if lost
 
@@ -220,10 +222,10 @@ class _Executed:
 class Runner:
     """Runs tenants of one workspace. Reusable: the sandbox (engines, caches) stays warm."""
 
-    def __init__(self, ws: Workspace, *, strongbox: bool = False) -> None:
+    def __init__(self, ctx: NodeContext, *, strongbox: bool = False) -> None:
         """``strongbox=True`` runs every tenant in a confined worker process (seccomp, no
         network, unprivileged uid; docs/strongbox.md) instead of in this process."""
-        self.ws = ws
+        self.ctx = ctx
         self.strongbox = strongbox
         self._sandbox: Sandbox | StrongboxSandbox | None = None
         self._run_index: Any = None
@@ -240,14 +242,14 @@ class Runner:
                         f"--strongbox is not available here: {why}", code="STRONGBOX_UNAVAILABLE"
                     )
                 self._sandbox = StrongboxSandbox(
-                    workers=self.ws.config.parallel, on_event=self._on_sandbox_event
+                    workers=self.ctx.config.parallel, on_event=self._on_sandbox_event
                 )
             if self._sandbox is None:
                 from nightcore.sandbox.engine import Sandbox
 
-                secret = (self.ws.root / "private" / "cache.secret").read_bytes()
+                secret = self.ctx.layout.cache_secret_path.read_bytes()
                 self._sandbox = Sandbox(
-                    self.ws.state_dir / "cache", secret, on_event=self._on_sandbox_event
+                    self.ctx.layout.cache_dir, secret, on_event=self._on_sandbox_event
                 )
             return self._sandbox
 
@@ -261,7 +263,7 @@ class Runner:
 
     def _on_sandbox_event(self, event: str, data: dict[str, object]) -> None:
         tenant = data.get("tenant")
-        self.ws.audit().append(
+        self.ctx.audit().append(
             event,
             {k: v for k, v in data.items() if k != "tenant"},
             tenant if isinstance(tenant, str) else None,
@@ -275,33 +277,32 @@ class Runner:
         progress: ProgressFn | None = None,
         checkpoint: bool = True,
     ) -> RunReport:
-        """Verify, admit, run and record ``tenants`` (all when None).
+        """Verify, admit, run and record ``tenants``: names already selected by the caller
+        (:func:`nightcore.runner.admission.select_tenants`), or every tenant when None.
 
         ``checkpoint=True`` (the CLI) signs a checkpoint over everything this call logged;
         services calling many times a second pass False and get one every
         ``[audit] checkpoint_every`` entries instead (plus heartbeats when idle).
         """
-        from nightcore import api
-        from nightcore.module.package import check_tenant_dir_name
+        from nightcore.runner.admission import (
+            decision_data,
+            select_tenants,
+            verify_event,
+            verify_packages,
+        )
         from nightcore.runner.cordon import load_cordons
 
-        ws = self.ws
-        names = api.select_tenants(ws, tenants)
-        verified = api.verify_packages(ws, names)
-        cordons = load_cordons(ws)
-        audit = ws.audit()
+        ctx = self.ctx
+        names = select_tenants(ctx.layout, None) if tenants is None else tenants
+        verified = verify_packages(ctx, names)
+        cordons = load_cordons(ctx.layout)
+        audit = ctx.audit()
 
         results: dict[str, TenantRun] = {}
         admitted: list[tuple[TenantRun, RunConfig, bytes]] = []
         events: list[Event] = []
         for v in verified:
             d = v.decision
-            try:
-                check_tenant_dir_name(d.tenant)
-                tenant: str | None = d.tenant
-            except NightCoreError:
-                tenant = None
-            data = api.decision_event(d)
             tr = TenantRun(
                 tenant=d.tenant,
                 code=d.code,
@@ -311,10 +312,9 @@ class Runner:
             )
             results[d.tenant] = tr
             if not d.ok or d.manifest is None:
-                if tenant is None:
-                    data["dir_name_sha256"] = hashlib.sha256(d.tenant.encode()).hexdigest()
-                events.append(Event("verify", data, tenant))
+                events.append(verify_event(d))
                 continue
+            data = decision_data(d)
             if d.tenant in cordons:
                 tr.code, tr.reason = "CORDONED", f"cordoned: {cordons[d.tenant].get('reason', '')}"
                 events.append(
@@ -327,7 +327,7 @@ class Runner:
                 continue
             m = d.manifest
             try:
-                preopens = prepare_preopens(ws, m)
+                preopens = prepare_preopens(ctx.layout, m)
             except NightCoreError as exc:
                 tr.code, tr.reason = exc.code, exc.message
                 events.append(
@@ -338,7 +338,7 @@ class Runner:
                     )
                 )
                 continue
-            limits = effective_limits(m, ws.policy)
+            limits = effective_limits(m, ctx.policy)
             tr.limits = limits.to_dict()
             tr.capabilities = m.capabilities.to_dict()
             tr.run_id = new_run_id(d.tenant)
@@ -369,9 +369,9 @@ class Runner:
                 )
             )
             admitted.append((tr, cfg, v.module))
-            _store_content(ws, d.module_sha256, v.module, d.envelope_sha256, v.envelope)
+            _store_content(ctx.layout, d.module_sha256, v.module, d.envelope_sha256, v.envelope)
             tr.envelope_sha256 = d.envelope_sha256
-        workers = max(1, min(parallel or ws.config.parallel, len(admitted) or 1))
+        workers = max(1, min(parallel or ctx.config.parallel, len(admitted) or 1))
         # The first groups start the moment this batch is durable, so their run_start lines
         # ride in the same write and fsync (see _Schedule and _work).
         schedule = _Schedule(admitted, workers)
@@ -422,9 +422,9 @@ class Runner:
 
         try:
             cp = (
-                checkpoint_after_run(self.ws)
+                checkpoint_after_run(self.ctx)
                 if always
-                else maybe_checkpoint(self.ws, self.ws.config.checkpoint_every)
+                else maybe_checkpoint(self.ctx, self.ctx.config.checkpoint_every)
             )
         except NightCoreError as exc:
             report.checkpoint_error = (exc.code, exc.message)
@@ -432,16 +432,16 @@ class Runner:
         if cp is None:
             return
         report.checkpoint = {"size": cp.size, "root": cp.root.hex()}
-        if not self.ws.config.has_mirrors:
+        if not self.ctx.config.has_mirrors:
             return
         from nightcore.audit.mirror import mirrors, sync_all
 
-        if mirrors(self.ws):
+        if mirrors(self.ctx):
             # A mirror outage is reported, never fatal: local evidence is already durable.
-            report.mirrors = [m.to_dict() for m in sync_all(self.ws)]
+            report.mirrors = [m.to_dict() for m in sync_all(self.ctx)]
 
     def node_signer(self) -> Any:
-        return self.ws.node_signer()
+        return self.ctx.node_signer()
 
     def _work(
         self,
@@ -456,7 +456,7 @@ class Runner:
         the run_start lines of the group it starts next; pending outcomes are also committed
         once the oldest has waited COMMIT_WINDOW_S (checked between runs, so an outcome waits
         at most that long plus the run in progress)."""
-        audit = self.ws.audit()
+        audit = self.ctx.audit()
         done: list[_Executed] = []
         t0 = 0.0
         try:
@@ -501,7 +501,7 @@ class Runner:
     def _execute(
         self, sandbox: Sandbox | StrongboxSandbox, tr: TenantRun, cfg: RunConfig, module: bytes
     ) -> _Executed:
-        ws = self.ws
+        ctx = self.ctx
         rw = [(p.guest_path, p.host_dir) for p in cfg.preopens if p.writable]
         before = snapshot(rw) if rw else {}
         try:
@@ -510,7 +510,7 @@ class Runner:
             # A sandbox refusal (e.g. a preopen a strongbox worker cannot reach) ends this
             # tenant's run with its code; the run_start already logged gets its outcome.
             result = RunResult.refused(exc.code, exc.message)
-        run_dir = ws.state_dir / "runs" / tr.run_id
+        run_dir = ctx.layout.run_dir(tr.run_id)
         run_dir.mkdir(parents=True)
         _write_output(run_dir / "stdout", result.stdout)
         if result.stderr:  # an absent stderr file means an empty stream (its digest is logged)
@@ -551,7 +551,7 @@ class Runner:
         return _Executed(tr, cfg, result, run_dir, outcome, written, truncated)
 
     def _attest(self, x: _Executed, entry: Any) -> None:
-        ws, tr, cfg, result = self.ws, x.tr, x.cfg, x.result
+        ctx, tr, cfg, result = self.ctx, x.tr, x.cfg, x.result
         tr.audit_seq = entry.seq
         tr.ts = str(entry.record["ts"])
         data = x.outcome.data
@@ -576,8 +576,8 @@ class Runner:
             audit_seq=entry.seq,
             deterministic=cfg.deterministic,
             seed=cfg.seed,
-            node_id=ws.node_key_id(),
-            node_name=ws.config.node_name,
+            node_id=ctx.node_key_id(),
+            node_name=ctx.config.node_name,
             written=x.written,
             written_truncated=x.written_truncated,
         )
@@ -592,7 +592,7 @@ class Runner:
         if not runs:
             return
         if self._run_index is None:
-            self._run_index = RunIndex(self.ws.state_dir / "nightcore.db")
+            self._run_index = RunIndex(self.ctx.layout.index_db)
         self._run_index.add(
             {
                 "run_id": r.run_id,
@@ -613,38 +613,40 @@ class Runner:
 
 
 def run_tenants(
-    ws: Workspace,
+    ctx: NodeContext,
     tenants: list[str] | None = None,
     *,
     parallel: int | None = None,
     progress: ProgressFn | None = None,
     strongbox: bool = False,
 ) -> RunReport:
-    runner = Runner(ws, strongbox=strongbox)
+    runner = Runner(ctx, strongbox=strongbox)
     try:
         return runner.run(tenants, parallel=parallel, progress=progress)
     finally:
         runner.close()
 
 
-def rebuild_index(ws: Workspace) -> int:
+def rebuild_index(ctx: NodeContext) -> int:
     from nightcore.audit.log import verify_chain
     from nightcore.store.index import RunIndex, row_from_outcome
 
-    audit = ws.audit()
+    audit = ctx.audit()
     verify_chain(audit.iter_lines())  # never index from a log that does not verify
     rows = [r for e in audit.entries() if (r := row_from_outcome(e.record)) is not None]
-    index = RunIndex(ws.state_dir / "nightcore.db")
+    index = RunIndex(ctx.layout.index_db)
     try:
         return index.rebuild(rows)
     finally:
         index.close()
 
 
-def query_runs(ws: Workspace, tenant: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+def query_runs(
+    ctx: NodeContext, tenant: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
     from nightcore.store.index import RunIndex
 
-    index = RunIndex(ws.state_dir / "nightcore.db")
+    index = RunIndex(ctx.layout.index_db)
     try:
         return index.query(tenant, limit)
     finally:

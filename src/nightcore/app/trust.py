@@ -1,0 +1,13 @@
+"""Trust operations of the facade: trusted keys, revocations (each change audited)."""
+
+from __future__ import annotations
+
+from nightcore.trustops import (
+    import_revocations,
+    revoke,
+    trust_add_key,
+    trust_list,
+    trust_remove_key,
+)
+
+__all__ = ["import_revocations", "revoke", "trust_add_key", "trust_list", "trust_remove_key"]

@@ -1,0 +1,158 @@
+"""Operations on a node's trust state: trusted keys and the revocation list.
+
+Each change is audited before it is written (a refusal is audited too), and written whole
+(``atomic_write``). The application facade (:mod:`nightcore.app`) exposes these; AUFS applies
+revocation lists it fetched through :func:`import_revocations`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nightcore.errors import NightCoreError, TrustError, UsageError
+from nightcore.fsio import atomic_write
+
+if TYPE_CHECKING:
+    from nightcore.context import NodeContext
+    from nightcore.trust.registry import RevocationList, TrustedKey
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def trust_add_key(
+    ctx: NodeContext,
+    public_pem: Path,
+    *,
+    scope: str,
+    role: str = "publisher",
+    expires: dt.datetime | None = None,
+    name: str | None = None,
+) -> TrustedKey:
+    from nightcore.trust.keys import check_scheme
+    from nightcore.trust.pubkey import PublicKey
+    from nightcore.trust.registry import ROLES, TrustedKey, validate_scope
+
+    if role not in ROLES:
+        raise UsageError("role must be publisher or maintainer")
+    validate_scope(scope)
+    try:
+        data = public_pem.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {public_pem}: {exc.strerror}") from None
+    key = PublicKey.from_pem(data)
+    check_scheme(str(key.scheme), ctx.policy.fips)
+    registry = ctx.load_registry()
+    if expires is not None and expires <= utcnow():
+        raise UsageError("--expires must be in the future")
+    tk = TrustedKey(
+        key=key,
+        name=name or public_pem.name.removesuffix(".pub.pem")[:64],
+        role=role,
+        scope=scope,
+        expires=expires,
+        added=utcnow().replace(microsecond=0),
+    )
+    new = registry.with_key(tk)
+    ctx.audit().append(
+        "trust_key_added",
+        {
+            "key_id": tk.key_id,
+            "role": role,
+            "scope": scope,
+            "scheme": str(key.scheme),
+            "expires": tk.to_dict().get("expires"),
+        },
+    )
+    atomic_write(ctx.layout.registry_path, new.to_bytes())
+    return tk
+
+
+def trust_remove_key(ctx: NodeContext, key_id: str) -> str:
+    registry = ctx.load_registry()
+    new = registry.without_key(key_id)
+    removed = next(k for k in registry.keys if k not in new.keys)
+    ctx.audit().append("trust_key_removed", {"key_id": removed.key_id})
+    atomic_write(ctx.layout.registry_path, new.to_bytes())
+    return str(removed.key_id)
+
+
+def trust_list(ctx: NodeContext) -> list[TrustedKey]:
+    return list(ctx.load_registry().keys)
+
+
+def revoke(ctx: NodeContext, *, kind: str, subject: str, key: str, reason: str) -> RevocationList:
+    """Add a key id or module digest to the revocation list, signed by a maintainer key."""
+    from nightcore.trust.keys import check_scheme, load_signer
+    from nightcore.trust.registry import sign_revocations
+
+    if kind not in ("key", "module"):
+        raise UsageError("revoke what: key or module")
+    subject = subject.lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", subject):
+        raise UsageError(
+            f"the {kind} to revoke must be 64 hex characters (a full "
+            f"{'key id' if kind == 'key' else 'sha256'})"
+        )
+    registry = ctx.load_registry()
+    current = ctx.load_revocations(registry)
+    signer = load_signer(key)
+    check_scheme(str(signer.public_key.scheme), ctx.policy.fips)
+    audit = ctx.audit()
+    try:
+        new = sign_revocations(
+            current,
+            signer,
+            registry,
+            add_key=(subject, reason) if kind == "key" else None,
+            add_module=(subject, reason) if kind == "module" else None,
+        )
+    except TrustError as exc:
+        audit.append(
+            "revocation_refused", {"code": exc.code, "reason": exc.message, "subject": subject[:64]}
+        )
+        raise
+    audit.append(
+        f"{kind}_revoked",
+        {"subject": subject, "reason": reason, "list_version": new.version, "signer": new.signer},
+    )
+    atomic_write(ctx.layout.revocations_path, new.raw)
+    ctx.write_revocation_mark(new.version)
+    return new
+
+
+def import_revocations(ctx: NodeContext, path: Path) -> RevocationList:
+    """Accept a revocation list from elsewhere (mesh, AUFS, an operator) if newer and signed."""
+    from nightcore.context import read_capped
+    from nightcore.trust.registry import check_not_rollback, parse_revocations
+
+    registry = ctx.load_registry()
+    audit = ctx.audit()
+    try:
+        data = read_capped(path, 16 * 1024 * 1024)
+        candidate = parse_revocations(data, registry, fips=ctx.policy.fips)
+        current = ctx.load_revocations(registry)
+        check_not_rollback(candidate, max(current.version, ctx.revocation_mark()) + 1)
+    except (NightCoreError, OSError) as exc:
+        code = exc.code if isinstance(exc, NightCoreError) else "IO_ERROR"
+        msg = exc.message if isinstance(exc, NightCoreError) else str(exc)
+        audit.append("revocation_refused", {"code": code, "reason": msg, "source": path.name})
+        if isinstance(exc, NightCoreError):
+            raise
+        raise NightCoreError(msg, code=code) from None
+    audit.append(
+        "revocations_imported",
+        {
+            "version": candidate.version,
+            "signer": candidate.signer,
+            "sha256": hashlib.sha256(data).hexdigest(),
+        },
+    )
+    atomic_write(ctx.layout.revocations_path, data)
+    ctx.write_revocation_mark(candidate.version)
+    return candidate
