@@ -13,6 +13,7 @@ from typing import Any
 from nightcore.errors import ConfigError
 from nightcore.layout import CONFIG_NAME
 from nightcore.module.manifest import LIMIT_NAMES, LIMIT_RANGES
+from nightcore.policy import DEFAULT_LIMITS, DEFAULT_MAX, Policy
 from nightcore.sandbox.types import EffectiveLimits
 
 __all__ = [
@@ -27,21 +28,6 @@ __all__ = [
 
 NODE_PASSPHRASE_ENV = "NIGHTCORE_NODE_KEY_PASSPHRASE"  # noqa: S105 - a variable name
 MAX_CONFIG_BYTES = 256 * 1024
-
-DEFAULT_MAX = EffectiveLimits(
-    fuel=1_000_000_000_000,
-    wall_ms=10_000,
-    memory_bytes=256 * 1024 * 1024,
-    stack_bytes=1024 * 1024,
-    output_bytes=1024 * 1024,
-)
-DEFAULT_LIMITS = EffectiveLimits(
-    fuel=100_000_000,
-    wall_ms=2_000,
-    memory_bytes=32 * 1024 * 1024,
-    stack_bytes=512 * 1024,
-    output_bytes=64 * 1024,
-)
 
 DEFAULT_CONFIG = """\
 # Night Core node configuration. Node policy can only narrow what a signed manifest asks for.
@@ -78,30 +64,6 @@ output_bytes = {default.output_bytes}
 [run]
 parallel = 2
 """
-
-
-@dataclass(frozen=True)
-class Policy:
-    fips: bool = False
-    allow_fs: bool = True
-    allow_fs_rw: bool = True
-    allow_env: bool = True
-    allow_net: bool = False
-    allow_deterministic: bool = True
-    max_limits: EffectiveLimits = DEFAULT_MAX
-    default_limits: EffectiveLimits = DEFAULT_LIMITS
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "fips": self.fips,
-            "allow_fs": self.allow_fs,
-            "allow_fs_rw": self.allow_fs_rw,
-            "allow_env": self.allow_env,
-            "allow_net": self.allow_net,
-            "allow_deterministic": self.allow_deterministic,
-            "max_limits": self.max_limits.to_dict(),
-            "default_limits": self.default_limits.to_dict(),
-        }
 
 
 @dataclass(frozen=True)

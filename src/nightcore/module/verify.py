@@ -48,8 +48,8 @@ from nightcore.trust.keys import allowed_schemes
 
 if TYPE_CHECKING:
     from nightcore.module.package import TenantPackage
+    from nightcore.policy import Policy
     from nightcore.trust.registry import Registry, RevocationList
-    from nightcore.workspace import Policy
 
 MANIFEST_PREDICATE_TYPE = "urn:nightcore:predicate:manifest:v1"
 WASM_HEADER = b"\x00asm\x01\x00\x00\x00"

@@ -1,0 +1,181 @@
+"""The import graph of ``src/nightcore``: no cycles, and no import of a higher layer from a
+lower one (docs/architecture.md lists the layers and says why each sits where it does).
+
+Every import counts, including the lazy ones inside functions and those under
+``TYPE_CHECKING``: a lazy import is still a dependency, only a cheaper one at start-up.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+PACKAGE = "nightcore"
+
+# Lowest first. A module belongs to the layer of the longest prefix that names it.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    (
+        "base",
+        (
+            "nightcore",  # the package itself: __version__ only
+            "nightcore.errors",
+            "nightcore.codes",
+            "nightcore.canonical",
+            "nightcore.fsio",
+            "nightcore.untrusted",
+            "nightcore.versions",
+            "nightcore.layout",
+            "nightcore.dashboard_defaults",
+            "nightcore.sandbox.types",
+        ),
+    ),
+    ("trust", ("nightcore.trust",)),
+    ("module", ("nightcore.module", "nightcore.store", "nightcore.policy")),
+    ("engines", ("nightcore.sandbox", "nightcore.audit")),
+    (
+        "node state",
+        ("nightcore.evidence", "nightcore.config", "nightcore.context", "nightcore.workspace"),
+    ),
+    ("operations", ("nightcore.runner", "nightcore.trustops", "nightcore.aufs")),
+    ("views", ("nightcore.dashboard",)),
+    ("facade", ("nightcore.app", "nightcore.api")),
+    (
+        "hosts",
+        (
+            "nightcore.node",
+            "nightcore.mesh",
+            "nightcore.dashboard.server",
+            "nightcore.dashboard.routes",
+            "nightcore.dashboard.actions",
+        ),
+    ),
+    ("shell", ("nightcore.cli", "nightcore.demo", "nightcore.doctor", "nightcore.__main__")),
+]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def all_modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted((SRC / PACKAGE).rglob("*.py"))}
+
+
+def _resolve(name: str, modules: dict[str, Path]) -> str | None:
+    while name and name not in modules:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules ``name`` imports (``from pkg import sub`` counts as ``pkg.sub``)."""
+    tree = ast.parse(path.read_text(), str(path))
+    is_pkg = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name if is_pkg else name.rpartition(".")[0]
+                for _ in range(node.level - 1):
+                    anchor = anchor.rpartition(".")[0]
+                base = f"{anchor}.{base}" if base else anchor
+            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+            # `from pkg import sub` names the submodule; `from pkg import obj` the package
+            targets = [t for t in targets[:-1] if t in modules] or [base]
+        for t in targets:
+            if t == PACKAGE or t.startswith(PACKAGE + "."):
+                resolved = _resolve(t, modules)
+                if resolved is not None and resolved != name:
+                    found.add(resolved)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    modules = all_modules()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def layer_of(name: str) -> int:
+    best, rank = -1, -1
+    for i, (_label, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+                best, rank = len(prefix), i
+    if rank < 0:
+        raise AssertionError(f"{name} is in no layer: add it to LAYERS and docs/architecture.md")
+    return rank
+
+
+def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle, if any (iterative DFS: no recursion limit to hit)."""
+    color: dict[str, int] = {}
+    for start in sorted(g):
+        if color.get(start):
+            continue
+        stack: list[tuple[str, list[str]]] = [(start, sorted(g[start]))]
+        path = [start]
+        color[start] = 1
+        while stack:
+            node, todo = stack[-1]
+            if not todo:
+                color[node] = 2
+                stack.pop()
+                path.pop()
+                continue
+            nxt = todo.pop()
+            state = color.get(nxt, 0)
+            if state == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if state == 0:
+                color[nxt] = 1
+                path.append(nxt)
+                stack.append((nxt, sorted(g.get(nxt, ()))))
+    return None
+
+
+def test_every_module_has_a_layer() -> None:
+    for name in all_modules():
+        layer_of(name)
+
+
+def test_no_import_cycles() -> None:
+    cycle = find_cycle(graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_no_import_of_a_higher_layer() -> None:
+    bad = []
+    for name, deps in sorted(graph().items()):
+        for dep in sorted(deps):
+            if layer_of(dep) > layer_of(name):
+                bad.append(
+                    f"{name} ({LAYERS[layer_of(name)][0]}) imports {dep} "
+                    f"({LAYERS[layer_of(dep)][0]})"
+                )
+    assert not bad, "imports of a higher layer:\n" + "\n".join(bad)
+
+
+def test_the_checker_sees_cycles_and_upward_imports() -> None:
+    # The checks above must be able to fail: a made-up graph with one of each.
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+    assert layer_of("nightcore.audit.log") < layer_of("nightcore.runner.pipeline")
+    assert layer_of("nightcore.dashboard.server") > layer_of("nightcore.app")
+    assert layer_of("nightcore.dashboard.collect") < layer_of("nightcore.app")
+
+
+@pytest.mark.parametrize("name", ["nightcore.cli.main", "nightcore.runner.pipeline"])
+def test_graph_finds_lazy_imports(name: str) -> None:
+    # Lazy imports inside functions are dependencies too.
+    deps = graph()[name]
+    assert deps, f"{name} has no project imports?"
