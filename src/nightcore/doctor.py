@@ -58,6 +58,12 @@ def run_checks(ws: Any | None) -> list[dict[str, str]]:
         "OK" if not why else "INFO",
         why if why else "seccomp worker isolation available (nightcore run --strongbox)",
     )
+    from nightcore.sandbox.ffi import fence_status
+
+    # The FFI fence: private wasmtime-py bindings the sandbox's limits depend on. A missing
+    # hook makes every run that needs it fail with FFI_UNAVAILABLE (never run unlimited).
+    for hook, present, detail in fence_status():
+        add(f"ffi {hook}", "OK" if present else "FAIL", detail)
     if ws is None:
         add("workspace", "INFO", "no workspace here (nightcore init, -w DIR or NIGHTCORE_HOME)")
         return checks

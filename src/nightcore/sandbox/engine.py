@@ -15,8 +15,10 @@ Lifecycle (mirrors Wasmtime's own):
   every ``tick_ms``; a run's wall-clock limit is a deadline of ``ceil(wall_ms / tick_ms)``
   epoch ticks. The store's epoch deadline is kept one tick ahead and a per-store
   epoch-deadline callback (``wasmtime_store_epoch_deadline_callback``, reached through
-  wasmtime-py's raw bindings) counts the ticks, so it can also stop a run that exceeded its
-  output cap (see :class:`_Watchdog`).
+  wasmtime-py's raw bindings behind the FFI fence, :mod:`nightcore.sandbox.ffi`) counts the
+  ticks, so it can also stop a run that exceeded its output cap (see :class:`_Watchdog`).
+  If the fence cannot provide a hook, the run raises ``SandboxError(FFI_UNAVAILABLE)``: it
+  never runs without the limit the hook enforces.
 
 Outcome codes (``RunResult.code``) and their precedence
 --------------------------------------------------------
@@ -86,7 +88,6 @@ concurrent runs would race on.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import itertools
 import json
@@ -100,12 +101,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import wasmtime
-from wasmtime import _bindings as _wasmtime_bindings
 
 from nightcore.errors import SandboxError
+from nightcore.sandbox import ffi
 from nightcore.sandbox.cache import DiskModuleCache, cache_key, wasmtime_version
 from nightcore.sandbox.types import Preopen, RunConfig, RunResult
 
@@ -189,17 +190,11 @@ def _make_engine(key: EngineKey) -> wasmtime.Engine:
     cfg.epoch_interruption = True
     # Wasmtime (built with async support) refuses a max_wasm_stack above its async stack
     # size, and the C API turns that refusal into a process abort in Engine(): raise the
-    # async stack size first. wasmtime-py 50 has no setter, only the raw binding.
+    # async stack size first. wasmtime-py 50 has no setter, only the raw binding (FFI
+    # fence: FFI_UNAVAILABLE if it is gone).
     async_size = _async_stack_size(key.stack_bytes)
     if async_size != DEFAULT_ASYNC_STACK_BYTES:
-        setter = getattr(_wasmtime_bindings, "wasmtime_config_async_stack_size_set", None)
-        if setter is None:  # pragma: no cover - present in wasmtime-py 50
-            raise SandboxError(
-                f"stack_bytes {key.stack_bytes} needs a larger async stack than this "
-                "wasmtime build can be configured for",
-                code="LIMIT_INVALID",
-            )
-        setter(cfg.ptr(), async_size)
+        ffi.set_async_stack_size(cfg, async_size)
     cfg.max_wasm_stack = key.stack_bytes
     cfg.cranelift_nan_canonicalization = key.deterministic
     cfg.wasm_relaxed_simd_deterministic = key.deterministic
@@ -388,55 +383,40 @@ class _Watchdog:
 
 _WATCHDOGS: dict[int, _Watchdog] = {}  # handle -> watchdog; single dict ops are GIL-atomic
 _WATCHDOG_IDS = itertools.count(1)
-_UPDATE_DEADLINE_CONTINUE = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
 
 
-def _on_epoch_deadline(context: object, data: int | None, delta: Any, update_kind: Any) -> int:
-    # Runs on the wasm thread inside Wasmtime. It must not raise (ctypes would print the
-    # error and let the run continue): any failure stops the run instead (fail closed).
-    del context
-    dog = _WATCHDOGS.get(data or 0)
+def _decide(handle: int) -> str:
+    """At a store's deadline: "" = one more tick, else the reason the run stops now."""
+    dog = _WATCHDOGS.get(handle)
+    if dog is None:
+        return "TIMEOUT"  # fail closed: a store without its watchdog stops
     try:
-        reason = dog.on_tick() if dog is not None else "TIMEOUT"
-        if not reason:
-            delta[0] = 1
-            update_kind[0] = _UPDATE_DEADLINE_CONTINUE
-            return 0
-    except Exception:  # noqa: BLE001 - see above
+        reason = dog.on_tick()
+    except Exception:  # noqa: BLE001 - runs inside Wasmtime: stop the run instead of raising
         reason = "TIMEOUT"
-    if dog is not None:
+    if reason:
         dog.reason = reason
-    err = _wasmtime_bindings.wasmtime_error_new(f"nightcore: {reason}".encode())
-    return int(ctypes.cast(err, ctypes.c_void_p).value or 0)
+    return reason
 
 
-def _forget_watchdog(data: int | None) -> None:
-    _WATCHDOGS.pop(data or 0, None)
+def _forget_watchdog(handle: int) -> None:
+    _WATCHDOGS.pop(handle, None)
 
 
-def _deadline_hooks() -> tuple[Callable[..., None], Any, Any] | None:
-    """(register, callback, finalizer) for wasmtime_store_epoch_deadline_callback, if any."""
-    raw = getattr(_wasmtime_bindings, "_wasmtime_store_epoch_deadline_callback", None)
-    register = getattr(_wasmtime_bindings, "wasmtime_store_epoch_deadline_callback", None)
-    argtypes = getattr(raw, "argtypes", None)
-    if register is None or not argtypes or len(argtypes) != 4:  # pragma: no cover
-        return None
-    return register, argtypes[1](_on_epoch_deadline), argtypes[3](_forget_watchdog)
+# Module-level so its C function pointers outlive every store that uses them.
+_EPOCH_DEADLINE = ffi.EpochDeadline(_decide, _forget_watchdog)
 
 
-# Module-level so the C function pointers outlive every store that uses them.
-_DEADLINE_HOOKS = _deadline_hooks()
-
-
-def _install_watchdog(store: wasmtime.Store, ticks: int, sink: _OutputSink) -> _Watchdog | None:
-    if _DEADLINE_HOOKS is None:  # pragma: no cover - present in wasmtime-py 50
-        store.set_epoch_deadline(ticks)  # plain deadline: TIMEOUT only, no output stop
-        return None
-    register, callback, finalizer = _DEADLINE_HOOKS
+def _install_watchdog(store: wasmtime.Store, ticks: int, sink: _OutputSink) -> _Watchdog:
+    """Arm the run's deadline; raises FFI_UNAVAILABLE rather than run without the watchdog."""
     dog = _Watchdog(ticks, sink)
     handle = next(_WATCHDOG_IDS)
     _WATCHDOGS[handle] = dog
-    register(store.ptr(), callback, ctypes.c_void_p(handle), finalizer)
+    try:
+        _EPOCH_DEADLINE.install(store, handle)
+    except BaseException:
+        _WATCHDOGS.pop(handle, None)
+        raise
     store.set_epoch_deadline(1)
     return dog
 
@@ -945,7 +925,7 @@ class Sandbox:
                     code = "TRAP"
             finally:
                 _tls.det = None
-            if watchdog is not None and watchdog.reason and code not in ("OK", "EXIT_NONZERO"):
+            if watchdog.reason and code not in ("OK", "EXIT_NONZERO"):
                 code, exit_code = watchdog.reason, None
                 detail = (
                     f"output limit of {limits.output_bytes} bytes reached: run stopped"
