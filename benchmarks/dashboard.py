@@ -172,7 +172,9 @@ def scenario(root: Path, tenants: int, runs: int) -> None:
     lines, size = synthesize(ws, tenants, runs)
     made = time.perf_counter() - t
     t = time.perf_counter()
-    cp = TransparencyLog(ws).checkpoint("benchmark")
+    cp = TransparencyLog(
+        ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
+    ).checkpoint("benchmark")
     signed = time.perf_counter() - t
     print(
         f"\n== {tenants:,} tenants, {runs:,} runs: {lines:,} audit lines, {size / 1e6:,.0f} MB "

@@ -201,11 +201,15 @@ def test_heartbeat_only_when_idle(env: Env) -> None:
     import datetime as dt
 
     from nightcore.audit.heartbeat import heartbeat
+    from nightcore.audit.tlog import TransparencyLog
 
     ws = Workspace(env.ws)
-    assert heartbeat(ws, 3600) is None  # the log just had activity
+    log = TransparencyLog(
+        ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
+    )
+    assert heartbeat(log, 3600) is None  # the log just had activity
     later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=2)
-    cp = heartbeat(ws, 3600, now=later)
+    cp = heartbeat(log, 3600, now=later)
     assert cp is not None
     events = [e["event"] for e in env.audit_lines()]
     assert events[-2:] == ["heartbeat", "checkpoint"]

@@ -209,7 +209,10 @@ def _node_writer_bundle(env: Env, path: Path, change: str) -> None:
         env.cli("audit", "checkpoint")
         from nightcore.audit.tlog import transparency_log
 
-        tl = transparency_log(Workspace(env.ws))
+        ws = Workspace(env.ws)
+        tl = transparency_log(
+            ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
+        )
         cp = tl.latest_checkpoint()
         assert cp is not None
         seq = int(

@@ -259,7 +259,9 @@ def test_quick_check_catches_rewritten_history(env: Env) -> None:
     env.add_tenant("hello")
     ws = Workspace(env.ws)
     run_tenants(ws)
-    TransparencyLog(ws).checkpoint("test")
+    TransparencyLog(
+        ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
+    ).checkpoint("test")
     run_tenants(ws)  # signs a checkpoint after the run, too
     s = collect(ws, verify="quick")
     v, cp = s.audit.verify, s.audit.checkpoint

@@ -27,6 +27,7 @@ from nightcore.audit.tlog import (
     checkpoint_after_run,
     maybe_checkpoint,
     parse_line_fast,
+    transparency_log,
     verify_log,
 )
 from nightcore.canonical import canonical
@@ -40,6 +41,19 @@ def make_log(tmp_path: Path, n: int) -> AuditLog:
     if n:
         log.append_many([Event("test", {"i": i, "pad": "x" * (i % 7)}, "t") for i in range(n)])
     return log
+
+
+def tlog_of(ws: Any) -> TransparencyLog:
+    """A workspace's transparency log, built from what it uses (not from the workspace)."""
+    return TransparencyLog(
+        ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
+    )
+
+
+def shared_tlog(ws: Any) -> TransparencyLog:
+    return transparency_log(
+        ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
+    )
 
 
 def raw(log: AuditLog) -> list[bytes]:
@@ -281,7 +295,7 @@ def test_lines_removed_after_ingestion_are_not_adopted(tmp_path: Path) -> None:
 def test_verify_repairs_the_tree_only_when_the_log_verifies(tmp_path: Path) -> None:
     ws = api.init_workspace(tmp_path / "ws")
     ws.audit().append_many([Event("x", {"i": i}) for i in range(6)])
-    t = TransparencyLog(ws)
+    t = tlog_of(ws)
     t.sync()
     log_file = ws.state_dir / "audit" / "audit.jsonl"
     log_file.write_bytes(b"".join(log_file.read_bytes().splitlines(keepends=True)[:5]))
@@ -498,7 +512,7 @@ def test_read_line(tmp_path: Path) -> None:
 
 def test_checkpoint_is_a_c2sp_checkpoint_of_the_node(tmp_path: Path) -> None:
     ws = api.init_workspace(tmp_path / "ws", name="edge-7")
-    t = TransparencyLog(ws)
+    t = tlog_of(ws)
     cp = t.checkpoint("test")
     public, origin = t.public_key()
     assert origin == "nightcore/" + ws.node_key_id()[:16]
@@ -510,17 +524,18 @@ def test_checkpoint_is_a_c2sp_checkpoint_of_the_node(tmp_path: Path) -> None:
 
 def test_maybe_checkpoint_every_n(tmp_path: Path) -> None:
     ws = api.init_workspace(tmp_path / "ws")
-    assert maybe_checkpoint(ws, every=5) is None  # 1 entry, no checkpoint yet
+    assert maybe_checkpoint(shared_tlog(ws), every=5) is None  # 1 entry, no checkpoint yet
     ws.audit().append_many([Event("x", {"i": i}) for i in range(4)])
-    cp = maybe_checkpoint(ws, every=5)
+    cp = maybe_checkpoint(shared_tlog(ws), every=5)
     assert cp is not None and cp.size == 5
     ws.audit().append_many([Event("x", {"i": i}) for i in range(3)])
-    assert maybe_checkpoint(ws, every=5) is None  # 9 entries, 4 since (the event included)
+    # 9 entries, 4 since (the event included)
+    assert maybe_checkpoint(shared_tlog(ws), every=5) is None
     ws.audit().append("x", {})
-    nxt = maybe_checkpoint(ws, every=5)
+    nxt = maybe_checkpoint(shared_tlog(ws), every=5)
     assert nxt is not None and nxt.size == 10
     with pytest.raises(NightCoreError):
-        maybe_checkpoint(ws, every=0)
+        maybe_checkpoint(shared_tlog(ws), every=0)
 
 
 def test_checkpoints_from_threads(tmp_path: Path) -> None:
@@ -531,7 +546,7 @@ def test_checkpoints_from_threads(tmp_path: Path) -> None:
         try:
             for i in range(3):
                 ws.audit().append("run", {"k": k, "i": i})
-                checkpoint_after_run(ws)
+                checkpoint_after_run(shared_tlog(ws))
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -541,7 +556,7 @@ def test_checkpoints_from_threads(tmp_path: Path) -> None:
     for th in threads:
         th.join(60)
     assert not errors
-    report = TransparencyLog(ws).verify()
+    report = tlog_of(ws).verify()
     assert report.ok, report.to_dict()
     assert report.checkpoints >= 2
 
@@ -549,7 +564,7 @@ def test_checkpoints_from_threads(tmp_path: Path) -> None:
 def test_prove_and_entry_round_trip(tmp_path: Path) -> None:
     ws = api.init_workspace(tmp_path / "ws")
     ws.audit().append_many([Event("x", {"i": i}) for i in range(20)])
-    t = TransparencyLog(ws)
+    t = tlog_of(ws)
     pem = ws.node_pub_path.read_bytes()
     for seq in (0, 7, 20):
         proof = t.prove(seq)
@@ -564,7 +579,7 @@ def test_latest_checkpoint_survives_a_crash_between_tail_and_note(tmp_path: Path
     """checkpoint() writes audit.tail, then checkpoints/<size>.note: a crash between them
     leaves a tail without its note, which the next checkpoint() writes."""
     ws = api.init_workspace(tmp_path / "ws")
-    t = TransparencyLog(ws)
+    t = tlog_of(ws)
     t.checkpoint("one")
     second = t.checkpoint("two")
     kept = ws.state_dir / "audit" / "checkpoints" / f"{second.size}.note"
@@ -574,26 +589,26 @@ def test_latest_checkpoint_survives_a_crash_between_tail_and_note(tmp_path: Path
     third = t.checkpoint("three")
     assert kept.read_bytes() == second.note and third.size > second.size
     (ws.state_dir / "audit" / "audit.tail").unlink()  # no tail: the largest note is latest
-    latest = TransparencyLog(ws).latest_checkpoint()
+    latest = tlog_of(ws).latest_checkpoint()
     assert latest is not None and latest.note == third.note
     assert verify_log(ws.state_dir / "audit", ws.node_pub_path.read_bytes()).ok
 
 
 def test_fips_node_schedules_but_cannot_sign(tmp_path: Path) -> None:
     ws = api.init_workspace(tmp_path / "ws", fips=True)
-    assert maybe_checkpoint(ws, every=5) is None  # not due: no key needed
+    assert maybe_checkpoint(shared_tlog(ws), every=5) is None  # not due: no key needed
     ws.audit().append_many([Event("x", {"i": i}) for i in range(5)])
     with pytest.raises(AuditError) as exc:
-        maybe_checkpoint(ws, every=5)
+        maybe_checkpoint(shared_tlog(ws), every=5)
     assert exc.value.code == "CHECKPOINT_UNSUPPORTED_KEY"
-    assert TransparencyLog(ws).verify().ok
+    assert tlog_of(ws).verify().ok
 
 
 def test_a_remembered_checkpoint_does_not_survive_tampering(tmp_path: Path) -> None:
     """One TransparencyLog verifies audit.tail once per exact bytes and key: a changed tail,
     or a different node key, is verified again (and refused)."""
     ws = api.init_workspace(tmp_path / "ws")
-    t = TransparencyLog(ws)
+    t = tlog_of(ws)
     cp = t.checkpoint("one")
     assert t.latest_checkpoint() == cp and t.latest_checkpoint() == cp  # second: remembered
     tail = ws.state_dir / "audit" / "audit.tail"

@@ -11,14 +11,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nightcore.workspace import Workspace
+if TYPE_CHECKING:
+    from nightcore.audit.tlog import SignedCheckpoint, TransparencyLog
 
 
-def last_activity(ws: Workspace) -> dt.datetime | None:
-    """The timestamp of the last audit line (None for an empty log)."""
-    path = ws.state_dir / "audit" / "audit.jsonl"
+def last_activity(path: Path) -> dt.datetime | None:
+    """The timestamp of the last line of the audit log at ``path`` (None for an empty log)."""
     if not path.exists() or path.stat().st_size == 0:
         return None
     with path.open("rb") as fh:
@@ -31,14 +32,17 @@ def last_activity(ws: Workspace) -> dt.datetime | None:
         return None
 
 
-def heartbeat(ws: Workspace, idle_seconds: int, *, now: dt.datetime | None = None) -> Any:
-    """Append a heartbeat and sign a checkpoint over it if idle long enough; else None."""
-    from nightcore.audit.tlog import transparency_log
+def heartbeat(
+    log: TransparencyLog, idle_seconds: int, *, now: dt.datetime | None = None
+) -> SignedCheckpoint | None:
+    """Append a heartbeat and sign a checkpoint over it if idle long enough; else None.
 
+    ``log`` is the workspace's transparency log (with its signer and audit log).
+    """
     now = now or dt.datetime.now(dt.UTC)
-    last = last_activity(ws)
+    last = last_activity(log.tree.log_path)
     if last is not None and (now - last).total_seconds() < idle_seconds:
         return None
     idle_for = None if last is None else round((now - last).total_seconds())
-    ws.audit().append("heartbeat", {"idle_seconds": idle_for, "threshold": idle_seconds})
-    return transparency_log(ws).checkpoint("heartbeat")
+    log.audit_log().append("heartbeat", {"idle_seconds": idle_for, "threshold": idle_seconds})
+    return log.checkpoint("heartbeat")

@@ -37,14 +37,17 @@ import datetime as dt
 import json
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nightcore.canonical import canonical
 from nightcore.errors import ConfigError, NightCoreError
 from nightcore.fsio import atomic_write
-from nightcore.workspace import Workspace
+
+if TYPE_CHECKING:
+    from nightcore.layout import Layout
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 MAX_CHUNK_LINES = 10_000
@@ -227,10 +230,11 @@ class S3Sink:
         return bytes(self.client.get_object(Bucket=self.cfg.bucket, Key=key)["Body"].read())
 
 
-def sink_for(ws: Workspace, cfg: MirrorConfig) -> DirSink | S3Sink:
+def sink_for(layout: Layout, cfg: MirrorConfig) -> DirSink | S3Sink:
+    """The sink of one mirror (a relative ``dir`` path is relative to the workspace root)."""
     if cfg.kind == "dir":
         path = Path(cfg.path)
-        return DirSink(path if path.is_absolute() else ws.root / path)
+        return DirSink(path if path.is_absolute() else layout.root / path)
     return S3Sink(cfg)
 
 
@@ -247,12 +251,12 @@ class Cursor:
         return canonical(self.__dict__) + b"\n"
 
 
-def _cursor_path(ws: Workspace, name: str) -> Path:
-    return ws.state_dir / "audit" / "mirrors" / f"{name}.json"
+def _cursor_path(layout: Layout, name: str) -> Path:
+    return layout.mirrors_state_dir / f"{name}.json"
 
 
-def load_cursor(ws: Workspace, name: str) -> Cursor:
-    p = _cursor_path(ws, name)
+def load_cursor(layout: Layout, name: str) -> Cursor:
+    p = _cursor_path(layout, name)
     if not p.exists():
         return Cursor()
     try:
@@ -282,14 +286,14 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def sync_one(ws: Workspace, cfg: MirrorConfig) -> MirrorStatus:
+def sync_one(layout: Layout, cfg: MirrorConfig) -> MirrorStatus:
     """Copy what is past this mirror's cursor; never raises for the mirror's own failures."""
-    cur = load_cursor(ws, cfg.name)
-    audit_dir = ws.state_dir / "audit"
-    log = audit_dir / "audit.jsonl"
+    cur = load_cursor(layout, cfg.name)
+    audit_dir = layout.audit_dir
+    log = layout.audit_log
     total_lines = cur.lines
     try:
-        sink = sink_for(ws, cfg)
+        sink = sink_for(layout, cfg)
         with log.open("rb") as fh:
             fh.seek(cur.offset)
             while True:
@@ -306,11 +310,11 @@ def sync_one(ws: Workspace, cfg: MirrorConfig) -> MirrorStatus:
                 sink.put_lines(cur.lines, cur.lines + len(lines) - 1, b"".join(lines))
                 cur.offset += size
                 cur.lines += len(lines)
-                atomic_write(_cursor_path(ws, cfg.name), cur.to_bytes())
+                atomic_write(_cursor_path(layout, cfg.name), cur.to_bytes())
                 if len(lines) < MAX_CHUNK_LINES:
                     break
         total_lines = cur.lines
-        sink.put_file("node.pub.pem", ws.node_pub_path.read_bytes())
+        sink.put_file("node.pub.pem", layout.node_pub_path.read_bytes())
         cps = (
             sorted(
                 int(p.stem) for p in (audit_dir / "checkpoints").glob("*.note") if p.stem.isdigit()
@@ -332,12 +336,12 @@ def sync_one(ws: Workspace, cfg: MirrorConfig) -> MirrorStatus:
                 "audit.tail", (audit_dir / "checkpoints" / f"{max(mirrored)}.note").read_bytes()
             )
         cur.last_error, cur.last_sync_at = "", _now()
-        atomic_write(_cursor_path(ws, cfg.name), cur.to_bytes())
+        atomic_write(_cursor_path(layout, cfg.name), cur.to_bytes())
         ok, error = True, ""
     except Exception as exc:  # noqa: BLE001 - a mirror outage must never fail local work
         cur.last_error = f"{type(exc).__name__}: {exc}"[:300]
         cur.last_error_at = _now()
-        atomic_write(_cursor_path(ws, cfg.name), cur.to_bytes())
+        atomic_write(_cursor_path(layout, cfg.name), cur.to_bytes())
         ok, error = False, cur.last_error
     local_lines = _line_count(log)
     return MirrorStatus(
@@ -345,20 +349,21 @@ def sync_one(ws: Workspace, cfg: MirrorConfig) -> MirrorStatus:
     )
 
 
-def mirrors(ws: Workspace) -> tuple[MirrorConfig, ...]:
-    audit = ws.config.raw.get("audit", {})
+def mirrors(raw_config: Mapping[str, Any]) -> tuple[MirrorConfig, ...]:
+    """The ``[[audit.mirror]]`` list of a parsed ``nightcore.toml`` (``Config.raw``)."""
+    audit = raw_config.get("audit", {})
     return parse_mirrors(audit.get("mirror") if isinstance(audit, dict) else None)
 
 
-def sync_all(ws: Workspace) -> list[MirrorStatus]:
-    return [sync_one(ws, m) for m in mirrors(ws)]
+def sync_all(layout: Layout, configured: Sequence[MirrorConfig]) -> list[MirrorStatus]:
+    return [sync_one(layout, m) for m in configured]
 
 
-def status(ws: Workspace) -> list[MirrorStatus]:
-    local = _line_count(ws.state_dir / "audit" / "audit.jsonl")
+def status(layout: Layout, configured: Sequence[MirrorConfig]) -> list[MirrorStatus]:
+    local = _line_count(layout.audit_log)
     out = []
-    for m in mirrors(ws):
-        cur = load_cursor(ws, m.name)
+    for m in configured:
+        cur = load_cursor(layout, m.name)
         out.append(
             MirrorStatus(
                 m.name,
@@ -373,15 +378,15 @@ def status(ws: Workspace) -> list[MirrorStatus]:
     return out
 
 
-def verify_source(ws: Workspace, name: str) -> Any:
+def verify_source(layout: Layout, configured: Sequence[MirrorConfig], name: str) -> Any:
     """Verify one mirror on its own (its lines, tree and checkpoints), with node.pub.pem."""
     from nightcore.audit.tlog import verify_log
 
-    cfg = next((m for m in mirrors(ws) if m.name == name), None)
+    cfg = next((m for m in configured if m.name == name), None)
     if cfg is None:
         raise NightCoreError(f"no audit mirror named {name[:40]!r}", code="MIRROR_NOT_FOUND")
-    pem = ws.node_pub_path.read_bytes()
-    sink = sink_for(ws, cfg)
+    pem = layout.node_pub_path.read_bytes()
+    sink = sink_for(layout, cfg)
     if isinstance(sink, DirSink):
         return verify_log(sink.root, pem)
     import tempfile

@@ -48,7 +48,7 @@ Codes: ``AUDIT_TRUNCATED`` (the log is shorter than a signed checkpoint), ``CHEC
 root at that size differs: history rewritten), ``CHECKPOINT_ORIGIN_MISMATCH``,
 ``CHECKPOINT_MALFORMED`` (a stored file whose name is not its size), ``CHECKPOINT_EVENT_MISMATCH``
 (a ``checkpoint`` event's root is not the tree root at its size), ``CHECKPOINT_UNSUPPORTED_KEY``,
-``NODE_KEY_MISMATCH`` (private key does not match ``node.pub.pem``, from the workspace),
+``NODE_KEY_MISMATCH`` (private key does not match ``node.pub.pem``, from the signer's loader),
 ``CHECKPOINT_KEY_NAME_INVALID``, ``AUDIT_TREE_MISMATCH``, ``CONSISTENCY_FAILED``,
 ``PROOF_INDEX_MISMATCH`` (the entry's ``seq`` is not the proof's index), the chain codes of
 :mod:`nightcore.audit.log` and the ``PROOF_*`` / ``NOTE_*`` codes of :mod:`~nightcore.audit.merkle`
@@ -66,7 +66,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,7 +81,8 @@ from nightcore.errors import AuditError, NightCoreError, UsageError
 from nightcore.fsio import atomic_write
 
 if TYPE_CHECKING:
-    from nightcore.workspace import Workspace
+    from nightcore.audit.log import AuditLog
+    from nightcore.layout import Layout
 
 __all__ = [
     "CHECKPOINT_EVENT",
@@ -1394,13 +1395,30 @@ def verify_consistency_proof(
 class TransparencyLog:
     """Tree, checkpoints and proofs of one workspace's audit log (see the module docstring).
 
+    Built from what it uses, never from a workspace: the workspace's :class:`Layout` (the audit
+    directory and ``node.pub.pem``), the checkpoint key name (``[node] name``), a zero-argument
+    callable returning the node signer (called only when a checkpoint is actually signed) and
+    one returning the workspace's :class:`AuditLog` (for the ``checkpoint`` event). Without a
+    signer the log is read-only: it syncs, verifies and proves against stored checkpoints, and
+    refuses to sign one.
+
     Thread-safe: one in-process mutex plus the audit ``flock`` across processes. The audit lock
     is never held while appending the ``checkpoint`` event (the writer takes it itself).
     """
 
-    def __init__(self, ws: Workspace) -> None:
-        self.ws = ws
-        self.dir = ws.state_dir / "audit"
+    def __init__(
+        self,
+        layout: Layout,
+        *,
+        key_name: str = "",
+        signer: Callable[[], Any] | None = None,
+        audit: Callable[[], AuditLog] | None = None,
+    ) -> None:
+        self.dir = layout.audit_dir
+        self.node_pub_path = layout.node_pub_path
+        self._key_name = key_name
+        self._load_signer = signer
+        self._audit = audit
         self.tree = LogTree(self.dir)
         self.checkpoints_dir = self.dir / CHECKPOINTS_DIR
         self.tail_path = self.dir / TAIL_NAME
@@ -1411,11 +1429,19 @@ class TransparencyLog:
         self._opened_memo: dict[tuple[bytes, bytes], SignedCheckpoint] = {}
         self._count_memo: tuple[int, int] | None = None  # (byte offset, lines before it)
 
+    def audit_log(self) -> AuditLog:
+        """The workspace's audit log (the one the ``checkpoint`` events go to)."""
+        if self._audit is None:
+            raise AuditError(
+                "this transparency log is read-only (no audit log was given)", code="INTERNAL"
+            )
+        return self._audit()
+
     # -- keys ----------------------------------------------------------------------------------
 
     def public_key_pem(self) -> bytes:
         try:
-            with self.ws.node_pub_path.open("rb") as fh:
+            with self.node_pub_path.open("rb") as fh:
                 return fh.read(MAX_PUBLIC_KEY_FILE + 1)
         except FileNotFoundError:
             raise AuditError("node.pub.pem is missing", code="NODE_KEY_MISSING") from None
@@ -1448,7 +1474,7 @@ class TransparencyLog:
 
     @property
     def key_name(self) -> str:
-        name = self.ws.config.node_name
+        name = self._key_name
         if not note._valid_name(name):
             raise AuditError(
                 f"node name {name!r} cannot be a signed-note key name (no spaces, no '+')",
@@ -1461,8 +1487,12 @@ class TransparencyLog:
             return self._signing_key
         pem = self.public_key_pem()
         load_node_public_key(pem)  # CHECKPOINT_UNSUPPORTED_KEY for an ECDSA node key
-        # The workspace's node signer: a local key file is read once, with cryptography.
-        signer = self.ws.node_signer()
+        if self._load_signer is None:
+            raise AuditError(
+                "this transparency log is read-only (no node signer was given)", code="INTERNAL"
+            )
+        # The node signer, loaded now: a local key file is read once, with cryptography.
+        signer = self._load_signer()
         private = getattr(signer, "_private", None)
         if not isinstance(private, Ed25519PrivateKey):
             raise AuditError(
@@ -1470,7 +1500,7 @@ class TransparencyLog:
                 "one (a KMS/HSM signer cannot produce C2SP Ed25519 note signatures here)",
                 code="CHECKPOINT_UNSUPPORTED_KEY",
             )
-        # ws.node_signer() already refused a key that does not match node.pub.pem
+        # The signer's loader already refused a key that does not match node.pub.pem
         # (NODE_KEY_MISMATCH).
         self._signing_key = private
         return private
@@ -1556,7 +1586,7 @@ class TransparencyLog:
                 _atomic_write(self.tail_path, signed)
                 _atomic_write(self.checkpoints_dir / f"{cp.size}.note", signed)
             # After signing and outside the lock: the event lands at seq >= cp.size.
-            self.ws.audit().append(
+            self.audit_log().append(
                 CHECKPOINT_EVENT, {"size": cp.size, "root": cp.root.hex(), "reason": reason}
             )
             return cp
@@ -1752,26 +1782,37 @@ _LOGS: dict[Path, TransparencyLog] = {}
 _LOGS_MUTEX = threading.Lock()
 
 
-def transparency_log(ws: Workspace) -> TransparencyLog:
-    """The process-wide :class:`TransparencyLog` of a workspace (its tree stays in memory)."""
+def transparency_log(
+    layout: Layout,
+    *,
+    key_name: str,
+    signer: Callable[[], Any],
+    audit: Callable[[], AuditLog],
+) -> TransparencyLog:
+    """The process-wide :class:`TransparencyLog` of a workspace (its tree stays in memory).
+
+    Keyed by the audit directory: the first caller's key name, signer and audit log are kept.
+    """
     with _LOGS_MUTEX:
-        log = _LOGS.get(ws.root)
+        log = _LOGS.get(layout.audit_dir)
         if log is None:
-            log = _LOGS[ws.root] = TransparencyLog(ws)
+            log = _LOGS[layout.audit_dir] = TransparencyLog(
+                layout, key_name=key_name, signer=signer, audit=audit
+            )
         return log
 
 
-def checkpoint_after_run(ws: Workspace) -> SignedCheckpoint:
+def checkpoint_after_run(log: TransparencyLog) -> SignedCheckpoint:
     """Checkpoint after a run (the run pipeline calls this once per ``nightcore run``).
 
     Raises :class:`AuditError` (e.g. ``CHECKPOINT_UNSUPPORTED_KEY`` on an ECDSA node,
     ``AUDIT_TREE_MISMATCH`` / ``CHECKPOINT_ROOT_MISMATCH`` if the log was tampered with).
     """
-    return transparency_log(ws).checkpoint("run")
+    return log.checkpoint("run")
 
 
 def maybe_checkpoint(
-    ws: Workspace, every: int = DEFAULT_CHECKPOINT_EVERY
+    log: TransparencyLog, every: int = DEFAULT_CHECKPOINT_EVERY
 ) -> SignedCheckpoint | None:
     """Checkpoint when ``every`` or more entries were appended since the latest checkpoint."""
-    return transparency_log(ws).maybe_checkpoint(every)
+    return log.maybe_checkpoint(every)

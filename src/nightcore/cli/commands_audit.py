@@ -26,9 +26,15 @@ MAX_KEY_FILE = 64 * 1024
 
 
 def _tlog(args: argparse.Namespace) -> Any:
+    return _tlog_of(_ws(args))
+
+
+def _tlog_of(ws: Any) -> Any:
     from nightcore.audit.tlog import TransparencyLog
 
-    return TransparencyLog(_ws(args))
+    return TransparencyLog(
+        ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
+    )
 
 
 def _read_capped(path: str, cap: int, code: str, what: str) -> bytes:
@@ -56,9 +62,10 @@ def _write_out(path: str, data: bytes) -> None:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     if getattr(args, "source", None):
-        from nightcore.audit.mirror import verify_source
+        from nightcore.audit.mirror import mirrors, verify_source
 
-        report = verify_source(_ws(args), args.source)
+        ws = _ws(args)
+        report = verify_source(ws.layout, mirrors(ws.config.raw), args.source)
     else:
         report = _tlog(args).verify()
     if args.json:
@@ -97,9 +104,10 @@ def _mirror_table(rows: list[Any], title: str) -> None:
 
 
 def cmd_mirror_status(args: argparse.Namespace) -> int:
-    from nightcore.audit.mirror import status
+    from nightcore.audit.mirror import mirrors, status
 
-    rows = status(_ws(args))
+    ws = _ws(args)
+    rows = status(ws.layout, mirrors(ws.config.raw))
     if args.json:
         print_json([m.to_dict() for m in rows])
     else:
@@ -108,9 +116,10 @@ def cmd_mirror_status(args: argparse.Namespace) -> int:
 
 
 def cmd_mirror_sync(args: argparse.Namespace) -> int:
-    from nightcore.audit.mirror import sync_all
+    from nightcore.audit.mirror import mirrors, sync_all
 
-    rows = sync_all(_ws(args))
+    ws = _ws(args)
+    rows = sync_all(ws.layout, mirrors(ws.config.raw))
     if args.json:
         print_json([m.to_dict() for m in rows])
     else:
@@ -125,8 +134,9 @@ def cmd_heartbeat(args: argparse.Namespace) -> int:
 
     ws = _ws(args)
     idle = args.idle if args.idle is not None else ws.config.heartbeat_idle_seconds
+    log = _tlog_of(ws)
     while True:
-        cp = heartbeat(ws, idle)
+        cp = heartbeat(log, idle)
         if args.json:
             print_json({"heartbeat": cp is not None, **(cp.to_dict() if cp else {})})
         elif cp is not None:

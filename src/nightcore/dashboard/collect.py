@@ -473,7 +473,7 @@ def latest_checkpoint(ws: Workspace) -> tuple[CheckpointView | None, str | None]
     try:
         from nightcore.audit import tlog
 
-        cp = tlog.TransparencyLog(ws).latest_checkpoint()
+        cp = tlog.TransparencyLog(ws.layout).latest_checkpoint()
     except (ImportError, AttributeError):
         return _tail_unverified(ws), None
     except NightCoreError as exc:

@@ -494,7 +494,9 @@ def create_app(
         from nightcore.audit import tlog
 
         def sign() -> dict[str, Any]:
-            cp = tlog.transparency_log(ws).checkpoint(f"console token:{rec.id}")
+            cp = tlog.transparency_log(
+                ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
+            ).checkpoint(f"console token:{rec.id}")
             return dict(cp.to_dict())
 
         return JSONResponse({"checkpoint": await run_in_threadpool(sign)})

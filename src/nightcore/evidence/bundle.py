@@ -141,7 +141,9 @@ def _lines_for(ws: Workspace, run_ids: set[str], tenant: str | None) -> list[byt
 def _add_audit(w: _Writer, ws: Workspace, lines: list[bytes]) -> dict[str, Any]:
     from nightcore.audit.tlog import transparency_log
 
-    tl = transparency_log(ws)
+    tl = transparency_log(
+        ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
+    )
     latest = tl.latest_checkpoint()
     top = max((json.loads(x)["seq"] for x in lines), default=-1)
     if latest is None or latest.size <= top:
@@ -186,7 +188,9 @@ def export_proof(
             w.add(f"attestations/{run_id}.intoto.dsse.json", att.read_bytes())
     lines = _lines_for(ws, set(selected), None)
     # A fresh checkpoint so every exported line is covered (appends one audit line).
-    transparency_log(ws).checkpoint("proof-export")
+    transparency_log(
+        ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
+    ).checkpoint("proof-export")
     checkpoint = _add_audit(w, ws, lines)
     sbom = build_sbom(ws)
     validate_sbom(sbom)
@@ -257,7 +261,9 @@ def export_forensics(
             p = content / sub / f"{digest}.{ext}"
             if isinstance(digest, str) and p.is_file() and f"content/{sub}/{p.name}" not in w.files:
                 w.add(f"content/{sub}/{p.name}", p.read_bytes())
-    tl = transparency_log(ws)
+    tl = transparency_log(
+        ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
+    )
     latest = tl.latest_checkpoint()  # no new checkpoint: export never modifies state
     covered = [x for x in lines if latest is not None and json.loads(x)["seq"] < latest.size]
     w.add("audit/lines.jsonl", b"".join(x + b"\n" for x in lines))

@@ -418,13 +418,17 @@ class Runner:
 
     def _checkpoint(self, report: RunReport, *, always: bool) -> None:
         """Sign a checkpoint over everything this run logged (C2SP tlog-checkpoint)."""
-        from nightcore.audit.tlog import checkpoint_after_run, maybe_checkpoint
+        from nightcore.audit.tlog import transparency_log
 
+        ctx = self.ctx
         try:
+            tlog = transparency_log(
+                ctx.layout, key_name=ctx.config.node_name, signer=ctx.node_signer, audit=ctx.audit
+            )
             cp = (
-                checkpoint_after_run(self.ctx)
+                tlog.checkpoint("run")
                 if always
-                else maybe_checkpoint(self.ctx, self.ctx.config.checkpoint_every)
+                else tlog.maybe_checkpoint(ctx.config.checkpoint_every)
             )
         except NightCoreError as exc:
             report.checkpoint_error = (exc.code, exc.message)
@@ -436,9 +440,10 @@ class Runner:
             return
         from nightcore.audit.mirror import mirrors, sync_all
 
-        if mirrors(self.ctx):
+        configured = mirrors(ctx.config.raw)
+        if configured:
             # A mirror outage is reported, never fatal: local evidence is already durable.
-            report.mirrors = [m.to_dict() for m in sync_all(self.ctx)]
+            report.mirrors = [m.to_dict() for m in sync_all(ctx.layout, configured)]
 
     def node_signer(self) -> Any:
         return self.ctx.node_signer()
