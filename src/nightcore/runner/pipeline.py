@@ -146,6 +146,15 @@ def _random_seed() -> int:
     return secrets.randbits(53)
 
 
+def host_error(exc: Exception, step: str) -> tuple[str, str]:
+    """(code, one-line message) for a failure of the host while handling one tenant's run:
+    the error's own code when it has one, else ``HOST_ERROR`` naming the step and the error."""
+    if isinstance(exc, NightCoreError):
+        return exc.code, exc.message
+    text = " ".join(str(exc).split())[:300]
+    return "HOST_ERROR", f"host error {step}: {type(exc).__name__}: {text}".rstrip(": ")
+
+
 def new_run_id(tenant: str) -> str:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%f")
     return f"{stamp}-{tenant}-{os.urandom(4).hex()}"  # secrets.token_hex(4)
@@ -328,12 +337,13 @@ class Runner:
             m = d.manifest
             try:
                 preopens = prepare_preopens(ctx.layout, m)
-            except NightCoreError as exc:
-                tr.code, tr.reason = exc.code, exc.message
+                _store_content(ctx.layout, d.module_sha256, v.module, d.envelope_sha256, v.envelope)
+            except Exception as exc:  # noqa: BLE001 - becomes this tenant's audited denial
+                tr.code, tr.reason = host_error(exc, "preparing the run")
                 events.append(
                     Event(
                         "admission_denied",
-                        {**data, "code": exc.code, "reason": exc.message},
+                        {**data, "code": tr.code, "reason": tr.reason},
                         d.tenant,
                     )
                 )
@@ -369,7 +379,6 @@ class Runner:
                 )
             )
             admitted.append((tr, cfg, v.module))
-            _store_content(ctx.layout, d.module_sha256, v.module, d.envelope_sha256, v.envelope)
             tr.envelope_sha256 = d.envelope_sha256
         workers = max(1, min(parallel or ctx.config.parallel, len(admitted) or 1))
         # The first groups start the moment this batch is durable, so their run_start lines
@@ -387,11 +396,6 @@ class Runner:
 
         if admitted:
             sandbox = self.sandbox()
-            if self.strongbox:
-                # Workers run as an unprivileged uid: hand them their data directories.
-                for _tr, cfg, _module in admitted:
-                    for p in cfg.preopens:
-                        sandbox.grant_access(p.host_dir)  # type: ignore[union-attr]
             if workers == 1:
                 self._work(sandbox, schedule, progress)
             else:
@@ -409,10 +413,10 @@ class Runner:
         report = RunReport([results[n] for n in names])
         try:
             self._index([r for r in results.values() if r.audit_seq is not None])
-        except NightCoreError as exc:
+        except Exception as exc:  # noqa: BLE001 - reported; the audit log holds the runs
             # The index is derived from the audit log (already durable): a broken index is
             # reported, never a reason to call the run failed.
-            report.index_error = (exc.code, exc.message)
+            report.index_error = host_error(exc, "updating the run index")
         self._checkpoint(report, always=checkpoint)
         return report
 
@@ -496,30 +500,75 @@ class Runner:
         """Make the outcomes in ``done`` (and ``starts``) durable, then sign each run's
         attestation with its audit seq and report it."""
         entries = audit.append_many([x.outcome for x in done] + starts)
+        failed: list[Event] = []
         for x, entry in zip(done, entries, strict=False):
             try:
                 self._attest(x, entry)
+            except Exception as exc:  # noqa: BLE001 - audited below; neighbours still attested
+                # The outcome line is durable (the run's evidence of record); the signed
+                # attestation is missing, and that is itself audited and reported.
+                code, message = host_error(exc, "writing the attestation")
+                x.tr.reason = f"{x.tr.reason}; attestation not written: {code}".lstrip("; ")
+                failed.append(
+                    Event(
+                        "attestation_failed",
+                        {"run_id": x.tr.run_id, "code": code, "reason": message},
+                        x.cfg.tenant,
+                    )
+                )
             finally:
                 if progress is not None:
                     progress(x.tr)
+        if failed:
+            audit.append_many(failed)
 
     def _execute(
         self, sandbox: Sandbox | StrongboxSandbox, tr: TenantRun, cfg: RunConfig, module: bytes
     ) -> _Executed:
+        """Run one admitted tenant and build its outcome event.
+
+        Whatever fails here — the sandbox, the host's bookkeeping of this tenant's files, an
+        I/O error — ends this tenant's run with its own code (``HOST_ERROR`` when the failure
+        has none), never the whole batch: its run_start is already durable and must get its
+        outcome, and its neighbours must get theirs (issue 16, item 2).
+        """
         ctx = self.ctx
         rw = [(p.guest_path, p.host_dir) for p in cfg.preopens if p.writable]
-        before = snapshot(rw) if rw else {}
+        before: dict[str, Any] = {}
+        result: RunResult | None = None
+        snapped = False
         try:
-            result: RunResult = sandbox.run(module, cfg)
-        except NightCoreError as exc:
-            # A sandbox refusal (e.g. a preopen a strongbox worker cannot reach) ends this
-            # tenant's run with its code; the run_start already logged gets its outcome.
-            result = RunResult.refused(exc.code, exc.message)
+            if self.strongbox:
+                # Workers run as an unprivileged uid: hand them this tenant's data directories.
+                for p in cfg.preopens:
+                    sandbox.grant_access(p.host_dir)  # type: ignore[union-attr]
+            before = snapshot(rw) if rw else {}
+            snapped = True
+        except Exception as exc:  # noqa: BLE001 - recorded as this tenant's outcome
+            result = RunResult.refused(*host_error(exc, "before the run"))
+        if result is None:
+            try:
+                result = sandbox.run(module, cfg)
+            except Exception as exc:  # noqa: BLE001 - recorded as this tenant's outcome
+                # A sandbox refusal (e.g. a preopen a strongbox worker cannot reach) ends this
+                # tenant's run with its code; the run_start already logged gets its outcome.
+                result = RunResult.refused(*host_error(exc, "in the sandbox"))
         run_dir = ctx.layout.run_dir(tr.run_id)
-        run_dir.mkdir(parents=True)
-        _write_output(run_dir / "stdout", result.stdout)
-        if result.stderr:  # an absent stderr file means an empty stream (its digest is logged)
-            _write_output(run_dir / "stderr", result.stderr)
+        try:
+            run_dir.mkdir(parents=True)
+            _write_output(run_dir / "stdout", result.stdout)
+            if result.stderr:  # an absent stderr file means an empty stream (digest is logged)
+                _write_output(run_dir / "stderr", result.stderr)
+        except Exception as exc:  # noqa: BLE001 - recorded as this tenant's outcome
+            result.code, result.detail = host_error(exc, "storing the run's output")
+        written: list[Any] = []
+        truncated = False
+        if rw and snapped:
+            try:
+                written, truncated = written_files(before, rw)
+            except Exception as exc:  # noqa: BLE001 - recorded as this tenant's outcome
+                result.code, result.detail = host_error(exc, "recording the files it wrote")
+                truncated = True
         tr.code = result.code
         tr.reason = result.detail
         tr.exit_code = result.exit_code
@@ -552,7 +601,6 @@ class Runner:
             },
             cfg.tenant,
         )
-        written, truncated = written_files(before, rw) if rw else ([], False)
         return _Executed(tr, cfg, result, run_dir, outcome, written, truncated)
 
     def _attest(self, x: _Executed, entry: Any) -> None:
