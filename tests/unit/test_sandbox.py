@@ -298,6 +298,57 @@ def test_fuel_exhausted(sandbox: Sandbox) -> None:
     result = run(sandbox, LOOP, fuel=100_000, wall_ms=60_000)
     assert result.code == "FUEL_EXHAUSTED"
     assert result.fuel_used == 100_000
+    assert result.fuel_exact and result.fuel_reported == 100_000
+
+
+# Issue 16 item 7: a timed-out run reported fuel_used 0. Wasmtime keeps a running function's
+# fuel counter in a register and writes it back only at calls, returns, `unreachable` and
+# out-of-fuel checks; an epoch stop loses everything since then (all of it for `loop br 0`).
+
+
+def test_timeout_fuel_is_unknown_never_a_false_zero(sandbox: Sandbox) -> None:
+    result = run(sandbox, LOOP, wall_ms=50, fuel=10**15)
+    assert result.code == "TIMEOUT"
+    assert result.fuel_used == 0  # what the store says: nothing was written back
+    assert not result.fuel_exact
+    assert result.fuel_reported is None
+
+
+def test_timeout_with_calls_keeps_a_lower_bound_but_reports_unknown(sandbox: Sandbox) -> None:
+    calls = wasm('(module (func $h) (func (export "_start") (loop $l (call $h) (br $l))))')
+    result = run(sandbox, calls, wall_ms=50, fuel=10**15)
+    assert result.code == "TIMEOUT"
+    assert result.fuel_used > 0 and not result.fuel_exact
+    assert result.fuel_reported is None
+
+
+def _count_then(tail: str) -> bytes:
+    return wasm(f"""
+    (module (memory (export "memory") 1)
+      (func (export "_start") (local $i i32)
+        (loop $l
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get $i) (i32.const 10000))))
+        {tail}))""")
+
+
+def test_fuel_after_other_endings(sandbox: Sandbox) -> None:
+    returned = run(sandbox, _count_then(""))
+    assert returned.code == "OK" and returned.fuel_exact and returned.fuel_used > 10_000
+    # `unreachable` writes the counter back first: the same work, exactly counted.
+    unreachable = run(sandbox, _count_then("unreachable"))
+    assert unreachable.code == "TRAP" and unreachable.fuel_reported is not None
+    assert abs(unreachable.fuel_reported - returned.fuel_used) <= 1
+    # A division by zero does not: the 10,000 iterations are lost, so the fuel is unknown.
+    div0 = run(sandbox, _count_then("(drop (i32.div_u (i32.const 1) (i32.const 0)))"))
+    assert div0.code == "TRAP" and div0.fuel_reported is None
+
+
+def test_output_limit_stop_fuel_is_unknown(sandbox: Sandbox) -> None:
+    flood = wasm(STUBBORN_FLOOD_WAT)
+    result = run(sandbox, flood, output_bytes=1024)
+    assert result.code == "OUTPUT_LIMIT"
+    assert result.fuel_used > 0 and result.fuel_reported is None
 
 
 def test_deep_recursion_overflows_the_stack(sandbox: Sandbox) -> None:

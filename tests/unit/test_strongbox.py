@@ -154,6 +154,7 @@ def _same(a: RunResult, b: RunResult) -> None:
         b.output_truncated,
     )
     assert a.extra == b.extra
+    assert a.fuel_exact == b.fuel_exact
 
 
 # -- same outcomes as the in-process sandbox -----------------------------------------------
@@ -192,6 +193,11 @@ def test_outcomes_match_the_in_process_sandbox(
         assert confined.memory_bytes == local.memory_bytes
     if code == "OK":
         assert confined.stdout == b"hello\n"
+    if code == "TIMEOUT":
+        # Wasmtime never wrote the loop's fuel back: unknown (null), never a false 0.
+        assert not confined.fuel_exact and confined.fuel_reported is None
+    if code == "FUEL_EXHAUSTED":
+        assert confined.fuel_reported == cfg.limits.fuel
 
 
 def test_a_bigger_memory_limit_and_stack_still_work(strongbox: StrongboxSandbox) -> None:
@@ -332,6 +338,7 @@ def _reply(**over: object) -> dict[str, object]:
         "code": "OK",
         "exit_code": 0,
         "fuel_used": 1,
+        "fuel_exact": True,
         "memory_bytes": 1,
         "stdout_len": 2,
         "stderr_len": 0,
@@ -352,6 +359,8 @@ def _reply(**over: object) -> dict[str, object]:
         {"seq": 6},
         {"stdout_len": 3},
         {"exit_code": True},
+        {"fuel_exact": 1},
+        {"fuel_exact": None},
         {"extra": {"x": "y"}},
         {"cache": "evil"},
         {"unexpected": 1},

@@ -895,6 +895,7 @@ class Sandbox:
             instance: wasmtime.Instance | None = None
             code, detail = "OK", ""
             exit_code: int | None = 0
+            fuel_exact = True  # see RunResult.fuel_exact
             try:
                 instance = loaded.pre.instantiate(store)
                 func = instance.exports(store).get(config.entrypoint)
@@ -913,6 +914,7 @@ class Sandbox:
             except wasmtime.Trap as exc:
                 exit_code, detail = None, _one_line(exc.message)
                 code = _trap_code(exc.trap_code)
+                fuel_exact = exc.trap_code in _FUEL_WRITTEN_BACK
                 if instance is None and code == "TRAP":
                     code = "INSTANTIATE_ERROR"  # the start function trapped
             except wasmtime.WasmtimeError as exc:
@@ -923,15 +925,18 @@ class Sandbox:
                     )
                 else:
                     code = "TRAP"
+                    fuel_exact = False  # e.g. stopped by the epoch-deadline callback
             finally:
                 _tls.det = None
             if watchdog.reason and code not in ("OK", "EXIT_NONZERO"):
-                code, exit_code = watchdog.reason, None
+                code, exit_code, fuel_exact = watchdog.reason, None, False
                 detail = (
                     f"output limit of {limits.output_bytes} bytes reached: run stopped"
                     if code == "OUTPUT_LIMIT"
                     else f"wall-clock limit of {limits.wall_ms} ms reached"
                 )
+            # Exact only where Wasmtime wrote its fuel counter back (fuel_exact); otherwise
+            # the fuel burnt since the guest's last call or return is lost: a lower bound.
             fuel_used = max(0, limits.fuel - store.get_fuel())
             memory_bytes, at_limit = 0, False
             mem = _exported_memory(store, instance)
@@ -963,7 +968,21 @@ class Sandbox:
             detail=detail,
             cache=cache_status,
             extra=extra,
+            fuel_exact=fuel_exact,
         )
+
+
+# Traps at which compiled code has written its fuel counter back to the store: out-of-fuel
+# (saved before the libcall), `unreachable` (saved before it), and stack overflow (raised in
+# a callee's prologue, after the caller saved it for the call). An epoch interrupt and the
+# other wasm traps (division by zero, out-of-bounds access, ...) leave it stale.
+_FUEL_WRITTEN_BACK = frozenset(
+    {
+        wasmtime.TrapCode.OUT_OF_FUEL,
+        wasmtime.TrapCode.UNREACHABLE,
+        wasmtime.TrapCode.STACK_OVERFLOW,
+    }
+)
 
 
 def _trap_code(trap_code: wasmtime.TrapCode | None) -> str:

@@ -330,6 +330,7 @@ def result_to_frame(result: RunResult) -> tuple[dict[str, Any], bytes]:
             "code": result.code,
             "exit_code": result.exit_code,
             "fuel_used": result.fuel_used,
+            "fuel_exact": result.fuel_exact,
             "memory_bytes": result.memory_bytes,
             "stdout_len": len(result.stdout),
             "stderr_len": len(result.stderr),
@@ -367,6 +368,7 @@ def result_from_frame(
         "code",
         "exit_code",
         "fuel_used",
+        "fuel_exact",
         "memory_bytes",
         "stdout_len",
         "stderr_len",
@@ -415,6 +417,7 @@ def result_from_frame(
         detail=_clean_text(_field(obj, "detail", str)),
         cache=cache,
         extra=extra,
+        fuel_exact=_field(obj, "fuel_exact", bool),
     )
 
 

@@ -271,6 +271,7 @@ def _selftest_request(header: dict[str, Any], out_fd: int) -> bool:
                 "code": "OK",
                 "exit_code": 0,
                 "fuel_used": 10**30,
+                "fuel_exact": True,
                 "memory_bytes": 10**30,
                 "stdout_len": 3,
                 "stderr_len": 0,

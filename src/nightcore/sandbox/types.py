@@ -52,7 +52,7 @@ class RunConfig:
 class RunResult:
     code: str  # OK, EXIT_NONZERO, FUEL_EXHAUSTED, TIMEOUT, MEMORY_LIMIT, STACK_OVERFLOW, ...
     exit_code: int | None
-    fuel_used: int
+    fuel_used: int  # exact, or a lower bound when fuel_exact is False
     wall_ms: float
     memory_bytes: int  # peak linear memory reached
     stdout: bytes
@@ -61,6 +61,12 @@ class RunResult:
     detail: str = ""  # one-line trap / error message (untrusted: sanitise before display)
     cache: str = ""  # "hit", "miss", "rejected" (authentication failed, recompiled)
     extra: dict[str, str] = field(default_factory=dict)
+    # False when ``fuel_used`` is only a lower bound: Wasmtime keeps a running function's
+    # fuel counter in a register and writes it back to the store only at calls, returns,
+    # ``unreachable`` and out-of-fuel checks, so a run stopped anywhere else (the epoch
+    # deadline: TIMEOUT, the output-limit stop; most wasm traps) loses the fuel burnt since
+    # the last write-back -- all of it for a loop without calls. See :attr:`fuel_reported`.
+    fuel_exact: bool = True
 
     @classmethod
     def refused(
@@ -79,6 +85,15 @@ class RunResult:
             cache=cache,
             extra=extra or {},
         )
+
+    @property
+    def fuel_reported(self) -> int | None:
+        """The fuel to record in the audit log and attestation: None when it is not known.
+
+        Never a lower bound passed off as the amount used (a timed-out ``loop br 0`` would
+        otherwise report 0).
+        """
+        return self.fuel_used if self.fuel_exact else None
 
     @property
     def output_bytes(self) -> int:
