@@ -24,11 +24,13 @@ the checkpoint signature, and that attestations and audit lines agree.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import gzip
 import hashlib
 import io
 import json
+import os
 import tarfile
 import tempfile
 import zlib
@@ -48,6 +50,10 @@ INDEX_PAYLOAD_TYPE = "application/vnd.nightcore.bundle-index+json"
 MAX_MEMBER_BYTES = 256 * 1024 * 1024
 MAX_TOTAL_BYTES = 1024 * 1024 * 1024
 MAX_MEMBERS = 100_000
+MAX_MEMBER_DEPTH = 16  # path components of a member name (bundles use at most 3)
+MAX_MEMBER_NAME = 1024  # characters of a member name
+MAX_HEADER_BYTES = 64 * 1024  # one member's tar header blocks, PAX and GNU extensions included
+MAX_HEADERS_TOTAL = 2048 * MAX_MEMBERS  # all headers of a bundle together
 _RUN_EVENTS = (b'"event":"admit"', b'"event":"run_start"', b'"event":"run_outcome"')
 
 
@@ -346,47 +352,158 @@ class VerifyResult:
         }
 
 
+class _Metered:
+    """A forward-only view of the decompressed bundle that refuses to read past a budget.
+
+    ``tarfile`` reads an extended header (PAX ``x``, GNU long name ``L``) whole, in one
+    ``read``, before anything can look at it: a few MiB of gzip can ask for gigabytes. Every
+    byte tarfile gets goes through here, and :meth:`allow` says how many more it may have
+    (a header's worth while a header is parsed, the member's size while it is extracted), so
+    an oversized request is refused before a byte is decompressed for it.
+    """
+
+    def __init__(self, raw: gzip.GzipFile, budget: int) -> None:
+        self._raw = raw
+        self._pos = 0
+        self._limit = budget
+
+    def allow(self, n: int) -> None:
+        self._limit = self._pos + n
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        if n is None or n < 0 or self._pos + n > self._limit:
+            raise BundleError(
+                "a tar header or member is larger than the bundle caps allow",
+                code="BUNDLE_TOO_LARGE",
+            )
+        data = self._raw.read(n)
+        self._pos += len(data)
+        return data
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0 or pos < self._pos:
+            raise BundleError("the bundle is read forward only", code="BUNDLE_MALFORMED")
+        if pos > self._limit:
+            raise BundleError("a tar member skips beyond the caps", code="BUNDLE_TOO_LARGE")
+        while self._pos < pos:
+            chunk = self._raw.read(min(pos - self._pos, 1 << 16))
+            if not chunk:
+                break
+            self._pos += len(chunk)
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+
+def _member_parts(name: str) -> list[str]:
+    parts = name.split("/")
+    if (
+        name.startswith("/")
+        or "\\" in name
+        or "\x00" in name
+        or any(p in ("", ".", "..") for p in parts)
+    ):
+        raise BundleError(
+            f"unsafe member {name[:80]!r} (links, devices, absolute or '..' paths are refused)",
+            code="BUNDLE_UNSAFE_MEMBER",
+        )
+    if len(parts) > MAX_MEMBER_DEPTH or len(name) > MAX_MEMBER_NAME:
+        raise BundleError(
+            f"member {name[:80]!r}... is too deep or too long (at most {MAX_MEMBER_DEPTH} "
+            f"levels, {MAX_MEMBER_NAME} characters)",
+            code="BUNDLE_MALFORMED",
+        )
+    return parts
+
+
+def _create(root_fd: int, parts: list[str]) -> int:
+    """Create the regular file ``parts`` under ``root_fd`` (directories as needed), relative to
+    descriptors, never following a link; returns a write descriptor. No recursion."""
+    dir_fd = os.dup(root_fd)
+    try:
+        for part in parts[:-1]:
+            with contextlib.suppress(FileExistsError):  # opened below: must be a directory
+                os.mkdir(part, 0o700, dir_fd=dir_fd)
+            nxt = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=dir_fd)
+            os.close(dir_fd)
+            dir_fd = nxt
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        return os.open(parts[-1], flags, 0o600, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _extract_one(
+    tar: tarfile.TarFile,
+    meter: _Metered,
+    member: tarfile.TarInfo,
+    root_fd: int,
+    seen: dict[str, Path],
+    total: int,
+) -> int:
+    """Check one member and write it under ``root_fd``; returns the bytes written."""
+    if len(seen) >= MAX_MEMBERS:
+        raise BundleError("too many members", code="BUNDLE_TOO_LARGE")
+    name = member.name
+    parts = _member_parts(name)
+    if not member.isreg() or member.type == tarfile.GNUTYPE_SPARSE:
+        raise BundleError(
+            f"unsafe member {name[:80]!r} (links, devices, absolute or '..' paths are refused)",
+            code="BUNDLE_UNSAFE_MEMBER",
+        )
+    if name in seen:
+        raise BundleError(f"duplicate member {name[:80]!r}", code="BUNDLE_DUPLICATE")
+    if member.size > MAX_MEMBER_BYTES or total + member.size > MAX_TOTAL_BYTES:
+        raise BundleError(f"member {name[:80]!r} is too large", code="BUNDLE_TOO_LARGE")
+    meter.allow(member.size)
+    src = tar.extractfile(member)
+    assert src is not None  # a regular member always has a file object
+    written = 0
+    with os.fdopen(_create(root_fd, parts), "wb") as fh:
+        while chunk := src.read(1 << 20):
+            written += len(chunk)
+            fh.write(chunk)
+    return written
+
+
 def safe_extract(archive: Path, dest: Path) -> dict[str, Path]:
-    """Extract regular files only, refusing anything that could escape or exhaust ``dest``."""
+    """Extract regular files only, refusing anything that could escape or exhaust ``dest``.
+
+    Memory and work are bounded whatever the archive claims: the decompressed stream is
+    metered (:class:`_Metered`), a member's header and extended headers may use at most
+    ``MAX_HEADER_BYTES`` and all headers together ``MAX_HEADERS_TOTAL``, data at most
+    ``MAX_MEMBER_BYTES`` per member and ``MAX_TOTAL_BYTES`` in all; names are at most
+    ``MAX_MEMBER_DEPTH`` levels deep. Files are created relative to directory descriptors.
+    """
     total = 0
+    headers = 0
     seen: dict[str, Path] = {}
     try:
-        with tarfile.open(archive, mode="r:gz") as tar:
-            for count, member in enumerate(tar):
-                if count >= MAX_MEMBERS:
-                    raise BundleError("too many members", code="BUNDLE_TOO_LARGE")
-                name = member.name
-                parts = name.split("/")
-                if (
-                    not member.isreg()
-                    or name.startswith("/")
-                    or "\\" in name
-                    or any(p in ("", ".", "..") for p in parts)
-                ):
-                    raise BundleError(
-                        f"unsafe member {name[:80]!r} (links, devices, absolute "
-                        "or '..' paths are refused)",
-                        code="BUNDLE_UNSAFE_MEMBER",
-                    )
-                if name in seen:
-                    raise BundleError(f"duplicate member {name[:80]!r}", code="BUNDLE_DUPLICATE")
-                if member.size > MAX_MEMBER_BYTES or total + member.size > MAX_TOTAL_BYTES:
-                    raise BundleError(f"member {name[:80]!r} is too large", code="BUNDLE_TOO_LARGE")
-                src = tar.extractfile(member)
-                assert src is not None
-                target = dest.joinpath(*parts)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                written = 0
-                with target.open("xb") as fh:
-                    while chunk := src.read(1 << 20):
-                        written += len(chunk)
-                        if written > member.size:
-                            raise BundleError(
-                                "member longer than its header", code="BUNDLE_MALFORMED"
-                            )
-                        fh.write(chunk)
-                total += written
-                seen[name] = target
+        root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            with (
+                archive.open("rb") as raw,
+                gzip.GzipFile(fileobj=raw, mode="rb") as gz,
+            ):
+                meter = _Metered(gz, MAX_HEADER_BYTES)
+                with tarfile.open(fileobj=meter, mode="r:") as tar:  # type: ignore[call-overload]
+                    while True:
+                        start = meter.tell()
+                        meter.allow(min(MAX_HEADER_BYTES, MAX_HEADERS_TOTAL - headers))
+                        member = tar.next()
+                        tar.members.clear()  # tarfile keeps every header otherwise
+                        if member is None:
+                            break
+                        # (the first header was read by tarfile.open, under the initial budget)
+                        headers += max(meter.tell() - start, 0)
+                        total += _extract_one(tar, meter, member, root_fd, seen, total)
+                        seen[member.name] = dest.joinpath(*member.name.split("/"))
+        finally:
+            os.close(root_fd)
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError, zlib.error) as exc:
         raise BundleError(
             f"not a readable bundle: {type(exc).__name__}: {exc}"[:200], code="BUNDLE_MALFORMED"
@@ -510,11 +627,8 @@ def _check_attestations(files: dict[str, Path], node_key: PublicKey) -> Check:
 
 
 def _check_proofs(files: dict[str, Path], node_pub_pem: bytes) -> Check:
-    from nightcore.audit.tlog import (
-        load_node_public_key,
-        open_node_checkpoint,
-        verify_inclusion_proof,
-    )
+    from nightcore.audit.checkpoint import load_node_public_key, open_node_checkpoint
+    from nightcore.audit.proofs import verify_inclusion_proof
 
     key, origin = load_node_public_key(node_pub_pem)
     tail = open_node_checkpoint(_read(files, "audit/audit.tail"), key, origin)
