@@ -166,3 +166,28 @@ def test_live_console_follows_a_cli_run_and_cordons_with_a_token(env: Env, brows
         assert watch.csp_violations() == []
         screenshot(page, "live-console.png")
         page.close()
+
+
+def test_live_updates_with_a_token_when_events_need_one(env: Env, browser: Any) -> None:
+    """A console not bound to loopback only serves /events with the token: the page's script
+    sends it (fetch, not EventSource), and follows runs once a token is set."""
+    from playwright.sync_api import expect
+
+    env.add_tenant("hello")
+    ws = Workspace(env.ws)
+    token = TokenStore(ws).create(parse_expires("1h"))
+    with ServerThread(ws, events_token=True) as server:
+        page = browser.new_page(viewport=VIEWPORT)
+        watch = Watch(page)
+        page.goto(server.url)
+        expect(page.locator("#live-state")).to_have_text("live updates need a token")
+        expect(page.locator("#live-state")).to_have_class("live down")
+        page.fill("#token", token.token)
+        page.click("#token-form button[type=submit]")
+        expect(page.locator("#live-state")).to_have_class("live")
+        hello = page.locator('#tenants tr[data-tenant="hello"]')
+        res = run_cli_subprocess("-w", str(env.ws), "run", "hello")
+        assert res.code == 0, res.err
+        expect(hello.locator("td.last .badge")).to_have_text("OK", timeout=10_000)
+        assert watch.dialogs == [] and watch.csp_violations() == []
+        page.close()

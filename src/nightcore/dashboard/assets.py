@@ -200,15 +200,16 @@ JS = """
   if (document.body.dataset.live !== "1") return;
 
   let token = "";
+  const eventsNeedToken = document.body.dataset.eventsToken === "1";
   const say = (msg, cls) => {
     const el = $("#action-status");
     el.textContent = msg;
     el.className = "status " + (cls || "");
   };
-  const setLive = (up) => {
+  const setLive = (up, why) => {
     const el = $("#live-state");
     el.className = up ? "live" : "live down";
-    el.lastElementChild.textContent = up ? "live" : "reconnecting";
+    el.lastElementChild.textContent = up ? "live" : (why || "reconnecting");
   };
 
   async function refresh() {
@@ -233,16 +234,64 @@ JS = """
     if (again) { again = false; schedule(); }
   }
 
-  const events = new EventSource("events");
-  events.addEventListener("update", (e) => {
+  function onUpdate(data) {
     let version = "";
-    try { version = JSON.parse(e.data).version; } catch (err) { version = ""; }
+    try { version = JSON.parse(data).version; } catch (err) { version = ""; }
     const current = $("#content");
     if (version && current && current.dataset.version === version) return;
     schedule();
-  });
-  events.addEventListener("open", () => setLive(true));
-  events.addEventListener("error", () => setLive(false));
+  }
+
+  // Server-sent events read with fetch (not EventSource), so that the stream can carry the
+  // bearer token: a console that is not bound to loopback only serves /events with one.
+  let stream = null;
+  let retryTimer = 0;
+  let backoff = 1000;
+  async function follow() {
+    clearTimeout(retryTimer);
+    if (stream) stream.abort();
+    stream = null;
+    if (eventsNeedToken && !token) { setLive(false, "live updates need a token"); return; }
+    const ctl = new AbortController();
+    stream = ctl;
+    const headers = {};
+    if (token) headers["Authorization"] = "Bearer " + token;
+    try {
+      const res = await fetch("events", {
+        headers, cache: "no-store", credentials: "omit", signal: ctl.signal,
+      });
+      if (!res.ok || !res.body) throw new Error("events: " + res.status);
+      setLive(true);
+      backoff = 1000;
+      const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += value;
+        let end;
+        while ((end = buf.indexOf("\\n\\n")) >= 0) {
+          const block = buf.slice(0, end);
+          buf = buf.slice(end + 2);
+          let name = "message";
+          let data = "";
+          for (const line of block.split("\\n")) {
+            if (line.startsWith("event:")) name = line.slice(6).trim();
+            else if (line.startsWith("data:")) data += line.slice(5).trim();
+          }
+          if (name === "update") onUpdate(data);
+        }
+      }
+    } catch (err) {
+      if (ctl.signal.aborted) return;
+      backoff = Math.min(backoff * 2, 30000);
+    }
+    if (stream !== ctl) return;
+    stream = null;
+    setLive(false);
+    retryTimer = setTimeout(follow, backoff);
+  }
+  follow();
 
   $("#token-form").addEventListener("submit", (e) => {
     e.preventDefault();
@@ -251,6 +300,7 @@ JS = """
     input.value = "";
     $("#token-state").textContent = token ? "token set (this tab, in memory)" : "read-only";
     say(token ? "token set" : "token cleared");
+    if (eventsNeedToken) follow();
   });
 
   async function post(path, payload, done) {

@@ -70,7 +70,9 @@ def _use_template_cache(ws: Workspace) -> None:
     _ENV.bytecode_cache = jinja2.FileSystemBytecodeCache(str(directory))
 
 
-def _context(s: Snapshot, *, live: bool, version: str) -> dict[str, Any]:
+def _context(
+    s: Snapshot, *, live: bool, version: str, events_token: bool = False
+) -> dict[str, Any]:
     names = list(s.runs.series)
     wall = {n: [(t, w, c) for t, w, _, c in pts] for n, pts in s.runs.series.items()}
     fuel = {n: [(t, f, c) for t, _, f, c in pts] for n, pts in s.runs.series.items()}
@@ -80,6 +82,7 @@ def _context(s: Snapshot, *, live: bool, version: str) -> dict[str, Any]:
         "s": s,
         "live": live,
         "version": version,
+        "events_token": events_token,
         "csp": assets.csp(live=live),
         "css": assets.CSS,
         "js": assets.JS,
@@ -96,9 +99,13 @@ def _context(s: Snapshot, *, live: bool, version: str) -> dict[str, Any]:
     }
 
 
-def render_page(s: Snapshot, *, live: bool = False, version: str = "") -> str:
-    """The whole HTML document (static report, or the console's first page)."""
-    return _ENV.get_template("page.html").render(_context(s, live=live, version=version))
+def render_page(
+    s: Snapshot, *, live: bool = False, version: str = "", events_token: bool = False
+) -> str:
+    """The whole HTML document (static report, or the console's first page; ``events_token``:
+    the console serves its event stream only with a bearer token)."""
+    context = _context(s, live=live, version=version, events_token=events_token)
+    return _ENV.get_template("page.html").render(context)
 
 
 def render_content(s: Snapshot, *, live: bool = True, version: str = "") -> str:

@@ -30,7 +30,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,9 @@ PING_EVERY = 5.0
 VERIFY_CACHE_SECONDS = 10.0
 FAILED_AUTH_LIMIT = 30  # per client address and minute
 LISTEN_BACKLOG = 2048  # uvicorn's default
+EVENTS_PER_CLIENT = 8  # open /events streams per client address
+EVENTS_TOTAL = 64  # open /events streams in all
+EVENTS_RETRY_AFTER = "30"
 
 # Which HTTP status a refused mutation gets, by error code (default 400 for usage errors,
 # 500 for anything else).
@@ -107,6 +110,11 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def events_need_token(bind_host: str) -> bool:
+    """Whether ``/events`` needs a bearer token: when the console is not bound to loopback."""
+    return not is_loopback(bind_host)
 
 
 def _hostname(host_header: str) -> str:
@@ -213,6 +221,108 @@ class LiveState:
         return view
 
 
+class EventHub:
+    """Every ``/events`` stream fed by one poller, with caps on how many streams are open.
+
+    The workspace's version is computed once per tick whatever the number of clients (a few
+    stats), and each stream only wakes when it changed or to send a ping. At most
+    ``per_client`` streams per client address and ``total`` in all; one more is refused (429
+    ``EVENTS_CLIENT_LIMIT``, 503 ``EVENTS_CAPACITY``). Used from the event loop only.
+    """
+
+    def __init__(
+        self, version: Callable[[], str], *, poll_interval: float, per_client: int, total: int
+    ) -> None:
+        self._version_of = version
+        self.poll_interval = poll_interval
+        self.per_client = per_client
+        self.total = total
+        self.version = ""
+        self.changed = asyncio.Event()
+        self._clients: dict[str, int] = {}
+        self._open = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def open_streams(self) -> int:
+        return self._open
+
+    def admit(self, client: str) -> Response | None:
+        """Count one more stream for ``client``; a refusal if that is over a cap."""
+        retry = {"Retry-After": EVENTS_RETRY_AFTER}
+        if self._clients.get(client, 0) >= self.per_client:
+            return problem(
+                429,
+                "EVENTS_CLIENT_LIMIT",
+                f"at most {self.per_client} event streams per client address",
+                retry,
+            )
+        if self._open >= self.total:
+            return problem(
+                503,
+                "EVENTS_CAPACITY",
+                f"the console serves at most {self.total} event streams",
+                retry,
+            )
+        self._clients[client] = self._clients.get(client, 0) + 1
+        self._open += 1
+        if self._task is None:
+            self.version = self._version_of()
+            self._task = asyncio.get_running_loop().create_task(self._poll())
+        return None
+
+    def release(self, client: str) -> None:
+        left = self._clients.get(client, 0) - 1
+        if left > 0:
+            self._clients[client] = left
+        else:
+            self._clients.pop(client, None)
+        self._open = max(0, self._open - 1)
+        if self._open == 0 and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            version = self._version_of()
+            if version != self.version:
+                self.version = version
+                changed, self.changed = self.changed, asyncio.Event()
+                changed.set()
+
+    async def stream(self, ping_every: float) -> AsyncIterator[str]:
+        yield "retry: 1000\n\n"
+        last = None
+        while True:
+            if self.version != last:
+                last = self.version
+                yield f"event: update\ndata: {json.dumps({'version': last})}\n\n"
+            try:
+                await asyncio.wait_for(self.changed.wait(), ping_every)
+            except TimeoutError:
+                yield ": ping\n\n"
+
+
+class EventStream(StreamingResponse):
+    """An ``/events`` response that gives its slot back however the stream ends."""
+
+    def __init__(self, hub: EventHub, client: str, ping_every: float) -> None:
+        super().__init__(
+            hub.stream(ping_every),
+            media_type="text/event-stream",
+            headers={"X-Accel-Buffering": "no"},
+        )
+        self.hub = hub
+        self.client = client
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.hub.release(self.client)
+
+
 class SecurityMiddleware:
     """Host check, cross-origin POST refusal, security headers, optional access log."""
 
@@ -280,11 +390,25 @@ def create_app(
     rate_limit: int = 10,
     rate_window: float = 60.0,
     poll_interval: float = POLL_INTERVAL,
+    ping_every: float = PING_EVERY,
+    events_per_client: int = EVENTS_PER_CLIENT,
+    events_total: int = EVENTS_TOTAL,
+    events_token: bool | None = None,
     max_rows: int = MAX_ROWS,
     log: Callable[[str], None] | None = None,
 ) -> Starlette:
-    """The console as an ASGI app (``allowed_hosts``: the host names clients may use)."""
+    """The console as an ASGI app (``allowed_hosts``: the host names clients may use).
+
+    ``events_token``: serve ``/events`` only with a bearer token; by default when a host name
+    clients may use is not a loopback name (:func:`serve` says whether it is bound to loopback).
+    """
+    allowed_hosts = tuple(allowed_hosts)
+    if events_token is None:
+        events_token = not all(is_loopback(h) for h in allowed_hosts)
     state = LiveState(ws, max_rows=max_rows)
+    hub = EventHub(
+        state.version, poll_interval=poll_interval, per_client=events_per_client, total=events_total
+    )
     tokens = TokenStore(ws)
     limiter = RateLimiter(rate_limit, rate_window)
     failures = RateLimiter(FAILED_AUTH_LIMIT, 60.0)
@@ -325,7 +449,8 @@ def create_app(
             raise NightCoreError("not a valid tenant id", code="TENANT_NAME_INVALID")
         return value
 
-    async def authorize(request: Request) -> TokenRecord | Response:
+    async def authenticate(request: Request) -> TokenRecord | Response:
+        """The request's valid token, or the refusal (failed attempts are rate-limited)."""
         auth = request.headers.get("authorization", "")
         scheme_, _, presented = auth.partition(" ")
         challenge = {"WWW-Authenticate": 'Bearer realm="nightcore"'}
@@ -344,6 +469,13 @@ def create_app(
             return problem(401, exc.code, exc.message, challenge)
         except NightCoreError as exc:
             return problem(500, exc.code, exc.message)
+        return rec
+
+    async def authorize(request: Request) -> TokenRecord | Response:
+        """A valid token within its rate of mutations, or the refusal."""
+        rec = await authenticate(request)
+        if isinstance(rec, Response):
+            return rec
         retry = limiter.hit(rec.id)
         if retry is not None:
             return problem(
@@ -393,7 +525,7 @@ def create_app(
 
     async def page(request: Request) -> Response:
         version, snap = await run_in_threadpool(state.snapshot)
-        html = render_page(snap, live=True, version=version)
+        html = render_page(snap, live=True, version=version, events_token=events_token)
         return HTMLResponse(html, headers=page_csp)
 
     async def fragment(request: Request) -> Response:
@@ -402,25 +534,15 @@ def create_app(
         return HTMLResponse(html, headers=page_csp)
 
     async def events(request: Request) -> Response:
-        async def stream() -> Any:
-            last = None
-            quiet = 0.0
-            yield "retry: 1000\n\n"
-            while True:
-                version = state.version()
-                if version != last:
-                    last = version
-                    quiet = 0.0
-                    yield f"event: update\ndata: {json.dumps({'version': version})}\n\n"
-                elif quiet >= PING_EVERY:
-                    quiet = 0.0
-                    yield ": ping\n\n"
-                await asyncio.sleep(poll_interval)
-                quiet += poll_interval
-
-        return StreamingResponse(
-            stream(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"}
-        )
+        if events_token:
+            rec = await authenticate(request)
+            if isinstance(rec, Response):
+                return rec
+        client = request.client.host if request.client else "?"
+        refusal = hub.admit(client)
+        if refusal is not None:
+            return refusal
+        return EventStream(hub, client, ping_every)
 
     async def favicon(request: Request) -> Response:
         return Response(status_code=204)
@@ -599,6 +721,7 @@ def create_app(
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error})
     app.state.live = state
+    app.state.events = hub
     app.state.warm_runners = warm
     app.state.close = close  # the server calls it once it has stopped
     app.add_middleware(SecurityMiddleware, allowed_hosts=allowed_hosts, scheme=scheme, log=log)
@@ -693,7 +816,9 @@ def serve(
         names.update(LOOPBACK_NAMES)
     scheme = "https" if tls_cert else "http"
     sock = bind_socket(host, port)
-    app = create_app(ws, allowed_hosts=names, scheme=scheme, log=log)
+    app = create_app(
+        ws, allowed_hosts=names, scheme=scheme, events_token=events_need_token(host), log=log
+    )
     server = _uvicorn_server(app, tls_cert, tls_key)
     try:
         server.config.load()  # the TLS context too: a bad certificate fails before "ready"

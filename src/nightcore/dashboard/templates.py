@@ -21,7 +21,8 @@ PAGE = """<!DOCTYPE html>
 <link rel="icon" href="{{ icon }}">
 <style>{{ css|safe }}</style>
 </head>
-<body data-live="{{ '1' if live else '0' }}">
+<body data-live="{{ '1' if live else '0' }}"
+  {%- if live and events_token %} data-events-token="1"{% endif %}>
 <header class="top">
   <div class="brand">
     <svg viewBox="0 0 32 32" aria-hidden="true"><rect width="32" height="32" rx="7"
