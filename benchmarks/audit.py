@@ -30,7 +30,8 @@ from pathlib import Path
 
 from nightcore.audit import merkle
 from nightcore.audit.log import ZERO_HASH, AuditLog, Event, verify_chain
-from nightcore.audit.tlog import LogTree, verify_log
+from nightcore.audit.tree import LogTree
+from nightcore.audit.verify import verify_log
 from nightcore.canonical import canonical
 
 TARGET_APPENDS_PER_S = 5_000

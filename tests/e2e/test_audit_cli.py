@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nightcore import api
 from nightcore.audit import merkle, note
+from nightcore.audit.checkpoint import checkpoint_origin
 from nightcore.audit.log import ZERO_HASH, verify_chain
-from nightcore.audit.tlog import checkpoint_origin
 from nightcore.canonical import canonical
 from nightcore.trust.keys import GeneratedKey, load_signer
 from nightcore.workspace import Workspace

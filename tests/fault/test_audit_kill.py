@@ -24,7 +24,7 @@ from pathlib import Path
 
 from nightcore.audit import merkle
 from nightcore.audit.log import AuditLog, verify_chain
-from nightcore.audit.tlog import LogTree
+from nightcore.audit.tree import LogTree
 
 ROUNDS = 24
 TIME_BUDGET_S = 11.0  # stop early on a slow machine; the suite must stay well under 20 s

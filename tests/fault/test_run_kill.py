@@ -67,7 +67,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def check_after_kill(root: Path, reported: set[str]) -> int:
     ws = Workspace(root)
     ws.audit().append("fault_check", {})  # the next writer recovers whatever the kill left
-    from nightcore.audit.tlog import verify_log
+    from nightcore.audit.verify import verify_log
 
     report = verify_log(ws.state_dir / "audit", ws.node_pub_path.read_bytes())
     assert report.ok, report.to_dict()

@@ -18,18 +18,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nightcore import api
-from nightcore.audit import merkle, note, tlog
+from nightcore.audit import merkle, note, parallel, proofs, tlog
+from nightcore.audit import tree as tree_mod
+from nightcore.audit.lines import parse_line_fast
 from nightcore.audit.log import ZERO_HASH, AuditLog, Event, parse_line, verify_chain
+from nightcore.audit.scan import Scan, scan_file
 from nightcore.audit.tlog import (
-    LogTree,
     TransparencyLog,
-    TreeState,
     checkpoint_after_run,
     maybe_checkpoint,
-    parse_line_fast,
     transparency_log,
-    verify_log,
 )
+from nightcore.audit.tree import LogTree, TreeState
+from nightcore.audit.verify import verify_log
 from nightcore.canonical import canonical
 from nightcore.errors import AuditError, NightCoreError
 
@@ -164,13 +165,14 @@ def test_sync_builds_then_reads_only_new_lines(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple[int, int]] = []
-    real = tlog._scan_file
+    real = scan_file
 
     def spy(path: Path, start: int, end: int, seq0: int, prev0: str | None) -> Any:
         calls.append((start, end))
         return real(path, start, end, seq0, prev0)
 
-    monkeypatch.setattr(tlog, "_scan_file", spy)
+    monkeypatch.setattr(tree_mod, "scan_file", spy)  # incremental sync
+    monkeypatch.setattr(parallel, "scan_file", spy)  # rebuild (a small log: one process)
     log = make_log(tmp_path, 10)
     tree = LogTree(log.dir)
     state = tree.sync()
@@ -418,7 +420,7 @@ def test_parallel_scan_matches_sequential(
     def no_fallback(*_args: object) -> Any:
         raise AssertionError("a worker process failed and its run was scanned in-process")
 
-    monkeypatch.setattr(tlog, "_scan_segment", no_fallback)  # workers are fresh interpreters
+    monkeypatch.setattr(parallel, "scan_segment", no_fallback)  # workers are fresh interpreters
     log = make_log(tmp_path, 90)
     log.append("checkpoint", {"size": 3, "root": "00", "reason": "t"})
     lines = raw(log)
@@ -434,13 +436,13 @@ def test_parallel_scan_matches_sequential(
     size = log.path.stat().st_size
     if tamper == "boundary":
         # Break the chain exactly at the second segment's first line.
-        seq0 = tlog._segments(log.path, size, 3)[1][2]
+        seq0 = parallel.segments(log.path, size, 3)[1][2]
         lines[seq0] = record(seq0, "c" * 64, {}) + b"\n"
         log.path.write_bytes(b"".join(lines))
         size = log.path.stat().st_size
-    sequential = tlog._scan_file(log.path, 0, size, 0, ZERO_HASH)
-    parallel = tlog._scan_log(log.path, size, workers=3)
-    assert scan_summary(parallel) == scan_summary(sequential)
+    sequential = scan_file(log.path, 0, size, 0, ZERO_HASH)
+    concurrent = parallel.scan_log(log.path, size, workers=3)
+    assert scan_summary(concurrent) == scan_summary(sequential)
     if tamper == "none":
         assert sequential.count == 91 and sequential.events == [
             (90, {"size": 3, "root": "00", "reason": "t"})
@@ -452,14 +454,14 @@ def test_parallel_scan_matches_sequential(
 def test_tree_from_parallel_runs_is_the_tree(n: int, cuts: list[int]) -> None:
     leaves = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(n))
     bounds = sorted({0, n, *(c for c in cuts if c < n)})
-    scan = tlog._Scan(start=0, seq0=0, prev0=ZERO_HASH)
+    scan = Scan(start=0, seq0=0, prev0=ZERO_HASH)
     scan.leaves += leaves
     scan.count = n
     scan.runs = [
-        (a, b - a, tlog._run_levels(leaves[32 * a : 32 * b], a))
+        (a, b - a, parallel.run_levels(leaves[32 * a : 32 * b], a))
         for a, b in itertools.pairwise(bounds)
     ]
-    merged = tlog._tree_of(scan)
+    merged = parallel.tree_of(scan)
     reference = merkle.TreeStore.from_bytes(merkle.FILE_MAGIC + leaves)
     assert merged.size == reference.size
     assert merged._levels == reference._levels
@@ -475,7 +477,7 @@ def test_segments_cover_the_log_at_line_boundaries(tmp_path: Path) -> None:
     size = log.path.stat().st_size
     data = log.path.read_bytes()
     for parts in (1, 2, 3, 7, 200):
-        segs = tlog._segments(log.path, size, parts)
+        segs = parallel.segments(log.path, size, parts)
         assert segs[0][0] == 0 and segs[-1][1] == size
         for (a, b, seq), nxt in zip(segs, [*segs[1:], None], strict=True):
             assert a == 0 or data[a - 1 : a] == b"\n"
@@ -496,15 +498,15 @@ def test_first_difference() -> None:
     for k in (0, 1, 4095, 4096, 9999):
         b = bytearray(a)
         b[k * 32 + 31] ^= 1
-        assert tlog._first_difference(a, bytes(b)) == k
-    assert tlog._first_difference(a, a[: 32 * 7]) == 7
+        assert tree_mod.first_difference(a, bytes(b)) == k
+    assert tree_mod.first_difference(a, a[: 32 * 7]) == 7
 
 
 def test_read_line(tmp_path: Path) -> None:
     log = make_log(tmp_path, 7)
     for seq, line in enumerate(raw(log)):
-        assert tlog._read_line(log.path, seq) == line.rstrip(b"\n")
-    assert tlog._read_line(log.path, 7) is None
+        assert tlog.read_line(log.path, seq) == line.rstrip(b"\n")
+    assert tlog.read_line(log.path, 7) is None
 
 
 # -- checkpoints on a workspace ------------------------------------------------------------
@@ -568,7 +570,7 @@ def test_prove_and_entry_round_trip(tmp_path: Path) -> None:
     pem = ws.node_pub_path.read_bytes()
     for seq in (0, 7, 20):
         proof = t.prove(seq)
-        cp, rec = tlog.verify_inclusion_proof(proof, t.entry(seq), pem)
+        cp, rec = proofs.verify_inclusion_proof(proof, t.entry(seq), pem)
         assert rec["seq"] == seq and cp.size > seq
     with pytest.raises(AuditError) as exc:
         t.prove(10**6)

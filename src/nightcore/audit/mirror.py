@@ -380,7 +380,7 @@ def status(layout: Layout, configured: Sequence[MirrorConfig]) -> list[MirrorSta
 
 def verify_source(layout: Layout, configured: Sequence[MirrorConfig], name: str) -> Any:
     """Verify one mirror on its own (its lines, tree and checkpoints), with node.pub.pem."""
-    from nightcore.audit.tlog import verify_log
+    from nightcore.audit.verify import verify_log
 
     cfg = next((m for m in configured if m.name == name), None)
     if cfg is None:

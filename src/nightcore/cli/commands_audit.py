@@ -263,7 +263,7 @@ def cmd_audit_prove(args: argparse.Namespace) -> int:
 def cmd_audit_verify_proof(args: argparse.Namespace) -> int:
     from nightcore.audit.log import MAX_LINE_BYTES
     from nightcore.audit.note import MAX_TLOG_PROOF_SIZE
-    from nightcore.audit.tlog import verify_inclusion_proof
+    from nightcore.audit.proofs import verify_inclusion_proof
 
     proof = _read_capped(args.proof, MAX_TLOG_PROOF_SIZE, "PROOF_FORMAT_INVALID", "proof")
     key = _read_capped(args.key, MAX_KEY_FILE, "KEY_INVALID", "public key")
@@ -316,7 +316,7 @@ def cmd_audit_consistency(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify_consistency(args: argparse.Namespace) -> int:
     from nightcore.audit.note import MAX_NOTE_SIZE, MAX_TLOG_PROOF_SIZE
-    from nightcore.audit.tlog import verify_consistency_proof
+    from nightcore.audit.proofs import verify_consistency_proof
 
     proof = _read_capped(args.proof, MAX_TLOG_PROOF_SIZE, "PROOF_FORMAT_INVALID", "proof")
     old = _read_capped(args.old, MAX_NOTE_SIZE, "NOTE_TOO_LARGE", "checkpoint")

@@ -881,7 +881,7 @@ def full_verify(ws: Workspace) -> VerifyView:
     except OSError:
         pem = None
     try:
-        from nightcore.audit.tlog import verify_log
+        from nightcore.audit.verify import verify_log
     except ImportError:  # pragma: no cover - the transparency log is being reworked
         return _chain_only(ws, start)
     report = verify_log(audit_dir, pem)
