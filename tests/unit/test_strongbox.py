@@ -22,6 +22,7 @@ import wasmtime
 from nightcore.errors import SandboxError
 from nightcore.sandbox.engine import Sandbox
 from nightcore.sandbox.strongbox import (
+    MAX_TREE_DEPTH,
     SELFTEST_ABORT,
     SELFTEST_EXECVE,
     SELFTEST_GARBAGE,
@@ -33,11 +34,13 @@ from nightcore.sandbox.strongbox import (
     Worker,
     WorkerKey,
     WorkerOptions,
+    chown_tree,
     result_from_frame,
     seccomp_available,
     strict_json,
 )
 from nightcore.sandbox.types import EffectiveLimits, Preopen, RunConfig, RunResult
+from tests.deep_tree import build_deep_tree, remove_deep_tree
 
 _WHY = seccomp_available() or (
     "" if os.geteuid() == 0 else "strongbox workers need root (unshare(CLONE_NEWNET), setuid)"
@@ -375,3 +378,67 @@ def test_reply_output_above_the_limit_is_refused() -> None:
     blob = b"x" * (LIMITS.output_bytes + 1)
     with pytest.raises(ReplyInvalid):
         result_from_frame(_reply(stdout_len=len(blob)), blob, LIMITS, 7)
+
+
+# -- handing a tenant's data tree to the worker uid (issue 16, item 1) -----------------------
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_tree_1000_levels_deep_is_refused_with_tree_limit(strongbox: StrongboxSandbox) -> None:
+    # Before: os.walk recursed once per level and raised RecursionError out of the whole run.
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)  # noqa: S103 - the worker uid must traverse it
+        deep = Path(tmp) / "deep"
+        deep.mkdir()
+        build_deep_tree(deep, 1000)
+        try:
+            fds = _open_fds()
+            with pytest.raises(SandboxError) as err:
+                strongbox.grant_access(deep)
+            assert err.value.code == "TREE_LIMIT"
+            assert f"more than {MAX_TREE_DEPTH} directories deep" in err.value.message
+            assert _open_fds() == fds  # every descriptor of the walk was closed
+            # The sandbox is unharmed: a neighbour with an ordinary tree still runs.
+            data = Path(tmp) / "data"
+            data.mkdir()
+            strongbox.grant_access(data)
+            cfg = config(WRITE_FILE, preopens=(Preopen(data, "data", writable=True),))
+            assert strongbox.run(WRITE_FILE, cfg).code == "OK"
+        finally:
+            assert remove_deep_tree(deep) == 1000
+
+
+def test_chown_tree_bounds_and_links(tmp_path: Path) -> None:
+    top = tmp_path / "top"
+    top.mkdir()
+    build_deep_tree(top, 3)
+    (top / "f").write_bytes(b"x")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"secret")
+    (top / "link").symlink_to(outside)
+    (top / "dirlink").symlink_to(tmp_path)
+    # Exactly at the bounds: 3 levels below top, 6 entries (d, d/d, d/d/d, f, link, dirlink).
+    assert chown_tree(top, 65534, 65534, max_depth=3, max_entries=6) == 6
+    assert (top / "d/d/d").stat().st_uid == 65534
+    assert (top / "f").stat().st_uid == 65534
+    assert os.lstat(top / "link").st_uid == 65534
+    # Links are re-owned themselves, never followed.
+    assert outside.stat().st_uid == 0 and tmp_path.stat().st_uid == 0
+    with pytest.raises(SandboxError, match="more than 2 directories deep") as err:
+        chown_tree(top, 65534, 65534, max_depth=2)
+    assert err.value.code == "TREE_LIMIT"
+    with pytest.raises(SandboxError, match="more than 5 entries") as err:
+        chown_tree(top, 65534, 65534, max_entries=5)
+    assert err.value.code == "TREE_LIMIT"
+
+
+def test_chown_tree_refuses_a_link_as_the_top(tmp_path: Path) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    with pytest.raises(SandboxError) as err:
+        chown_tree(tmp_path / "alias", 65534, 65534)
+    assert err.value.code == "PREOPEN_INVALID"
+    assert (tmp_path / "real").stat().st_uid == 0

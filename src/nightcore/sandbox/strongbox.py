@@ -70,6 +70,11 @@ MAX_REQUEST_JSON = 4 * MIB
 MAX_MODULE_BYTES = 256 * MIB
 MAX_REPLY_JSON = 64 * 1024
 MAX_DETAIL_CHARS = 240
+# Bounds of the walk that hands a tenant's data tree to the worker uid (chown_tree): a
+# deeper or larger tree ends that tenant's run with TREE_LIMIT. One descriptor is held per
+# level, so the depth bound also bounds the descriptors the walk needs.
+MAX_TREE_DEPTH = 128
+MAX_TREE_ENTRIES = 100_000
 
 STRONGBOX_CODES = ("SECCOMP_VIOLATION", "WORKER_CRASHED", "WORKER_REPLY_INVALID")
 _RESULT_CODES = frozenset(RUN_CODES) | {"OUTPUT_LIMIT"}
@@ -83,6 +88,7 @@ _CONFIG_ERROR_CODES = frozenset(
         "SEED_INVALID",
         "DIGEST_INVALID",
         "DIGEST_MISMATCH",
+        "FFI_UNAVAILABLE",  # not a config error, but the worker's sandbox refused to run
     }
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -606,6 +612,84 @@ class Worker:
 
 
 # --------------------------------------------------------------------------------------
+# Handing a tenant's data tree to the worker uid
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def chown_tree(
+    path: Path,
+    uid: int,
+    gid: int,
+    *,
+    max_depth: int = MAX_TREE_DEPTH,
+    max_entries: int = MAX_TREE_ENTRIES,
+) -> int:
+    """Give ``path`` and everything under it to ``uid``/``gid``; returns the entries under it.
+
+    Iterative and descriptor-relative (``fchownat``/``openat`` on the parent's descriptor,
+    so no path ever exceeds ``PATH_MAX`` and no recursion limit is involved), never
+    following a symbolic link (links themselves are re-owned, ``O_NOFOLLOW`` on every
+    directory opened, so a directory swapped for a link fails instead of being followed).
+    A tree deeper than ``max_depth`` levels below ``path`` or with more than ``max_entries``
+    entries raises ``SandboxError(TREE_LIMIT)``; any other failure raises
+    ``SandboxError(PREOPEN_INVALID)``. Entries already changed stay changed (harmless: the
+    run is refused, and the tree is the tenant's own).
+    """
+    stack: list[tuple[int, list[tuple[str, bool]]]] = []  # (dir fd, entries still to do)
+    count = 0
+
+    def listing(fd: int) -> list[tuple[str, bool]]:
+        nonlocal count
+        entries: list[tuple[str, bool]] = []
+        with os.scandir(fd) as it:
+            for entry in it:
+                count += 1
+                if count > max_entries:
+                    raise SandboxError(
+                        f"data tree {str(path)!r} has more than {max_entries} entries: "
+                        "not handed to the strongbox worker",
+                        code="TREE_LIMIT",
+                    )
+                entries.append((entry.name, entry.is_dir(follow_symlinks=False)))
+        return entries
+
+    try:
+        top = os.open(path, _DIR_FLAGS)
+        stack.append((top, []))
+        os.fchown(top, uid, gid)
+        stack[-1] = (top, listing(top))
+        while stack:
+            fd, todo = stack[-1]
+            if not todo:
+                stack.pop()
+                os.close(fd)
+                continue
+            name, is_dir = todo.pop()
+            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+            if is_dir:
+                if len(stack) > max_depth:  # the entry is len(stack) levels below path
+                    raise SandboxError(
+                        f"data tree {str(path)!r} is more than {max_depth} directories "
+                        "deep: not handed to the strongbox worker",
+                        code="TREE_LIMIT",
+                    )
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                stack.append((child, []))
+                stack[-1] = (child, listing(child))
+    except OSError as exc:
+        raise SandboxError(
+            f"cannot hand {str(path)!r} to the strongbox worker: "
+            f"{exc.strerror or type(exc).__name__}",
+            code="PREOPEN_INVALID",
+        ) from exc
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+    return count
+
+
+# --------------------------------------------------------------------------------------
 # The pool
 
 
@@ -708,15 +792,7 @@ class StrongboxSandbox:
         """
         if os.geteuid() != 0:
             return
-        for root, dirs, files in os.walk(path, followlinks=False):
-            os.chown(root, self.options.uid, self.options.gid, follow_symlinks=False)
-            for name in dirs + files:
-                os.chown(
-                    os.path.join(root, name),
-                    self.options.uid,
-                    self.options.gid,
-                    follow_symlinks=False,
-                )
+        chown_tree(path, self.options.uid, self.options.gid)
 
     # -- pool --------------------------------------------------------------------------
 
