@@ -1,0 +1,80 @@
+"""The live console's write actions: the only place where the console changes the workspace.
+
+Cordon, uncordon, sign a checkpoint and run tenants, each with plain data in (tenant ids, a
+reason, the actor ``token:<id>``) and plain JSON data out, raising
+:class:`~nightcore.errors.NightCoreError` with a stable code on refusal. The HTTP layer
+(:mod:`nightcore.dashboard.routes`) authenticates, parses and maps errors to statuses; it never
+calls the runner or the audit layer itself, so pointing the console at the application facade
+(:mod:`nightcore.app`) is a change to this module only.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from nightcore.errors import NightCoreError
+from nightcore.workspace import Workspace
+
+
+class ConsoleActions:
+    """The console's actions on one workspace, with one warm runner for its lifetime.
+
+    The runner is created on the first run and used under a lock: engines, compiled modules,
+    memoized verifications and the run index stay warm, so a service that runs tenants through
+    ``POST /api/run`` pays no cold start per run. A second run while one is in progress is
+    refused (``BUSY``) rather than queued.
+    """
+
+    def __init__(self, ws: Workspace) -> None:
+        self.ws = ws
+        self.warm_runners: list[Any] = []
+        self._run_lock = threading.Lock()
+
+    def cordon(self, tenant: str, reason: str, actor: str) -> dict[str, Any]:
+        """Cordon ``tenant``; the cordon entry (reason, since, ...) as plain data."""
+        from nightcore.runner.cordon import cordon
+
+        return dict(cordon(self.ws, tenant, reason, actor=actor))
+
+    def uncordon(self, tenant: str, reason: str, actor: str) -> None:
+        from nightcore.runner.cordon import uncordon
+
+        uncordon(self.ws, tenant, reason, actor=actor)
+
+    def checkpoint(self, reason: str) -> dict[str, Any]:
+        """Sign a checkpoint of the audit log now; the checkpoint as plain data."""
+        from nightcore.audit import tlog
+
+        ws = self.ws
+        log = tlog.transparency_log(
+            ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
+        )
+        return dict(log.checkpoint(reason).to_dict())
+
+    def run(self, tenants: list[str] | None, actor: str) -> dict[str, Any]:
+        """Run ``tenants`` (all if None) after a ``console_action`` event names the actor."""
+        if not self._run_lock.acquire(blocking=False):
+            raise NightCoreError("a run started from the console is still in progress", code="BUSY")
+        try:
+            from nightcore.runner.pipeline import Runner
+
+            self.ws.audit().append(
+                "console_action", {"action": "run", "actor": actor, "tenants": tenants or []}
+            )
+            if not self.warm_runners:
+                self.warm_runners.append(Runner(self.ws))
+            report = self.warm_runners[0].run(tenants or None)
+            return {
+                "ok": report.ok,
+                "runs": [r.to_dict() for r in report.runs],
+                "checkpoint": getattr(report, "checkpoint", None),
+            }
+        finally:
+            self._run_lock.release()
+
+    def close(self) -> None:
+        """Release the warm runner (the server calls this once it has stopped)."""
+        with self._run_lock:
+            while self.warm_runners:
+                self.warm_runners.pop().close()
