@@ -245,6 +245,78 @@ def test_forged_evidence_fails_even_under_a_valid_index(
     assert rc == 1 and out["code"] == code, out
 
 
+def _resign(env: Env, members: dict[str, bytes], path: Path, kind: str) -> None:
+    """Write ``members`` as a bundle under a fresh index signed by the node key itself."""
+    from nightcore.runner.pipeline import Runner
+
+    for own in ("index.json", "index.dsse.json", "SHA256SUMS"):
+        members.pop(own, None)
+    w = _Writer()
+    for k, v in members.items():
+        w.add(k, v)
+    ws = Workspace(env.ws)
+    w.write(path, ws, kind, {"checkpoint": {}}, Runner(ws).node_signer())
+
+
+def _forge_attestation(members: dict[str, bytes], env: Env, change: str) -> None:
+    from nightcore.trust.envelope import parse_envelope, sign_payload_with
+    from nightcore.trust.keys import load_file_signer
+
+    name = next(
+        n
+        for n in sorted(members)
+        if n.startswith(("attestations/", "runs/")) and n.endswith(".intoto.dsse.json")
+    )
+    run_dir = name.rsplit("/", 1)[0]
+    if change == "garbage_attestation":
+        members[name] = b'{"not": "an envelope"}'
+    elif change == "attestation_other_key":
+        other = load_file_signer(str(env.publisher.private_path))
+        members[name] = sign_payload_with(parse_envelope(members[name]).payload, other)
+    elif change == "altered_stdout":
+        members[f"{run_dir}/stdout"] = members[f"{run_dir}/stdout"] + b"forged\n"
+    elif change == "removed_stdout":
+        del members[f"{run_dir}/stdout"]
+    elif change == "altered_module":
+        mod = next(n for n in members if n.startswith("content/modules/"))
+        members[mod] = members[mod] + b"\x00"
+
+
+@pytest.mark.parametrize(
+    "kind,change,code",
+    [
+        ("proof", "garbage_attestation", "ATTESTATION_INVALID"),
+        ("forensic", "garbage_attestation", "ATTESTATION_INVALID"),
+        ("forensic", "attestation_other_key", "ATTESTATION_SIGNATURE_INVALID"),
+        ("forensic", "altered_stdout", "ATTESTATION_SUBJECT_MISMATCH"),
+        ("forensic", "removed_stdout", "ATTESTATION_SUBJECT_MISMATCH"),
+        ("forensic", "altered_module", "CONTENT_TAMPERED"),
+    ],
+)
+def test_forged_attestations_fail_in_proof_and_forensic_bundles(
+    ran: tuple[Env, dict[str, Any]], tmp_path: Path, kind: str, change: str, code: str
+) -> None:
+    """Both kinds of bundle get the same attestation checks, even under an index the node key
+    signed (a buggy or compromised exporter)."""
+    env, _ = ran
+    good = env.root / "good.tar.gz"
+    if kind == "proof":
+        assert env.cli("proof", "export", "--out", str(good)).code == 0
+    else:
+        args = ("forensics", "export", "--tenant", "fs-writer", "--out", str(good))
+        assert env.cli(*args).code == 0
+    rc, out = _verify(good, env.ws / "node.pub.pem")
+    assert rc == 0, out
+    checks = {c["check"]: c for c in out["checks"]}
+    assert checks["attestations"]["detail"].startswith("1 " if kind == "forensic" else "3 ")
+    members = _members(good)
+    _forge_attestation(members, env, change)
+    bad = tmp_path / "bad.tar.gz"
+    _resign(env, members, bad, kind)
+    rc, out = _verify(bad, env.ws / "node.pub.pem")
+    assert rc == 1 and out["code"] == code, out
+
+
 def test_wrong_public_key_is_refused(
     ran: tuple[Env, dict[str, Any]], keys_dir: dict[str, GeneratedKey]
 ) -> None:

@@ -31,6 +31,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import tarfile
 import tempfile
 import zlib
@@ -611,19 +612,91 @@ def _check_hashes(files: dict[str, Path]) -> Check:
     return Check("file hashes", True, f"{len(listed)} files match the signed index")
 
 
+_PROOF_ATTESTATION = re.compile(r"attestations/([^/]+)\.intoto\.dsse\.json")
+_RUN_ATTESTATION = re.compile(r"runs/([^/]+)/attestation\.intoto\.dsse\.json")
+_CONTENT = re.compile(
+    r"content/(?:modules/([0-9a-f]{64})\.wasm|envelopes/([0-9a-f]{64})\.dsse\.json)"
+)
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+
 def _attestations(files: dict[str, Path], node_key: PublicKey) -> dict[str, dict[str, Any]]:
+    """Every attestation in the bundle, opened with the node key: ``attestations/<run>...``
+    (proof bundles), ``runs/<run>/attestation...`` (forensic bundles), and anything else under
+    ``attestations/`` (which must then be one). Each must name the run its path names."""
     from nightcore.evidence.attestation import open_attestation
 
     out = {}
     for name in sorted(files):
-        if name.startswith("attestations/"):
-            out[name] = open_attestation(files[name].read_bytes(), node_key)
+        m = _PROOF_ATTESTATION.fullmatch(name) or _RUN_ATTESTATION.fullmatch(name)
+        if m is None and not name.startswith("attestations/"):
+            continue
+        try:
+            stmt = open_attestation(_read(files, name), node_key)
+        except NightCoreError as exc:
+            code = "ATTESTATION_INVALID" if exc.code == "ENVELOPE_MALFORMED" else exc.code
+            raise NightCoreError(f"{name}: {exc.message}"[:300], code=code) from None
+        if m is None or stmt["predicate"].get("run_id") != m.group(1):
+            raise NightCoreError(
+                f"{name} is not the attestation of the run its path names",
+                code="ATTESTATION_INVALID",
+            )
+        out[name] = stmt
     return out
 
 
 def _check_attestations(files: dict[str, Path], node_key: PublicKey) -> Check:
-    n = len(_attestations(files, node_key))
-    return Check("attestations", True, f"{n} run attestations signed by the node key")
+    from nightcore.evidence.attestation import subject_digests
+
+    atts = _attestations(files, node_key)
+    # Content kept by digest (forensic bundles) must still have that digest.
+    for name in sorted(files):
+        c = _CONTENT.fullmatch(name)
+        if c is not None and hashlib.sha256(_read(files, name)).hexdigest() != (
+            c.group(1) or c.group(2)
+        ):
+            return Check(
+                "attestations", False, f"{name} does not hash to its name", "CONTENT_TAMPERED"
+            )
+        if c is None and name.startswith("content/"):
+            return Check(
+                "attestations", False, f"{name} is not named by its digest", "CONTENT_TAMPERED"
+            )
+    # Run outputs in the bundle (forensic) must be the ones their attestation signed; an
+    # absent stream file is an empty stream (docs/formats.md).
+    compared = 0
+    for name, stmt in atts.items():
+        subjects = subject_digests(stmt)
+        m = _RUN_ATTESTATION.fullmatch(name)
+        pairs: list[tuple[str, str]] = []
+        if m is not None:
+            run_dir = f"runs/{m.group(1)}"
+            for stream in ("stdout", "stderr"):
+                path = f"{run_dir}/{stream}"
+                got = (
+                    hashlib.sha256(_read(files, path)).hexdigest()
+                    if path in files
+                    else _EMPTY_SHA256
+                )
+                pairs.append((path, got))
+        module = subjects.get("module.wasm")
+        if module is not None and f"content/modules/{module}.wasm" in files:
+            compared += 1  # hashed to its name above
+        for path, got in pairs:
+            if subjects.get(path.rsplit("/", 1)[1]) != got:
+                return Check(
+                    "attestations",
+                    False,
+                    f"{path} is not the output {name} signed",
+                    "ATTESTATION_SUBJECT_MISMATCH",
+                )
+            compared += 1
+    return Check(
+        "attestations",
+        True,
+        f"{len(atts)} run attestations signed by the node key; "
+        f"{compared} bundled files match their subjects",
+    )
 
 
 def _check_proofs(files: dict[str, Path], node_pub_pem: bytes) -> Check:
