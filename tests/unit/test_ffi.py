@@ -207,3 +207,27 @@ def test_doctor_reports_a_missing_hook(without: Any) -> None:
     assert rows["ffi error_new"]["status"] == "FAIL"
     assert "wasmtime_error_new" in rows["ffi error_new"]["detail"]
     assert rows["ffi epoch_deadline_callback"]["status"] == "OK"
+
+
+def test_no_private_bindings_outside_the_fence() -> None:
+    # Issue 11: wasmtime's raw bindings only behind the fence; cryptography's never.
+    import ast
+    from pathlib import Path
+
+    import nightcore
+
+    src = Path(nightcore.__file__).parent
+    fence = src / "sandbox" / "ffi.py"
+    offenders = []
+    for path in sorted(src.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                private_wasmtime = name.startswith("wasmtime._bindings") and path != fence
+                if private_wasmtime or name.startswith("cryptography.hazmat.bindings"):
+                    offenders.append(f"{path.relative_to(src)}: {name}")
+    assert offenders == []

@@ -153,23 +153,11 @@ def passphrase_from_env_or_prompt(env: str = PASSPHRASE_ENV, *, confirm: bool = 
     return first.encode()
 
 
-def _pem_private_key_loader() -> Any:
-    """``cryptography``'s ``load_pem_private_key``, without importing its ``serialization``
-    package: that package also imports the SSH, RSA, DSA and EC modules (~10 ms of every cold
-    ``nightcore run``, whose node key is usually Ed25519). ``serialization.load_pem_private_key``
-    *is* this Rust function (``serialization/base.py``); the public import is the fallback."""
-    try:
-        from cryptography.hazmat.bindings._rust import openssl as rust_openssl
-
-        return rust_openssl.keys.load_pem_private_key
-    except (ImportError, AttributeError):  # pragma: no cover - another cryptography layout
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-        return load_pem_private_key
-
-
 def _load_private(path: Path, passphrase: bytes | None) -> Any:
-    load_pem_private_key = _pem_private_key_loader()
+    # The public API only (issue 11: no private bindings on a security path), imported
+    # here so that commands that never load a private key do not pay for it.
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -272,7 +260,7 @@ class FileSigner:
 
         self._private = private
         if isinstance(private, ed25519.Ed25519PrivateKey):
-            # What PublicKey.from_pem makes of this key's PEM, without the serialization import.
+            # What PublicKey.from_pem makes of this key's PEM, without a PEM round trip.
             raw = private.public_key().public_bytes_raw()
             self.public_key = PublicKey.from_fields(ED25519, ED25519, raw.hex())
             return
