@@ -6,6 +6,7 @@ import argparse
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (nightcore --help)
 if TYPE_CHECKING:
+    from nightcore.node.client import NodeClient
     from nightcore.workspace import Workspace
 
 
@@ -14,3 +15,15 @@ def open_workspace(args: argparse.Namespace) -> Workspace:
     from nightcore.workspace import Workspace
 
     return Workspace.open(args.workspace, fips=True if args.fips else None)
+
+
+def node_client(args: argparse.Namespace) -> NodeClient | None:
+    """A client of the node serving this workspace, or None to work in-process: with
+    ``--local``, with ``--fips`` (a node keeps the policy it was started with), or when no node
+    is running. Imports neither wasmtime nor cryptography (docs/node.md)."""
+    if getattr(args, "local", False) or getattr(args, "fips", False):
+        return None
+    from nightcore.layout import Layout, find_root
+    from nightcore.node.client import connect
+
+    return connect(Layout(find_root(args.workspace)).node_socket)

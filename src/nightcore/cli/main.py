@@ -208,20 +208,30 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from nightcore import app
+    from nightcore.cli.context import node_client
     from nightcore.cli.render import print_json, print_table
 
-    decisions = app.verify(_ws(args), args.tenants or None)
+    client = node_client(args)
+    if client is not None:
+        decisions: list[dict[str, Any]] = client.call("verify", {"tenants": args.tenants or None})
+    else:
+        from nightcore import app
+
+        decisions = [d.to_dict() for d in app.verify(_ws(args), args.tenants or None)]
     if args.json:
-        print_json([d.to_dict() for d in decisions])
+        print_json(decisions)
     else:
         print_table(
             "Verification",
             ["tenant", "verdict", "reason", "key id", "module sha256"],
-            [[d.tenant, d.code, d.reason, d.key_id[:16], d.module_sha256[:16]] for d in decisions],
+            [
+                [d["tenant"], d["code"], d["reason"], d["key_id"][:16], d["module_sha256"][:16]]
+                for d in decisions
+            ],
             code_column=1,
         )
-    return EXIT_OK if decisions and all(d.ok for d in decisions) else EXIT_FAILED
+    ok = bool(decisions) and all(d["code"] == "OK" for d in decisions)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -330,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="restrict keys and signatures to the FIPS allow-list",
     )
+    common.add_argument(
+        "--local",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="work in this process even when a node serves the workspace",
+    )
 
     p = _Parser(
         prog="nightcore",
@@ -375,6 +391,7 @@ _AUDIT = "nightcore.cli.commands_audit:register"
 _EVIDENCE = "nightcore.cli.commands_evidence:register"
 _AUFS = "nightcore.cli.commands_aufs:register"
 _DASHBOARD = "nightcore.cli.commands_dashboard:register"
+_NODE = "nightcore.cli.commands_node:register"
 _COMMANDS: dict[str, tuple[str, str]] = {
     "init": (_CORE, "create a workspace (node policy, node key, directories)"),
     "keygen": (_CORE, "generate a signing key (Ed25519; ECDSA P-256 with --fips)"),
@@ -396,6 +413,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "aufs": (_AUFS, "TUF-secured updates: repository tooling and node client"),
     "dashboard": (_DASHBOARD, "the self-contained HTML report"),
     "serve": (_DASHBOARD, "the live console: report views, JSON API, server-sent events"),
+    "node": (_NODE, "the resident node agent: warm workers, local API for the CLI"),
 }
 
 
@@ -459,7 +477,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-        for name, default in (("json", False), ("workspace", None), ("fips", False)):
+        for name, default in (
+            ("json", False),
+            ("workspace", None),
+            ("fips", False),
+            ("local", False),
+        ):
             if not hasattr(args, name):
                 setattr(args, name, default)
         handler: Handler | None = getattr(args, "handler", None)

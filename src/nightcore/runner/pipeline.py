@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from nightcore.audit.log import Event
 from nightcore.errors import NightCoreError
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from nightcore.config import Policy
     from nightcore.context import NodeContext
     from nightcore.layout import Layout
-    from nightcore.sandbox.engine import Sandbox
-    from nightcore.sandbox.strongbox import StrongboxSandbox
 
 
 @dataclass
@@ -78,6 +76,7 @@ class TenantRun:
             "key_id": self.key_id,
             "module_sha256": self.module_sha256,
             "run_id": self.run_id,
+            "audit_seq": self.audit_seq,
         }
 
 
@@ -180,8 +179,29 @@ class RunReport:
     def ok(self) -> bool:
         return bool(self.runs) and all(r.ok for r in self.runs)
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (what the node's API returns; the CLI renders the same dict)."""
+        return {
+            "runs": [r.to_dict() for r in self.runs],
+            "checkpoint": self.checkpoint,
+            "checkpoint_error": list(self.checkpoint_error) if self.checkpoint_error else None,
+            "mirrors": self.mirrors,
+            "index_error": list(self.index_error) if self.index_error else None,
+        }
+
 
 ProgressFn = Callable[[TenantRun], None]
+
+
+class SandboxLike(Protocol):
+    """What the runner needs of a sandbox: the in-process one, the strongbox pool, or the
+    node's worker pool."""
+
+    def run(self, module_bytes: bytes, config: RunConfig) -> RunResult: ...
+
+    def close(self) -> None: ...
+
+
 Admitted = tuple[TenantRun, RunConfig, bytes]
 
 # Up to COMMIT_GROUP run_start lines are made durable together, and a worker's outcome lines
@@ -231,16 +251,26 @@ class _Executed:
 class Runner:
     """Runs tenants of one workspace. Reusable: the sandbox (engines, caches) stays warm."""
 
-    def __init__(self, ctx: NodeContext, *, strongbox: bool = False) -> None:
+    def __init__(
+        self,
+        ctx: NodeContext,
+        *,
+        strongbox: bool = False,
+        sandbox: SandboxLike | None = None,
+    ) -> None:
         """``strongbox=True`` runs every tenant in a confined worker process (seccomp, no
-        network, unprivileged uid; docs/strongbox.md) instead of in this process."""
+        network, unprivileged uid; docs/strongbox.md) instead of in this process. A caller that
+        owns its own sandbox (the node's worker pool) passes it as ``sandbox``; the runner then
+        uses it and leaves closing it to that caller."""
         self.ctx = ctx
         self.strongbox = strongbox
-        self._sandbox: Sandbox | StrongboxSandbox | None = None
+        self._sandbox: SandboxLike | None = sandbox
+        self._owns_sandbox = sandbox is None
         self._run_index: Any = None
         self._lock = threading.Lock()
+        self._index_lock = threading.Lock()
 
-    def sandbox(self) -> Sandbox | StrongboxSandbox:
+    def sandbox(self) -> SandboxLike:
         with self._lock:
             if self._sandbox is None and self.strongbox:
                 from nightcore.sandbox.strongbox import StrongboxSandbox, seccomp_available
@@ -263,10 +293,11 @@ class Runner:
             return self._sandbox
 
     def close(self) -> None:
-        if self._run_index is not None:
-            self._run_index.close()
-            self._run_index = None
-        if self._sandbox is not None:
+        with self._index_lock:
+            if self._run_index is not None:
+                self._run_index.close()
+                self._run_index = None
+        if self._sandbox is not None and self._owns_sandbox:
             self._sandbox.close()
             self._sandbox = None
 
@@ -454,7 +485,7 @@ class Runner:
 
     def _work(
         self,
-        sandbox: Sandbox | StrongboxSandbox,
+        sandbox: SandboxLike,
         schedule: _Schedule,
         progress: ProgressFn | None,
     ) -> None:
@@ -523,7 +554,7 @@ class Runner:
             audit.append_many(failed)
 
     def _execute(
-        self, sandbox: Sandbox | StrongboxSandbox, tr: TenantRun, cfg: RunConfig, module: bytes
+        self, sandbox: SandboxLike, tr: TenantRun, cfg: RunConfig, module: bytes
     ) -> _Executed:
         """Run one admitted tenant and build its outcome event.
 
@@ -541,7 +572,7 @@ class Runner:
             if self.strongbox:
                 # Workers run as an unprivileged uid: hand them this tenant's data directories.
                 for p in cfg.preopens:
-                    sandbox.grant_access(p.host_dir)  # type: ignore[union-attr]
+                    sandbox.grant_access(p.host_dir)  # type: ignore[attr-defined]
             before = snapshot(rw) if rw else {}
             snapped = True
         except Exception as exc:  # noqa: BLE001 - recorded as this tenant's outcome
@@ -640,10 +671,15 @@ class Runner:
         )
 
     def _index(self, runs: list[TenantRun]) -> None:
-        from nightcore.store.index import RunIndex
 
         if not runs:
             return
+        with self._index_lock:  # one connection, shared by concurrent run() calls
+            self._index_locked(runs)
+
+    def _index_locked(self, runs: list[TenantRun]) -> None:
+        from nightcore.store.index import RunIndex
+
         if self._run_index is None:
             self._run_index = RunIndex(self.ctx.layout.index_db)
         self._run_index.add(

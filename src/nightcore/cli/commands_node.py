@@ -1,0 +1,77 @@
+"""CLI of the node agent: ``nightcore node`` (serve the workspace) and ``nightcore node status``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from nightcore.cli.render import info, print_json, print_table
+from nightcore.errors import NightCoreError, UsageError
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    if args.node_cmd == "status":
+        return _status(args)
+    from nightcore.cli.context import open_workspace
+    from nightcore.node.server import run_node
+
+    if args.workers is not None and not 1 <= args.workers <= 256:
+        raise UsageError("--workers must be between 1 and 256")
+    return run_node(open_workspace(args), workers=args.workers, tenant_cap=args.tenant_cap)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from nightcore.layout import Layout, find_root
+    from nightcore.node.client import connect
+
+    client = connect(Layout(find_root(args.workspace)).node_socket)
+    if client is None:
+        raise NightCoreError("no node is running for this workspace", code="NODE_NOT_RUNNING")
+    status: dict[str, Any] = client.call("status", {})
+    if args.json:
+        print_json(status)
+        return 0
+    pool = status["pool"]
+    print_table(
+        "Night Core node",
+        ["pid", "uptime s", "workers", "busy", "queued", "tenant cap", "replaced", "requests"],
+        [
+            [
+                status["pid"],
+                f"{status['uptime_s']:.0f}",
+                f"{pool['alive']}/{pool['size']}",
+                pool["busy"],
+                pool["queued"],
+                pool["tenant_cap"],
+                pool["replaced"],
+                status["requests"],
+            ]
+        ],
+    )
+    info(f"workspace {status['workspace']}")
+    return 0
+
+
+def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
+    sp = add("node", cmd_node)
+    sp.add_argument(
+        "node_cmd",
+        nargs="?",
+        choices=["serve", "status"],
+        default="serve",
+        help="serve (default): run the node agent in the foreground until SIGTERM/SIGINT; "
+        "status: ask a running node how it is doing",
+    )
+    sp.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes (default: one per core)",
+    )
+    sp.add_argument(
+        "--tenant-cap",
+        type=int,
+        default=None,
+        help="most workers one tenant may hold at once (default: all but one)",
+    )

@@ -1,0 +1,79 @@
+"""Closing runs a dead node left open.
+
+A node killed with SIGKILL (or a power cut) can leave ``run_start`` lines without their
+``run_outcome``: runs that may or may not have executed and whose result was never reported.
+Before a node admits new work it gives each of them a closing ``run_outcome`` with the code
+``INTERRUPTED`` (docs/node.md), so the log says plainly what happened to every run it started.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nightcore.audit.log import AuditLog, Event
+
+INTERRUPTED_DETAIL = "the node stopped before this run's outcome was recorded"
+
+
+def open_runs(lines: Iterable[bytes]) -> dict[str, dict[str, Any]]:
+    """``run_id -> {tenant, module_sha256, seq}`` of every ``run_start`` without an outcome."""
+    started: dict[str, dict[str, Any]] = {}
+    for raw in lines:
+        # Cheap filter first: most lines are neither event.
+        if b'"run_start"' not in raw and b'"run_outcome"' not in raw:
+            continue
+        rec = json.loads(raw)
+        data = rec.get("data") or {}
+        run_id = data.get("run_id")
+        if not isinstance(run_id, str):
+            continue
+        if rec.get("event") == "run_start":
+            started[run_id] = {
+                "tenant": rec.get("tenant"),
+                "module_sha256": data.get("module_sha256", ""),
+                "seq": rec.get("seq"),
+            }
+        elif rec.get("event") == "run_outcome":
+            started.pop(run_id, None)
+    return started
+
+
+def interrupted_events(open_: dict[str, dict[str, Any]]) -> list[Event]:
+    """The closing ``run_outcome`` of each open run (nothing about it is known but its start)."""
+    from nightcore.audit.log import Event
+
+    return [
+        Event(
+            "run_outcome",
+            {
+                "run_id": run_id,
+                "code": "INTERRUPTED",
+                "detail": INTERRUPTED_DETAIL,
+                "exit_code": None,
+                "fuel_used": 0,
+                "fuel_exact": False,  # unknown: the run's own accounting was lost with the node
+                "wall_us": 0,
+                "memory_bytes": 0,
+                "output_bytes": 0,
+                "output_truncated": False,
+                "stdout_sha256": None,
+                "stderr_sha256": None,
+                "key_id": "",
+                "module_sha256": info["module_sha256"],
+                "run_start_seq": info["seq"],
+            },
+            info["tenant"],
+        )
+        for run_id, info in open_.items()
+    ]
+
+
+def close_interrupted(audit: AuditLog) -> list[str]:
+    """Append an ``INTERRUPTED`` outcome for every open run; the run ids closed."""
+    pending = open_runs(audit.iter_lines())
+    if pending:
+        audit.append_many(interrupted_events(pending))
+    return list(pending)

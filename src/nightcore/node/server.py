@@ -1,0 +1,410 @@
+"""The node agent: one long-running process per workspace (``nightcore node``).
+
+It owns the warm state every run shares — the worker pool (engines and compiled modules), the
+audit writer (one hash chain, group commit), the run index, the node signer — and serves the
+application facade on a Unix socket in the workspace (``state/node.sock``, mode 0600; a peer
+must be the workspace owner's uid or root, checked with ``SO_PEERCRED``). The CLI becomes a
+thin client of it (:mod:`nightcore.node.client`).
+
+Start: take the workspace's node lock (one node per workspace), start the worker pool before
+any Wasmtime engine could exist in this process, close the runs a dead node left open
+(``INTERRUPTED``), then listen. Stop (SIGTERM/SIGINT): stop admitting, let in-flight requests
+finish (each run ends with its audited code), sign a final checkpoint, stop the workers,
+remove the socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nightcore.errors import NightCoreError
+from nightcore.node import protocol
+
+if TYPE_CHECKING:
+    from nightcore.context import NodeContext
+    from nightcore.node.pool import WorkerPool
+    from nightcore.runner.pipeline import Runner
+
+REQUEST_READ_TIMEOUT_S = 30.0
+SHUTDOWN_GRACE_S = 120.0
+MAX_TENANTS_PER_REQUEST = 10_000
+_PEERCRED = struct.Struct("3i")
+
+
+def log(message: str) -> None:
+    """One line on stderr (the node's log; journald keeps it under systemd)."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    print(f"{stamp} nightcore-node: {message}", file=sys.stderr, flush=True)
+
+
+def peer_uid(conn: socket.socket) -> int:
+    _pid, uid, _gid = _PEERCRED.unpack(
+        conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    )
+    return int(uid)
+
+
+def _bad(message: str) -> NightCoreError:
+    return NightCoreError(message, code="NODE_REQUEST_INVALID")
+
+
+def _str_list(args: dict[str, Any], key: str) -> list[str] | None:
+    value = args.get(key)
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) > MAX_TENANTS_PER_REQUEST
+        or not all(isinstance(v, str) and 0 < len(v) <= 256 for v in value)
+    ):
+        raise _bad(f"{key} must be a list of names")
+    return value
+
+
+def _opt_int(args: dict[str, Any], key: str, lo: int, hi: int) -> int | None:
+    value = args.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise _bad(f"{key} must be an integer in [{lo}, {hi}]")
+    return value
+
+
+def _str(args: dict[str, Any], key: str, *, default: str | None = None) -> str:
+    value = args.get(key, default)
+    if not isinstance(value, str) or len(value) > 4096:
+        raise _bad(f"{key} must be a string")
+    return value
+
+
+class Node:
+    """The node agent of one workspace."""
+
+    def __init__(
+        self,
+        ctx: NodeContext,
+        *,
+        workers: int | None = None,
+        tenant_cap: int | None = None,
+        socket_path: Path | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.workers = workers or os.cpu_count() or 1
+        self.tenant_cap = tenant_cap
+        self.socket_path = socket_path or ctx.layout.node_socket
+        self.owner_uid = os.getuid()
+        self.started = time.time()
+        self.pool: WorkerPool | None = None
+        self.runner: Runner | None = None
+        self._strongbox_runner: Runner | None = None
+        self._listener: socket.socket | None = None
+        self._lock_fd: int | None = None
+        self._stop = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()
+        self._handlers: set[threading.Thread] = set()
+        self._handlers_lock = threading.Lock()
+        self._served = 0
+        self._refused = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        from nightcore.node.pool import WorkerPool
+        from nightcore.node.recovery import close_interrupted
+        from nightcore.runner.pipeline import Runner
+
+        self._take_lock()
+        try:
+            layout = self.ctx.layout
+            audit = self.ctx.audit()
+            # Workers first: they are new interpreters (never forks), started before anything
+            # in this process could have built a Wasmtime engine.
+            self.pool = WorkerPool(
+                self.workers,
+                layout.cache_dir,
+                layout.cache_secret_path.read_bytes(),
+                tenant_cap=self.tenant_cap,
+                on_event=self._on_sandbox_event,
+            )
+            self.pool.start()
+            closed = close_interrupted(audit)
+            if closed:
+                log(f"closed {len(closed)} run(s) a previous node left open: INTERRUPTED")
+            self.ctx.node_signer()  # fail now, not at the first run, if the key cannot load
+            self.runner = Runner(self.ctx, sandbox=self.pool)
+            self._listen()
+            stats = self.pool.stats()
+            audit.append(
+                "node_start",
+                {
+                    "pid": os.getpid(),
+                    "workers": stats.size,
+                    "tenant_cap": stats.tenant_cap,
+                    "interrupted_closed": len(closed),
+                },
+            )
+        except BaseException:
+            self._cleanup()
+            raise
+        log(
+            f"serving {layout.root} on {self.socket_path} with {self.workers} worker(s) "
+            f"(pid {os.getpid()})"
+        )
+
+    def _take_lock(self) -> None:
+        import fcntl
+
+        path = self.ctx.layout.state_dir / "node.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise NightCoreError(
+                f"a node is already running for {self.ctx.layout.root}", code="NODE_RUNNING"
+            ) from None
+        self._lock_fd = fd
+
+    def _listen(self) -> None:
+        path = self.socket_path
+        path.unlink(missing_ok=True)  # ours: we hold the node lock
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)  # the socket is created 0600: no window with a wider mode
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        sock.listen(64)
+        self._listener = sock
+
+    def request_stop(self, *_: object) -> None:
+        """Signal-safe: stop admitting and wake the accept loop."""
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+
+    def serve_forever(self) -> None:
+        assert self._listener is not None
+        listener = self._listener
+        while not self._stop.is_set():
+            ready, _, _ = select.select([listener.fileno(), self._wake_r], [], [])
+            if self._wake_r in ready or self._stop.is_set():
+                break
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            t = threading.Thread(target=self._handle, args=(conn,), name="nightcore-node-req")
+            with self._handlers_lock:
+                self._handlers.add(t)
+            t.start()
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        log("stopping: no new requests; waiting for in-flight runs")
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            self.socket_path.unlink(missing_ok=True)
+        deadline = time.monotonic() + SHUTDOWN_GRACE_S
+        with self._handlers_lock:
+            handlers = list(self._handlers)
+        for t in handlers:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        self.ctx.audit().append(
+            "node_stop",
+            {"pid": os.getpid(), "requests": self._served, "refused": self._refused},
+        )
+        checkpoint: dict[str, Any] | None = None
+        try:  # the final checkpoint covers everything this node logged, its stop included
+            from nightcore.audit.tlog import transparency_log
+
+            ctx = self.ctx
+            cp = transparency_log(
+                ctx.layout, key_name=ctx.config.node_name, signer=ctx.node_signer, audit=ctx.audit
+            ).checkpoint("node stop")
+            checkpoint = {"size": cp.size, "root": cp.root.hex()}
+        except NightCoreError as exc:
+            log(f"warning[{exc.code}]: no final checkpoint: {exc.message}")
+        self._cleanup()
+        log(f"stopped (final checkpoint {checkpoint})")
+
+    def _cleanup(self) -> None:
+        for r in (self.runner, self._strongbox_runner):
+            if r is not None:
+                r.close()
+        self.runner = self._strongbox_runner = None
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+            self.socket_path.unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- requests --------------------------------------------------------------------------
+    def _on_sandbox_event(self, event: str, data: dict[str, object]) -> None:
+        tenant = data.get("tenant")
+        self.ctx.audit().append(
+            event,
+            {k: v for k, v in data.items() if k != "tenant"},
+            tenant if isinstance(tenant, str) else None,
+        )
+
+    def _handle(self, conn: socket.socket) -> None:
+        try:
+            with conn:
+                self._serve_one(conn)
+        finally:
+            with self._handlers_lock:
+                self._handlers.discard(threading.current_thread())
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        def send(obj: dict[str, Any]) -> None:
+            # A client that went away does not stop the request: its runs are recorded whole
+            # (the audit log, not the socket, is the record).
+            with contextlib.suppress(OSError):
+                conn.sendall(protocol.dumps(obj))
+
+        uid = peer_uid(conn)
+        if uid not in (self.owner_uid, 0):
+            self._refused += 1
+            self.ctx.audit().append("node_client_refused", {"uid": uid, "reason": "peer uid"})
+            send(
+                {
+                    "ok": False,
+                    "error": {
+                        "code": "NODE_PEER_REFUSED",
+                        "message": f"uid {uid} may not use this node (owner uid "
+                        f"{self.owner_uid} or root only)",
+                    },
+                }
+            )
+            return
+        conn.settimeout(REQUEST_READ_TIMEOUT_S)
+        try:
+            line = conn.makefile("rb").readline(protocol.MAX_REQUEST_BYTES + 1)
+            op, args = protocol.parse_request(line)
+        except (OSError, protocol.ProtocolError) as exc:
+            send({"ok": False, "error": {"code": "NODE_REQUEST_INVALID", "message": str(exc)}})
+            return
+        conn.settimeout(None)
+        self._served += 1
+        try:
+            result = self.dispatch(op, args, lambda ev, data: send({"event": ev, "data": data}))
+        except NightCoreError as exc:
+            send({"ok": False, "error": {"code": exc.code, "message": exc.message}})
+            return
+        except Exception as exc:  # noqa: BLE001 - logged with its type; the client gets a code
+            log(f"error in {op}: {type(exc).__name__}: {exc}")
+            send(
+                {
+                    "ok": False,
+                    "error": {"code": "HOST_ERROR", "message": f"{type(exc).__name__}: {exc}"},
+                }
+            )
+            return
+        send({"ok": True, "result": result})
+
+    def dispatch(
+        self, op: str, args: dict[str, Any], event: Callable[[str, dict[str, Any]], None]
+    ) -> Any:
+        """Call the facade for one request; plain data out."""
+        from nightcore import app
+
+        ctx = self.ctx
+        if self._stop.is_set():
+            raise NightCoreError("the node is shutting down", code="NODE_SHUTTING_DOWN")
+        if op == "ping":
+            return {"pid": os.getpid(), "workspace": str(ctx.root)}
+        if op == "status":
+            assert self.pool is not None
+            return {
+                "pid": os.getpid(),
+                "workspace": str(ctx.root),
+                "uptime_s": round(time.time() - self.started, 3),
+                "requests": self._served,
+                "refused": self._refused,
+                "pool": self.pool.stats().to_dict(),
+            }
+        if op == "verify":
+            return [d.to_dict() for d in app.verify(ctx, _str_list(args, "tenants"))]
+        if op == "run":
+            return self._run(args, event)
+        if op == "runs":
+            limit = _opt_int(args, "limit", 1, 100_000) or 50
+            tenant = args.get("tenant")
+            if tenant is not None and not isinstance(tenant, str):
+                raise _bad("tenant must be a string")
+            return app.runs(ctx, tenant, limit)
+        if op == "cordon":
+            return app.cordon(ctx, _str(args, "tenant"), _str(args, "reason"), actor="node")
+        if op == "uncordon":
+            return app.uncordon(
+                ctx, _str(args, "tenant"), _str(args, "reason", default=""), actor="node"
+            )
+        raise _bad(f"operation {op!r} is not served by this node")
+
+    def _run(self, args: dict[str, Any], event: Callable[[str, dict[str, Any]], None]) -> Any:
+        from nightcore import app
+        from nightcore.runner.pipeline import Runner, TenantRun
+
+        ctx = self.ctx
+        names = app.select_tenants(ctx, _str_list(args, "tenants"))
+        event("selected", {"count": len(names)})
+        strongbox = args.get("strongbox", False)
+        if not isinstance(strongbox, bool):
+            raise _bad("strongbox must be true or false")
+        if strongbox:
+            if self._strongbox_runner is None:
+                self._strongbox_runner = Runner(ctx, strongbox=True)
+            runner = self._strongbox_runner
+        else:
+            assert self.runner is not None
+            runner = self.runner
+        parallel = _opt_int(args, "parallel", 1, 256) or self.workers
+
+        def progress(tr: TenantRun) -> None:
+            event("progress", {"tenant": tr.tenant, "code": tr.code})
+
+        report = app.run(
+            ctx, names, selected=True, parallel=parallel, progress=progress, runner=runner
+        )
+        out: dict[str, Any] = report.to_dict()
+        dashboard = args.get("dashboard", False)
+        if dashboard:
+            out["dashboard"] = _refresh_dashboard(ctx)
+        return out
+
+
+def _refresh_dashboard(ctx: NodeContext) -> dict[str, str]:
+    from nightcore.dashboard import build_report
+
+    big = ctx.layout.audit_log.exists() and ctx.layout.audit_log.stat().st_size > 64 << 20
+    path, digest = build_report(ctx, verify="none" if big else "quick")  # type: ignore[arg-type]
+    return {"path": str(path), "sha256": digest}
+
+
+def run_node(ctx: NodeContext, *, workers: int | None = None, tenant_cap: int | None = None) -> int:
+    """``nightcore node``: start, serve until SIGTERM/SIGINT, stop cleanly. Exit status 0."""
+    node = Node(ctx, workers=workers, tenant_cap=tenant_cap)
+    node.start()
+    signal.signal(signal.SIGTERM, node.request_stop)
+    signal.signal(signal.SIGINT, node.request_stop)
+    node.serve_forever()
+    return 0
