@@ -736,3 +736,26 @@ def test_report_path_and_digest_are_stable_inputs(env: Env, tmp_path: Path) -> N
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temporary left
     assert "Not verified in this report" in out.read_text()
+
+
+def test_dashboard_data_files_ship_as_package_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Templates, stylesheet, script and OpenAPI document are files a wheel must carry: each one
+    is matched by [tool.setuptools.package-data], and a missing one is a coded error."""
+    import fnmatch
+    import tomllib
+
+    from nightcore.dashboard import assets
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["nightcore.dashboard"]
+    names = sorted(p.name for p in assets.DATA_DIR.iterdir() if p.is_file())
+    assert {"page.html.j2", "content.html.j2", "report.css", "console.js", "openapi.json"} <= set(
+        names
+    )
+    for name in names:
+        assert any(fnmatch.fnmatch(f"data/{name}", g) for g in globs), name
+    assert (assets.DATA_DIR / "console.js").read_text(encoding="utf-8") == assets.JS
+    monkeypatch.setattr(assets, "DATA_DIR", assets.DATA_DIR / "nonexistent")
+    with pytest.raises(NightCoreError) as err:
+        assets.read_data("report.css")
+    assert err.value.code == "DASHBOARD_DATA_MISSING"

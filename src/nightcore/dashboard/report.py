@@ -10,7 +10,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from nightcore.dashboard import assets, charts, templates, text
+from nightcore.dashboard import assets, charts, text
 from nightcore.dashboard.collect import (
     CHART_POINTS,
     Snapshot,
@@ -30,7 +30,12 @@ def _usage_bar(frac: float | None, cls: str) -> Markup:
 
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.DictLoader({"page.html": templates.PAGE, "content.html": templates.CONTENT}),
+        loader=jinja2.DictLoader(
+            {
+                "page.html": assets.read_data("page.html.j2"),
+                "content.html": assets.read_data("content.html.j2"),
+            }
+        ),
         autoescape=True,  # every {{ }} is HTML-escaped, in every template
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
