@@ -18,7 +18,7 @@ import wasmtime
 
 from nightcore.doctor import run_checks
 from nightcore.errors import SandboxError
-from nightcore.sandbox import engine, ffi
+from nightcore.sandbox import ffi, watchdog
 from nightcore.sandbox.cache import wasmtime_version
 from nightcore.sandbox.engine import Sandbox
 from nightcore.sandbox.types import EffectiveLimits, RunConfig
@@ -96,7 +96,9 @@ def without(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         # Forget what earlier runs resolved, so the next use checks again (restored after).
         monkeypatch.setattr(ffi, "_resolved", {})
         monkeypatch.setattr(
-            engine, "_EPOCH_DEADLINE", ffi.EpochDeadline(engine._decide, engine._forget_watchdog)
+            watchdog,
+            "_EPOCH_DEADLINE",
+            ffi.EpochDeadline(watchdog._decide, watchdog._forget_watchdog),
         )
 
     yield hide
@@ -194,7 +196,7 @@ def test_reshaped_binding_is_refused(sandbox: Sandbox, monkeypatch: pytest.Monke
     monkeypatch.setattr(ffi, "_lookup", lookup)
     monkeypatch.setattr(ffi, "_resolved", {})
     monkeypatch.setattr(
-        engine, "_EPOCH_DEADLINE", ffi.EpochDeadline(engine._decide, engine._forget_watchdog)
+        watchdog, "_EPOCH_DEADLINE", ffi.EpochDeadline(watchdog._decide, watchdog._forget_watchdog)
     )
     with pytest.raises(SandboxError, match="unexpected signature") as info:
         sandbox.run(HELLO, config(HELLO))

@@ -71,7 +71,7 @@ short writes (0 bytes accepted), which the guest sees as ``EIO`` from ``fd_write
 next epoch tick (within ``tick_ms``) the run is stopped with ``OUTPUT_LIMIT`` unless it
 ended by itself first (then ``OUTPUT_LIMIT`` still replaces ``OK`` / ``EXIT_NONZERO`` /
 ``TRAP``). The callbacks run on Wasmtime's I/O threads, so the buffers are guarded by a
-lock, and a run waits until Wasmtime has released them (see :meth:`_OutputSink.attach`).
+lock, and a run waits until Wasmtime has released them (see :meth:`OutputSink.attach`).
 
 Determinism
 -----------
@@ -89,7 +89,6 @@ concurrent runs would race on.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import platform
@@ -106,9 +105,11 @@ from typing import TypeVar
 import wasmtime
 
 from nightcore.errors import SandboxError
+from nightcore.sandbox import deterministic as deterministic_wasi
 from nightcore.sandbox import ffi
 from nightcore.sandbox.cache import DiskModuleCache, cache_key, wasmtime_version
 from nightcore.sandbox.types import Preopen, RunConfig, RunResult
+from nightcore.sandbox.watchdog import OutputSink, Ticker, install_watchdog
 
 EventSink = Callable[[str, dict[str, object]], None]
 
@@ -135,19 +136,8 @@ ASYNC_STACK_HEADROOM = 1024 * 1024
 MAX_ENGINES = 8
 MEMORY_CACHE_ENTRIES = 128
 MAX_DETAIL_CHARS = 240
-# How long a run waits for Wasmtime to release its output callbacks (see _OutputSink.attach).
+# How long a run waits for Wasmtime to release its output callbacks (see OutputSink.attach).
 RELEASE_WAIT_S = 5.0
-
-DETERMINISTIC_EPOCH_NS = 946_684_800 * 1_000_000_000  # 2000-01-01T00:00:00Z
-NS_PER_FUEL = 1
-_RANDOM_DOMAIN = b"nightcore/deterministic-random/v1\x00"
-
-# WASI preview1 errno values used by the shadowed functions.
-_ERRNO_SUCCESS = 0
-_ERRNO_FAULT = 21
-_ERRNO_INVAL = 28
-_ERRNO_IO = 29
-_WASI_CLOCKS = (0, 1, 2, 3)  # realtime, monotonic, process cputime, thread cputime
 
 _T = TypeVar("_T")
 
@@ -203,26 +193,9 @@ def _make_engine(key: EngineKey) -> wasmtime.Engine:
 
 def _make_linker(engine: wasmtime.Engine, deterministic: bool) -> wasmtime.Linker:
     linker = wasmtime.Linker(engine)
-    if deterministic:
-        linker.allow_shadowing = True
     linker.define_wasi()
     if deterministic:
-        i32, i64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
-        linker.define_func(
-            "wasi_snapshot_preview1",
-            "clock_time_get",
-            wasmtime.FuncType([i32, i64, i32], [i32]),
-            _det_clock_time_get,
-            access_caller=True,
-        )
-        linker.define_func(
-            "wasi_snapshot_preview1",
-            "random_get",
-            wasmtime.FuncType([i32, i32], [i32]),
-            _det_random_get,
-            access_caller=True,
-        )
-        linker.allow_shadowing = False
+        deterministic_wasi.define_shadows(linker)
     return linker
 
 
@@ -251,247 +224,6 @@ class _CompileFailed(Exception):
 
 class _Refused(Exception):
     """The instance cannot be run (missing / unusable entrypoint)."""
-
-
-# --------------------------------------------------------------------------------------
-# Ticker
-
-
-class _Ticker:
-    """One daemon thread that advances every engine's epoch every ``tick_ms``."""
-
-    def __init__(self, tick_ms: int) -> None:
-        self._interval = tick_ms / 1000.0
-        self._stop = threading.Event()
-        self.targets: tuple[wasmtime.Engine, ...] = ()  # replaced whole, never mutated
-        self._thread = threading.Thread(target=self._loop, name="nightcore-epoch", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            for engine in self.targets:
-                engine.increment_epoch()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join()
-
-
-# --------------------------------------------------------------------------------------
-# Output capture
-
-
-class _OutputSink:
-    """stdout + stderr of one run, capped at ``cap`` bytes in total."""
-
-    def __init__(self, cap: int) -> None:
-        self._cap = cap
-        self._used = 0
-        self._lock = threading.Lock()
-        self.stdout = bytearray()
-        self.stderr = bytearray()
-        self.truncated = False
-
-    def _take(self, buf: bytearray, data: bytes) -> int:
-        with self._lock:
-            room = self._cap - self._used
-            if len(data) <= room:
-                buf += data
-                self._used += len(data)
-                return len(data)
-            self.truncated = True
-            if room <= 0:
-                return 0  # short write: the guest's fd_write fails with EIO
-            buf += data[:room]
-            self._used += room
-            return room
-
-    def write_stdout(self, data: bytes) -> int:
-        return self._take(self.stdout, data)
-
-    def write_stderr(self, data: bytes) -> int:
-        return self._take(self.stderr, data)
-
-    def attach(self, wasi: wasmtime.WasiConfig) -> list[threading.Event]:
-        """Route the config's stdout/stderr here; returns events set once Wasmtime let go.
-
-        Wasmtime drops the output streams (and calls back into Python to release the
-        callbacks) on its own I/O threads, asynchronously, after the store is gone. A
-        foreign thread that needs the GIL while the interpreter is finalising is killed
-        with ``pthread_exit``, which cannot unwind through Rust frames: the process aborts
-        (SIGABRT at exit). Waiting for these events before a run returns keeps every
-        callback inside the run.
-        """
-        released: list[threading.Event] = []
-        for stream, write in (("stdout", self.write_stdout), ("stderr", self.write_stderr)):
-            callback = _Writer(write)
-            event = threading.Event()
-            weakref.finalize(callback, event.set)
-            released.append(event)
-            if stream == "stdout":
-                wasi.stdout_custom = callback
-            else:
-                wasi.stderr_custom = callback
-            del callback  # only Wasmtime's handle table may keep it alive
-        return released
-
-    def snapshot(self) -> tuple[bytes, bytes, bool]:
-        with self._lock:
-            return bytes(self.stdout), bytes(self.stderr), self.truncated
-
-
-class _Writer:
-    """An output callback object (a distinct object, so its release can be observed)."""
-
-    __slots__ = ("__weakref__", "_write")
-
-    def __init__(self, write: Callable[[bytes], int]) -> None:
-        self._write = write
-
-    def __call__(self, data: bytes) -> int:
-        return self._write(data)
-
-
-# --------------------------------------------------------------------------------------
-# Watchdog: the per-store epoch-deadline callback
-
-
-class _Watchdog:
-    """Decides, at every epoch tick of one run, whether that run must stop now.
-
-    The store's deadline is one tick ahead and Wasmtime calls back when it is reached: the
-    run stops with ``TIMEOUT`` after ``ticks`` ticks (the same ``ceil(wall_ms / tick_ms)``
-    deadline a plain ``set_epoch_deadline(ticks)`` would give) or with ``OUTPUT_LIMIT`` at
-    the first tick after the output cap was hit, so a tenant that ignores failed writes
-    cannot keep burning CPU until its time runs out.
-    """
-
-    __slots__ = ("reason", "sink", "ticks_left")
-
-    def __init__(self, ticks: int, sink: _OutputSink) -> None:
-        self.ticks_left = ticks
-        self.sink = sink
-        self.reason = ""
-
-    def on_tick(self) -> str:
-        if self.sink.truncated:
-            return "OUTPUT_LIMIT"
-        self.ticks_left -= 1
-        return "TIMEOUT" if self.ticks_left <= 0 else ""
-
-
-_WATCHDOGS: dict[int, _Watchdog] = {}  # handle -> watchdog; single dict ops are GIL-atomic
-_WATCHDOG_IDS = itertools.count(1)
-
-
-def _decide(handle: int) -> str:
-    """At a store's deadline: "" = one more tick, else the reason the run stops now."""
-    dog = _WATCHDOGS.get(handle)
-    if dog is None:
-        return "TIMEOUT"  # fail closed: a store without its watchdog stops
-    try:
-        reason = dog.on_tick()
-    except Exception:  # noqa: BLE001 - runs inside Wasmtime: stop the run instead of raising
-        reason = "TIMEOUT"
-    if reason:
-        dog.reason = reason
-    return reason
-
-
-def _forget_watchdog(handle: int) -> None:
-    _WATCHDOGS.pop(handle, None)
-
-
-# Module-level so its C function pointers outlive every store that uses them.
-_EPOCH_DEADLINE = ffi.EpochDeadline(_decide, _forget_watchdog)
-
-
-def _install_watchdog(store: wasmtime.Store, ticks: int, sink: _OutputSink) -> _Watchdog:
-    """Arm the run's deadline; raises FFI_UNAVAILABLE rather than run without the watchdog."""
-    dog = _Watchdog(ticks, sink)
-    handle = next(_WATCHDOG_IDS)
-    _WATCHDOGS[handle] = dog
-    try:
-        _EPOCH_DEADLINE.install(store, handle)
-    except BaseException:
-        _WATCHDOGS.pop(handle, None)
-        raise
-    store.set_epoch_deadline(1)
-    return dog
-
-
-# --------------------------------------------------------------------------------------
-# Deterministic clock and random (shadowed WASI functions)
-
-_tls = threading.local()
-
-
-class _DeterministicState:
-    def __init__(self, seed: int, fuel_budget: int) -> None:
-        self.seed = str(seed).encode("ascii")
-        self.fuel_budget = fuel_budget
-        self.calls = 0
-
-    def random_bytes(self, n: int) -> bytes:
-        self.calls += 1
-        h = hashlib.shake_256(_RANDOM_DOMAIN)
-        h.update(len(self.seed).to_bytes(8, "big"))
-        h.update(self.seed)
-        h.update(self.calls.to_bytes(8, "big"))
-        return h.digest(n)
-
-
-def _caller_fuel(caller: wasmtime.Caller) -> int:
-    # Store.get_fuel only uses `_context()`, which a Caller provides (the C API's
-    # wasmtime_caller_context): the supported way to reach the store from a host call.
-    getter: Callable[[wasmtime.Caller], int] = wasmtime.Store.get_fuel  # type: ignore[assignment]
-    return getter(caller)
-
-
-def _write_guest(caller: wasmtime.Caller, ptr: int, data: bytes, align: int = 1) -> int:
-    mem = caller.get("memory")
-    if not isinstance(mem, wasmtime.Memory):
-        return _ERRNO_FAULT
-    if ptr < 0 or ptr % align or ptr + len(data) > mem.data_len(caller):
-        return _ERRNO_FAULT
-    if data:
-        mem.write(caller, data, ptr)
-    return _ERRNO_SUCCESS
-
-
-def _det_clock_time_get(caller: wasmtime.Caller, clock_id: int, precision: int, out: int) -> int:
-    # Host functions must never raise: wasmtime-py parks a raised exception in a
-    # process-global slot, which concurrent runs would race on.
-    del precision
-    try:
-        state: _DeterministicState | None = getattr(_tls, "det", None)
-        if state is None:
-            return _ERRNO_IO
-        if clock_id not in _WASI_CLOCKS:
-            return _ERRNO_INVAL
-        used = max(0, state.fuel_budget - _caller_fuel(caller))
-        ns = used * NS_PER_FUEL + (DETERMINISTIC_EPOCH_NS if clock_id == 0 else 0)
-        return _write_guest(caller, out, (ns & 0xFFFF_FFFF_FFFF_FFFF).to_bytes(8, "little"), 8)
-    except Exception:  # noqa: BLE001 - see above: report an errno instead
-        return _ERRNO_IO
-
-
-def _det_random_get(caller: wasmtime.Caller, buf: int, length: int) -> int:
-    try:
-        state: _DeterministicState | None = getattr(_tls, "det", None)
-        if state is None:
-            return _ERRNO_IO
-        mem = caller.get("memory")
-        if not isinstance(mem, wasmtime.Memory):
-            return _ERRNO_FAULT
-        # Bounds first: the length is guest-controlled and must not make the host
-        # generate more than the guest's (limited) memory can hold.
-        if buf < 0 or length < 0 or buf + length > mem.data_len(caller):
-            return _ERRNO_FAULT
-        return _write_guest(caller, buf, state.random_bytes(length))
-    except Exception:  # noqa: BLE001 - host functions must not raise (see clock_time_get)
-        return _ERRNO_IO
 
 
 # --------------------------------------------------------------------------------------
@@ -577,7 +309,7 @@ def _wasi_config(config: RunConfig) -> wasmtime.WasiConfig:
     wasi.argv = list(config.argv)
     wasi.env = [[name, value] for name, value in config.env]
     # No stdin: nothing configured reads as end-of-file. No inherit_* calls at all.
-    # stdout/stderr: _OutputSink.attach.
+    # stdout/stderr: OutputSink.attach.
     for p in config.preopens:
         _preopen(wasi, p)
     return wasi
@@ -677,7 +409,7 @@ class Sandbox:
         self._closed = False
         self._active = 0  # runs in flight (guarded by _lock)
         self._idle = threading.Condition(self._lock)
-        self._ticker = _Ticker(tick_ms)
+        self._ticker = Ticker(tick_ms)
         self._finalizer = weakref.finalize(self, self._ticker.stop)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -874,7 +606,7 @@ class Sandbox:
         if loaded.pre is None:
             return _failed("INSTANTIATE_ERROR", loaded.link_error, cache_status)
         limits = config.limits
-        sink = _OutputSink(limits.output_bytes)
+        sink = OutputSink(limits.output_bytes)
         wasi = _wasi_config(config)
         released = sink.attach(wasi)
         store = wasmtime.Store(entry.engine)
@@ -888,10 +620,10 @@ class Sandbox:
             )
             store.set_fuel(limits.fuel)
             ticks = max(1, math.ceil(limits.wall_ms / self._tick_ms))
-            watchdog = _install_watchdog(store, ticks, sink)
+            watchdog = install_watchdog(store, ticks, sink)
             store.set_wasi(wasi)
             if config.deterministic:
-                _tls.det = _DeterministicState(config.seed, limits.fuel)
+                deterministic_wasi.activate(config.seed, limits.fuel)
             instance: wasmtime.Instance | None = None
             code, detail = "OK", ""
             exit_code: int | None = 0
@@ -927,7 +659,7 @@ class Sandbox:
                     code = "TRAP"
                     fuel_exact = False  # e.g. stopped by the epoch-deadline callback
             finally:
-                _tls.det = None
+                deterministic_wasi.deactivate()
             if watchdog.reason and code not in ("OK", "EXIT_NONZERO"):
                 code, exit_code, fuel_exact = watchdog.reason, None, False
                 detail = (

@@ -1,0 +1,186 @@
+"""Per-run limits enforced while the guest runs: the epoch ticker, the output cap and the
+watchdog that stops a run at its wall-clock deadline or after it hit its output cap.
+
+Output cap: stdout and stderr share one budget of ``output_bytes``. The WASI output
+callbacks keep at most that many bytes in total and then return short writes (0 bytes
+accepted), which the guest sees as ``EIO`` from ``fd_write``; at the next epoch tick the
+watchdog stops the run with ``OUTPUT_LIMIT`` (see ``nightcore.sandbox.engine`` for how the
+outcome codes combine). The per-store epoch-deadline callback is reached through the FFI
+fence (:mod:`nightcore.sandbox.ffi`): without it a run is refused (``FFI_UNAVAILABLE``),
+never run with a plain deadline that would drop the output stop.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import weakref
+from collections.abc import Callable
+
+import wasmtime
+
+from nightcore.sandbox import ffi
+
+
+class Ticker:
+    """One daemon thread that advances every engine's epoch every ``tick_ms``."""
+
+    def __init__(self, tick_ms: int) -> None:
+        self._interval = tick_ms / 1000.0
+        self._stop = threading.Event()
+        self.targets: tuple[wasmtime.Engine, ...] = ()  # replaced whole, never mutated
+        self._thread = threading.Thread(target=self._loop, name="nightcore-epoch", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            for engine in self.targets:
+                engine.increment_epoch()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+
+# --------------------------------------------------------------------------------------
+# Output capture
+
+
+class OutputSink:
+    """stdout + stderr of one run, capped at ``cap`` bytes in total."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._used = 0
+        self._lock = threading.Lock()
+        self.stdout = bytearray()
+        self.stderr = bytearray()
+        self.truncated = False
+
+    def _take(self, buf: bytearray, data: bytes) -> int:
+        with self._lock:
+            room = self._cap - self._used
+            if len(data) <= room:
+                buf += data
+                self._used += len(data)
+                return len(data)
+            self.truncated = True
+            if room <= 0:
+                return 0  # short write: the guest's fd_write fails with EIO
+            buf += data[:room]
+            self._used += room
+            return room
+
+    def write_stdout(self, data: bytes) -> int:
+        return self._take(self.stdout, data)
+
+    def write_stderr(self, data: bytes) -> int:
+        return self._take(self.stderr, data)
+
+    def attach(self, wasi: wasmtime.WasiConfig) -> list[threading.Event]:
+        """Route the config's stdout/stderr here; returns events set once Wasmtime let go.
+
+        Wasmtime drops the output streams (and calls back into Python to release the
+        callbacks) on its own I/O threads, asynchronously, after the store is gone. A
+        foreign thread that needs the GIL while the interpreter is finalising is killed
+        with ``pthread_exit``, which cannot unwind through Rust frames: the process aborts
+        (SIGABRT at exit). Waiting for these events before a run returns keeps every
+        callback inside the run.
+        """
+        released: list[threading.Event] = []
+        for stream, write in (("stdout", self.write_stdout), ("stderr", self.write_stderr)):
+            callback = Writer(write)
+            event = threading.Event()
+            weakref.finalize(callback, event.set)
+            released.append(event)
+            if stream == "stdout":
+                wasi.stdout_custom = callback
+            else:
+                wasi.stderr_custom = callback
+            del callback  # only Wasmtime's handle table may keep it alive
+        return released
+
+    def snapshot(self) -> tuple[bytes, bytes, bool]:
+        with self._lock:
+            return bytes(self.stdout), bytes(self.stderr), self.truncated
+
+
+class Writer:
+    """An output callback object (a distinct object, so its release can be observed)."""
+
+    __slots__ = ("__weakref__", "_write")
+
+    def __init__(self, write: Callable[[bytes], int]) -> None:
+        self._write = write
+
+    def __call__(self, data: bytes) -> int:
+        return self._write(data)
+
+
+# --------------------------------------------------------------------------------------
+# Watchdog: the per-store epoch-deadline callback
+
+
+class Watchdog:
+    """Decides, at every epoch tick of one run, whether that run must stop now.
+
+    The store's deadline is one tick ahead and Wasmtime calls back when it is reached: the
+    run stops with ``TIMEOUT`` after ``ticks`` ticks (the same ``ceil(wall_ms / tick_ms)``
+    deadline a plain ``set_epoch_deadline(ticks)`` would give) or with ``OUTPUT_LIMIT`` at
+    the first tick after the output cap was hit, so a tenant that ignores failed writes
+    cannot keep burning CPU until its time runs out.
+    """
+
+    __slots__ = ("reason", "sink", "ticks_left")
+
+    def __init__(self, ticks: int, sink: OutputSink) -> None:
+        self.ticks_left = ticks
+        self.sink = sink
+        self.reason = ""
+
+    def on_tick(self) -> str:
+        if self.sink.truncated:
+            return "OUTPUT_LIMIT"
+        self.ticks_left -= 1
+        return "TIMEOUT" if self.ticks_left <= 0 else ""
+
+
+_WATCHDOGS: dict[int, Watchdog] = {}  # handle -> watchdog; single dict ops are GIL-atomic
+_WATCHDOG_IDS = itertools.count(1)
+
+
+def _decide(handle: int) -> str:
+    """At a store's deadline: "" = one more tick, else the reason the run stops now."""
+    dog = _WATCHDOGS.get(handle)
+    if dog is None:
+        return "TIMEOUT"  # fail closed: a store without its watchdog stops
+    try:
+        reason = dog.on_tick()
+    except Exception:  # noqa: BLE001 - runs inside Wasmtime: stop the run instead of raising
+        reason = "TIMEOUT"
+    if reason:
+        dog.reason = reason
+    return reason
+
+
+def _forget_watchdog(handle: int) -> None:
+    _WATCHDOGS.pop(handle, None)
+
+
+# Module-level so its C function pointers outlive every store that uses them.
+_EPOCH_DEADLINE = ffi.EpochDeadline(_decide, _forget_watchdog)
+
+
+def install_watchdog(store: wasmtime.Store, ticks: int, sink: OutputSink) -> Watchdog:
+    """Arm the run's deadline; raises FFI_UNAVAILABLE rather than run without the watchdog."""
+    dog = Watchdog(ticks, sink)
+    handle = next(_WATCHDOG_IDS)
+    _WATCHDOGS[handle] = dog
+    try:
+        _EPOCH_DEADLINE.install(store, handle)
+    except BaseException:
+        _WATCHDOGS.pop(handle, None)
+        raise
+    store.set_epoch_deadline(1)
+    return dog
