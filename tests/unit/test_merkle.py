@@ -178,6 +178,38 @@ def test_reference_tree(vectors: dict[str, Any]) -> None:
     assert store.root().hex() == ref["roots_by_size"]["8"]
 
 
+def test_batch_builders_on_the_reference_tree(vectors: dict[str, Any]) -> None:
+    """The streaming (compact range) and batch (pair levels, runs) builders the audit scanners
+    use give the RFC 6962 reference roots and nodes."""
+    ref = vectors["reference_tree"]
+    hashes, store = _reference_store(vectors)
+    stack: list[bytes] = []
+    assert m.compact_root(stack) == m.EMPTY_ROOT
+    for i, lh in enumerate(hashes):
+        m.compact_push(stack, lh, i)
+        assert hx(stack) == ref["compact_range_by_size"][str(i + 1)]
+        assert m.compact_root(stack).hex() == ref["roots_by_size"][str(i + 1)]
+    level0 = b"".join(hashes)
+    for level, row in enumerate(ref["node_hashes_by_level"][1:], start=1):
+        below = b"".join(h(x) for x in ref["node_hashes_by_level"][level - 1])
+        assert m.pair_hashes(below, 0, len(row)).hex() == "".join(row)
+        assert m.pair_hashes(below[64:], 1, len(row), base=2).hex() == "".join(row[1:])
+    for cut in range(len(hashes) + 1):
+        runs = [
+            (a, b - a, m.run_levels(level0[32 * a : 32 * b], a))
+            for a, b in ((0, cut), (cut, len(hashes)))
+        ]
+        built = m.TreeStore.from_runs(level0, runs)
+        assert built.root() == store.root()
+        assert all(
+            built.node(lv, i) == store.node(lv, i)
+            for lv, row in enumerate(ref["node_hashes_by_level"])
+            for i in range(len(row))
+        )
+    with pytest.raises(AuditError):
+        m.TreeStore.from_runs(level0[:-1], [])
+
+
 def test_known_inclusion_proofs(vectors: dict[str, Any]) -> None:
     _, store = _reference_store(vectors)
     assert vectors["inclusion_proofs"]

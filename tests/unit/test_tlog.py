@@ -458,7 +458,7 @@ def test_tree_from_parallel_runs_is_the_tree(n: int, cuts: list[int]) -> None:
     scan.leaves += leaves
     scan.count = n
     scan.runs = [
-        (a, b - a, parallel.run_levels(leaves[32 * a : 32 * b], a))
+        (a, b - a, merkle.run_levels(leaves[32 * a : 32 * b], a))
         for a, b in itertools.pairwise(bounds)
     ]
     merged = parallel.tree_of(scan)

@@ -1,7 +1,15 @@
-"""Strict parsing of audit lines, fast: :func:`parse_line_fast`.
+"""Audit lines, fast: strict parsing (:func:`parse_line_fast`) and classification by byte
+search (:func:`event_of`, :func:`tenant_of`, :func:`prev_of`, :func:`ts_of`).
 
-The accepted set, the error codes and the messages are those of
+Parsing: the accepted set, the error codes and the messages are those of
 :func:`nightcore.audit.log.parse_line` (the reference parser); only the speed differs.
+
+Classifying without parsing: a line is RFC 8785 canonical JSON, so its keys are sorted
+(``data`` < ``event`` < ``node`` < ``prev`` < ``seq`` < ``tenant`` < ``ts`` < ``v``) and every
+top-level key but ``data`` comes *after* ``data``; a string value cannot contain an unescaped
+``"``. So the *last* occurrence of ``"event":"`` is the top-level event, and likewise for
+``prev``, ``ts`` and a ``tenant`` found after the event. These functions trust that shape
+(they are for scanners that report, like the console's); a verifier parses every line.
 """
 
 from __future__ import annotations
@@ -13,7 +21,15 @@ from typing import Any, Final
 from nightcore.audit.log import _FIELDS, _REQUIRED, MAX_LINE_BYTES, parse_line
 from nightcore.errors import AuditError, NightCoreError
 
-__all__ = ["parse_line_fast"]
+__all__ = [
+    "event_of",
+    "is_checkpoint",
+    "parse_line_fast",
+    "prev_of",
+    "record_of",
+    "tenant_of",
+    "ts_of",
+]
 
 
 class _Slow(Exception):
@@ -80,3 +96,65 @@ def parse_line_fast(line: bytes, *, seq_hint: int) -> dict[str, Any]:
             f"audit line {seq_hint}: not RFC 8785 canonical JSON ({exc.message})",
             code="AUDIT_NOT_CANONICAL",
         ) from None
+
+
+def record_of(line: bytes) -> dict[str, Any] | None:
+    """A line's record for *display* (a report showing a line it already classified): a JSON
+    object, its ``data`` a dict (``{}`` if it is not), or None. Not a verification: canonical
+    form and fields are not checked (:func:`parse_line_fast` does that, about 1.6x slower;
+    the console parses every tenant's latest lines, so it uses this)."""
+    try:
+        rec = json.loads(line)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    if not isinstance(rec, dict):
+        return None
+    if not isinstance(rec.get("data"), dict):
+        rec["data"] = {}
+    return rec
+
+
+# --------------------------------------------------------------------------------------------
+# Classifying canonical lines by byte search (see the module docstring)
+
+EVENT_KEY: Final = b'"event":"'
+TENANT_KEY: Final = b'"tenant":"'
+PREV_KEY: Final = b'"prev":"'
+TS_KEY: Final = b'"ts":"'
+_CHECKPOINT: Final = b'checkpoint"'
+
+
+def event_of(line: bytes) -> tuple[bytes, int]:
+    """(top-level event name, offset of its key), or ``(b"?", -1)`` if the line has none."""
+    i = line.rfind(EVENT_KEY)
+    if i < 0:
+        return b"?", -1
+    return line[i + 9 : line.find(b'"', i + 9)], i
+
+
+def is_checkpoint(line: bytes) -> bool:
+    """Whether the top-level event is ``checkpoint``."""
+    i = line.rfind(EVENT_KEY)
+    return i >= 0 and line.startswith(_CHECKPOINT, i + 9)
+
+
+def tenant_of(line: bytes, event_at: int) -> bytes | None:
+    """The top-level tenant's bytes as written (JSON escapes not decoded; a ``\\`` in them
+    means the caller must parse), or None. ``event_at`` is :func:`event_of`'s offset: a
+    ``tenant`` key before it sits inside ``data``."""
+    i = line.rfind(TENANT_KEY)
+    if i <= event_at:
+        return None
+    return line[i + 10 : line.find(b'"', i + 10)]
+
+
+def prev_of(line: bytes) -> bytes | None:
+    """The 64 hex digits of the top-level ``prev`` (as bytes), or None."""
+    i = line.rfind(PREV_KEY)
+    return line[i + 8 : i + 72] if i >= 0 else None
+
+
+def ts_of(line: bytes) -> bytes | None:
+    """The top-level ``ts`` (as bytes, so that values compare like times), or None."""
+    i = line.rfind(TS_KEY)
+    return line[i + 6 : line.find(b'"', i + 6)] if i >= 0 else None

@@ -76,13 +76,17 @@ __all__ = [
     "MAX_TREE_SIZE",
     "GetNode",
     "TreeStore",
+    "compact_push",
+    "compact_root",
     "consistency_proof",
     "consistency_proof_length",
     "inclusion_proof",
     "inclusion_proof_length",
     "leaf_hash",
     "node_hash",
+    "pair_hashes",
     "root",
+    "run_levels",
     "verify_consistency",
     "verify_inclusion",
 ]
@@ -119,15 +123,63 @@ def root(leaf_hashes: Sequence[bytes]) -> bytes:
     stack: list[bytes] = []
     for i, h in enumerate(leaf_hashes):
         _tree_hash(h)
-        stack.append(h)
-        done = i + 1
-        while done & 1 == 0:  # the new node completed a pair: merge it (binary counter carry)
-            right = stack.pop()
-            stack.append(node_hash(stack.pop(), right))
-            done >>= 1
-    if not stack:
-        return EMPTY_ROOT
-    return _fold(stack)
+        compact_push(stack, h, i)
+    return compact_root(stack)
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming and batch building (the audit scanners and the tree store use these, and only these)
+
+
+def compact_push(stack: list[bytes], leaf: bytes, index: int) -> None:
+    """Add leaf hash number ``index`` to ``stack``, the compact range of leaves ``[0, index)``
+    (the roots of its maximal perfect subtrees, widest first): O(log n) memory for a stream.
+
+    Each new node that completes a pair is merged with its left neighbour (a binary counter's
+    carry). ``leaf`` is not checked (hot path): callers pass :func:`leaf_hash` output.
+    """
+    sha = hashlib.sha256
+    h = leaf
+    done = index + 1
+    while not done & 1:
+        h = sha(_NODE_PREFIX + stack.pop() + h).digest()
+        done >>= 1
+    stack.append(h)
+
+
+def compact_root(stack: Sequence[bytes]) -> bytes:
+    """The root of a compact range (:func:`compact_push`); ``SHA-256("")`` when empty."""
+    return _fold(stack) if stack else EMPTY_ROOT
+
+
+def pair_hashes(below: bytes | bytearray, lo: int, hi: int, base: int = 0) -> bytes:
+    """Nodes ``lo .. hi-1`` of one level, concatenated, each the :func:`node_hash` of a pair of
+    the level below; ``below`` holds that level's nodes from index ``base`` on (contiguous
+    32-byte records, each pair ``left || right`` already adjacent: one SHA-256 per node)."""
+    sha = hashlib.sha256
+    step = 2 * HASH_SIZE
+    start = (2 * lo - base) * HASH_SIZE
+    return b"".join(
+        sha(_NODE_PREFIX + below[i : i + step]).digest()
+        for i in range(start, start + (hi - lo) * step, step)
+    )
+
+
+def run_levels(leaves: bytes | bytearray, first: int) -> list[bytes]:
+    """Interior levels 1.. of the perfect nodes lying wholly inside leaves
+    ``[first, first + len(leaves) // 32)`` (one run of a log scanned in parts): level ``L``
+    holds the nodes ``k`` with ``ceil(first / 2^L) <= k < floor(end / 2^L)``, in order."""
+    end = first + len(leaves) // HASH_SIZE
+    levels: list[bytes] = []
+    prev: bytes | bytearray = leaves
+    prev_lo, level = first, 1
+    while True:
+        lo, hi = (first + (1 << level) - 1) >> level, end >> level
+        if hi <= lo:
+            return levels
+        cur = pair_hashes(prev, lo, hi, prev_lo)
+        levels.append(cur)
+        prev, prev_lo, level = cur, lo, level + 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,16 +436,41 @@ class TreeStore:
         tree._levels = [bytearray(level0)]
         prev = level0
         count = size
-        sha = hashlib.sha256
         while count >= 2:
-            # prev[i:i + 64] is left || right of one pair.
-            nxt = b"".join(
-                sha(_NODE_PREFIX + prev[i : i + 2 * HASH_SIZE]).digest()
-                for i in range(0, (count // 2) * 2 * HASH_SIZE, 2 * HASH_SIZE)
-            )
+            nxt = pair_hashes(prev, 0, count // 2)
             tree._levels.append(bytearray(nxt))
             prev = nxt
             count //= 2
+        return tree
+
+    @classmethod
+    def from_runs(
+        cls, leaves: bytes | bytearray, runs: Sequence[tuple[int, int, Sequence[bytes]]]
+    ) -> TreeStore:
+        """Build from leaf hashes whose consecutive runs ``(first, count, run_levels(...))``
+        already carry their interior nodes (a log scanned in parts): only the nodes straddling
+        two runs are hashed here. The runs must be in order and cover the leaves."""
+        if len(leaves) % HASH_SIZE:
+            raise AuditError("leaf hashes end in a partial record", code="TREE_HASH_INVALID")
+        n = len(leaves) // HASH_SIZE
+        levels = [bytearray(leaves)]
+        level = 1
+        while n >> level:
+            below, out, expected = levels[-1], bytearray(), 0
+            for first, count, inner in runs:
+                lo, hi = (first + (1 << level) - 1) >> level, (first + count) >> level
+                if hi <= lo:
+                    continue
+                if lo > expected:  # the node straddling the runs' boundary
+                    out += pair_hashes(below, expected, lo)
+                out += inner[level - 1]
+                expected = hi
+            out += pair_hashes(below, expected, n >> level)
+            levels.append(out)
+            level += 1
+        tree = cls()
+        tree._levels = levels
+        tree._size = n
         return tree
 
     def to_bytes(self) -> bytes:

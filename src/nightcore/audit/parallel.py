@@ -6,7 +6,6 @@ the result is that of one sequential :func:`~nightcore.audit.scan.scan_file`.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -19,8 +18,6 @@ from nightcore.audit.scan import READ_CHUNK, Scan, chain_broken, scan_file
 from nightcore.errors import AuditError
 
 __all__ = ["PARALLEL_MIN_BYTES", "scan_log", "segments", "tree_of"]
-
-_NODE_PREFIX: Final = b"\x01"
 
 PARALLEL_MIN_BYTES: Final = 32 * 1024 * 1024
 _MAX_WORKERS: Final = 8
@@ -80,62 +77,11 @@ def segments(path: Path, size: int, parts: int) -> list[tuple[int, int, int]]:
     ]
 
 
-def run_levels(leaves: bytes, first: int) -> list[bytes]:
-    """Interior levels 1.. of the perfect nodes lying wholly inside leaves
-    ``[first, first + len(leaves) // 32)``: level ``L`` holds the nodes ``k`` with
-    ``ceil(first / 2^L) <= k < floor(end / 2^L)``, in order."""
-    sha256 = hashlib.sha256
-    end = first + len(leaves) // merkle.HASH_SIZE
-    levels: list[bytes] = []
-    prev, prev_lo, level = leaves, first, 1
-    while True:
-        lo, hi = (first + (1 << level) - 1) >> level, end >> level
-        if hi <= lo:
-            return levels
-        a = (2 * lo - prev_lo) * merkle.HASH_SIZE
-        cur = b"".join(
-            sha256(_NODE_PREFIX + prev[i : i + 2 * merkle.HASH_SIZE]).digest()
-            for i in range(a, a + (hi - lo) * 2 * merkle.HASH_SIZE, 2 * merkle.HASH_SIZE)
-        )
-        levels.append(cur)
-        prev, prev_lo, level = cur, lo, level + 1
-
-
-def level_nodes(below: bytes | bytearray, lo: int, hi: int) -> bytes:
-    """Nodes ``lo .. hi-1`` of a level, hashed from the complete level below."""
-    sha256 = hashlib.sha256
-    step = 2 * merkle.HASH_SIZE
-    return b"".join(
-        sha256(_NODE_PREFIX + below[k * step : (k + 1) * step]).digest() for k in range(lo, hi)
-    )
-
-
 def tree_of(scan: Scan) -> merkle.TreeStore:
     """The TreeStore over a scan's leaves; a parallel scan's runs bring most interior nodes."""
-    leaves = bytes(scan.leaves)
     if scan.runs is None:
-        return merkle.TreeStore.from_bytes(merkle.FILE_MAGIC + leaves)
-    n = len(leaves) // merkle.HASH_SIZE
-    levels = [bytearray(leaves)]
-    level = 1
-    while n >> level:
-        below, out, expected = levels[-1], bytearray(), 0
-        for first, count, run_levels in scan.runs:
-            lo, hi = (first + (1 << level) - 1) >> level, (first + count) >> level
-            if hi <= lo:
-                continue
-            if lo > expected:  # the node straddling the runs' boundary
-                out += level_nodes(below, expected, lo)
-            out += run_levels[level - 1]
-            expected = hi
-        out += level_nodes(below, expected, n >> level)
-        levels.append(out)
-        level += 1
-    # The TreeStore layout (merkle.py): level L is one bytearray of the size >> L perfect nodes.
-    tree = merkle.TreeStore()
-    tree._levels = levels
-    tree._size = n
-    return tree
+        return merkle.TreeStore.from_bytes(merkle.FILE_MAGIC + bytes(scan.leaves))
+    return merkle.TreeStore.from_runs(bytes(scan.leaves), scan.runs)
 
 
 def scan_segment(path: Path, start: int, end: int, seq0: int) -> dict[str, Any]:
@@ -144,7 +90,7 @@ def scan_segment(path: Path, start: int, end: int, seq0: int) -> dict[str, Any]:
     err = scan.error
     leaves = bytes(scan.leaves)
     return {
-        "levels": run_levels(leaves, seq0),
+        "levels": merkle.run_levels(leaves, seq0),
         "count": scan.count,
         "head": scan.head,
         "first_prev": scan.first_prev,
@@ -250,7 +196,7 @@ def scan_log(path: Path, size: int, *, workers: int | None = None) -> Scan:
                 proc.kill()
         a, b, seq0 = segments[0]
         first = scan_file(path, a, b, seq0, ZERO_HASH)  # this process takes the first run
-        first.runs = [(0, first.count, run_levels(bytes(first.leaves), 0))]
+        first.runs = [(0, first.count, merkle.run_levels(bytes(first.leaves), 0))]
         parts: list[dict[str, Any]] = []
         for proc, seg in zip(procs, segments[1:], strict=True):
             res = _read_worker(proc)

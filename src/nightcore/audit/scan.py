@@ -11,13 +11,13 @@ from typing import Any, Final
 
 from nightcore.audit.lines import parse_line_fast
 from nightcore.audit.log import MAX_LINE_BYTES
+from nightcore.audit.merkle import leaf_hash
 from nightcore.errors import AuditError
 
 __all__ = ["CHECKPOINT_EVENT", "READ_CHUNK", "Scan", "chain_broken", "scan_file", "seq_gap"]
 
 CHECKPOINT_EVENT: Final = "checkpoint"
 READ_CHUNK: Final = 16 * 1024 * 1024
-_LEAF_PREFIX: Final = b"\x00"
 
 
 @dataclass
@@ -85,6 +85,7 @@ def scan_buffer(scan: Scan, buf: bytes, base: int) -> int:
     """
     find = buf.find
     sha256 = hashlib.sha256
+    leaf = leaf_hash
     leaves = scan.leaves
     events = scan.events
     seq = scan.seq0 + scan.count
@@ -109,7 +110,7 @@ def scan_buffer(scan: Scan, buf: bytes, base: int) -> int:
                 scan.fail(exc, seq, base + nl + 1)
                 break
             prev = sha256(line).hexdigest()
-            leaves += sha256(_LEAF_PREFIX + line).digest()
+            leaves += leaf(line)  # the chain hashes the line; the tree, 0x00 || line
             if rec["event"] == CHECKPOINT_EVENT:
                 events.append((seq, rec["data"]))
             last_start = base + pos

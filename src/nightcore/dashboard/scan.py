@@ -15,8 +15,10 @@ event, and at any size asked for, can be compared with the signed checkpoints: t
 every line up to the latest checkpoint. With ``chain=True`` each line from ``chain_from`` on
 (the lines no checkpoint covers yet) has its ``prev`` checked against the SHA-256 of the line
 before it, as ``verify_chain`` does, without the strict canonical re-serialisation.
-This is the report's *quick* check; ``nightcore audit verify`` (``tlog.verify_log``) is the
-full one.
+This is the report's *quick* check; ``nightcore audit verify`` (``verify_log``) is the full
+one. The byte searches are those of :mod:`nightcore.audit.lines` and the hashing is
+:mod:`nightcore.audit.merkle`'s (:func:`~nightcore.audit.merkle.compact_push`): neither is
+written twice.
 
 ``update()`` reads only what was appended since the last call, so the live console follows a
 growing log in O(new lines). If the file was replaced, shrank, or the last consumed line
@@ -34,8 +36,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from nightcore.audit.lines import event_of, is_checkpoint, prev_of, record_of, tenant_of, ts_of
+from nightcore.audit.merkle import EMPTY_ROOT, compact_push, compact_root, leaf_hash
+
+__all__ = ["EMPTY_ROOT", "AuditScanner", "Boundary", "CheckpointEvent", "Hasher", "loads"]
+
 ZERO_HEX = b"0" * 64
-EMPTY_ROOT = hashlib.sha256(b"").digest()
 DECISION_EVENTS = frozenset({b"verify", b"admit", b"admission_denied"})
 CORDON_EVENTS = frozenset({b"cordon", b"uncordon"})
 MAX_ROOTS = 4096
@@ -43,11 +49,6 @@ STATE_FORMAT = 1  # of export(): bump on any change to what the scan keeps or ho
 # A first read of at least this many bytes hashes in a worker process (2 SHA-256 per line hold
 # the GIL: lines are short), while this process classifies the same lines.
 PARALLEL_MIN_BYTES = 32 * 1024 * 1024
-
-_EVENT = b'"event":"'
-_TENANT = b'"tenant":"'
-_PREV = b'"prev":"'
-_TS = b'"ts":"'
 
 # Per-tenant state (a list, for speed): first seq, first ts, latest decision line, latest
 # run_outcome line, number of run outcomes.
@@ -71,17 +72,8 @@ class CheckpointEvent:
     computed: str | None  # the Merkle root of the first ``size`` lines, if the scan had it
 
 
-def loads(line: bytes) -> dict[str, Any] | None:
-    """A parsed audit record with a dict ``data``, or None for anything else."""
-    try:
-        rec = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(rec, dict):
-        return None
-    if not isinstance(rec.get("data"), dict):
-        rec["data"] = {}
-    return rec
+# A parsed audit record with a dict ``data``, or None (for display: see ``record_of``).
+loads = record_of
 
 
 class Hasher:
@@ -108,29 +100,22 @@ class Hasher:
     def feed(self, line: bytes, n: int, checkpoint: bool) -> None:
         sha = hashlib.sha256
         if self.chain and n >= self._hash_from:
-            if n >= self.chain_from:
-                k = line.rfind(_PREV)
-                if (k < 0 or line[k + 8 : k + 72] != self.head) and self.chain_error is None:
-                    self.chain_error = (
-                        n,
-                        "AUDIT_CHAIN_BROKEN",
-                        f"line {n}: prev does not match the previous line's hash "
-                        "(a line was edited, deleted, inserted or reordered)",
-                    )
+            if n >= self.chain_from and prev_of(line) != self.head and self.chain_error is None:
+                self.chain_error = (
+                    n,
+                    "AUDIT_CHAIN_BROKEN",
+                    f"line {n}: prev does not match the previous line's hash "
+                    "(a line was edited, deleted, inserted or reordered)",
+                )
             self.head = sha(line).hexdigest().encode()
         if not self.merkle:
             return
         if checkpoint:
             self._checkpoint_event(line, n)
         stack = self.stack
-        h = sha(b"\x00" + line).digest()
-        done = n + 1
-        while not done & 1:
-            h = sha(b"\x01" + stack.pop() + h).digest()
-            done >>= 1
-        stack.append(h)
+        compact_push(stack, leaf_hash(line), n)
         if self.sizes and n + 1 in self.sizes:
-            self.roots[n + 1] = _fold(stack)
+            self.roots[n + 1] = compact_root(stack)
 
     def _checkpoint_event(self, line: bytes, n: int) -> None:
         """A ``checkpoint`` event logged right after signing covers exactly the lines before
@@ -142,7 +127,7 @@ class Hasher:
             return
         computed: bytes | None = None
         if size == n:
-            computed = self.roots[size] = _fold(self.stack)
+            computed = self.roots[size] = compact_root(self.stack)
         elif size in self.roots:
             computed = self.roots[size]
         if len(self.roots) > MAX_ROOTS:  # only recent sizes matter: drop the oldest half
@@ -211,8 +196,7 @@ def _hash_worker_main() -> None:
             if n == snapshot_at:
                 snapshot = _state_to_json(hasher.state_at(n))
             line = raw[:-1]
-            ei = line.rfind(_EVENT)
-            hasher.feed(line, n, ei >= 0 and line.startswith(b'checkpoint"', ei + 9))
+            hasher.feed(line, n, is_checkpoint(line))
             offset += len(raw)
             n += 1
     if n == snapshot_at:
@@ -330,7 +314,7 @@ class AuditScanner:
 
     def merkle_root(self) -> bytes:
         """Root of the lines consumed so far (``merkle=True`` only)."""
-        return _fold(self.hasher.stack if self.hasher else [])
+        return compact_root(self.hasher.stack if self.hasher else [])
 
     def root_at(self, size: int) -> bytes | None:
         if self.hasher is None or not self.merkle:
@@ -466,7 +450,7 @@ class AuditScanner:
             hasher.stack = list(hashed["stack"])
             hasher.roots = dict(hashed["roots"])
             if n in hasher.sizes:  # a scan from line 0 stores it after line n - 1
-                hasher.roots[n] = _fold(hasher.stack)
+                hasher.roots[n] = compact_root(hasher.stack)
             hasher.head = hashlib.sha256(self.last_line).hexdigest().encode() if n else ZERO_HEX
         self.resumed_at = n
         self.resumed_hashed = state["hashed"] is not None
@@ -548,8 +532,7 @@ class AuditScanner:
                 if snapshot is not None and n == snapshot["count"]:
                     snapshot["hashed"] = hasher.state_at(n)
                 line = raw[:-1]
-                ei = line.rfind(_EVENT)
-                hasher.feed(line, n, ei >= 0 and line.startswith(b'checkpoint"', ei + 9))
+                hasher.feed(line, n, is_checkpoint(line))
                 offset += len(raw)
             if snapshot is not None and self.count == snapshot["count"]:
                 snapshot["hashed"] = hasher.state_at(self.count)
@@ -577,10 +560,10 @@ class AuditScanner:
         assert since is not None
         if since.seq is not None:
             return n >= since.seq
-        i = line.rfind(_TS)
-        if i < 0 or since.ts is None:
+        ts = ts_of(line)
+        if ts is None or since.ts is None:
             return False
-        return line[i + 6 : line.find(b'"', i + 6)] > since.ts
+        return ts > since.ts
 
     def _consume(
         self, fh: IO[bytes], limit: int | None = None, stop: int | None = None, digest: Any = None
@@ -608,17 +591,15 @@ class AuditScanner:
                 self.run_outcomes = outcomes
                 self._snapshot(n)
                 pending_since = False
-            ei = line.rfind(_EVENT)
-            ev = line[ei + 9 : line.find(b'"', ei + 9)] if ei >= 0 else b"?"
+            ev, ei = event_of(line)
             counts[ev] = counts.get(ev, 0) + 1
             events.append(line)
             if ev == b"run_start":
                 pass
             elif ev == b"run_outcome" or ev in decisions:
                 st = None
-                ti = line.rfind(_TENANT)
-                if ti > ei:  # a top-level tenant (a nested "tenant" key sits inside data)
-                    key = line[ti + 10 : line.find(b'"', ti + 10)]
+                key = tenant_of(line, ei)  # a nested "tenant" key sits inside data
+                if key is not None:
                     st = tenants.get(key)
                     if st is None:
                         st = self._new_tenant(line, key, n)
@@ -659,9 +640,7 @@ class AuditScanner:
             key = tenant.encode("utf-8", "surrogatepass")
             if key in self.tenants:
                 return self.tenants[key]
-        i = line.rfind(_TS)
-        ts = line[i + 6 : line.find(b'"', i + 6)] if i >= 0 else b""
-        st = self.tenants[key] = [n, ts, None, None, 0]
+        st = self.tenants[key] = [n, ts_of(line) or b"", None, None, 0]
         return st
 
 
@@ -698,13 +677,3 @@ def _whole_lines_end(fh: IO[bytes], size: int) -> int:
             return lo + idx + 1
         pos = lo
     return 0
-
-
-def _fold(stack: list[bytes]) -> bytes:
-    """RFC 9162 root from perfect-subtree roots of decreasing width, left to right."""
-    if not stack:
-        return EMPTY_ROOT
-    acc = stack[-1]
-    for left in reversed(stack[:-1]):
-        acc = hashlib.sha256(b"\x01" + left + acc).digest()
-    return acc
