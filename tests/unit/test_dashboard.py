@@ -21,11 +21,12 @@ from nightcore.audit.log import ZERO_HASH
 from nightcore.canonical import canonical
 from nightcore.dashboard import build_report, collect, render_page, scancache
 from nightcore.dashboard.assets import JS, SCRIPT_HASH, STYLE_HASH
-from nightcore.dashboard.collect import latest_checkpoint, new_scanner, parse_since, quick_verify
+from nightcore.dashboard.collect import latest_checkpoint, new_scanner, parse_since
 from nightcore.dashboard.scan import AuditScanner
 from nightcore.dashboard.server import RateLimiter, create_app, is_loopback
 from nightcore.dashboard.text import clean
 from nightcore.dashboard.tokens import TokenError, TokenStore, parse_expires
+from nightcore.dashboard.views import quick_verify
 from nightcore.errors import NightCoreError, UsageError
 from nightcore.runner.pipeline import run_tenants
 from nightcore.workspace import Workspace

@@ -12,7 +12,8 @@ the same functions as the CLI and are audited with the token id.
 
 from __future__ import annotations
 
-from nightcore.dashboard.collect import Snapshot, collect
+from nightcore.dashboard.collect import collect
 from nightcore.dashboard.report import build_report, default_report_path, render_page
+from nightcore.dashboard.views import Snapshot
 
 __all__ = ["Snapshot", "build_report", "collect", "default_report_path", "render_page"]

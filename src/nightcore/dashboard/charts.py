@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from markupsafe import Markup, escape
 
 from nightcore.dashboard import text
-from nightcore.dashboard.collect import RunView, code_class
+from nightcore.dashboard.views import RunView, code_class
 
 SERIES_CLASSES = 8
 

@@ -17,17 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from nightcore.dashboard.collect import (
-    CheckpointView,
-    Snapshot,
-    VerifyView,
-    collect,
-    full_verify,
-    latest_checkpoint,
-    new_scanner,
-)
+from nightcore.dashboard.collect import collect, full_verify, latest_checkpoint, new_scanner
 from nightcore.dashboard.scan import AuditScanner
 from nightcore.dashboard.security import problem
+from nightcore.dashboard.views import CheckpointView, Snapshot, VerifyView
 from nightcore.dashboard_defaults import MAX_ROWS
 from nightcore.workspace import Workspace
 

@@ -11,12 +11,8 @@ import jinja2
 from markupsafe import Markup
 
 from nightcore.dashboard import assets, charts, text
-from nightcore.dashboard.collect import (
-    CHART_POINTS,
-    Snapshot,
-    code_class,
-    collect,
-)
+from nightcore.dashboard.collect import collect
+from nightcore.dashboard.views import CHART_POINTS, Snapshot, code_class
 from nightcore.dashboard_defaults import MAX_ROWS
 from nightcore.workspace import Workspace
 
@@ -67,7 +63,7 @@ def _use_template_cache(ws: Workspace) -> None:
     """
     if _ENV.bytecode_cache is not None:
         return
-    directory = ws.root / "private" / "template-cache"
+    directory = ws.layout.template_cache_dir
     try:
         directory.mkdir(mode=0o700, parents=False, exist_ok=True)
     except OSError:
@@ -127,7 +123,7 @@ class BuiltReport:
 
 
 def default_report_path(ws: Workspace) -> Path:
-    return ws.state_dir / REPORT_NAME
+    return ws.layout.state_dir / REPORT_NAME
 
 
 def write_report(

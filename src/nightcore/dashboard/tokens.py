@@ -111,8 +111,8 @@ class TokenStore:
 
     def __init__(self, ws: Workspace) -> None:
         self.ws = ws
-        self.path = ws.root / "private" / TOKEN_FILE
-        self._lock_path = ws.root / "private" / "serve-tokens.lock"
+        self.path = ws.layout.serve_tokens_path
+        self._lock_path = ws.layout.serve_tokens_lock_path
         self._cache: tuple[tuple[int, int, int], dict[str, TokenRecord]] | None = None
 
     # -- file ----------------------------------------------------------------------------
@@ -244,4 +244,4 @@ class TokenStore:
 
 
 def token_file(ws: Workspace) -> Path:
-    return ws.root / "private" / TOKEN_FILE
+    return ws.layout.serve_tokens_path
