@@ -1,16 +1,66 @@
-"""Writing a file so that readers see the old file or the new one, never a mix.
+"""Files shared between processes: replacing one atomically, and locking one.
 
-One implementation for every file Night Core replaces: trust and state files, checkpoints,
-the compile cache, run outputs, the report. Dependency-free so every layer may use it.
+:func:`atomic_write`: one implementation for every file Night Core replaces (trust and state
+files, checkpoints, the compile cache, run outputs, the report), so readers see the old file
+or the new one, never a mix.
+
+:func:`file_lock` / :func:`hold_lock`: one implementation of the ``flock`` locks that serialise
+writers across processes (the audit log, cordons, console tokens, AUFS). The lock belongs to
+the open file description, so it is released when the descriptor is closed, also by a crash;
+it is advisory: it orders Night Core's own writers. Depends only on :mod:`nightcore.errors`,
+so every layer may use it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_write"]
+from nightcore.errors import NightCoreError
+
+__all__ = ["atomic_write", "file_lock", "hold_lock"]
+
+
+@contextmanager
+def hold_lock(fd: int, *, busy: NightCoreError | None = None) -> Iterator[int]:
+    """Hold an exclusive ``flock`` on the open descriptor ``fd``; unlock (not close) on exit.
+
+    For a descriptor kept open across many short locked sections (the audit log's writer).
+    ``busy=None`` waits for the lock; otherwise the lock is only tried, and ``busy`` (the
+    caller's error, with its code) is raised if another holder has it.
+    """
+    if busy is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    else:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise busy from None
+    try:
+        yield fd
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@contextmanager
+def file_lock(path: Path, *, busy: NightCoreError | None = None) -> Iterator[int]:
+    """Open (creating it ``0600``) the lock file ``path`` and hold an exclusive ``flock`` on it
+    for the ``with`` block; the descriptor is closed on exit, which releases the lock.
+
+    ``busy=None`` blocks until the lock is free; otherwise the lock is only tried and ``busy``
+    (a :class:`NightCoreError` with the caller's code, e.g. ``AUFS_BUSY``) is raised if it is
+    held. The parent directory must exist (its mode is the caller's business).
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        with hold_lock(fd, busy=busy):
+            yield fd
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:

@@ -10,8 +10,9 @@ One RFC 8785 canonical JSON object per line::
 without the newline; leaf index = seq).
 
 Rules that make it trustworthy:
-- Writers serialise through ``flock`` on ``audit.lock``; lines are built under the lock from
-  the file's real last line, so concurrent processes never interleave or fork the chain.
+- Writers serialise through ``flock`` on ``audit.lock`` (:func:`nightcore.fsio.hold_lock` on a
+  descriptor kept open between appends, held for one batch); lines are built under the lock
+  from the file's real last line, so concurrent processes never interleave or fork the chain.
 - A batch of lines is written with one ``write`` and ``fsync``'d before ``append`` returns:
   an event is acknowledged only once durable.
 - A torn tail (bytes after the last newline, or a last line that is not valid JSON, left by a
@@ -22,18 +23,19 @@ Rules that make it trustworthy:
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nightcore.canonical import canonical, parse_json
 from nightcore.errors import AuditError, NightCoreError
+from nightcore.fsio import hold_lock
 
 ZERO_HASH = "0" * 64
 LINE_VERSION = 1
@@ -170,37 +172,46 @@ class AuditLog:
             raise req.error
         return req.entries
 
-    def _open_locked(self) -> tuple[int, int]:
-        """Take the writer flock and return (lock fd, log fd), both naming the current files.
+    @contextmanager
+    def _locked(self) -> Iterator[int]:
+        """Hold the writer flock; yields the log fd. Both descriptors name the current files.
 
         The descriptors are kept between appends (opening files is the dominant cost of a
-        small durable append here) and re-opened whenever the path names another inode.
+        small durable append here), so the lock is :func:`~nightcore.fsio.hold_lock` on the
+        kept descriptor rather than a ``file_lock`` that opens and closes the file each time;
+        both are re-opened whenever the path names another inode.
         """
         while True:
             if self._fds is None:
                 self.dir.mkdir(parents=True, exist_ok=True)
                 lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
                 self._fds = (lock_fd, -1)
-            lock_fd, fd = self._fds
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            try:
-                same_lock = os.stat(self.lock_path).st_ino == os.fstat(lock_fd).st_ino
-            except FileNotFoundError:
-                same_lock = False
-            if not same_lock:  # the lock file was replaced: lock the new one instead
-                self.close()
-                continue
-            try:
-                same_log = fd >= 0 and os.stat(self.path).st_ino == os.fstat(fd).st_ino
-            except FileNotFoundError:
-                same_log = False
-            if not same_log:
-                if fd >= 0:
-                    os.close(fd)
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-                self._fds = (lock_fd, fd)
-                self._cursor = None
-            return lock_fd, fd
+            lock_fd = self._fds[0]
+            with hold_lock(lock_fd):
+                try:
+                    same_lock = os.stat(self.lock_path).st_ino == os.fstat(lock_fd).st_ino
+                except FileNotFoundError:
+                    same_lock = False
+                if same_lock:
+                    yield self._log_fd()
+                    return
+            self.close()  # the lock file was replaced: lock the new one instead
+
+    def _log_fd(self) -> int:
+        """The log's descriptor, re-opened if the path names another file (lock held)."""
+        assert self._fds is not None
+        lock_fd, fd = self._fds
+        try:
+            same_log = fd >= 0 and os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same_log = False
+        if not same_log:
+            if fd >= 0:
+                os.close(fd)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            self._fds = (lock_fd, fd)
+            self._cursor = None
+        return fd
 
     def close(self) -> None:
         if self._fds is not None:
@@ -210,8 +221,7 @@ class AuditLog:
             self._fds = None
 
     def _write(self, events: list[Event]) -> list[Entry]:
-        lock_fd, fd = self._open_locked()
-        try:
+        with self._locked() as fd:
             size, prev, seq = self._tail_state(fd)
             # A recovered torn tail is itself evidence: log it ahead of the new events.
             pending = self._pending_recoveries(fd, size) if self._scan_pending else []
@@ -251,8 +261,6 @@ class AuditLog:
             self._cursor = (size + len(out), prev, seq)
             self._finish_recoveries(pending)
             return entries[len(recovery) :]
-        finally:
-            fcntl.flock(lock_fd, fcntl.LOCK_UN)
 
     def _tail_state(self, fd: int) -> tuple[int, str, int]:
         size = os.fstat(fd).st_size

@@ -5,7 +5,6 @@ step with ``audit.jsonl`` under the writers' lock (rules 2 and 3 of :mod:`nightc
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import hmac
 import json
@@ -23,7 +22,7 @@ from nightcore.audit.parallel import scan_log, tree_of
 from nightcore.audit.scan import Scan, scan_file
 from nightcore.canonical import canonical
 from nightcore.errors import AuditError
-from nightcore.fsio import atomic_write
+from nightcore.fsio import atomic_write, file_lock
 from nightcore.layout import AUDIT_LOCK_NAME, AUDIT_LOG_NAME
 
 __all__ = ["STATE_NAME", "TREE_NAME", "LogTree", "TreeState", "audit_lock", "log_size_locked"]
@@ -47,12 +46,8 @@ def log_size_locked(audit_dir: Path) -> int:
 def audit_lock(audit_dir: Path) -> Iterator[None]:
     """``flock`` on ``audit.lock``: the writers' lock (a writer holds it for a whole batch)."""
     audit_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(audit_dir / AUDIT_LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with file_lock(audit_dir / AUDIT_LOCK_NAME):
         yield
-    finally:
-        os.close(fd)  # closing releases the flock
 
 
 def _stamp() -> str:

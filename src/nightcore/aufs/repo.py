@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
@@ -55,7 +54,7 @@ from nightcore.aufs.adapters import AdapterRegistry, default_registry
 from nightcore.aufs.errors import AufsError
 from nightcore.canonical import parse_json
 from nightcore.errors import NightCoreError
-from nightcore.fsio import atomic_write
+from nightcore.fsio import atomic_write, file_lock
 from nightcore.module.manifest import TENANT_ID_RE
 
 CONFIG_NAME = "aufs-repo.json"
@@ -249,17 +248,9 @@ class AufsRepo(Repository):
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise AufsError(
-                    "another AUFS command holds the repository lock", code="AUFS_BUSY"
-                ) from None
+        busy = AufsError("another AUFS command holds the repository lock", code="AUFS_BUSY")
+        with file_lock(self.path / ".lock", busy=busy):
             yield
-        finally:
-            os.close(fd)
 
     # -- python-tuf Repository interface ------------------------------------------------------
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime as dt
-import fcntl
 import hashlib
 import json
 import os
@@ -48,7 +47,7 @@ from nightcore.aufs.config import Limits, Settings
 from nightcore.aufs.errors import AufsError
 from nightcore.aufs.state import NodePaths, load_state
 from nightcore.errors import NightCoreError
-from nightcore.fsio import atomic_write
+from nightcore.fsio import atomic_write, file_lock
 from nightcore.workspace import Workspace
 
 
@@ -107,17 +106,9 @@ def save_state(paths: NodePaths, state: dict[str, Any]) -> None:
 @contextlib.contextmanager
 def node_lock(paths: NodePaths) -> Iterator[None]:
     paths.base.mkdir(parents=True, exist_ok=True)
-    fd = os.open(paths.base / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AufsError(
-                "another AUFS update is running on this workspace", code="AUFS_BUSY"
-            ) from None
+    busy = AufsError("another AUFS update is running on this workspace", code="AUFS_BUSY")
+    with file_lock(paths.base / "lock", busy=busy):
         yield
-    finally:
-        os.close(fd)
 
 
 # -- atomic directory swap -------------------------------------------------------------------

@@ -11,7 +11,6 @@ the token).
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import hashlib
 import hmac
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 
 from nightcore.canonical import canonical, parse_json
 from nightcore.errors import NightCoreError, UsageError
-from nightcore.fsio import atomic_write
+from nightcore.fsio import atomic_write, file_lock
 from nightcore.workspace import Workspace
 
 TOKEN_FILE = "serve-tokens.json"  # noqa: S105 - a file name
@@ -185,12 +184,8 @@ class TokenStore:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with file_lock(self._lock_path):
             yield
-        finally:
-            os.close(fd)
 
     # -- operations ------------------------------------------------------------------------
 

@@ -7,15 +7,13 @@ audit events, written before the state file changes.
 
 from __future__ import annotations
 
-import fcntl
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from nightcore.canonical import canonical, parse_json
 from nightcore.errors import NightCoreError, StateError
-from nightcore.fsio import atomic_write
+from nightcore.fsio import atomic_write, file_lock
 from nightcore.module.manifest import validate_tenant_id
 
 if TYPE_CHECKING:
@@ -42,12 +40,8 @@ def load_cordons(layout: Layout) -> dict[str, dict[str, str]]:
 @contextmanager
 def _locked(layout: Layout) -> Iterator[None]:
     layout.state_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(layout.cordons_lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with file_lock(layout.cordons_lock_path):
         yield
-    finally:
-        os.close(fd)
 
 
 def cordon(ctx: NodeContext, tenant: str, reason: str, *, actor: str = "cli") -> dict[str, str]:
