@@ -2,14 +2,11 @@
 and must be recorded as null in the audit line and the attestation, never as a false 0.
 
 The sandbox reports it (``RunResult.fuel_exact`` / ``fuel_reported``, tested in
-tests/unit/test_sandbox.py); the run pipeline still records ``RunResult.fuel_used``. This
-test is a strict xfail until the pipeline records ``fuel_reported``: it then passes and the
-marker must go.
+tests/unit/test_sandbox.py); the run pipeline records ``fuel_reported`` in the audit line, the
+attestation, the index and the CLI's JSON.
 """
 
 from __future__ import annotations
-
-import pytest
 
 from nightcore.evidence.attestation import open_attestation
 from nightcore.trust.pubkey import PublicKey
@@ -17,10 +14,6 @@ from tests.conftest import Env
 from tests.e2e.test_run_cli import install, run
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner/pipeline.py records RunResult.fuel_used, not fuel_reported (lead's file)",
-)
 def test_timeout_fuel_is_null_in_the_audit_line_and_attestation(env: Env) -> None:
     install(env, "infinite-loop")
     _, rows = run(env, "infinite-loop")

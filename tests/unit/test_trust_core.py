@@ -298,20 +298,21 @@ def test_a_remembered_verification_does_not_survive_tampering(
     """The same process verifies a package, then sees it tampered: every byte still counts."""
     import base64
 
-    from nightcore import api
-    from nightcore.workspace import Workspace
+    from nightcore import app
+    from nightcore.context import NodeContext
+    from nightcore.runner.admission import verify_packages
     from tests.conftest import HELLO_WAT, simple_manifest, wat_module, write_tenant
 
     monkeypatch.setenv("NIGHTCORE_KEY_PASSPHRASE", "pw-for-tests-only")
-    ws = api.init_workspace(tmp_path / "ws")
-    key = api.keygen("pub", tmp_path / "keys", b"pw-for-tests-only")
-    api.trust_add_key(ws, key.public_path, scope="*")
-    d = write_tenant(ws.root, "hello", simple_manifest("hello"), wat_module(HELLO_WAT))
-    api.sign_tenant(d, str(key.private_path))
-    ws = Workspace(ws.root)
+    ctx = app.init_workspace(tmp_path / "ws")
+    key = app.keygen("pub", tmp_path / "keys", b"pw-for-tests-only")
+    app.trust_add_key(ctx, key.public_path, scope="*")
+    d = write_tenant(ctx.root, "hello", simple_manifest("hello"), wat_module(HELLO_WAT))
+    app.sign_tenant(d, str(key.private_path))
+    ctx = NodeContext(ctx.root)
 
     def code() -> str:
-        return api.verify_packages(ws, ["hello"])[0].decision.code
+        return verify_packages(ctx, ["hello"])[0].decision.code
 
     assert code() == "OK"
     env_path = d / "module.intoto.dsse.json"

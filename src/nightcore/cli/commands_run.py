@@ -27,6 +27,12 @@ def _fmt_bytes(n: int) -> str:
     return f"{size:.1f} {unit}"
 
 
+def _fmt_fuel(fuel: int | None) -> str:
+    # None: the run was stopped where Wasmtime had not written its fuel counter back
+    # (docs/codes.md, TIMEOUT); "unknown" is the truth, 0 would be a false figure.
+    return "unknown" if fuel is None else f"{fuel:,}"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.parallel is not None and not 1 <= args.parallel <= 256:
         raise UsageError("--parallel must be between 1 and 256")
@@ -135,7 +141,7 @@ def _render_run(args: argparse.Namespace, report: dict[str, Any]) -> int:
                     r["tenant"],
                     r["code"],
                     "-" if r["exit_code"] is None else r["exit_code"],
-                    f"{r['fuel_used']:,}" if ran else "-",
+                    _fmt_fuel(r["fuel_used"]) if ran else "-",
                     f"{r['wall_ms']:.1f}" if ran else "-",
                     _fmt_bytes(r["memory_bytes"]) if ran else "-",
                     _fmt_bytes(r["output_bytes"]) if ran else "-",
@@ -239,7 +245,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                     r["tenant"],
                     r["code"],
                     "-" if r["exit_code"] is None else r["exit_code"],
-                    f"{r['fuel_used']:,}",
+                    _fmt_fuel(r["fuel_used"]),
                     f"{r['wall_ms']:.1f}",
                     r["audit_seq"],
                 ]

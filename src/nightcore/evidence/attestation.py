@@ -10,12 +10,14 @@ Stored as ``state/runs/<run-id>/attestation.intoto.dsse.json``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
-from collections.abc import Iterable
+import stat
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from nightcore.canonical import canonical, parse_json
 from nightcore.errors import NightCoreError
@@ -34,57 +36,210 @@ ATTESTATION_FILE = "attestation.intoto.dsse.json"
 MAX_WRITTEN_FILES = 1000
 MAX_WRITTEN_BYTES = 256 * 1024 * 1024
 
+MAX_TREE_DEPTH = 128  # directories below a grant (the same bound as the strongbox hand-over)
+MAX_TREE_ENTRIES = 100_000  # directory entries looked at under all grants of one run
+
 FileState = dict[str, tuple[int, int]]  # relative path -> (size, mtime_ns)
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO swapped in for a file must not block the open; O_NOCTTY: nor a tty.
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# Errors that mean "the tenant changed or hid this entry while the host looked": the entry is
+# not followed and not hashed, and the result says it is incomplete. Anything else is raised.
+_RACED = frozenset({errno.ELOOP, errno.EACCES, errno.EPERM, errno.ENXIO, errno.ENOTDIR})
 
-def snapshot(preopens: Iterable[tuple[str, Path]]) -> FileState:
-    """Sizes and mtimes of regular files under the given (guest name, host dir) pairs."""
-    state: FileState = {}
-    for guest, host in preopens:
-        for dirpath, _dirs, files in os.walk(host, followlinks=False):
-            for name in files:
-                p = Path(dirpath) / name
+
+class _Walk:
+    """An iterative, descriptor-relative walk of read-write grants.
+
+    Each directory is opened relative to its parent's descriptor with ``O_NOFOLLOW`` (one
+    descriptor per level of the current path), so no path is ever resolved again, no link is
+    followed, and neither ``PATH_MAX`` nor the recursion limit is involved. A tree deeper than
+    ``max_depth`` or with more than ``max_entries`` entries raises ``TREE_LIMIT``; an entry the
+    host could not look at (changed under it, unreadable, a name that is not UTF-8) sets
+    :attr:`incomplete`.
+    """
+
+    def __init__(self, max_depth: int, max_entries: int) -> None:
+        self.max_depth = max_depth
+        self.max_entries = max_entries
+        self.entries = 0
+        self.incomplete = False
+
+    def _scan(self, fd: int) -> tuple[list[tuple[str, os.stat_result]], list[str]]:
+        files: list[tuple[str, os.stat_result]] = []
+        dirs: list[str] = []
+        with os.scandir(fd) as it:
+            for entry in it:
+                self.entries += 1
+                if self.entries > self.max_entries:
+                    raise NightCoreError(
+                        f"a read-write grant has more than {self.max_entries:,} entries",
+                        code="TREE_LIMIT",
+                    )
                 try:
-                    st = p.lstat()
+                    entry.name.encode()
+                except UnicodeEncodeError:
+                    self.incomplete = True  # not nameable in the attestation
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
                 except FileNotFoundError:
                     continue
-                if p.is_symlink() or not p.is_file():
-                    continue
-                rel = f"fs/{guest}/{p.relative_to(host).as_posix()}"
-                state[rel] = (st.st_size, st.st_mtime_ns)
-                if len(state) > MAX_WRITTEN_FILES * 10:
-                    return state
+                if stat.S_ISDIR(st.st_mode):
+                    dirs.append(entry.name)
+                elif stat.S_ISREG(st.st_mode):
+                    files.append((entry.name, st))
+        files.sort()
+        dirs.sort()
+        return files, dirs
+
+    def _open_dir(self, name: str, dir_fd: int) -> int | None:
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno not in _RACED:
+                raise
+            self.incomplete = True
+            return None
+
+    def files(
+        self, preopens: Iterable[tuple[str, Path]]
+    ) -> Generator[tuple[int, str, str, os.stat_result], None, None]:
+        """(directory fd, name, ``fs/<grant>/<path>``, lstat) of every regular file; the fd
+        is open until the next item is asked for."""
+        for guest, host in preopens:
+            try:
+                root = os.open(host, _DIR_FLAGS)
+            except FileNotFoundError:
+                continue
+            # frames: (fd, "fs/<grant>/<dir>/", depth, sub-directories still to visit)
+            stack: list[tuple[int, str, int, Iterator[str]]] = []
+            fd: int | None = root
+            prefix, depth = f"fs/{guest}/", 0
+            try:
+                while True:
+                    if fd is not None:
+                        files, dirs = self._scan(fd)
+                        stack.append((fd, prefix, depth, iter(dirs)))
+                        fd = None
+                        for name, st in files:
+                            yield stack[-1][0], name, prefix + name, st
+                    if not stack:
+                        break
+                    top, top_prefix, top_depth, pending = stack[-1]
+                    sub = next(pending, None)
+                    if sub is None:
+                        stack.pop()
+                        os.close(top)
+                        continue
+                    if top_depth + 1 > self.max_depth:
+                        raise NightCoreError(
+                            f"a read-write grant is deeper than {self.max_depth} directories",
+                            code="TREE_LIMIT",
+                        )
+                    fd = self._open_dir(sub, top)
+                    prefix, depth = f"{top_prefix}{sub}/", top_depth + 1
+            finally:
+                if fd is not None:
+                    os.close(fd)
+                for frame in stack:
+                    os.close(frame[0])
+
+
+def snapshot(
+    preopens: Iterable[tuple[str, Path]],
+    *,
+    max_depth: int = MAX_TREE_DEPTH,
+    max_entries: int = MAX_TREE_ENTRIES,
+) -> FileState:
+    """Sizes and mtimes of regular files under the given (guest name, host dir) pairs.
+
+    Raises ``NightCoreError(TREE_LIMIT)`` for a tree deeper than ``max_depth`` directories or
+    with more than ``max_entries`` entries; an OSError other than the tenant's own doing
+    (see ``_RACED``) is raised as is. A missing grant directory is empty.
+    """
+    state: FileState = {}
+    for _fd, _name, rel, st in _Walk(max_depth, max_entries).files(preopens):
+        state[rel] = (st.st_size, st.st_mtime_ns)
     return state
 
 
+_Hashed = tuple[Literal["ok", "gone", "raced", "budget"], str, int]
+
+
+def _hash_at(dir_fd: int, name: str, budget: int) -> _Hashed:
+    """(status, sha256, size) of the regular file ``name`` in ``dir_fd``, read through the
+    descriptor opened here only. ``gone``: deleted meanwhile; ``raced``: no longer a regular
+    file, unreadable, or changed while being read; ``budget``: larger than ``budget`` bytes."""
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return "gone", "", 0
+    except OSError as exc:
+        if exc.errno not in _RACED:
+            raise
+        return "raced", "", 0
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return "raced", "", 0
+        if st.st_size > budget:
+            return "budget", "", 0
+        h = hashlib.sha256()
+        left = st.st_size + 1  # one byte more than it claims: a file still growing is refused
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+        if left <= 0:
+            return "raced", "", 0
+        return "ok", h.hexdigest(), st.st_size + 1 - left
+    finally:
+        os.close(fd)
+
+
 def written_files(
-    before: FileState, preopens: Iterable[tuple[str, Path]]
+    before: Mapping[str, tuple[int, int]],
+    preopens: Iterable[tuple[str, Path]],
+    *,
+    max_files: int = MAX_WRITTEN_FILES,
+    max_bytes: int = MAX_WRITTEN_BYTES,
+    max_depth: int = MAX_TREE_DEPTH,
+    max_entries: int = MAX_TREE_ENTRIES,
 ) -> tuple[list[tuple[str, str]], bool]:
-    """(name, sha256) of files created or changed since ``before``; True when truncated."""
-    pairs = list(preopens)
-    after = snapshot(pairs)
-    roots = {f"fs/{g}/": h for g, h in pairs}
+    """(name, sha256) of files created or changed since ``before``, sorted; True when the list
+    is incomplete (more than ``max_files`` files or ``max_bytes`` bytes, or entries the tenant
+    changed or hid while the host looked). Raises like :func:`snapshot`."""
+    walk = _Walk(max_depth, max_entries)
     out: list[tuple[str, str]] = []
     total = 0
     truncated = False
-    for rel in sorted(after):
-        if before.get(rel) == after[rel]:
-            continue
-        if len(out) >= MAX_WRITTEN_FILES or total + after[rel][0] > MAX_WRITTEN_BYTES:
-            truncated = True
-            break
-        prefix = next(p for p in roots if rel.startswith(p))
-        path = roots[prefix] / rel[len(prefix) :]
-        h = hashlib.sha256()
-        try:
-            with path.open("rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    h.update(chunk)
-        except OSError:
-            continue
-        total += after[rel][0]
-        out.append((rel, h.hexdigest()))
-    return out, truncated
+    items = walk.files(preopens)
+    try:
+        for dir_fd, name, rel, st in items:
+            if before.get(rel) == (st.st_size, st.st_mtime_ns):
+                continue
+            if len(out) >= max_files:
+                truncated = True
+                break
+            status, digest, size = _hash_at(dir_fd, name, max_bytes - total)
+            if status == "budget":
+                truncated = True
+                break
+            if status != "ok":
+                truncated = truncated or status == "raced"
+                continue
+            total += size
+            out.append((rel, digest))
+    finally:
+        items.close()
+    out.sort()
+    return out, truncated or walk.incomplete
 
 
 @dataclass(frozen=True)
@@ -100,7 +255,7 @@ class RunFacts:
     code: str
     exit_code: int | None
     detail: str
-    fuel_used: int
+    fuel_used: int | None  # None when the sandbox could not know it (RunResult.fuel_reported)
     wall_us: int
     memory_bytes: int
     output_bytes: int

@@ -45,7 +45,7 @@ class TenantRun:
     code: str
     reason: str = ""
     exit_code: int | None = None
-    fuel_used: int = 0
+    fuel_used: int | None = 0  # None: unknown (Wasmtime never wrote its counter back)
     wall_ms: float = 0.0
     memory_bytes: int = 0
     output_bytes: int = 0
@@ -603,7 +603,7 @@ class Runner:
         tr.code = result.code
         tr.reason = result.detail
         tr.exit_code = result.exit_code
-        tr.fuel_used = result.fuel_used
+        tr.fuel_used = result.fuel_reported
         wall_us = round(result.wall_ms * 1000)
         tr.wall_ms = wall_us / 1000
         tr.memory_bytes = result.memory_bytes
@@ -618,7 +618,7 @@ class Runner:
                 "code": result.code,
                 "detail": result.detail[:500],
                 "exit_code": result.exit_code,
-                "fuel_used": result.fuel_used,
+                "fuel_used": result.fuel_reported,
                 "wall_us": wall_us,
                 "memory_bytes": result.memory_bytes,
                 "output_bytes": result.output_bytes,
@@ -651,7 +651,7 @@ class Runner:
             code=result.code,
             exit_code=result.exit_code,
             detail=result.detail,
-            fuel_used=result.fuel_used,
+            fuel_used=result.fuel_reported,
             wall_us=data["wall_us"],
             memory_bytes=result.memory_bytes,
             output_bytes=result.output_bytes,

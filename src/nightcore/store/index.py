@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS runs (
     tenant TEXT NOT NULL,
     code TEXT NOT NULL,
     exit_code INTEGER,
-    fuel_used INTEGER NOT NULL,
+    fuel_used INTEGER,
     wall_ms REAL NOT NULL,
     memory_bytes INTEGER NOT NULL,
     output_bytes INTEGER NOT NULL,
@@ -37,6 +37,10 @@ CREATE INDEX IF NOT EXISTS runs_seq ON runs (audit_seq);
 CREATE INDEX IF NOT EXISTS runs_tenant_seq ON runs (tenant, audit_seq);
 CREATE INDEX IF NOT EXISTS runs_code ON runs (code, audit_seq);
 """
+
+# user_version of the schema above. 2: fuel_used may be NULL (fuel unknown: a run stopped where
+# Wasmtime had not written its fuel counter back).
+SCHEMA_VERSION = 2
 
 COLUMNS = (
     "run_id",
@@ -82,7 +86,9 @@ class RunIndex:
             conn.execute("PRAGMA journal_mode=WAL")
             # Derived data: losing the last transactions on power loss costs a rebuild at most.
             conn.execute("PRAGMA synchronous=NORMAL")
+            _migrate(conn)
             conn.executescript(SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self._conn = conn
         try:
             yield self._conn
@@ -139,6 +145,25 @@ def recent_runs(
     sql += " ORDER BY audit_seq DESC LIMIT ?"
     params.append(limit)
     return [dict(zip(COLUMNS, row, strict=True)) for row in conn.execute(sql, params)]
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring an index written by an older version to SCHEMA_VERSION, keeping its rows."""
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    has_runs = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'"
+    ).fetchone()
+    if version >= SCHEMA_VERSION or not has_runs:
+        return
+    # Version 1 declared fuel_used NOT NULL; SQLite cannot drop a constraint in place.
+    with conn:
+        conn.execute("ALTER TABLE runs RENAME TO runs_v1")
+        for name in ("runs_tenant", "runs_seq", "runs_tenant_seq", "runs_code"):
+            conn.execute(f"DROP INDEX IF EXISTS {name}")
+        conn.executescript(SCHEMA)
+        cols = ", ".join(COLUMNS)
+        conn.execute(f"INSERT INTO runs ({cols}) SELECT {cols} FROM runs_v1")  # noqa: S608
+        conn.execute("DROP TABLE runs_v1")
 
 
 def row_from_outcome(record: dict[str, Any]) -> dict[str, Any] | None:
