@@ -93,11 +93,30 @@ def _verify(args: argparse.Namespace) -> int:
 def cmd_forensics_export(args: argparse.Namespace) -> int:
     from nightcore.evidence.bundle import export_forensics
 
-    digest, n = export_forensics(_ws(args), args.tenant, Path(args.out), run=args.run)
+    res = export_forensics(
+        _ws(args), args.tenant, Path(args.out), run=args.run, no_checkpoint=args.no_checkpoint
+    )
     if args.json:
-        print_json({"bundle": args.out, "sha256": digest, "runs": n})
-    else:
-        info(f"wrote {args.out}: tenant {args.tenant}, {n} runs, sha256 {digest}")
+        print_json(
+            {
+                "bundle": args.out,
+                "sha256": res.sha256,
+                "runs": res.runs,
+                "checkpoint": res.checkpoint_size,
+                "checkpoint_signed": res.checkpoint_signed,
+                "lines_left_out": res.lines_left_out,
+            }
+        )
+        return 0
+    info(f"wrote {args.out}: tenant {args.tenant}, {res.runs} runs, sha256 {res.sha256}")
+    if res.checkpoint_signed:
+        info(f"signed checkpoint {res.checkpoint_size} so every exported audit line is proven")
+    if res.lines_left_out:
+        n = res.lines_left_out
+        info(
+            f"{n} audit line{'' if n == 1 else 's'} after checkpoint {res.checkpoint_size} "
+            "left out (--no-checkpoint); drop --no-checkpoint to include them"
+        )
     return 0
 
 
@@ -124,6 +143,11 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     sp.add_argument("--tenant", required=True)
     sp.add_argument("--run")
     sp.add_argument("--out", required=True)
+    sp.add_argument(
+        "--no-checkpoint",
+        action="store_true",
+        help="write nothing: cut the audit slice at the latest checkpoint instead of signing one",
+    )
     sp = add("verify", _verify, "verify a forensic bundle offline", fsub)
     sp.add_argument("bundle")
     sp.add_argument("--key", required=True)

@@ -224,10 +224,31 @@ def _add_dashboard(w: _Writer, ws: Workspace) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+@dataclass(frozen=True)
+class ForensicExport:
+    """What ``export_forensics`` wrote."""
+
+    sha256: str
+    runs: int
+    checkpoint_size: int
+    checkpoint_signed: bool  # the latest checkpoint did not cover the slice, so one was signed
+    lines_left_out: int  # with no_checkpoint: the tenant's lines after the latest checkpoint
+
+
 def export_forensics(
-    ws: Workspace, tenant: str, out: Path, *, run: str | None = None
-) -> tuple[str, int]:
-    """Everything about one tenant (or one of its runs). Reads state, never changes it."""
+    ws: Workspace,
+    tenant: str,
+    out: Path,
+    *,
+    run: str | None = None,
+    no_checkpoint: bool = False,
+) -> ForensicExport:
+    """Everything about one tenant (or one of its runs), every audit line with its proof.
+
+    Reads state; the only record it may write is a checkpoint, signed when the latest one does
+    not cover every line exported. With ``no_checkpoint`` it writes nothing and cuts the slice
+    at the latest checkpoint instead (``lines_left_out`` says how many lines that dropped).
+    """
     import os
     import platform
 
@@ -241,12 +262,32 @@ def export_forensics(
         raise NightCoreError("not a valid tenant id", code="TENANT_NAME_INVALID") from None
     w = _Writer()
     lines = _lines_for(ws, set(), tenant)
-    run_ids = sorted({json.loads(x).get("data", {}).get("run_id") for x in lines} - {None})
     if run is not None:
-        if run not in run_ids:
+        if run not in {json.loads(x).get("data", {}).get("run_id") for x in lines}:
             raise NightCoreError(f"run {run[:80]!r} is not a run of {tenant}", code="RUN_NOT_FOUND")
-        run_ids = [run]
         lines = [x for x in lines if json.loads(x).get("data", {}).get("run_id") in (run, None)]
+    tl = transparency_log(
+        ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
+    )
+    latest = tl.latest_checkpoint()
+    top = max((int(json.loads(x)["seq"]) for x in lines), default=-1)
+    signed = False
+    left_out = 0
+    if latest is None or latest.size <= top:
+        if not no_checkpoint:
+            latest = tl.checkpoint("forensics-export")
+            signed = True
+        elif latest is None:
+            raise NightCoreError(
+                "no signed checkpoint yet, so no audit line can be proven; export without "
+                "--no-checkpoint (it signs one) or run 'nightcore audit checkpoint'",
+                code="CHECKPOINT_MISSING",
+            )
+        else:
+            kept = [x for x in lines if int(json.loads(x)["seq"]) < latest.size]
+            left_out = len(lines) - len(kept)
+            lines = kept
+    run_ids = sorted({json.loads(x).get("data", {}).get("run_id") for x in lines} - {None})
     for rid in run_ids:
         d = ws.state_dir / "runs" / str(rid)
         for name in ("stdout", "stderr", ATTESTATION_FILE):
@@ -268,19 +309,12 @@ def export_forensics(
             p = content / sub / f"{digest}.{ext}"
             if isinstance(digest, str) and p.is_file() and f"content/{sub}/{p.name}" not in w.files:
                 w.add(f"content/{sub}/{p.name}", p.read_bytes())
-    tl = transparency_log(
-        ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
-    )
-    latest = tl.latest_checkpoint()  # no new checkpoint: export never modifies state
-    covered = [x for x in lines if latest is not None and json.loads(x)["seq"] < latest.size]
     w.add("audit/lines.jsonl", b"".join(x + b"\n" for x in lines))
-    checkpoint: dict[str, Any] | None = None
-    if latest is not None:
-        w.add("audit/audit.tail", latest.note)
-        for line in covered:
-            seq = int(json.loads(line)["seq"])
-            w.add(f"audit/proofs/{seq}.tlog-proof", tl.prove_at(seq, latest))
-        checkpoint = {"size": latest.size, "root": latest.root.hex()}
+    w.add("audit/audit.tail", latest.note)
+    for line in lines:
+        seq = int(json.loads(line)["seq"])
+        w.add(f"audit/proofs/{seq}.tlog-proof", tl.prove_at(seq, latest))
+    checkpoint = {"size": latest.size, "root": latest.root.hex()}
     cfg = (ws.root / "nightcore.toml").read_text()
     w.add("config/nightcore.toml", _redact(cfg).encode())
     w.add(
@@ -303,11 +337,11 @@ def export_forensics(
             "checkpoint": checkpoint,
             "tenant": tenant,
             "runs": run_ids,
-            "unproven_lines": len(lines) - len(covered),
+            "lines_left_out": left_out,
         },
         _signer(ws),
     )
-    return digest, len(run_ids)
+    return ForensicExport(digest, len(run_ids), latest.size, signed, left_out)
 
 
 def _redact(config: str) -> str:
