@@ -411,3 +411,27 @@ def test_file_signer_matches_node_key(env: Env) -> None:
     signer = Runner(Workspace(env.ws)).node_signer()
     assert isinstance(signer, FileSigner)
     assert signer.key_id == Workspace(env.ws).node_key_id()
+
+
+def test_a_deep_tree_in_a_rw_grant_ends_only_that_tenant(env: Env) -> None:
+    """A tenant's data tree 1,000 levels deep (beyond PATH_MAX): the attestation walk refuses it
+    with TREE_LIMIT for that tenant alone; the run as a whole and its neighbours go on."""
+    from tests.deep_tree import build_deep_tree, remove_deep_tree
+
+    install(env, "hello", "fs-writer")
+    data = env.ws / "state/tenants/fs-writer/data"
+    data.mkdir(parents=True)
+    build_deep_tree(data, 1000)
+    try:
+        res = env.cli("run", "--json")
+        rows = {r["tenant"]: r for r in res.json()}
+        assert rows["fs-writer"]["code"] == "TREE_LIMIT", rows["fs-writer"]
+        assert rows["hello"]["code"] == "OK"
+        outcome = next(
+            e
+            for e in env.audit_lines()
+            if e["event"] == "run_outcome" and e.get("tenant") == "fs-writer"
+        )
+        assert outcome["data"]["code"] == "TREE_LIMIT"
+    finally:
+        assert remove_deep_tree(data) == 1000
