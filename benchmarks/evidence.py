@@ -14,8 +14,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from nightcore.cli.commands_evidence import export_proof
 from nightcore.evidence.attestation import RunFacts, build_statement, sign_attestation
-from nightcore.evidence.bundle import export_proof, verify_bundle
+from nightcore.evidence.bundle import verify_bundle
 from nightcore.runner.pipeline import Runner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

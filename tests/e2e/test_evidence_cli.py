@@ -223,7 +223,8 @@ def _node_writer_bundle(env: Env, path: Path, change: str) -> None:
     for k, v in members.items():
         w.add(k, v)
     ws = Workspace(env.ws)
-    w.write(path, ws, "proof", {"checkpoint": {}}, Runner(ws).node_signer())
+    node = {"id": ws.node_key_id(), "name": ws.config.node_name}
+    w.write(path, node, "proof", {"checkpoint": {}}, Runner(ws).node_signer())
 
 
 @pytest.mark.parametrize(
@@ -255,7 +256,8 @@ def _resign(env: Env, members: dict[str, bytes], path: Path, kind: str) -> None:
     for k, v in members.items():
         w.add(k, v)
     ws = Workspace(env.ws)
-    w.write(path, ws, kind, {"checkpoint": {}}, Runner(ws).node_signer())
+    node = {"id": ws.node_key_id(), "name": ws.config.node_name}
+    w.write(path, node, kind, {"checkpoint": {}}, Runner(ws).node_signer())
 
 
 def _forge_attestation(members: dict[str, bytes], env: Env, change: str) -> None:

@@ -38,13 +38,16 @@ import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nightcore.canonical import canonical, parse_json
 from nightcore.errors import NightCoreError
+from nightcore.layout import Layout
 from nightcore.trust.envelope import parse_envelope, sign_payload_with, verify_signature
 from nightcore.trust.pubkey import PublicKey
-from nightcore.workspace import Workspace
+
+if TYPE_CHECKING:
+    from nightcore.audit.tlog import TransparencyLog
 
 FORMAT = "nightcore-bundle/v1"
 INDEX_PAYLOAD_TYPE = "application/vnd.nightcore.bundle-index+json"
@@ -65,6 +68,24 @@ class BundleError(NightCoreError):
 # -- export --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class BundleSource:
+    """What an export reads and signs with, as plain inputs: the evidence layer never opens a
+    workspace (the caller composes this, e.g. ``nightcore.cli.commands_evidence``)."""
+
+    layout: Layout  # where runs, content, packages, trust and the config are
+    node_id: str  # the node key's id
+    node_name: str  # ``[node] name``
+    node_pub_pem: bytes  # node.pub.pem as read
+    signer: Callable[[], Any]  # returns the node signer (called once, when the index is signed)
+    tlog: TransparencyLog  # checkpoints and inclusion proofs of the audit log
+    audit_lines: Callable[[], Iterable[bytes]]  # the audit log's lines, in order
+
+    @property
+    def node(self) -> dict[str, str]:
+        return {"id": self.node_id, "name": self.node_name}
+
+
 class _Writer:
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
@@ -74,7 +95,9 @@ class _Writer:
             raise BundleError(f"duplicate bundle path {path}", code="BUNDLE_DUPLICATE")
         self.files[path] = data
 
-    def write(self, out: Path, ws: Workspace, kind: str, extra: dict[str, Any], signer: Any) -> str:
+    def write(
+        self, out: Path, node: dict[str, str], kind: str, extra: dict[str, Any], signer: Any
+    ) -> str:
         entries = [
             {"path": p, "sha256": hashlib.sha256(d).hexdigest(), "size": len(d)}
             for p, d in sorted(self.files.items())
@@ -83,7 +106,7 @@ class _Writer:
             "format": FORMAT,
             "kind": kind,
             "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "node": {"id": ws.node_key_id(), "name": ws.config.node_name},
+            "node": {"id": node["id"], "name": node["name"]},
             "files": entries,
             **extra,
         }
@@ -111,8 +134,8 @@ class _Writer:
         return hashlib.sha256(data).hexdigest()
 
 
-def _select_runs(ws: Workspace, since: str | None, runs: list[str] | None) -> list[str]:
-    root = ws.state_dir / "runs"
+def _select_runs(src: BundleSource, since: str | None, runs: list[str] | None) -> list[str]:
+    root = src.layout.runs_dir
     found = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
     if runs:
         missing = [r for r in runs if r not in found]
@@ -130,9 +153,9 @@ def _select_runs(ws: Workspace, since: str | None, runs: list[str] | None) -> li
     return found
 
 
-def _lines_for(ws: Workspace, run_ids: set[str], tenant: str | None) -> list[bytes]:
+def _lines_for(src: BundleSource, run_ids: set[str], tenant: str | None) -> list[bytes]:
     out = []
-    for raw in ws.audit().iter_lines():
+    for raw in src.audit_lines():
         line = raw.rstrip(b"\n")
         if tenant is not None:
             if f'"tenant":"{tenant}"'.encode() in line:
@@ -145,12 +168,8 @@ def _lines_for(ws: Workspace, run_ids: set[str], tenant: str | None) -> list[byt
     return out
 
 
-def _add_audit(w: _Writer, ws: Workspace, lines: list[bytes]) -> dict[str, Any]:
-    from nightcore.audit.tlog import transparency_log
-
-    tl = transparency_log(
-        ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
-    )
+def _add_audit(w: _Writer, src: BundleSource, lines: list[bytes]) -> dict[str, Any]:
+    tl = src.tlog
     latest = tl.latest_checkpoint()
     top = max((json.loads(x)["seq"] for x in lines), default=-1)
     if latest is None or latest.size <= top:
@@ -167,61 +186,50 @@ def _add_audit(w: _Writer, ws: Workspace, lines: list[bytes]) -> dict[str, Any]:
     return {"size": latest.size, "root": latest.root.hex()}
 
 
-def _add_trust(w: _Writer, ws: Workspace) -> None:
-    w.add("keys/node.pub.pem", ws.node_pub_path.read_bytes())
-    for name in ("registry.json", "revocations.json"):
-        p = ws.trust_dir / name
+def _add_trust(w: _Writer, src: BundleSource) -> None:
+    w.add("keys/node.pub.pem", src.node_pub_pem)
+    for p in (src.layout.registry_path, src.layout.revocations_path):
         if p.exists():
-            w.add(f"trust/{name}", p.read_bytes())
-
-
-def _signer(ws: Workspace) -> Any:
-    return ws.node_signer()
+            w.add(f"trust/{p.name}", p.read_bytes())
 
 
 def export_proof(
-    ws: Workspace, out: Path, *, since: str | None = None, runs: list[str] | None = None
+    src: BundleSource,
+    out: Path,
+    *,
+    since: str | None = None,
+    runs: list[str] | None = None,
+    dashboard: Callable[[], bytes] | None = None,
 ) -> tuple[str, int]:
-    """Write a proof bundle for the selected runs; returns (sha256 of the archive, runs)."""
-    from nightcore.audit.tlog import transparency_log
+    """Write a proof bundle for the selected runs; returns (sha256 of the archive, runs).
+
+    ``dashboard`` returns the static report's HTML; it is called after the checkpoint is
+    signed, so the report shows it. Without one the bundle has no ``dashboard.html``.
+    """
     from nightcore.evidence.attestation import ATTESTATION_FILE
     from nightcore.evidence.sbom import build_sbom, validate_sbom
 
-    selected = _select_runs(ws, since, runs)
+    selected = _select_runs(src, since, runs)
     w = _Writer()
     for run_id in selected:
-        att = ws.state_dir / "runs" / run_id / ATTESTATION_FILE
+        att = src.layout.run_dir(run_id) / ATTESTATION_FILE
         if att.exists():
             w.add(f"attestations/{run_id}.intoto.dsse.json", att.read_bytes())
-    lines = _lines_for(ws, set(selected), None)
+    lines = _lines_for(src, set(selected), None)
     # A fresh checkpoint so every exported line is covered (appends one audit line).
-    transparency_log(
-        ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
-    ).checkpoint("proof-export")
-    checkpoint = _add_audit(w, ws, lines)
-    sbom = build_sbom(ws)
+    src.tlog.checkpoint("proof-export")
+    checkpoint = _add_audit(w, src, lines)
+    sbom = build_sbom(src.audit_lines())
     validate_sbom(sbom)
     w.add("sbom.cdx.json", sbom.encode())
-    dashboard_sha = _add_dashboard(w, ws)
-    _add_trust(w, ws)
-    digest = w.write(
-        out,
-        ws,
-        "proof",
-        {"checkpoint": checkpoint, "runs": selected, "dashboard_sha256": dashboard_sha},
-        _signer(ws),
-    )
+    extra: dict[str, Any] = {"checkpoint": checkpoint, "runs": selected}
+    if dashboard is not None:
+        html = dashboard()
+        w.add("dashboard.html", html)
+        extra["dashboard_sha256"] = hashlib.sha256(html).hexdigest()
+    _add_trust(w, src)
+    digest = w.write(out, src.node, "proof", extra, src.signer())
     return digest, len(selected)
-
-
-def _add_dashboard(w: _Writer, ws: Workspace) -> str:
-    from nightcore.dashboard import build_report
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path, _sha = build_report(ws, Path(tmp) / "dashboard.html")
-        data = path.read_bytes()
-    w.add("dashboard.html", data)
-    return hashlib.sha256(data).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -236,7 +244,7 @@ class ForensicExport:
 
 
 def export_forensics(
-    ws: Workspace,
+    src: BundleSource,
     tenant: str,
     out: Path,
     *,
@@ -252,7 +260,6 @@ def export_forensics(
     import os
     import platform
 
-    from nightcore.audit.tlog import transparency_log
     from nightcore.evidence.attestation import ATTESTATION_FILE
     from nightcore.module.manifest import validate_tenant_id
 
@@ -261,14 +268,12 @@ def export_forensics(
     except NightCoreError:
         raise NightCoreError("not a valid tenant id", code="TENANT_NAME_INVALID") from None
     w = _Writer()
-    lines = _lines_for(ws, set(), tenant)
+    lines = _lines_for(src, set(), tenant)
     if run is not None:
         if run not in {json.loads(x).get("data", {}).get("run_id") for x in lines}:
             raise NightCoreError(f"run {run[:80]!r} is not a run of {tenant}", code="RUN_NOT_FOUND")
         lines = [x for x in lines if json.loads(x).get("data", {}).get("run_id") in (run, None)]
-    tl = transparency_log(
-        ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
-    )
+    tl = src.tlog
     latest = tl.latest_checkpoint()
     top = max((int(json.loads(x)["seq"]) for x in lines), default=-1)
     signed = False
@@ -289,16 +294,16 @@ def export_forensics(
             lines = kept
     run_ids = sorted({json.loads(x).get("data", {}).get("run_id") for x in lines} - {None})
     for rid in run_ids:
-        d = ws.state_dir / "runs" / str(rid)
+        d = src.layout.run_dir(str(rid))
         for name in ("stdout", "stderr", ATTESTATION_FILE):
             if (d / name).exists():
                 w.add(f"runs/{rid}/{name}", (d / name).read_bytes())
-    pkg = ws.modules_dir / tenant
+    pkg = src.layout.tenant_dir(tenant)
     for name in ("module.wasm", "manifest.toml", "module.intoto.dsse.json"):
         p = pkg / name
         if p.is_file() and not p.is_symlink():
             w.add(f"package/{name}", p.read_bytes())
-    content = ws.state_dir / "content"
+    content = src.layout.content_dir
     for line in lines:
         d = json.loads(line).get("data", {})
         for sub, key, ext in (
@@ -315,7 +320,7 @@ def export_forensics(
         seq = int(json.loads(line)["seq"])
         w.add(f"audit/proofs/{seq}.tlog-proof", tl.prove_at(seq, latest))
     checkpoint = {"size": latest.size, "root": latest.root.hex()}
-    cfg = (ws.root / "nightcore.toml").read_text()
+    cfg = src.layout.config_path.read_text()
     w.add("config/nightcore.toml", _redact(cfg).encode())
     w.add(
         "host.json",
@@ -328,10 +333,10 @@ def export_forensics(
             }
         ),
     )
-    _add_trust(w, ws)
+    _add_trust(w, src)
     digest = w.write(
         out,
-        ws,
+        src.node,
         "forensic",
         {
             "checkpoint": checkpoint,
@@ -339,7 +344,7 @@ def export_forensics(
             "runs": run_ids,
             "lines_left_out": left_out,
         },
-        _signer(ws),
+        src.signer(),
     )
     return ForensicExport(digest, len(run_ids), latest.size, signed, left_out)
 

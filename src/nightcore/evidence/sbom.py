@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from nightcore.errors import NightCoreError
-from nightcore.workspace import Workspace
 
 
 def _licence(dist: metadata.Distribution) -> str | None:
@@ -37,10 +37,11 @@ def _record_digest(dist: metadata.Distribution) -> str | None:
     return hashlib.sha256(text.encode()).hexdigest() if text else None
 
 
-def admitted_tenants(ws: Workspace) -> dict[str, dict[str, Any]]:
-    """module sha256 -> {tenant, key_id} for every module ever admitted on this node."""
+def admitted_tenants(audit_lines: Iterable[bytes]) -> dict[str, dict[str, Any]]:
+    """module sha256 -> {tenant, key_id} for every module ever admitted on this node, from
+    the node's audit log lines."""
     out: dict[str, dict[str, Any]] = {}
-    for raw in ws.audit().iter_lines():
+    for raw in audit_lines:
         if b'"event":"admit"' not in raw:
             continue
         rec = json.loads(raw)
@@ -51,7 +52,9 @@ def admitted_tenants(ws: Workspace) -> dict[str, dict[str, Any]]:
     return out
 
 
-def build_sbom(ws: Workspace | None) -> str:
+def build_sbom(audit_lines: Iterable[bytes] | None) -> str:
+    """The SBOM: the runtime's distributions, plus the tenant modules admitted in
+    ``audit_lines`` (a node's audit log; None for the runtime alone)."""
     from cyclonedx.model import HashAlgorithm, HashType, Property
     from cyclonedx.model.bom import Bom
     from cyclonedx.model.component import Component, ComponentType
@@ -94,8 +97,8 @@ def build_sbom(ws: Workspace | None) -> str:
                 else [],
             )
         )
-    if ws is not None:
-        for sha, info in sorted(admitted_tenants(ws).items()):
+    if audit_lines is not None:
+        for sha, info in sorted(admitted_tenants(audit_lines).items()):
             bom.components.add(
                 Component(
                     name=str(info["tenant"]) or "unknown",
@@ -129,8 +132,8 @@ def validate_sbom(text: str) -> None:
         )
 
 
-def write_sbom(ws: Workspace | None, out: Path) -> str:
-    text = build_sbom(ws)
+def write_sbom(audit_lines: Iterable[bytes] | None, out: Path) -> str:
+    text = build_sbom(audit_lines)
     validate_sbom(text)
     out.write_text(text)
     return hashlib.sha256(text.encode()).hexdigest()
