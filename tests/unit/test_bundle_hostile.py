@@ -145,3 +145,15 @@ def test_a_name_that_is_both_file_and_directory_is_refused(
     _tar(bad, names)
     rc, out, _ = _verify(bad, node_pub)
     assert rc == 1 and out["code"] in ("BUNDLE_MALFORMED", "BUNDLE_DUPLICATE"), out
+
+
+def test_a_sparse_member_is_refused(tmp_path: Path, node_pub: Path) -> None:
+    """A PAX GNU sparse map makes tarfile synthesise data the archive does not hold."""
+    bad = tmp_path / "sparse.tar.gz"
+    with tarfile.open(bad, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("index.json")
+        info.size = 1
+        info.pax_headers = {"GNU.sparse.map": "0,1", "GNU.sparse.size": "1048576"}
+        tar.addfile(info, io.BytesIO(b"x"))
+    rc, out, _ = _verify(bad, node_pub)
+    assert rc == 1 and out["code"] == "BUNDLE_UNSAFE_MEMBER", out

@@ -490,7 +490,7 @@ def _extract_one(
         raise BundleError("too many members", code="BUNDLE_TOO_LARGE")
     name = member.name
     parts = _member_parts(name)
-    if not member.isreg() or member.type == tarfile.GNUTYPE_SPARSE:
+    if not member.isreg() or member.type == tarfile.GNUTYPE_SPARSE or member.sparse is not None:
         raise BundleError(
             f"unsafe member {name[:80]!r} (links, devices, absolute or '..' paths are refused)",
             code="BUNDLE_UNSAFE_MEMBER",
