@@ -33,10 +33,32 @@ HELLO_WAT = """
 """
 
 
+def _isolate_env(mp: pytest.MonkeyPatch, home: Path) -> None:
+    """Drop every ``NIGHTCORE_*`` variable the caller exported (a passphrase, a workspace, a
+    repository), point HOME at ``home`` and set the one passphrase the test keys use."""
+    for name in [n for n in os.environ if n.startswith("NIGHTCORE_")]:
+        mp.delenv(name)
+    mp.setenv("HOME", str(home))
+    mp.setenv("NIGHTCORE_KEY_PASSPHRASE", PASSPHRASE)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Before any session fixture (keys are generated and loaded there): the tests must not
+    depend on the caller's environment, HOME or current directory. Subprocesses started by the
+    tests inherit this environment."""
+    home = tmp_path_factory.mktemp("home")
+    cwd = tmp_path_factory.mktemp("cwd")
+    with pytest.MonkeyPatch.context() as mp:
+        _isolate_env(mp, home)
+        mp.chdir(cwd)
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _passphrase_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NIGHTCORE_KEY_PASSPHRASE", PASSPHRASE)
-    monkeypatch.delenv("NIGHTCORE_HOME", raising=False)
+def _isolated_test(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per test again: a test that wrote ``os.environ`` directly cannot leak into the next."""
+    _isolate_env(monkeypatch, Path(os.environ["HOME"]))
 
 
 @dataclass
@@ -131,7 +153,6 @@ class Env:
 
 @pytest.fixture(scope="session")
 def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GeneratedKey]:
-    os.environ.setdefault("NIGHTCORE_KEY_PASSPHRASE", PASSPHRASE)
     d = tmp_path_factory.mktemp("keys")
     pw = PASSPHRASE.encode()
     return {name: api.keygen(name, d, pw) for name in ("alice", "maint", "mallory", "bob")}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import http.server
-import os
 import shutil
 import threading
 import time
@@ -52,7 +51,6 @@ class Maintainers:
 
 @pytest.fixture(scope="session")
 def maintainers(tmp_path_factory: pytest.TempPathFactory) -> Maintainers:
-    os.environ.setdefault("NIGHTCORE_KEY_PASSPHRASE", PASSPHRASE)
     d = tmp_path_factory.mktemp("aufs-keys")
     keys = {n: api.keygen(n, d, PASSPHRASE.encode()) for n in ("m1", "m2", "m3", "m4", "evil")}
     signers = {n: load_signer(str(k.private_path)) for n, k in keys.items()}
