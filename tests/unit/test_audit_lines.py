@@ -4,12 +4,23 @@ values that spell them)."""
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nightcore.audit.lines import event_of, is_checkpoint, prev_of, record_of, tenant_of, ts_of
+from nightcore.audit.lines import (
+    event_of,
+    is_checkpoint,
+    prev_chain,
+    prev_of,
+    record_of,
+    tenant_of,
+    ts_of,
+)
+from nightcore.audit.log import ZERO_HASH, AuditLog, Event
 from nightcore.canonical import canonical
 
 TRICKY = ["event", "tenant", "prev", "ts", '"event":"x', '"tenant":"y"', "checkpoint", "a\\b"]
@@ -63,3 +74,17 @@ def test_classifier_on_lines_without_the_keys() -> None:
     assert prev_of(b"{}") is None and ts_of(b"{}") is None
     assert record_of(b"[1]") is None and record_of(b"\xff") is None
     assert record_of(b'{"data":[]}') == {"data": {}}
+
+
+def test_prev_chain_finds_the_first_broken_link(tmp_path: Path) -> None:
+    log = AuditLog(tmp_path, "n")
+    log.append_many([Event("x", {"i": i}) for i in range(10)])
+    lines = log.path.read_bytes().splitlines()
+    head = hashlib.sha256(lines[-1]).hexdigest().encode()
+    assert prev_chain(lines, 0, ZERO_HASH.encode()) == (head, None)
+    assert prev_chain(lines[4:], 4, hashlib.sha256(lines[3]).hexdigest().encode()) == (head, None)
+    edited = [*lines[:6], lines[6].replace(b'"i":6', b'"i":7'), *lines[7:]]
+    assert prev_chain(edited, 0, ZERO_HASH.encode())[1] == 7  # the line after the edit
+    assert prev_chain(edited, 0, ZERO_HASH.encode(), check_from=8)[1] is None
+    assert prev_chain([*lines[:3], *lines[4:]], 0, ZERO_HASH.encode())[1] == 3  # one deleted
+    assert prev_chain([b"{}"], 0, ZERO_HASH.encode())[1] == 0  # no prev at all

@@ -189,6 +189,12 @@ def test_batch_builders_on_the_reference_tree(vectors: dict[str, Any]) -> None:
         m.compact_push(stack, lh, i)
         assert hx(stack) == ref["compact_range_by_size"][str(i + 1)]
         assert m.compact_root(stack).hex() == ref["roots_by_size"][str(i + 1)]
+    data = [h(x) for x in ref["leaves"]]
+    for cut in range(len(data) + 1):  # in two batches, cut anywhere
+        stack = []
+        m.compact_extend(stack, data[:cut], 0)
+        m.compact_extend(stack, data[cut:], cut)
+        assert hx(stack) == ref["compact_range_by_size"][str(len(data))]
     level0 = b"".join(hashes)
     for level, row in enumerate(ref["node_hashes_by_level"][1:], start=1):
         below = b"".join(h(x) for x in ref["node_hashes_by_level"][level - 1])

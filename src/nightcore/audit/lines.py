@@ -14,8 +14,10 @@ top-level key but ``data`` comes *after* ``data``; a string value cannot contain
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+from collections.abc import Sequence
 from typing import Any, Final
 
 from nightcore.audit.log import _FIELDS, _REQUIRED, MAX_LINE_BYTES, parse_line
@@ -25,6 +27,7 @@ __all__ = [
     "event_of",
     "is_checkpoint",
     "parse_line_fast",
+    "prev_chain",
     "prev_of",
     "record_of",
     "tenant_of",
@@ -158,3 +161,23 @@ def ts_of(line: bytes) -> bytes | None:
     """The top-level ``ts`` (as bytes, so that values compare like times), or None."""
     i = line.rfind(TS_KEY)
     return line[i + 6 : line.find(b'"', i + 6)] if i >= 0 else None
+
+
+def prev_chain(
+    lines: Sequence[bytes], first: int, head: bytes, check_from: int = 0
+) -> tuple[bytes, int | None]:
+    """The quick chain check over consecutive lines ``first, first + 1, ...``: each line's
+    top-level ``prev`` (from line ``check_from`` on) against the SHA-256 hex of the line before
+    (``head`` for the first), without parsing. Returns (the new head, the first line whose
+    ``prev`` does not match, or None)."""
+    sha = hashlib.sha256
+    bad: int | None = None
+    n = first
+    for line in lines:
+        if bad is None and n >= check_from:
+            i = line.rfind(PREV_KEY)
+            if i < 0 or line[i + 8 : i + 72] != head:
+                bad = n
+        head = sha(line).hexdigest().encode()
+        n += 1
+    return head, bad

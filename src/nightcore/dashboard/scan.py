@@ -17,7 +17,7 @@ every line up to the latest checkpoint. With ``chain=True`` each line from ``cha
 before it, as ``verify_chain`` does, without the strict canonical re-serialisation.
 This is the report's *quick* check; ``nightcore audit verify`` (``verify_log``) is the full
 one. The byte searches are those of :mod:`nightcore.audit.lines` and the hashing is
-:mod:`nightcore.audit.merkle`'s (:func:`~nightcore.audit.merkle.compact_push`): neither is
+:mod:`nightcore.audit.merkle`'s (:func:`~nightcore.audit.merkle.compact_extend`): neither is
 written twice.
 
 ``update()`` reads only what was appended since the last call, so the live console follows a
@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from nightcore.audit.lines import event_of, is_checkpoint, prev_of, record_of, tenant_of, ts_of
-from nightcore.audit.merkle import EMPTY_ROOT, compact_push, compact_root, leaf_hash
+from nightcore.audit.lines import event_of, is_checkpoint, prev_chain, record_of, tenant_of, ts_of
+from nightcore.audit.merkle import EMPTY_ROOT, compact_extend, compact_root
 
 __all__ = ["EMPTY_ROOT", "AuditScanner", "Boundary", "CheckpointEvent", "Hasher", "loads"]
 
@@ -80,7 +80,12 @@ class Hasher:
     """The quick check's hashing: hash chain from ``chain_from`` on, and the Merkle tree.
 
     Fed every line in order (in the scanning process, or in a worker process for a big log).
+    Lines are hashed in batches (:func:`~nightcore.audit.lines.prev_chain`,
+    :func:`~nightcore.audit.merkle.compact_extend`): :meth:`flush` before reading ``head``,
+    ``stack``, ``roots`` or ``chain_error`` (the scanner does at the end of each read).
     """
+
+    BATCH = 4096
 
     def __init__(
         self, *, chain: bool, merkle: bool, chain_from: int = 0, sizes: Iterable[int] = ()
@@ -96,26 +101,43 @@ class Hasher:
         self.chain_error: tuple[int, str, str] | None = None
         self.mismatch: CheckpointEvent | None = None
         self.last_checkpoint: CheckpointEvent | None = None
+        self._pending: list[bytes] = []
+        self._first = 0  # the index of _pending[0]
 
     def feed(self, line: bytes, n: int, checkpoint: bool) -> None:
-        sha = hashlib.sha256
-        if self.chain and n >= self._hash_from:
-            if n >= self.chain_from and prev_of(line) != self.head and self.chain_error is None:
-                self.chain_error = (
-                    n,
-                    "AUDIT_CHAIN_BROKEN",
-                    f"line {n}: prev does not match the previous line's hash "
-                    "(a line was edited, deleted, inserted or reordered)",
-                )
-            self.head = sha(line).hexdigest().encode()
-        if not self.merkle:
-            return
-        if checkpoint:
+        if checkpoint and self.merkle:
+            self.flush()  # the event covers exactly the lines before it
             self._checkpoint_event(line, n)
-        stack = self.stack
-        compact_push(stack, leaf_hash(line), n)
-        if self.sizes and n + 1 in self.sizes:
-            self.roots[n + 1] = compact_root(stack)
+        pending = self._pending
+        if not pending:
+            self._first = n
+        pending.append(line)
+        if len(pending) >= self.BATCH or (self.sizes and n + 1 in self.sizes):
+            self.flush()
+            if self.merkle and n + 1 in self.sizes:
+                self.roots[n + 1] = compact_root(self.stack)
+
+    def flush(self) -> None:
+        """Hash the lines fed since the last flush."""
+        lines, first = self._pending, self._first
+        if not lines:
+            return
+        self._pending = []
+        if self.chain:
+            skip = max(0, self._hash_from - first)
+            if skip < len(lines):
+                self.head, bad = prev_chain(
+                    lines[skip:] if skip else lines, first + skip, self.head, self.chain_from
+                )
+                if bad is not None and self.chain_error is None:
+                    self.chain_error = (
+                        bad,
+                        "AUDIT_CHAIN_BROKEN",
+                        f"line {bad}: prev does not match the previous line's hash "
+                        "(a line was edited, deleted, inserted or reordered)",
+                    )
+        if self.merkle:
+            compact_extend(self.stack, lines, first)
 
     def _checkpoint_event(self, line: bytes, n: int) -> None:
         """A ``checkpoint`` event logged right after signing covers exactly the lines before
@@ -145,6 +167,7 @@ class Hasher:
         Roots at sizes of ``n`` and above are left out: they only exist because this scan asked
         for them (``sizes``), and a later scan asks for its own.
         """
+        self.flush()
         if self.chain_error is not None or self.mismatch is not None:
             return None
         return {
@@ -155,6 +178,7 @@ class Hasher:
     # -- across a process boundary -------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
+        self.flush()
         return {
             "head": self.head.decode(),
             "stack": [h.hex() for h in self.stack],
@@ -306,19 +330,29 @@ class AuditScanner:
 
     @property
     def chain_error(self) -> tuple[int, str, str] | None:
-        return self.hasher.chain_error if self.hasher else None
+        if self.hasher is None:
+            return None
+        self.hasher.flush()
+        return self.hasher.chain_error
 
     @property
     def checkpoint_mismatch(self) -> CheckpointEvent | None:
-        return self.hasher.mismatch if self.hasher else None
+        if self.hasher is None:
+            return None
+        self.hasher.flush()
+        return self.hasher.mismatch
 
     def merkle_root(self) -> bytes:
         """Root of the lines consumed so far (``merkle=True`` only)."""
-        return compact_root(self.hasher.stack if self.hasher else [])
+        if self.hasher is None:
+            return EMPTY_ROOT
+        self.hasher.flush()
+        return compact_root(self.hasher.stack)
 
     def root_at(self, size: int) -> bytes | None:
         if self.hasher is None or not self.merkle:
             return None
+        self.hasher.flush()
         if size == self.count:
             return self.merkle_root()
         return self.hasher.roots.get(size)
@@ -534,6 +568,7 @@ class AuditScanner:
                 line = raw[:-1]
                 hasher.feed(line, n, is_checkpoint(line))
                 offset += len(raw)
+            hasher.flush()
             if snapshot is not None and self.count == snapshot["count"]:
                 snapshot["hashed"] = hasher.state_at(self.count)
         if snapshot is not None and snapshot["hashed"] is None:
@@ -626,6 +661,8 @@ class AuditScanner:
             last = line
             if n == stop:
                 break
+        if hasher is not None:
+            hasher.flush()
         self.count = n
         self.offset = offset
         self.last_line = last
