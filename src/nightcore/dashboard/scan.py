@@ -76,6 +76,9 @@ class CheckpointEvent:
 loads = record_of
 
 
+_BATCH = 4096  # lines hashed per call into the shared core
+
+
 class Hasher:
     """The quick check's hashing: hash chain from ``chain_from`` on, and the Merkle tree.
 
@@ -84,8 +87,6 @@ class Hasher:
     :func:`~nightcore.audit.merkle.compact_extend`): :meth:`flush` before reading ``head``,
     ``stack``, ``roots`` or ``chain_error`` (the scanner does at the end of each read).
     """
-
-    BATCH = 4096
 
     def __init__(
         self, *, chain: bool, merkle: bool, chain_from: int = 0, sizes: Iterable[int] = ()
@@ -112,7 +113,7 @@ class Hasher:
         if not pending:
             self._first = n
         pending.append(line)
-        if len(pending) >= self.BATCH or (self.sizes and n + 1 in self.sizes):
+        if len(pending) >= _BATCH or n + 1 in self.sizes:
             self.flush()
             if self.merkle and n + 1 in self.sizes:
                 self.roots[n + 1] = compact_root(self.stack)
