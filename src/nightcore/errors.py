@@ -69,7 +69,8 @@ class StateError(NightCoreError):
     code = "STATE_INVALID"
 
 
-# Stable reason codes of the verification decision (docs/codes.md lists them all).
+# Stable reason codes of the verification decision. Every code, with its meaning, is in
+# nightcore.codes (not imported here: this module is on the CLI's cold path).
 VERIFY_CODES = (
     "OK",
     "ENVELOPE_MALFORMED",
@@ -88,6 +89,7 @@ VERIFY_CODES = (
     "CAPABILITY_DENIED",
     "ALGORITHM_NOT_ALLOWED",
     "PACKAGE_INVALID",
+    "PACKAGE_TOO_LARGE",
     "TENANT_NAME_INVALID",
 )
 
