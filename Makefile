@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check --no-input
 
-.PHONY: demo test lint typecheck unit tenants check-tenants bench clean
+.PHONY: demo test test-under-load unit tenants bench clean
 
 # The virtualenv is built only from the hash-pinned locks (pip --require-hashes), then the
 # project itself is installed without touching the network (--no-deps --no-build-isolation).
@@ -32,6 +32,36 @@ test: $(VENV)/.dev
 	$(BIN)/mypy
 	$(BIN)/python tools/build_tenants.py --check-c
 	$(BIN)/python -m pytest -n 2 -q
+
+# The suite twice at the same time (`make test-under-load`), each in its own temporary clone of
+# this repository (what is committed: HEAD), failing if either run fails: shakes out tests
+# that lean on timing, fixed ports or shared paths. The clones share the built virtualenv: each
+# gets a .venv of symlinks to ours whose nightcore points at the clone's src/ (so even the
+# `python -I` strongbox workers import the clone). PYTEST_ARGS tunes both runs.
+PYTEST_ARGS ?= -n 2 -q -p no:cacheprovider
+test-under-load: $(VENV)/.dev
+	@set -eu; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	site=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))'); \
+	base=$$(readlink -f $(BIN)/python); \
+	for n in a b; do \
+	  git clone -q "$(CURDIR)" "$$tmp/$$n"; \
+	  v="$$tmp/$$n/$(VENV)"; lib="$$v/$${site#$(CURDIR)/$(VENV)/}"; \
+	  mkdir -p "$$v/bin" "$$lib"; cp $(VENV)/pyvenv.cfg "$$v/"; \
+	  for f in $(CURDIR)/$(BIN)/*; do \
+	    case "$${f##*/}" in python*) ln -s "$$base" "$$v/bin/$${f##*/}";; *) ln -s "$$f" "$$v/bin/";; esac; \
+	  done; \
+	  for f in "$$site"/*; do case "$$f" in *__editable__*) ;; *) ln -s "$$f" "$$lib/";; esac; done; \
+	  echo "$$tmp/$$n/src" > "$$lib/__editable__.nightcore.pth"; \
+	done; \
+	for n in a b; do \
+	  (cd "$$tmp/$$n" && exec $(VENV)/bin/python -m pytest $(PYTEST_ARGS)) > "$$tmp/$$n.log" 2>&1 & \
+	  eval "pid_$$n=$$!"; \
+	done; \
+	rc=0; for n in a b; do \
+	  eval "pid=\$$pid_$$n"; if wait "$$pid"; then r=0; else r=$$?; rc=1; fi; \
+	  echo "== clone $$n: pytest exit $$r"; tail -n 25 "$$tmp/$$n.log"; \
+	done; \
+	exit $$rc
 
 unit: $(VENV)/.dev
 	$(BIN)/python -m pytest -q tests/unit
