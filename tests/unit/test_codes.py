@@ -3,7 +3,8 @@
 (a) docs/codes.md documents exactly the codes of each domain of the registry, with its meanings;
 (b) every code string the source can raise or record is in the registry, found by parsing src/
     with ``ast`` (see :class:`CodeScanner` for the kinds of sites it reads);
-(c) every registered code is raised or recorded somewhere (or listed in NOT_IN_SOURCE with why).
+(c) every registered code is raised or recorded somewhere (or listed in NOT_IN_SOURCE with why);
+(d) README.md and the other docs name no code-like identifier that is not registered.
 """
 
 from __future__ import annotations
@@ -428,3 +429,28 @@ def test_the_docs_checker_names_each_missing_extra_or_changed_row() -> None:
     assert any("section 'Nodes' is no domain" in p for p in problems), problems
     assert any(f"lacks the section '## {DOMAINS[-1].title}'" in p for p in problems), problems
     assert len(problems) == 5, problems
+
+
+def code_like(token: str) -> bool:
+    """Looks like a code: two or more words, the first or last of which starts or ends at least
+    three registered codes (``AUDIT_...``, ``..._INVALID``); ``RLIMIT_AS``, ``O_NOFOLLOW`` or
+    ``NIGHTCORE_HOME`` do not."""
+    words = token.split("_")
+    if len(words) < 2 or not CODE_RE.fullmatch(token):
+        return False
+    firsts = [c.split("_")[0] for c in ALL_CODES]
+    lasts = [c.split("_")[-1] for c in ALL_CODES]
+    return firsts.count(words[0]) >= 3 or lasts.count(words[-1]) >= 3
+
+
+def test_the_other_docs_name_only_registered_codes() -> None:
+    stale = [
+        f"{path.relative_to(REPO)}:{n}: `{token}`"
+        for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        for token in re.findall(r"`([A-Z][A-Z0-9_]*)`", line)
+        if code_like(token) and token not in ALL_CODES
+    ]
+    assert not stale, "documents name codes nightcore.codes does not register:\n" + "\n".join(stale)
+    assert code_like("AUDIT_LINE_GONE") and code_like("TENANT_BROKEN_INVALID")
+    assert not any(map(code_like, ["RLIMIT_AS", "O_NOFOLLOW", "NIGHTCORE_HOME", "PR_SET_NAME"]))
