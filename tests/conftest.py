@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from nightcore import api
+from nightcore import app
 from nightcore.cli.main import main as cli_main
 from nightcore.trust.keys import GeneratedKey
 
@@ -43,7 +43,7 @@ def _isolate_env(mp: pytest.MonkeyPatch, home: Path) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _isolated_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+def _isolated_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Before any session fixture (keys are generated and loaded there): the tests must not
     depend on the caller's environment, HOME or current directory. Subprocesses started by the
     tests inherit this environment."""
@@ -52,13 +52,13 @@ def _isolated_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
     with pytest.MonkeyPatch.context() as mp:
         _isolate_env(mp, home)
         mp.chdir(cwd)
-        yield
+        yield home
 
 
 @pytest.fixture(autouse=True)
-def _isolated_test(monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_test(monkeypatch: pytest.MonkeyPatch, _isolated_session: Path) -> None:
     """Per test again: a test that wrote ``os.environ`` directly cannot leak into the next."""
-    _isolate_env(monkeypatch, Path(os.environ["HOME"]))
+    _isolate_env(monkeypatch, _isolated_session)
 
 
 @dataclass
@@ -143,7 +143,7 @@ class Env:
             wasm if wasm is not None else wat_module(HELLO_WAT),
         )
         if sign:
-            api.sign_tenant(d, str((key or self.publisher).private_path))
+            app.sign_tenant(d, str((key or self.publisher).private_path))
         return d
 
     def audit_lines(self) -> list[dict[str, Any]]:
@@ -155,14 +155,14 @@ class Env:
 def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> dict[str, GeneratedKey]:
     d = tmp_path_factory.mktemp("keys")
     pw = PASSPHRASE.encode()
-    return {name: api.keygen(name, d, pw) for name in ("alice", "maint", "mallory", "bob")}
+    return {name: app.keygen(name, d, pw) for name in ("alice", "maint", "mallory", "bob")}
 
 
 @pytest.fixture
 def env(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], keys_dir: dict[str, GeneratedKey]
 ) -> Iterator[Env]:
-    ws = api.init_workspace(tmp_path / "ws")
-    api.trust_add_key(ws, keys_dir["alice"].public_path, scope="*")
-    api.trust_add_key(ws, keys_dir["maint"].public_path, scope="*", role="maintainer")
+    ws = app.init_workspace(tmp_path / "ws")
+    app.trust_add_key(ws, keys_dir["alice"].public_path, scope="*")
+    app.trust_add_key(ws, keys_dir["maint"].public_path, scope="*", role="maintainer")
     yield Env(tmp_path, ws.root, keys_dir["alice"], keys_dir["maint"], Cli(capsys, ws.root))
