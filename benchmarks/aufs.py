@@ -26,14 +26,14 @@ from pathlib import Path
 
 from tuf.ngclient import Updater
 
-from nightcore import api
+from nightcore import app
 from nightcore.aufs.client import AufsClient, init_client
 from nightcore.aufs.config import Limits, Settings
 from nightcore.aufs.repo import init_repo
 from nightcore.aufs.serve import serve_in_thread
 from nightcore.aufs.update import Updater as AufsUpdater
+from nightcore.context import NodeContext
 from nightcore.trust.keys import load_signer
-from nightcore.workspace import Workspace
 
 PASS = "benchmark-passphrase"  # noqa: S105 - throwaway benchmark keys
 HELLO = (
@@ -75,24 +75,24 @@ def paired_ms(
     return statistics.median(ta), statistics.median(tb)
 
 
-def build(root: Path, n: int) -> tuple[Path, Workspace, list[str]]:
+def build(root: Path, n: int) -> tuple[Path, NodeContext, list[str]]:
     os.environ["NIGHTCORE_KEY_PASSPHRASE"] = PASS
     keys = root / "keys"
-    m = [api.keygen(f"m{i}", keys, PASS.encode()) for i in (1, 2, 3)]
-    pub = api.keygen("publisher", keys, PASS.encode())
+    m = [app.keygen(f"m{i}", keys, PASS.encode()) for i in (1, 2, 3)]
+    pub = app.keygen("publisher", keys, PASS.encode())
     repo, _, _ = init_repo(root / "repo", [str(k.private_path) for k in m], threshold=2)
     for i in range(n):
         d = root / "pkgs" / f"t{i:03d}"
         d.mkdir(parents=True)
         (d / "module.wasm").write_bytes(HELLO)
         (d / "manifest.toml").write_text(f'schema = 1\ntenant = "t{i:03d}"\nversion = "1.0.0"\n')
-        api.sign_tenant(d, str(pub.private_path))
+        app.sign_tenant(d, str(pub.private_path))
         repo.add_target(d)
     for k in m[:2]:
         repo.sign("targets", load_signer(str(k.private_path)))
     repo.publish()
-    ws = api.init_workspace(root / "ws-template")
-    api.trust_add_key(ws, pub.public_path, scope="*")
+    ws = app.init_workspace(root / "ws-template")
+    app.trust_add_key(ws, pub.public_path, scope="*")
     paths = [f"tenants/t{i:03d}/1.0.0.tar.gz" for i in range(n)]
     return repo.path, ws, paths
 
@@ -154,13 +154,13 @@ def main() -> None:
 
         # Full update: a fresh copy of the node workspace each round.
         wsdir = tmp / "ws"
-        holder: dict[str, Workspace] = {}
+        holder: dict[str, NodeContext] = {}
 
         def reset_ws() -> None:
             shutil.rmtree(wsdir, ignore_errors=True)
             shutil.copytree(template.root, wsdir, symlinks=True)
-            ws = Workspace(wsdir)
-            init_client(ws.state_dir / "aufs" / "metadata", root_bytes, limits=limits)
+            ws = NodeContext(wsdir)
+            init_client(ws.layout.state_dir / "aufs" / "metadata", root_bytes, limits=limits)
             holder["ws"] = ws
 
         def full_update() -> None:

@@ -28,12 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nightcore import api
+from nightcore import app
 from nightcore.audit.tlog import TransparencyLog
+from nightcore.context import NodeContext
 from nightcore.dashboard.report import write_report
 from nightcore.dashboard.server import LiveState
 from nightcore.store.index import RunIndex
-from nightcore.workspace import Workspace
 
 TARGET_BUILD_S = 5.0  # "within a few seconds"
 PASS = "benchmark-passphrase"  # noqa: S105 - throwaway benchmark keys
@@ -52,16 +52,16 @@ def dumps(rec: dict[str, Any]) -> bytes:
     return json.dumps(rec, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def synthesize(ws: Workspace, tenants: int, runs: int) -> tuple[int, int]:
+def synthesize(ws: NodeContext, tenants: int, runs: int) -> tuple[int, int]:
     """Append ``runs`` runs over ``tenants`` tenants; returns (audit lines, bytes)."""
-    log = ws.state_dir / "audit" / "audit.jsonl"
+    log = ws.layout.state_dir / "audit" / "audit.jsonl"
     head = log.read_bytes().splitlines()
     prev, seq = hashlib.sha256(head[-1]).hexdigest(), len(head)
     node, key = ws.node_key_id(), hashlib.sha256(b"publisher").hexdigest()
     rows: list[dict[str, Any]] = []
     digests = [hashlib.sha256(f"t{i}".encode()).hexdigest() for i in range(tenants)]
     for i in range(tenants):
-        d = ws.modules_dir / f"tenant-{i:05d}"
+        d = ws.layout.modules_dir / f"tenant-{i:05d}"
         d.mkdir(parents=True, exist_ok=True)
         (d / "manifest.toml").write_text(
             f'schema = 1\ntenant = "tenant-{i:05d}"\nversion = "1.0.0"\n'
@@ -149,7 +149,7 @@ def synthesize(ws: Workspace, tenants: int, runs: int) -> tuple[int, int]:
                 fh.write(b"".join(chunk))
                 chunk = []
         fh.write(b"".join(chunk))
-    index = RunIndex(ws.state_dir / "nightcore.db")
+    index = RunIndex(ws.layout.state_dir / "nightcore.db")
     try:
         index.add(rows)
     finally:
@@ -157,7 +157,7 @@ def synthesize(ws: Workspace, tenants: int, runs: int) -> tuple[int, int]:
     return seq, log.stat().st_size
 
 
-def one_more_run(ws: Workspace) -> None:
+def one_more_run(ws: NodeContext) -> None:
     audit = ws.audit()
     limits = LIMITS
     audit.append("admit", {"code": "OK", "limits": limits, "run_id": "x"}, "tenant-00000")
@@ -167,7 +167,7 @@ def one_more_run(ws: Workspace) -> None:
 
 def scenario(root: Path, tenants: int, runs: int) -> None:
     os.environ["NIGHTCORE_KEY_PASSPHRASE"] = PASS
-    ws = api.init_workspace(root / f"ws-{tenants}-{runs}")
+    ws = app.init_workspace(root / f"ws-{tenants}-{runs}")
     t = time.perf_counter()
     lines, size = synthesize(ws, tenants, runs)
     made = time.perf_counter() - t

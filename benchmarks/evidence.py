@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nightcore.cli.commands_evidence import export_proof
+from nightcore.app.evidence import export_proof
 from nightcore.evidence.attestation import RunFacts, build_statement, sign_attestation
 from nightcore.evidence.bundle import verify_bundle
 from nightcore.runner.pipeline import Runner
@@ -34,7 +34,7 @@ def main() -> None:
             sandbox = runner.sandbox()
             from nightcore.sandbox.types import EffectiveLimits, RunConfig
 
-            module = (ws.modules_dir / "hello/module.wasm").read_bytes()
+            module = (ws.layout.modules_dir / "hello/module.wasm").read_bytes()
             import hashlib
 
             cfg = RunConfig(
@@ -100,7 +100,7 @@ def main() -> None:
         _digest, runs = export_proof(ws, out)
         export_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        res = verify_bundle(out, ws.node_pub_path.read_bytes())
+        res = verify_bundle(out, ws.layout.node_pub_path.read_bytes())
         verify_s = time.perf_counter() - t0
         assert res.ok, res.to_dict()
         print(

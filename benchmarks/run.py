@@ -21,10 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from nightcore import api
+from nightcore import app
+from nightcore.context import NodeContext
 from nightcore.demo import build_tenant
+from nightcore.runner.admission import verify_packages
 from nightcore.runner.pipeline import Runner
-from nightcore.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "tenants"
@@ -72,26 +73,26 @@ def floor_runs_per_s(wasm: bytes, seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def make_ws(root: Path, tenants: dict[str, str], fuel: int | None = None) -> Workspace:
+def make_ws(root: Path, tenants: dict[str, str], fuel: int | None = None) -> NodeContext:
     """tenants: workspace tenant name -> sample to copy (optionally with another fuel limit)."""
     os.environ["NIGHTCORE_KEY_PASSPHRASE"] = PASS
-    ws = api.init_workspace(root / "ws")
-    key = api.keygen("pub", root / "keys", PASS.encode())
-    api.trust_add_key(ws, key.public_path, scope="*")
+    ws = app.init_workspace(root / "ws")
+    key = app.keygen("pub", root / "keys", PASS.encode())
+    app.trust_add_key(ws, key.public_path, scope="*")
     for name, sample in tenants.items():
-        dest = ws.modules_dir / name
+        dest = ws.layout.modules_dir / name
         build_tenant(EXAMPLES / sample, dest)
         text = (dest / "manifest.toml").read_text()
         text = text.replace(f'tenant = "{sample}"', f'tenant = "{name}"')
         if fuel is not None:
             text = text.replace("fuel = 1_000_000\n", f"fuel = {fuel}\n")
         (dest / "manifest.toml").write_text(text)
-        api.sign_tenant(dest, str(key.private_path))
+        app.sign_tenant(dest, str(key.private_path))
     return ws
 
 
 def warm_runs_per_s(
-    ws: Workspace, tenants: list[str], parallel: int, seconds: float, checkpoint: bool = False
+    ws: NodeContext, tenants: list[str], parallel: int, seconds: float, checkpoint: bool = False
 ) -> float:
     runner = Runner(ws)
     try:
@@ -107,13 +108,13 @@ def warm_runs_per_s(
         runner.close()
 
 
-def sandbox_runs_per_s(ws: Workspace, tenant: str, seconds: float) -> float:
+def sandbox_runs_per_s(ws: NodeContext, tenant: str, seconds: float) -> float:
     """The sandbox alone (limits, fuel, epoch deadline, WASI capabilities, capped sinks) on
     an already verified module: what the run path costs before anything is recorded."""
     from nightcore.runner.pipeline import effective_limits, prepare_preopens
     from nightcore.sandbox.types import RunConfig
 
-    v = api.verify_packages(ws, [tenant])[0]
+    v = verify_packages(ws, [tenant])[0]
     m = v.decision.manifest
     assert m is not None
     cfg = RunConfig(
@@ -122,7 +123,7 @@ def sandbox_runs_per_s(ws: Workspace, tenant: str, seconds: float) -> float:
         entrypoint=m.entrypoint,
         argv=(tenant, *m.args),
         env=m.capabilities.env,
-        preopens=prepare_preopens(ws, m),
+        preopens=prepare_preopens(ws.layout, m),
         limits=effective_limits(m, ws.policy),
         deterministic=False,
         seed=0,
@@ -150,7 +151,7 @@ def timed(cmd: list[str], repeat: int, env: dict[str, str] | None = None) -> flo
     return statistics.median(times)
 
 
-def console_run_ms(ws: Workspace, rounds: int) -> list[float]:
+def console_run_ms(ws: NodeContext, rounds: int) -> list[float]:
     """POST /api/run for one tenant against a running `nightcore serve` (warm runner): the
     path for callers that cannot afford a cold start per run."""
     import json
@@ -198,10 +199,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ws1 = make_ws(root / "one", {"hello": "hello"})
-        wasm = (ws1.modules_dir / "hello" / "module.wasm").read_bytes()
+        wasm = (ws1.layout.modules_dir / "hello" / "module.wasm").read_bytes()
 
         ws20 = make_ws(root / "twenty", {f"hello-{i:02d}": "hello" for i in range(20)})
-        names = sorted(p.name for p in ws20.modules_dir.iterdir())
+        names = sorted(p.name for p in ws20.layout.modules_dir.iterdir())
 
         floor = floor_runs_per_s(wasm, secs)
         sandbox = sandbox_runs_per_s(ws1, "hello", secs)
@@ -238,7 +239,7 @@ def main() -> None:
         loops = make_ws(
             root / "loops", {f"loop-{i:02d}": "fuel-burner" for i in range(8)}, fuel=500_000_000
         )
-        lnames = sorted(p.name for p in loops.modules_dir.iterdir())
+        lnames = sorted(p.name for p in loops.layout.modules_dir.iterdir())
         runner = Runner(loops)
         try:
             runner.run(lnames, parallel=1, checkpoint=False)
@@ -260,8 +261,8 @@ def main() -> None:
 
         nc = [sys.executable, "-m", "nightcore"]
         env = dict(os.environ, NIGHTCORE_KEY_PASSPHRASE=PASS)
-        hello = str(ws1.modules_dir / "hello/module.wasm")
-        shutil.rmtree(ws1.state_dir / "cache")
+        hello = str(ws1.layout.modules_dir / "hello/module.wasm")
+        shutil.rmtree(ws1.layout.state_dir / "cache")
         cold_compile = timed([*nc, "-w", str(ws1.root), "run"], 1, env)
         t = timed_interleaved(
             {

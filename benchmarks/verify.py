@@ -16,27 +16,28 @@ import tempfile
 import time
 from pathlib import Path
 
-from nightcore import api
+from nightcore import app
 from nightcore.canonical import canonical
+from nightcore.context import NodeContext
 from nightcore.module.manifest import parse_manifest_toml
 from nightcore.module.verify import MANIFEST_PREDICATE_TYPE
+from nightcore.runner.admission import verify_packages
 from nightcore.trust.envelope import make_statement, parse_envelope, sign_payload
 from nightcore.trust.keys import load_signer
-from nightcore.workspace import Workspace
 
 PASS = "benchmark-passphrase"  # noqa: S105 - throwaway benchmark keys
 
 
-def make_workspace(root: Path, n: int, module: bytes) -> tuple[Workspace, list[str]]:
+def make_workspace(root: Path, n: int, module: bytes) -> tuple[NodeContext, list[str]]:
     os.environ["NIGHTCORE_KEY_PASSPHRASE"] = PASS
-    ws = api.init_workspace(root / "ws")
-    key = api.keygen("pub", root / "keys", PASS.encode())
-    api.trust_add_key(ws, key.public_path, scope="*")
+    ws = app.init_workspace(root / "ws")
+    key = app.keygen("pub", root / "keys", PASS.encode())
+    app.trust_add_key(ws, key.public_path, scope="*")
     signer = load_signer(str(key.private_path))
     names = []
     for i in range(n):
         name = f"t{i:04d}"
-        d = ws.modules_dir / name
+        d = ws.layout.modules_dir / name
         d.mkdir(parents=True)
         manifest = f'schema = 1\ntenant = "{name}"\nversion = "1.0.0"\n'
         (d / "manifest.toml").write_text(manifest)
@@ -52,14 +53,14 @@ def make_workspace(root: Path, n: int, module: bytes) -> tuple[Workspace, list[s
     return ws, names
 
 
-def bare_verify(ws: Workspace, names: list[str]) -> None:
+def bare_verify(ws: NodeContext, names: list[str]) -> None:
     """The floor: read the three files, hash, Ed25519-verify the PAE with cryptography."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     reg = ws.load_registry()
     pub = Ed25519PublicKey.from_public_bytes(bytes.fromhex(reg.keys[0].key.keyval["public"]))
     for name in names:
-        d = ws.modules_dir / name
+        d = ws.layout.modules_dir / name
         module = (d / "module.wasm").read_bytes()
         (d / "manifest.toml").read_bytes()
         env = parse_envelope((d / "module.intoto.dsse.json").read_bytes())
@@ -95,8 +96,8 @@ def main() -> None:
         for n in (1, 100, 1000):
             ws, names = make_workspace(Path(tmp) / f"n{n}", n, small)
             repeat = 5 if n < 1000 else 3
-            ours = best(lambda ws=ws, names=names: api.verify_packages(ws, names), repeat)
-            audited = best(lambda ws=ws, names=names: api.verify_tenants(ws, names), repeat)
+            ours = best(lambda ws=ws, names=names: verify_packages(ws, names), repeat)
+            audited = best(lambda ws=ws, names=names: app.verify(ws, names), repeat)
             bare = best(lambda ws=ws, names=names: bare_verify(ws, names), repeat)
             print(
                 f"{n:>8} {ours * 1e3:>13.2f} {audited * 1e3:>10.2f} {bare * 1e3:>9.2f} "
@@ -104,7 +105,7 @@ def main() -> None:
             )
         ws, names = make_workspace(Path(tmp) / "big", 1, big)
         mb = len(big) / 1e6
-        ours = best(lambda: api.verify_packages(ws, names), 5)
+        ours = best(lambda: verify_packages(ws, names), 5)
         bare = best(lambda: bare_verify(ws, names), 5)
         print(
             f"2 MB module: nightcore {mb / ours:.0f} MB/s, bare {mb / bare:.0f} MB/s, "

@@ -23,6 +23,7 @@ from nightcore.layout import CONFIG_NAME, Layout, find_root
 
 if TYPE_CHECKING:
     from nightcore.audit.log import AuditLog
+    from nightcore.audit.tlog import TransparencyLog
     from nightcore.trust.registry import Registry, RevocationList
 
 MAX_CONFIG_READ = 256 * 1024 + 1
@@ -60,7 +61,7 @@ class NodeContext:
         self._node_key_id: str | None = None
         self._node_pub_pem: bytes | None = None
         self._audit: AuditLog | None = None
-        self._tlog: Any = None
+        self._tlog: TransparencyLog | None = None
         self._parsed: dict[str, tuple[Any, Any]] = {}
         self._node_signer: Any = None
         self._lock = threading.Lock()
@@ -143,6 +144,21 @@ class NodeContext:
 
             self._audit = AuditLog(self.layout.audit_dir, self.node_key_id())
         return self._audit
+
+    def transparency_log(self) -> TransparencyLog:
+        """The audit log as a Merkle tree with signed checkpoints (one per audit directory in
+        this process, so its tree stays in memory); signs with the node signer, loaded only
+        when a checkpoint is actually signed."""
+        if self._tlog is None:
+            from nightcore.audit.tlog import transparency_log
+
+            self._tlog = transparency_log(
+                self.layout,
+                key_name=self.config.node_name,
+                signer=self.node_signer,
+                audit=self.audit,
+            )
+        return self._tlog
 
     # -- trust -----------------------------------------------------------------------------
     def load_registry(self) -> Registry:

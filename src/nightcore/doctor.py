@@ -77,7 +77,7 @@ def run_checks(ws: Any | None) -> list[dict[str, str]]:
         add("node key", "OK", ws.node_key_id())
     except NightCoreError as exc:
         add("node key", "FAIL", str(exc))
-    key_path = ws.root / "private" / "node.key"
+    key_path = ws.layout.default_node_key_path
     if key_path.exists():
         mode = key_path.stat().st_mode & 0o777
         add("node key file", "OK" if mode & 0o077 == 0 else "FAIL", f"mode {mode:o}")

@@ -21,6 +21,8 @@ shape below is written down exactly once::
     state/nightcore.db          SQLite index of runs (rebuildable from the audit log)
     state/cordons.json          cordoned tenants
     state/aufs/                 AUFS client state
+    state/dashboard.html        the static report
+    state/node.sock, node.lock  the node agent's Unix socket and its one-node-per-workspace lock
 """
 
 from __future__ import annotations
@@ -185,6 +187,14 @@ class Layout:
     @property
     def node_socket(self) -> Path:
         return self.state_dir / "node.sock"
+
+    @property
+    def node_lock_path(self) -> Path:
+        return self.state_dir / "node.lock"
+
+    @property
+    def report_path(self) -> Path:
+        return self.state_dir / "dashboard.html"
 
 
 def find_root(explicit: str | None) -> Path:

@@ -19,12 +19,12 @@ from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, MetaFile, Snapshot, Targets, Timestamp
 from tuf.api.serialization.json import JSONSerializer
 
-from nightcore import api
+from nightcore import app
 from nightcore.aufs.config import Limits, Settings
 from nightcore.aufs.repo import AufsRepo, init_repo
 from nightcore.aufs.update import Updater, UpdateReport
+from nightcore.context import NodeContext
 from nightcore.trust.keys import GeneratedKey, load_signer
-from nightcore.workspace import Workspace
 from tests.conftest import HELLO_WAT, PASSPHRASE, Cli, wat_module
 
 # Small transport bounds keep the slow-retrieval tests fast; nothing asserts on timing.
@@ -52,7 +52,7 @@ class Maintainers:
 @pytest.fixture(scope="session")
 def maintainers(tmp_path_factory: pytest.TempPathFactory) -> Maintainers:
     d = tmp_path_factory.mktemp("aufs-keys")
-    keys = {n: api.keygen(n, d, PASSPHRASE.encode()) for n in ("m1", "m2", "m3", "m4", "evil")}
+    keys = {n: app.keygen(n, d, PASSPHRASE.encode()) for n in ("m1", "m2", "m3", "m4", "evil")}
     signers = {n: load_signer(str(k.private_path)) for n, k in keys.items()}
     return Maintainers(keys, signers)
 
@@ -193,7 +193,7 @@ def make_package(
     (d / "manifest.toml").write_text(
         f'schema = 1\ntenant = "{tenant}"\nversion = "{version}"\n{extra}'
     )
-    api.sign_tenant(d, str(key.private_path))
+    app.sign_tenant(d, str(key.private_path))
     return d
 
 
@@ -210,7 +210,7 @@ class World:
     tmp: Path
     repo: AufsRepo
     server: RepoServer
-    ws: Workspace
+    ws: NodeContext
     m: Maintainers
     publisher: GeneratedKey
     limits: Limits = field(default_factory=lambda: FAST_LIMITS)
@@ -226,10 +226,10 @@ class World:
         from nightcore.aufs.client import AufsClient
 
         return AufsClient(
-            self.ws.state_dir / "aufs" / "metadata",
+            self.ws.layout.state_dir / "aufs" / "metadata",
             self.server.metadata_url,
             limits=self.limits,
-            target_dir=self.ws.state_dir / "aufs" / "targets",
+            target_dir=self.ws.layout.state_dir / "aufs" / "targets",
             target_base_url=self.server.target_url,
         )
 
@@ -243,7 +243,7 @@ class World:
     def audit_events(self, name: str) -> list[dict[str, Any]]:
         import json
 
-        path = self.ws.state_dir / "audit" / "audit.jsonl"
+        path = self.ws.layout.state_dir / "audit" / "audit.jsonl"
         return [
             rec
             for line in path.read_text().splitlines()
@@ -266,11 +266,11 @@ def world(
     )
     assert result is not None
     server = start_server(repo.path / "public")
-    ws = api.init_workspace(tmp_path / "ws")
-    api.trust_add_key(ws, keys_dir["alice"].public_path, scope="*")
-    api.trust_add_key(ws, keys_dir["maint"].public_path, scope="*", role="maintainer")
+    ws = app.init_workspace(tmp_path / "ws")
+    app.trust_add_key(ws, keys_dir["alice"].public_path, scope="*")
+    app.trust_add_key(ws, keys_dir["maint"].public_path, scope="*", role="maintainer")
     init_client(
-        ws.state_dir / "aufs" / "metadata",
+        ws.layout.state_dir / "aufs" / "metadata",
         (repo.metadata_dir / "1.root.json").read_bytes(),
         limits=FAST_LIMITS,
     )

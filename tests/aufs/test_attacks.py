@@ -56,7 +56,7 @@ def _target_url(w: World, path: str) -> str:
 
 
 def _module_bytes(w: World, tenant: str) -> bytes:
-    return (w.ws.modules_dir / tenant / "module.wasm").read_bytes()
+    return (w.ws.layout.modules_dir / tenant / "module.wasm").read_bytes()
 
 
 # -- arbitrary / endless / slow / interrupted targets ------------------------------------------
@@ -73,7 +73,7 @@ def test_arbitrary_target_is_refused_by_hash(world: World) -> None:
     rep = world.update()
     [o] = rep.outcomes
     assert (o.code, o.action) == ("AUFS_HASH_MISMATCH", "refused")
-    assert not (world.ws.modules_dir / "hello").exists()
+    assert not (world.ws.layout.modules_dir / "hello").exists()
     assert world.audit_events("aufs_refused")[-1]["data"]["code"] == "AUFS_HASH_MISMATCH"
 
 
@@ -82,7 +82,7 @@ def test_endless_target_stops_at_its_signed_length(world: World) -> None:
     world.server.hooks[_target_url(world, "tenants/hello/1.0.0.tar.gz")] = endless()
     [o] = world.update().outcomes
     assert o.code == "AUFS_TOO_LARGE"
-    assert not (world.ws.modules_dir / "hello").exists()
+    assert not (world.ws.layout.modules_dir / "hello").exists()
 
 
 def test_endless_timestamp_stops_at_the_metadata_limit(world: World) -> None:
@@ -115,9 +115,9 @@ def test_interrupted_download_leaves_the_installed_version(world: World) -> None
     [o] = world.update().outcomes
     assert o.code == "AUFS_DOWNLOAD"
     assert _module_bytes(world, "hello") == v1
-    assert "2.0.0" not in (world.ws.modules_dir / "hello" / "manifest.toml").read_text()
-    assert not (world.ws.modules_dir / ".aufs-staging").exists()
-    cache = world.ws.state_dir / "aufs" / "targets"
+    assert "2.0.0" not in (world.ws.layout.modules_dir / "hello" / "manifest.toml").read_text()
+    assert not (world.ws.layout.modules_dir / ".aufs-staging").exists()
+    cache = world.ws.layout.state_dir / "aufs" / "targets"
     assert not any("2.0.0" in p.name for p in cache.iterdir())
     # The server recovers: the next update installs v2.
     del world.server.hooks[url]
@@ -131,7 +131,7 @@ def test_failure_while_swapping_leaves_nothing_half_installed(
     from nightcore.aufs import update
 
     _baseline(world)
-    before = {p.name: p.read_bytes() for p in (world.ws.modules_dir / "hello").iterdir()}
+    before = {p.name: p.read_bytes() for p in (world.ws.layout.modules_dir / "hello").iterdir()}
     world.add_and_publish(world.package("hello", "2.0.0"))
 
     def broken(*_a: object, **_k: object) -> None:
@@ -140,9 +140,9 @@ def test_failure_while_swapping_leaves_nothing_half_installed(
     monkeypatch.setattr(update, "swap_in", broken)
     [o] = world.update().outcomes
     assert o.code == "IO_ERROR"
-    after = {p.name: p.read_bytes() for p in (world.ws.modules_dir / "hello").iterdir()}
+    after = {p.name: p.read_bytes() for p in (world.ws.layout.modules_dir / "hello").iterdir()}
     assert after == before
-    assert not (world.ws.modules_dir / ".aufs-staging").exists()
+    assert not (world.ws.layout.modules_dir / ".aufs-staging").exists()
 
 
 # -- rollback, freeze, mix-and-match -------------------------------------------------------------
@@ -219,7 +219,7 @@ def test_mix_and_match_snapshot(world: World) -> None:
     # The new (genuine) timestamp, but the old snapshot served under the new version's name.
     world.server.hooks[f"/metadata/{new_version}.snapshot.json"] = serve(old_snapshot)
     _refresh_refused(world, "AUFS_HASH_MISMATCH")
-    assert not (world.ws.modules_dir / "other").exists()
+    assert not (world.ws.layout.modules_dir / "other").exists()
 
 
 # -- signatures: threshold, duplicates, rotated-out keys, forged root -------------------------
@@ -335,7 +335,7 @@ def test_malicious_mirror_serving_a_forged_root(world: World) -> None:
     err = _refresh_refused(world, "AUFS_THRESHOLD")
     assert "root" in err.message
     assert sorted(
-        p.name for p in (world.ws.state_dir / "aufs/metadata/root_history").iterdir()
+        p.name for p in (world.ws.layout.state_dir / "aufs/metadata/root_history").iterdir()
     ) == ["1.root.json"]
 
 
@@ -384,6 +384,6 @@ def test_hostile_tarball_members(world: World, bad: tarfile.TarInfo) -> None:
     publish(world.repo, world.m)
     [o] = world.update().outcomes
     assert o.code == "AUFS_ARCHIVE_UNSAFE", o.reason
-    assert not (world.ws.modules_dir / "hello").exists()
+    assert not (world.ws.layout.modules_dir / "hello").exists()
     assert not list(world.tmp.rglob("escaped.txt"))
     assert not Path("/tmp/nightcore-aufs-absolute.txt").exists()

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from nightcore.context import NodeContext
 from nightcore.trust.keys import load_signer
 from nightcore.trust.registry import RevocationList, sign_revocations
-from nightcore.workspace import Workspace
 from tests.aufs.conftest import Maintainers, RepoServer, make_package, start_server
 from tests.conftest import Env
 
@@ -157,7 +157,7 @@ def test_aufs_story(
     assert "error[AUFS_KEY_NOT_AUTHORIZED]" in res.err
 
     # 9. A revocation list (maintainer-signed) travels through AUFS; the tenant is denied.
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     registry = ws.load_registry()
     digest = hashlib.sha256((env.ws / "modules/hello/module.wasm").read_bytes()).hexdigest()
     rl = sign_revocations(

@@ -38,7 +38,7 @@ def build_wheel(out: Path, version: str, *, broken: bool = False) -> Path:
 
 
 def _current(w: World) -> str | None:
-    return runtime.current_version(w.ws.state_dir)
+    return runtime.current_version(w.ws.layout.state_dir)
 
 
 def test_runtime_release_switches_and_a_failing_one_rolls_back(world: World) -> None:
@@ -47,7 +47,7 @@ def test_runtime_release_switches_and_a_failing_one_rolls_back(world: World) -> 
     [o] = world.update().outcomes
     assert (o.kind, o.code, o.action) == ("runtime", "OK", "installed")
     assert _current(world) == "0.2.0"
-    site = world.ws.state_dir / "aufs" / "runtime" / "current" / "site"
+    site = world.ws.layout.state_dir / "aufs" / "runtime" / "current" / "site"
     assert (site / "nightcore" / "__init__.py").exists()
 
     # A broken release: the self-test fails before the switch; 0.2.0 stays current and runs.
@@ -56,7 +56,7 @@ def test_runtime_release_switches_and_a_failing_one_rolls_back(world: World) -> 
     assert o.code == "RUNTIME_SELFTEST_FAILED", o.reason
     assert "this release is broken" in o.reason and "0.2.0 stays current" in o.reason
     assert _current(world) == "0.2.0"
-    assert not (world.ws.state_dir / "aufs" / "runtime" / "0.3.0").exists()
+    assert not (world.ws.layout.state_dir / "aufs" / "runtime" / "0.3.0").exists()
     assert runtime.self_test(site, "0.2.0", 60).ok
     [rb] = world.audit_events("aufs_rollback")
     assert rb["data"]["stage"] == "pre-switch" and rb["data"]["current"] == "0.2.0"
@@ -64,7 +64,7 @@ def test_runtime_release_switches_and_a_failing_one_rolls_back(world: World) -> 
 
 
 def test_post_switch_failure_switches_back(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    rdir = world.ws.state_dir / "aufs" / "runtime"
+    rdir = world.ws.layout.state_dir / "aufs" / "runtime"
     (rdir / "0.2.0" / "site").mkdir(parents=True)
     os.symlink("0.2.0", rdir / "current")
     calls: list[Path] = []
@@ -84,7 +84,7 @@ def test_post_switch_failure_switches_back(world: World, monkeypatch: pytest.Mon
 
 
 def test_runtime_downgrade_is_refused(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    rdir = world.ws.state_dir / "aufs" / "runtime"
+    rdir = world.ws.layout.state_dir / "aufs" / "runtime"
     (rdir / "0.5.0").mkdir(parents=True)
     os.symlink("0.5.0", rdir / "current")
     world.add_and_publish(build_wheel(world.tmp / "wheels", "0.3.0"))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nightcore import api
+from nightcore import app
 from nightcore.aufs import artifacts
 from nightcore.aufs.errors import AufsError
 from nightcore.aufs.state import NodePaths
@@ -32,7 +32,7 @@ def test_nothing_changed_downloads_nothing(world: World) -> None:
 def test_metadata_dir_holds_exactly_the_trusted_role_files(world: World) -> None:
     world.add_and_publish(world.package("hello", "1.0.0"))
     assert world.update().ok
-    mdir = world.ws.state_dir / "aufs" / "metadata"
+    mdir = world.ws.layout.state_dir / "aufs" / "metadata"
     assert sorted(p.name for p in mdir.iterdir()) == [
         "root.json",
         "root_history",
@@ -55,7 +55,7 @@ def test_abi_unsupported_names_the_runtime_that_provides_it(world: World) -> Non
     publish(world.repo, world.m)
     [o] = world.update().outcomes
     assert o.code == "ABI_UNSUPPORTED" and "wasi:cli/run@0.2.0" in o.reason
-    assert not (world.ws.modules_dir / "hello").exists()
+    assert not (world.ws.layout.modules_dir / "hello").exists()
     # With the runtime version that provides it named by the signed target metadata:
     world.repo.stage_raw_target(
         "tenants/hello/1.0.0.tar.gz",
@@ -83,19 +83,19 @@ def test_trust_layer_verifies_the_staged_package(
     world.add_and_publish(src)
     [o] = world.update().outcomes
     assert o.code == "KEY_UNTRUSTED"
-    assert not (world.ws.modules_dir / "hello").exists()
-    assert not (world.ws.modules_dir / ".aufs-staging").exists()
+    assert not (world.ws.layout.modules_dir / "hello").exists()
+    assert not (world.ws.layout.modules_dir / ".aufs-staging").exists()
 
 
 def test_registry_and_revocations_through_the_channel(
     world: World, keys_dir: dict[str, GeneratedKey], tmp_path: Path
 ) -> None:
     # A registry that also trusts bob for "bob-*" tenants.
-    scratch = api.init_workspace(tmp_path / "scratch")
-    api.trust_add_key(scratch, keys_dir["alice"].public_path, scope="*")
-    api.trust_add_key(scratch, keys_dir["maint"].public_path, scope="*", role="maintainer")
-    api.trust_add_key(scratch, keys_dir["bob"].public_path, scope="bob-*")
-    world.repo.add_target(scratch.registry_path, version="2")
+    scratch = app.init_workspace(tmp_path / "scratch")
+    app.trust_add_key(scratch, keys_dir["alice"].public_path, scope="*")
+    app.trust_add_key(scratch, keys_dir["maint"].public_path, scope="*", role="maintainer")
+    app.trust_add_key(scratch, keys_dir["bob"].public_path, scope="bob-*")
+    world.repo.add_target(scratch.layout.registry_path, version="2")
     world.repo.add_target(make_package(world.tmp / "b", "bob-app", "1.0.0", keys_dir["bob"]))
     publish(world.repo, world.m)
     rep = world.update()
@@ -119,9 +119,9 @@ def test_registry_and_revocations_through_the_channel(
         else:
             assert o.code == "REVOCATION_ROLLBACK"
     # A registry that drops the maintainer key would silently un-revoke: refused.
-    alone = api.init_workspace(tmp_path / "alone")
-    api.trust_add_key(alone, keys_dir["alice"].public_path, scope="*")
-    world.add_and_publish(alone.registry_path, version="3")
+    alone = app.init_workspace(tmp_path / "alone")
+    app.trust_add_key(alone, keys_dir["alice"].public_path, scope="*")
+    world.add_and_publish(alone.layout.registry_path, version="3")
     [o] = [o for o in world.update().outcomes if o.kind == "registry"]
     assert o.code == "REVOCATION_SIGNER_INVALID"
     assert world.ws.load_registry().get(keys_dir["maint"].key_id) is not None
@@ -135,7 +135,9 @@ def test_rollback_command_and_reinstall(world: World, cli_ws: Cli) -> None:
     res = cli_ws("aufs", "rollback", "hello", "--json")
     assert res.code == 0, res.err
     assert res.json() == {"tenant": "hello", "from_version": "2.0.0", "to_version": "1.0.0"}
-    assert 'version = "1.0.0"' in (world.ws.modules_dir / "hello" / "manifest.toml").read_text()
+    assert (
+        'version = "1.0.0"' in (world.ws.layout.modules_dir / "hello" / "manifest.toml").read_text()
+    )
     [ev] = world.audit_events("aufs_rollback")
     assert ev["tenant"] == "hello" and ev["data"]["to_version"] == "1.0.0"
     assert cli_ws("run", "hello").code == 0
@@ -179,11 +181,11 @@ def test_one_updater_at_a_time(world: World) -> None:
 
 
 def test_hand_installed_tenant_with_hostile_version_is_kept_safely(world: World) -> None:
-    live = world.ws.modules_dir / "hello"
+    live = world.ws.layout.modules_dir / "hello"
     live.mkdir(parents=True)
     (live / "manifest.toml").write_text('schema = 1\ntenant = "hello"\nversion = "../../../x"\n')
     world.add_and_publish(world.package("hello", "1.0.0"))
     [o] = world.update().outcomes
     assert (o.code, o.action) == ("OK", "installed")
-    assert (world.ws.modules_dir / ".aufs-previous" / "hello-unknown").is_dir()
+    assert (world.ws.layout.modules_dir / ".aufs-previous" / "hello-unknown").is_dir()
     assert not (world.tmp / "x").exists() and not (world.ws.root / "x").exists()

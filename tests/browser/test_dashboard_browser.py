@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from nightcore.context import NodeContext
 from nightcore.dashboard import build_report
 from nightcore.dashboard.server import ServerThread
 from nightcore.dashboard.tokens import TokenStore, parse_expires
-from nightcore.workspace import Workspace
 from tests.conftest import REPO, Env, run_cli_subprocess
 from tests.unit.test_dashboard import XSS, hostile_workspace
 
@@ -125,7 +125,7 @@ def test_live_console_follows_a_cli_run_and_cordons_with_a_token(env: Env, brows
 
     env.add_tenant("hello")
     env.add_tenant("second")
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     token = TokenStore(ws).create(parse_expires("1h"))
     with ServerThread(ws) as server:
         page = browser.new_page(viewport=VIEWPORT)
@@ -174,7 +174,7 @@ def test_live_updates_with_a_token_when_events_need_one(env: Env, browser: Any) 
     from playwright.sync_api import expect
 
     env.add_tenant("hello")
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     token = TokenStore(ws).create(parse_expires("1h"))
     with ServerThread(ws, events_token=True) as server:
         page = browser.new_page(viewport=VIEWPORT)

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from nightcore import api
+from nightcore import app
 from nightcore.audit import merkle, note
 from nightcore.audit.checkpoint import checkpoint_origin
 from nightcore.audit.log import ZERO_HASH, verify_chain
 from nightcore.canonical import canonical
+from nightcore.context import NodeContext
 from nightcore.trust.keys import GeneratedKey, load_signer
-from nightcore.workspace import Workspace
 from tests.conftest import Cli, CliResult, Env, run_cli_subprocess
 
 # -- helpers -------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ def test_checkpoint_signs_the_whole_log_and_verify_passes(env: Env) -> None:
     assert env.cli("verify").code == 0
     n = len(raw_lines(env))
     cp = checkpoint(env)
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     assert cp["ok"] is True and cp["size"] == n
     assert cp["origin"] == checkpoint_origin(ws.node_key_id())
     assert cp["key_name"] == ws.config.node_name == "node"
@@ -402,8 +402,8 @@ def test_verify_proof_refuses_bad_input(
     elif case == "wrong_key":
         key = keys_dir["alice"].public_path  # a real Ed25519 key, not the node's
     elif case == "ecdsa_key":
-        fips = api.init_workspace(tmp_path / "fips-ws", fips=True)
-        key = fips.node_pub_path
+        fips = app.init_workspace(tmp_path / "fips-ws", fips=True)
+        key = fips.layout.node_pub_path
     elif case == "not_a_key":
         key = tmp_path / "junk.pem"
         key.write_text("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
@@ -555,7 +555,7 @@ def test_verify_consistency_refuses_a_tampered_proof(env: Env, tmp_path: Path) -
 def test_fips_node_cannot_checkpoint_but_still_verifies(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ws = api.init_workspace(tmp_path / "ws", fips=True)
+    ws = app.init_workspace(tmp_path / "ws", fips=True)
     cli = Cli(capsys, ws.root)
     res = cli("audit", "checkpoint", "--json")
     assert res.code == 1 and res.json()["code"] == "CHECKPOINT_UNSUPPORTED_KEY"
@@ -569,7 +569,7 @@ def test_encrypted_node_key_signs_checkpoints(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("NIGHTCORE_NODE_KEY_PASSPHRASE", "node-passphrase-123")
-    ws = api.init_workspace(tmp_path / "ws")
+    ws = app.init_workspace(tmp_path / "ws")
     assert b"ENCRYPTED" in (ws.root / "private" / "node.key").read_bytes()
     cli = Cli(capsys, ws.root)
     assert cli("audit", "checkpoint").code == 0
@@ -579,7 +579,7 @@ def test_encrypted_node_key_signs_checkpoints(
 def test_node_name_that_cannot_be_a_note_key_name(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    ws = api.init_workspace(tmp_path / "ws", name="edge 01")
+    ws = app.init_workspace(tmp_path / "ws", name="edge 01")
     res = Cli(capsys, ws.root)("audit", "checkpoint")
     assert res.code == 1 and "error[CHECKPOINT_KEY_NAME_INVALID]" in res.err
 
@@ -596,7 +596,7 @@ def test_node_public_key_swapped(env: Env, keys_dir: dict[str, GeneratedKey]) ->
 def test_show_filters_and_cleans(env: Env) -> None:
     env.add_tenant("hello")
     assert env.cli("verify").code == 0
-    Workspace(env.ws).audit().append("note", {"x": 1}, tenant="evil\x1b[31mred\u202e")
+    NodeContext(env.ws).audit().append("note", {"x": 1}, tenant="evil\x1b[31mred\u202e")
     rows = env.cli("audit", "show", "--json", "--limit", "0").json()
     assert [r["seq"] for r in rows] == list(range(len(raw_lines(env))))
     hello = env.cli("audit", "show", "--tenant", "hello", "--json").json()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from nightcore.workspace import Workspace
+from nightcore.context import NodeContext
 from tests.conftest import Env
 
 MOTO = Path(sys.executable).parent / "moto_server"
@@ -203,7 +203,7 @@ def test_heartbeat_only_when_idle(env: Env) -> None:
     from nightcore.audit.heartbeat import heartbeat
     from nightcore.audit.tlog import TransparencyLog
 
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     log = TransparencyLog(
         ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
     )

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from nightcore.context import NodeContext
 from nightcore.dashboard.server import ServerThread
 from nightcore.dashboard.tokens import TokenStore, parse_expires
-from nightcore.workspace import Workspace
 from tests.conftest import Env
 
 DEADLINE = 20.0  # seconds: only an upper bound for a broken server, never waited out
@@ -72,13 +72,13 @@ def refused(url: str, *, source: str = "127.0.0.1", token: str | None = None) ->
 
 
 @pytest.fixture
-def ws(env: Env) -> Workspace:
+def ws(env: Env) -> NodeContext:
     env.add_tenant("hello")
-    return Workspace(env.ws)
+    return NodeContext(env.ws)
 
 
 @pytest.fixture
-def capped(ws: Workspace) -> Iterator[ServerThread]:
+def capped(ws: NodeContext) -> Iterator[ServerThread]:
     with ServerThread(ws, events_per_client=2, events_total=3) as server:
         yield server
 
@@ -111,7 +111,7 @@ def test_event_streams_are_capped_per_client_and_in_total(capped: ServerThread) 
         c.close()
 
 
-def test_streams_carry_updates_to_every_client(ws: Workspace, capped: ServerThread) -> None:
+def test_streams_carry_updates_to_every_client(ws: NodeContext, capped: ServerThread) -> None:
     first, second = open_stream(capped.url), open_stream(capped.url, source="127.0.0.2")
     from nightcore.runner.cordon import cordon
 
@@ -125,7 +125,7 @@ def test_streams_carry_updates_to_every_client(ws: Workspace, capped: ServerThre
         conn.close()
 
 
-def test_events_need_a_token_when_not_loopback_only(ws: Workspace) -> None:
+def test_events_need_a_token_when_not_loopback_only(ws: NodeContext) -> None:
     token = TokenStore(ws).create(parse_expires("1h")).token
     with ServerThread(ws, events_token=True) as server:
         status, _, challenge, code = refused(server.url)

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from nightcore import api
+from nightcore import app
+from nightcore.context import NodeContext
 from nightcore.evidence.attestation import open_attestation, subject_digests
 from nightcore.evidence.bundle import _Writer
 from nightcore.evidence.sbom import build_sbom, validate_sbom
 from nightcore.trust.keys import FileSigner, GeneratedKey
 from nightcore.trust.pubkey import PublicKey
-from nightcore.workspace import Workspace
 from tests.conftest import Env, run_cli_subprocess
 from tests.e2e.test_run_cli import install
 
@@ -209,7 +209,7 @@ def _node_writer_bundle(env: Env, path: Path, change: str) -> None:
         env.cli("audit", "checkpoint")
         from nightcore.audit.tlog import transparency_log
 
-        ws = Workspace(env.ws)
+        ws = NodeContext(env.ws)
         tl = transparency_log(
             ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
         )
@@ -222,7 +222,7 @@ def _node_writer_bundle(env: Env, path: Path, change: str) -> None:
     w = _Writer()
     for k, v in members.items():
         w.add(k, v)
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     node = {"id": ws.node_key_id(), "name": ws.config.node_name}
     w.write(path, node, "proof", {"checkpoint": {}}, Runner(ws).node_signer())
 
@@ -255,7 +255,7 @@ def _resign(env: Env, members: dict[str, bytes], path: Path, kind: str) -> None:
     w = _Writer()
     for k, v in members.items():
         w.add(k, v)
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     node = {"id": ws.node_key_id(), "name": ws.config.node_name}
     w.write(path, node, kind, {"checkpoint": {}}, Runner(ws).node_signer())
 
@@ -342,7 +342,7 @@ def test_replay_matches_across_processes_and_nondeterminism_differs(env: Env) ->
         (d / "manifest.toml").read_text().replace("deterministic = true", "deterministic = false")
     )
     (d / "manifest.toml").write_text(text)
-    api.sign_tenant(d, str(env.publisher.private_path))
+    app.sign_tenant(d, str(env.publisher.private_path))
     a = _runs(env)["clock-random"]
     b = _runs(env)["clock-random"]
     sa = (env.ws / "state/runs" / a["run_id"] / "stdout").read_bytes()
@@ -410,9 +410,9 @@ def test_forensic_export_changes_nothing_and_verifies(ran: tuple[Env, dict[str, 
 def test_file_signer_matches_node_key(env: Env) -> None:
     from nightcore.runner.pipeline import Runner
 
-    signer = Runner(Workspace(env.ws)).node_signer()
+    signer = Runner(NodeContext(env.ws)).node_signer()
     assert isinstance(signer, FileSigner)
-    assert signer.key_id == Workspace(env.ws).node_key_id()
+    assert signer.key_id == NodeContext(env.ws).node_key_id()
 
 
 def test_a_deep_tree_in_a_rw_grant_ends_only_that_tenant(env: Env) -> None:

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from nightcore import api
+from nightcore import app
+from nightcore.context import NodeContext
 from nightcore.trust.keys import GeneratedKey
-from nightcore.workspace import Workspace
 from tests.conftest import REPO, Cli, Env, run_cli_subprocess
 
 EXAMPLES = REPO / "examples" / "tenants"
@@ -26,7 +26,7 @@ def install(env: Env, *tenants: str) -> None:
     for t in tenants:
         dest = env.ws / "modules" / t
         build_tenant(EXAMPLES / t, dest)
-        api.sign_tenant(dest, str(env.publisher.private_path))
+        app.sign_tenant(dest, str(env.publisher.private_path))
 
 
 def run(env: Env, *args: str) -> tuple[int, dict[str, dict[str, Any]]]:
@@ -58,14 +58,14 @@ def all_samples(
 
     os.environ["NIGHTCORE_KEY_PASSPHRASE"] = "test-passphrase-not-secret"
     root = tmp_path_factory.mktemp("samples")
-    ws = api.init_workspace(root / "ws")
-    api.trust_add_key(ws, keys_dir["alice"].public_path, scope="*")
+    ws = app.init_workspace(root / "ws")
+    app.trust_add_key(ws, keys_dir["alice"].public_path, scope="*")
     # A file the escaper must never read, one level above its data root's parent.
-    secret = ws.state_dir / "tenants" / "secret.txt"
+    secret = ws.layout.state_dir / "tenants" / "secret.txt"
     secret.parent.mkdir(parents=True, exist_ok=True)
     secret.write_text("TOP-SECRET-CONTENT\n")
     # A read-only input the fs-writer must not modify.
-    ro = ws.tenant_data_root("fs-writer") / "input"
+    ro = ws.layout.tenant_data_root("fs-writer") / "input"
     ro.mkdir(parents=True)
     (ro / "keep.txt").write_text("read-only content\n")
     env = Env(root, ws.root, keys_dir["alice"], keys_dir["maint"], None)  # type: ignore[arg-type]
@@ -265,7 +265,7 @@ def test_public_api_runs_without_the_cli(env: Env) -> None:
     from nightcore.runner.pipeline import Runner
 
     install(env, "hello")
-    runner = Runner(Workspace(env.ws))
+    runner = Runner(NodeContext(env.ws))
     try:
         first = runner.run(["hello"])
         second = runner.run(["hello"])
@@ -307,7 +307,7 @@ def test_services_get_a_checkpoint_every_n_entries(env: Env) -> None:
     cfg = env.ws / "nightcore.toml"
     cfg.write_text(cfg.read_text() + "\n[audit]\ncheckpoint_every = 10\n")
     install(env, "hello")
-    runner = Runner(Workspace(env.ws))
+    runner = Runner(NodeContext(env.ws))
     try:
         signed = [runner.run(["hello"], checkpoint=False).checkpoint for _ in range(6)]
     finally:
@@ -359,7 +359,7 @@ def test_a_batch_commits_its_audit_lines_in_groups(
     for name in names:
         env.add_tenant(name)
     monkeypatch.setattr(pipeline, "COMMIT_WINDOW_S", 3600.0)
-    runner = Runner(Workspace(env.ws))
+    runner = Runner(NodeContext(env.ws))
     try:
         runner.run(names[:1], checkpoint=False)  # warm: compile outside the count
         fsyncs = _audit_fsyncs(monkeypatch, env.ws)
@@ -390,7 +390,7 @@ def test_outcomes_wait_at_most_the_commit_window(env: Env, monkeypatch: pytest.M
     for name in names:
         env.add_tenant(name)
     monkeypatch.setattr(pipeline, "COMMIT_WINDOW_S", 0.0)  # commit as soon as a second is ready
-    runner = Runner(Workspace(env.ws))
+    runner = Runner(NodeContext(env.ws))
     try:
         runner.run(names[:1], checkpoint=False)
         fsyncs = _audit_fsyncs(monkeypatch, env.ws)
@@ -426,7 +426,7 @@ def test_a_failure_mid_group_still_records_the_outcomes_before_it(
         real(path, data)
 
     monkeypatch.setattr(pipeline, "_write_output", failing)
-    runner = Runner(Workspace(env.ws))
+    runner = Runner(NodeContext(env.ws))
     try:
         report = runner.run(names, parallel=1, checkpoint=False)
     finally:

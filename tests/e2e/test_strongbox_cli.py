@@ -50,7 +50,7 @@ def test_strongbox_preopens_and_unreachable_data_roots(
     import tempfile
     from pathlib import Path
 
-    from nightcore import api
+    from nightcore import app
     from tests.e2e.test_run_cli import install
 
     why = _why_skip(capsys)
@@ -67,19 +67,20 @@ def test_strongbox_preopens_and_unreachable_data_roots(
     open_dir = Path(tempfile.mkdtemp(prefix="nightcore-strongbox-", dir="/tmp"))
     try:
         open_dir.chmod(0o755)
-        ws = api.init_workspace(open_dir / "ws")
-        api.trust_add_key(ws, env.publisher.public_path, scope="*")
+        ws = app.init_workspace(open_dir / "ws")
+        app.trust_add_key(ws, env.publisher.public_path, scope="*")
         from nightcore.demo import build_tenant
 
         for t in ("fs-writer", "fs-escaper"):
             build_tenant(
-                Path(__file__).resolve().parents[2] / "examples/tenants" / t, ws.modules_dir / t
+                Path(__file__).resolve().parents[2] / "examples/tenants" / t,
+                ws.layout.modules_dir / t,
             )
-            api.sign_tenant(ws.modules_dir / t, str(env.publisher.private_path))
+            app.sign_tenant(ws.layout.modules_dir / t, str(env.publisher.private_path))
         code = cli_main(["-w", str(ws.root), "run", "--json", "--strongbox", "--no-dashboard"])
         rows = {r["tenant"]: r for r in json.loads(capsys.readouterr().out)}
         assert code == 0, rows
         assert rows["fs-writer"]["code"] == rows["fs-escaper"]["code"] == "OK"
-        assert (ws.tenant_data_root("fs-writer") / "data" / "out.txt").exists()
+        assert (ws.layout.tenant_data_root("fs-writer") / "data" / "out.txt").exists()
     finally:
         shutil.rmtree(open_dir)

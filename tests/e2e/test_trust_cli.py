@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from nightcore import api
+from nightcore import app
 from nightcore.audit.log import verify_chain
 from nightcore.canonical import canonical
+from nightcore.context import NodeContext
 from nightcore.module.verify import MANIFEST_PREDICATE_TYPE
 from nightcore.trust.envelope import make_statement, sign_payload
 from nightcore.trust.keys import GeneratedKey, load_signer
-from nightcore.workspace import Workspace
 from tests.conftest import HELLO_WAT, Env, run_cli_subprocess, wat_module
 
 
@@ -130,8 +130,8 @@ def test_unregistered_key(env: Env, keys_dir: dict[str, GeneratedKey]) -> None:
 
 
 def test_out_of_scope_key(env: Env, keys_dir: dict[str, GeneratedKey]) -> None:
-    ws = Workspace(env.ws)
-    api.trust_add_key(ws, keys_dir["bob"].public_path, scope="bob-*")
+    ws = NodeContext(env.ws)
+    app.trust_add_key(ws, keys_dir["bob"].public_path, scope="bob-*")
     env.add_tenant("hello", key=keys_dir["bob"])
     assert verify_one(env, "hello")["code"] == "KEY_OUT_OF_SCOPE"
     env.add_tenant("bob-app", key=keys_dir["bob"])
@@ -139,9 +139,9 @@ def test_out_of_scope_key(env: Env, keys_dir: dict[str, GeneratedKey]) -> None:
 
 
 def test_expired_key(env: Env, keys_dir: dict[str, GeneratedKey]) -> None:
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
-    api.trust_add_key(ws, keys_dir["bob"].public_path, scope="*", expires=soon)
+    app.trust_add_key(ws, keys_dir["bob"].public_path, scope="*", expires=soon)
     env.add_tenant("hello", key=keys_dir["bob"])
     assert verify_one(env, "hello")["code"] == "OK"
     # Time passes: the registry says the key expired yesterday.
@@ -357,11 +357,11 @@ def test_fips_mode(
 ) -> None:
     from tests.conftest import Cli
 
-    ws = api.init_workspace(tmp_path / "ws", fips=True)
+    ws = app.init_workspace(tmp_path / "ws", fips=True)
     cli = Cli(capsys, ws.root)
     res = cli("trust", "add-key", str(keys_dir["alice"].public_path), "--scope", "*")
     assert res.code == 2 and "error[ALGORITHM_NOT_ALLOWED]" in res.err
-    p256 = api.keygen("p256", tmp_path / "k", b"fips-passphrase", fips=True)
+    p256 = app.keygen("p256", tmp_path / "k", b"fips-passphrase", fips=True)
     assert p256.scheme == "ecdsa-sha2-nistp256"
     os.environ["NIGHTCORE_KEY_PASSPHRASE"] = "fips-passphrase"
     assert cli("trust", "add-key", str(p256.public_path), "--scope", "*").code == 0
@@ -433,7 +433,7 @@ def test_revoke_refuses_malformed_subjects_before_asking_for_a_key(env: Env, sub
 
 
 def test_parse_cache_sees_a_rewrite_that_keeps_size_and_mtime(env: Env) -> None:
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     reg = env.ws / "trust" / "registry.json"
     assert ws.load_registry().keys[0].scope == "*"
     before = reg.stat()

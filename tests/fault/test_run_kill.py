@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from nightcore import api
+from nightcore import app
+from nightcore.context import NodeContext
 from nightcore.evidence.attestation import ATTESTATION_FILE
-from nightcore.workspace import Workspace
 from tests.conftest import HELLO_WAT, PASSPHRASE, simple_manifest, wat_module, write_tenant
 
 ROUNDS = 5
@@ -33,10 +33,10 @@ RUNNER = r"""
 import sys
 from pathlib import Path
 from nightcore.runner.pipeline import Runner
-from nightcore.workspace import Workspace
+from nightcore.context import NodeContext
 
-ws = Workspace(Path(sys.argv[1]))
-names = sorted(p.name for p in ws.modules_dir.iterdir())
+ws = NodeContext(Path(sys.argv[1]))
+names = sorted(p.name for p in ws.layout.modules_dir.iterdir())
 runner = Runner(ws)
 out = sys.stdout
 
@@ -52,27 +52,27 @@ while True:
 @pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("NIGHTCORE_KEY_PASSPHRASE", PASSPHRASE)
-    ws = api.init_workspace(tmp_path / "ws")
-    key = api.keygen("pub", tmp_path / "keys", PASSPHRASE.encode())
-    api.trust_add_key(ws, key.public_path, scope="*")
+    ws = app.init_workspace(tmp_path / "ws")
+    key = app.keygen("pub", tmp_path / "keys", PASSPHRASE.encode())
+    app.trust_add_key(ws, key.public_path, scope="*")
     wasm = wat_module(HELLO_WAT)
     for i in range(TENANTS):
         name = f"hello-{i:02d}"
-        api.sign_tenant(
+        app.sign_tenant(
             write_tenant(ws.root, name, simple_manifest(name), wasm), str(key.private_path)
         )
     return ws.root
 
 
 def check_after_kill(root: Path, reported: set[str]) -> int:
-    ws = Workspace(root)
+    ws = NodeContext(root)
     ws.audit().append("fault_check", {})  # the next writer recovers whatever the kill left
     from nightcore.audit.verify import verify_log
 
-    report = verify_log(ws.state_dir / "audit", ws.node_pub_path.read_bytes())
+    report = verify_log(ws.layout.state_dir / "audit", ws.layout.node_pub_path.read_bytes())
     assert report.ok, report.to_dict()
     seen: dict[str, dict[str, int]] = {}
-    for line in (ws.state_dir / "audit" / "audit.jsonl").read_bytes().splitlines():
+    for line in (ws.layout.state_dir / "audit" / "audit.jsonl").read_bytes().splitlines():
         rec = json.loads(line)
         rid = rec["data"].get("run_id")
         if rec["event"] in ("admit", "run_start", "run_outcome") and isinstance(rid, str):
@@ -83,7 +83,7 @@ def check_after_kill(root: Path, reported: set[str]) -> int:
     for rid in outcomes:
         s = seen[rid]
         assert s["admit"] < s["run_start"] < s["run_outcome"], (rid, s)
-        run_dir = ws.state_dir / "runs" / rid
+        run_dir = ws.layout.state_dir / "runs" / rid
         att = run_dir / ATTESTATION_FILE
         if att.exists():  # written after the outcome was durable: whole, or absent
             stmt = json.loads(base64.b64decode(json.loads(att.read_bytes())["payload"]))

@@ -35,13 +35,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("trust", ("nightcore.trust",)),
     ("module", ("nightcore.module", "nightcore.store", "nightcore.policy")),
     ("engines", ("nightcore.sandbox", "nightcore.audit")),
-    (
-        "node state",
-        ("nightcore.evidence", "nightcore.config", "nightcore.context", "nightcore.workspace"),
-    ),
+    ("node state", ("nightcore.evidence", "nightcore.config", "nightcore.context")),
     ("operations", ("nightcore.runner", "nightcore.trustops", "nightcore.aufs")),
     ("views", ("nightcore.dashboard",)),
-    ("facade", ("nightcore.app", "nightcore.api")),
+    ("facade", ("nightcore.app",)),
     (
         "hosts",
         (

@@ -19,6 +19,7 @@ import pytest
 from nightcore.audit import merkle
 from nightcore.audit.log import ZERO_HASH
 from nightcore.canonical import canonical
+from nightcore.context import NodeContext
 from nightcore.dashboard import build_report, collect, render_page, scancache
 from nightcore.dashboard.assets import JS, SCRIPT_HASH, STYLE_HASH
 from nightcore.dashboard.collect import latest_checkpoint, new_scanner, parse_since
@@ -29,7 +30,6 @@ from nightcore.dashboard.tokens import TokenError, TokenStore, parse_expires
 from nightcore.dashboard.views import quick_verify
 from nightcore.errors import NightCoreError, UsageError
 from nightcore.runner.pipeline import run_tenants
-from nightcore.workspace import Workspace
 from tests.conftest import Env, wat_module
 
 with warnings.catch_warnings():  # starlette 1.x suggests httpx2; httpx is what is pinned
@@ -70,14 +70,14 @@ def echo_module(payload: bytes) -> bytes:
     )
 
 
-def hostile_workspace(env: Env) -> Workspace:
+def hostile_workspace(env: Env) -> NodeContext:
     """Tenants and audit data carrying the issue's hostile strings, run once."""
     env.add_tenant("hello")
     env.add_tenant(
         "shouter", f'description = "{JS_URL_DESCRIPTION}"\n', echo_module(HOSTILE_OUTPUT)
     )
     (env.ws / "modules" / XSS).mkdir()  # a directory name that is not a tenant id
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     run_tenants(ws)
     ws.audit().append(
         "verify",
@@ -143,7 +143,7 @@ def test_report_shows_tenants_runs_limits_and_charts(env: Env) -> None:
     env.add_tenant("broken")
     module = env.ws / "modules" / "broken" / "module.wasm"
     module.write_bytes(module.read_bytes() + b"\x00")
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     run_tenants(ws)
     run_tenants(ws, ["hello"])
     s = collect(ws)
@@ -167,7 +167,7 @@ def test_report_shows_tenants_runs_limits_and_charts(env: Env) -> None:
 
 
 def test_large_inputs_are_summarised(env: Env) -> None:
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     synthesize(ws, tenants=10_000, runs=20_000)
     s = collect(ws, verify="quick")
     assert len(s.tenants) == 10_000 and len(s.shown) == 500 and s.hidden == 9_500
@@ -178,9 +178,9 @@ def test_large_inputs_are_summarised(env: Env) -> None:
     assert len(html) < 3_000_000
 
 
-def synthesize(ws: Workspace, *, tenants: int, runs: int) -> None:
+def synthesize(ws: NodeContext, *, tenants: int, runs: int) -> None:
     """Chained, canonical admit + run_outcome lines appended directly (fast)."""
-    log = ws.state_dir / "audit" / "audit.jsonl"
+    log = ws.layout.state_dir / "audit" / "audit.jsonl"
     lines = log.read_bytes().splitlines()
     prev, seq = hashlib.sha256(lines[-1]).hexdigest(), len(lines)
     key, node = "ab" * 32, ws.node_key_id()
@@ -228,7 +228,7 @@ def test_diff_since_a_checkpoint_size_and_a_time(env: Env) -> None:
     env.add_tenant("hello")
     env.add_tenant("stable")
     env.add_tenant("flaky")
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     run_tenants(ws)
     size = len(env.audit_lines())
     between = dt.datetime.now(dt.UTC).isoformat()
@@ -258,7 +258,7 @@ def test_quick_check_catches_rewritten_history(env: Env) -> None:
     from nightcore.audit.tlog import TransparencyLog
 
     env.add_tenant("hello")
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     run_tenants(ws)
     TransparencyLog(
         ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
@@ -287,7 +287,7 @@ def test_quick_check_catches_rewritten_history(env: Env) -> None:
 
 
 def test_aufs_section_shows_trusted_and_installed_versions(env: Env) -> None:
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     assert collect(ws).aufs.status == "not configured"
     base = env.ws / "state" / "aufs"
     from nightcore.aufs.state import NodePaths
@@ -319,7 +319,7 @@ def test_aufs_section_shows_trusted_and_installed_versions(env: Env) -> None:
 
 
 def test_scanner_root_matches_rfc9162_and_follows_growth(env: Env) -> None:
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     audit = ws.audit()
     scanner = AuditScanner(audit.path, merkle_sizes=[3])
     for i in range(12):
@@ -341,10 +341,10 @@ def test_scanner_root_matches_rfc9162_and_follows_growth(env: Env) -> None:
 
 def test_worker_process_hashing_matches_in_process(env: Env) -> None:
     env.add_tenant("hello")
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     run_tenants(ws)  # signs a checkpoint, then logs its event
     run_tenants(ws)
-    log = ws.state_dir / "audit" / "audit.jsonl"
+    log = ws.layout.state_dir / "audit" / "audit.jsonl"
     lines = log.read_bytes().splitlines(keepends=True)
     size = len(lines) - 4
 
@@ -382,7 +382,7 @@ def _verdict(scanner: AuditScanner, cp: Any) -> dict[str, Any]:
     return {k: v for k, v in quick_verify(scanner, cp).to_dict().items() if k != "at"}
 
 
-def _fresh_and_resumed(ws: Workspace, state: dict[str, Any]) -> tuple[AuditScanner, AuditScanner]:
+def _fresh_and_resumed(ws: NodeContext, state: dict[str, Any]) -> tuple[AuditScanner, AuditScanner]:
     cp, _ = latest_checkpoint(ws)
     fresh, resumed = new_scanner(ws, "quick", cp), new_scanner(ws, "quick", cp)
     fresh.update()
@@ -393,7 +393,7 @@ def _fresh_and_resumed(ws: Workspace, state: dict[str, Any]) -> tuple[AuditScann
 
 def test_scan_state_resumes_only_over_the_same_bytes(env: Env) -> None:
     env.add_tenant("hello")
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     run_tenants(ws)
     cp, _ = latest_checkpoint(ws)
     assert cp is not None and cp.verified
@@ -424,7 +424,7 @@ def test_scan_state_resumes_only_over_the_same_bytes(env: Env) -> None:
     assert not new_scanner(ws, "quick", new_cp, parse_since("1")).resume(state)
     # History rewritten under the state (and re-chained): scanned from line 0 again, and the
     # signed checkpoint catches it.
-    rewrite_history(ws.state_dir / "audit" / "audit.jsonl")
+    rewrite_history(ws.layout.state_dir / "audit" / "audit.jsonl")
     fresh, resumed = _fresh_and_resumed(ws, state)
     assert resumed.resumed_at is None
     v = quick_verify(resumed, new_cp)
@@ -435,7 +435,7 @@ def test_scan_state_resumes_only_over_the_same_bytes(env: Env) -> None:
 def test_report_refreshes_from_the_saved_state_show_the_same(env: Env) -> None:
     env.add_tenant("hello")
     env.add_tenant("other")
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     saved = env.ws / "private" / scancache.STATE_NAME
     for i in range(12):
         run_tenants(ws, None if i % 3 else ["hello"])
@@ -471,7 +471,7 @@ def test_clean_strips_terminal_and_bidi_controls() -> None:
 
 
 def test_tokens_are_stored_hashed_and_expire(env: Env) -> None:
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     store = TokenStore(ws)
     new = store.create(parse_expires("2h"))
     path = env.ws / "private" / "serve-tokens.json"
@@ -527,7 +527,7 @@ def test_rate_limiter_and_loopback() -> None:
 @pytest.fixture
 def console(env: Env) -> tuple[TestClient, str, Env]:
     env.add_tenant("hello")
-    ws = Workspace(env.ws)
+    ws = NodeContext(env.ws)
     token = TokenStore(ws).create(parse_expires("1h")).token
     client = TestClient(create_app(ws, rate_limit=5), base_url="http://127.0.0.1:8700")
     return client, token, env
@@ -603,7 +603,7 @@ def test_malformed_params_and_wrong_methods(console: tuple[TestClient, str, Env]
 
 def test_mutations_need_a_valid_token(console: tuple[TestClient, str, Env]) -> None:
     client, token, env = console
-    store = TokenStore(Workspace(env.ws))
+    store = TokenStore(NodeContext(env.ws))
     expired = store.create(parse_expires("1m"))
     url = "/api/tenants/hello/cordon"
     for headers, code in (
@@ -732,7 +732,7 @@ def test_openapi_schema_is_valid_and_complete(console: tuple[TestClient, str, En
 
 def test_report_path_and_digest_are_stable_inputs(env: Env, tmp_path: Path) -> None:
     out = tmp_path / "nested" / "report.html"
-    path, digest = build_report(Workspace(env.ws), out, verify="none")
+    path, digest = build_report(NodeContext(env.ws), out, verify="none")
     assert path == out and hashlib.sha256(out.read_bytes()).hexdigest() == digest
     assert stat.S_IMODE(out.stat().st_mode) == 0o640
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temporary left

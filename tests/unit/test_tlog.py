@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nightcore import api
+from nightcore import app
 from nightcore.audit import merkle, note, parallel, proofs, tlog
 from nightcore.audit import tree as tree_mod
 from nightcore.audit.lines import parse_line_fast
@@ -295,11 +295,11 @@ def test_lines_removed_after_ingestion_are_not_adopted(tmp_path: Path) -> None:
 
 
 def test_verify_repairs_the_tree_only_when_the_log_verifies(tmp_path: Path) -> None:
-    ws = api.init_workspace(tmp_path / "ws")
+    ws = app.init_workspace(tmp_path / "ws")
     ws.audit().append_many([Event("x", {"i": i}) for i in range(6)])
     t = tlog_of(ws)
     t.sync()
-    log_file = ws.state_dir / "audit" / "audit.jsonl"
+    log_file = ws.layout.state_dir / "audit" / "audit.jsonl"
     log_file.write_bytes(b"".join(log_file.read_bytes().splitlines(keepends=True)[:5]))
     with pytest.raises(AuditError) as exc:
         t.sync()
@@ -307,13 +307,13 @@ def test_verify_repairs_the_tree_only_when_the_log_verifies(tmp_path: Path) -> N
     report = t.verify()  # no checkpoint covers the removed lines: the log itself verifies
     assert report.ok and report.tree_status == "rebuilt"
     assert any("removed" in w for w in report.warnings)
-    assert list((ws.state_dir / "audit").glob("tree.bin.mismatch-*"))
+    assert list((ws.layout.state_dir / "audit").glob("tree.bin.mismatch-*"))
     assert t.sync() == 5
     # A tree that is merely behind the log is left to sync incrementally.
     ws.audit().append("y", {})
     again = t.verify()
     assert again.ok and again.tree_status == "behind" and not again.warnings
-    assert len(list((ws.state_dir / "audit").glob("tree.bin.mismatch-*"))) == 1
+    assert len(list((ws.layout.state_dir / "audit").glob("tree.bin.mismatch-*"))) == 1
 
 
 def test_broken_chain_in_new_lines_is_refused(tmp_path: Path) -> None:
@@ -513,7 +513,7 @@ def test_read_line(tmp_path: Path) -> None:
 
 
 def test_checkpoint_is_a_c2sp_checkpoint_of_the_node(tmp_path: Path) -> None:
-    ws = api.init_workspace(tmp_path / "ws", name="edge-7")
+    ws = app.init_workspace(tmp_path / "ws", name="edge-7")
     t = tlog_of(ws)
     cp = t.checkpoint("test")
     public, origin = t.public_key()
@@ -525,7 +525,7 @@ def test_checkpoint_is_a_c2sp_checkpoint_of_the_node(tmp_path: Path) -> None:
 
 
 def test_maybe_checkpoint_every_n(tmp_path: Path) -> None:
-    ws = api.init_workspace(tmp_path / "ws")
+    ws = app.init_workspace(tmp_path / "ws")
     assert maybe_checkpoint(shared_tlog(ws), every=5) is None  # 1 entry, no checkpoint yet
     ws.audit().append_many([Event("x", {"i": i}) for i in range(4)])
     cp = maybe_checkpoint(shared_tlog(ws), every=5)
@@ -541,7 +541,7 @@ def test_maybe_checkpoint_every_n(tmp_path: Path) -> None:
 
 
 def test_checkpoints_from_threads(tmp_path: Path) -> None:
-    ws = api.init_workspace(tmp_path / "ws")
+    ws = app.init_workspace(tmp_path / "ws")
     errors: list[BaseException] = []
 
     def worker(k: int) -> None:
@@ -564,10 +564,10 @@ def test_checkpoints_from_threads(tmp_path: Path) -> None:
 
 
 def test_prove_and_entry_round_trip(tmp_path: Path) -> None:
-    ws = api.init_workspace(tmp_path / "ws")
+    ws = app.init_workspace(tmp_path / "ws")
     ws.audit().append_many([Event("x", {"i": i}) for i in range(20)])
     t = tlog_of(ws)
-    pem = ws.node_pub_path.read_bytes()
+    pem = ws.layout.node_pub_path.read_bytes()
     for seq in (0, 7, 20):
         proof = t.prove(seq)
         cp, rec = proofs.verify_inclusion_proof(proof, t.entry(seq), pem)
@@ -580,24 +580,24 @@ def test_prove_and_entry_round_trip(tmp_path: Path) -> None:
 def test_latest_checkpoint_survives_a_crash_between_tail_and_note(tmp_path: Path) -> None:
     """checkpoint() writes audit.tail, then checkpoints/<size>.note: a crash between them
     leaves a tail without its note, which the next checkpoint() writes."""
-    ws = api.init_workspace(tmp_path / "ws")
+    ws = app.init_workspace(tmp_path / "ws")
     t = tlog_of(ws)
     t.checkpoint("one")
     second = t.checkpoint("two")
-    kept = ws.state_dir / "audit" / "checkpoints" / f"{second.size}.note"
+    kept = ws.layout.state_dir / "audit" / "checkpoints" / f"{second.size}.note"
     kept.unlink()  # the crash: the tail was replaced, the note not yet written
     latest = t.latest_checkpoint()
     assert latest is not None and latest.note == second.note
     third = t.checkpoint("three")
     assert kept.read_bytes() == second.note and third.size > second.size
-    (ws.state_dir / "audit" / "audit.tail").unlink()  # no tail: the largest note is latest
+    (ws.layout.state_dir / "audit" / "audit.tail").unlink()  # no tail: the largest note is latest
     latest = tlog_of(ws).latest_checkpoint()
     assert latest is not None and latest.note == third.note
-    assert verify_log(ws.state_dir / "audit", ws.node_pub_path.read_bytes()).ok
+    assert verify_log(ws.layout.state_dir / "audit", ws.layout.node_pub_path.read_bytes()).ok
 
 
 def test_fips_node_schedules_but_cannot_sign(tmp_path: Path) -> None:
-    ws = api.init_workspace(tmp_path / "ws", fips=True)
+    ws = app.init_workspace(tmp_path / "ws", fips=True)
     assert maybe_checkpoint(shared_tlog(ws), every=5) is None  # not due: no key needed
     ws.audit().append_many([Event("x", {"i": i}) for i in range(5)])
     with pytest.raises(AuditError) as exc:
@@ -609,11 +609,11 @@ def test_fips_node_schedules_but_cannot_sign(tmp_path: Path) -> None:
 def test_a_remembered_checkpoint_does_not_survive_tampering(tmp_path: Path) -> None:
     """One TransparencyLog verifies audit.tail once per exact bytes and key: a changed tail,
     or a different node key, is verified again (and refused)."""
-    ws = api.init_workspace(tmp_path / "ws")
+    ws = app.init_workspace(tmp_path / "ws")
     t = tlog_of(ws)
     cp = t.checkpoint("one")
     assert t.latest_checkpoint() == cp and t.latest_checkpoint() == cp  # second: remembered
-    tail = ws.state_dir / "audit" / "audit.tail"
+    tail = ws.layout.state_dir / "audit" / "audit.tail"
     good = tail.read_bytes()
     body, sig = good.rsplit(b" ", 1)
     forged = body + b" " + (b"A" if sig[:1] != b"A" else b"B") + sig[1:]
@@ -623,8 +623,8 @@ def test_a_remembered_checkpoint_does_not_survive_tampering(tmp_path: Path) -> N
     assert exc.value.code == "CHECKPOINT_FORGED"
     tail.write_bytes(good)
     assert t.latest_checkpoint() == cp
-    other = api.keygen("other", tmp_path / "keys", b"pw-for-tests-only")
-    ws.node_pub_path.write_bytes(other.public_path.read_bytes())
+    other = app.keygen("other", tmp_path / "keys", b"pw-for-tests-only")
+    ws.layout.node_pub_path.write_bytes(other.public_path.read_bytes())
     with pytest.raises(AuditError) as exc:
         t.latest_checkpoint()
     assert exc.value.code == "CHECKPOINT_FORGED"

@@ -77,11 +77,11 @@ def test_key_ids_and_verification_agree_with_securesystemslib(tmp_path: Path, fi
 
 
 def test_envelope_signature_check_uses_pae(tmp_path: Path) -> None:
-    from nightcore import api
+    from nightcore import app
     from nightcore.trust.envelope import sign_payload
     from nightcore.trust.keys import load_signer
 
-    k = api.keygen("k", tmp_path, b"test-passphrase-not-secret")
+    k = app.keygen("k", tmp_path, b"test-passphrase-not-secret")
     signer = load_signer(str(k.private_path))
     raw = sign_payload(b'{"a":1}', [signer])
     env = parse_envelope(raw)

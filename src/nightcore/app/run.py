@@ -101,13 +101,10 @@ def checkpoint_if_due(ctx: NodeContext) -> None:
     (ECDSA in FIPS mode) keeps its hash chain and Merkle tree and skips this; any other
     failure (a tampered log) is raised.
     """
-    from nightcore.audit.tlog import transparency_log
     from nightcore.errors import NightCoreError
 
     try:
-        transparency_log(
-            ctx.layout, key_name=ctx.config.node_name, signer=ctx.node_signer, audit=ctx.audit
-        ).maybe_checkpoint(ctx.config.checkpoint_every)
+        ctx.transparency_log().maybe_checkpoint(ctx.config.checkpoint_every)
     except NightCoreError as exc:
         if exc.code != "CHECKPOINT_UNSUPPORTED_KEY":
             raise

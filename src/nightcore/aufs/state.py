@@ -9,18 +9,18 @@ from pathlib import Path
 from typing import Any
 
 from nightcore.aufs.errors import AufsError
-from nightcore.workspace import Workspace
+from nightcore.context import NodeContext
 
 STATE_FORMAT = 1
 
 
 @dataclass(frozen=True)
 class NodePaths:
-    ws: Workspace
+    ws: NodeContext
 
     @property
     def base(self) -> Path:
-        return self.ws.state_dir / "aufs"
+        return self.ws.layout.aufs_state_dir
 
     @property
     def metadata(self) -> Path:
@@ -36,11 +36,11 @@ class NodePaths:
 
     @property
     def staging(self) -> Path:
-        return self.ws.modules_dir / ".aufs-staging"
+        return self.ws.layout.modules_dir / ".aufs-staging"
 
     @property
     def previous(self) -> Path:
-        return self.ws.modules_dir / ".aufs-previous"
+        return self.ws.layout.modules_dir / ".aufs-previous"
 
 
 def load_state(paths: NodePaths) -> dict[str, Any]:

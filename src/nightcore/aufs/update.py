@@ -46,9 +46,9 @@ from nightcore.aufs.client import AufsClient
 from nightcore.aufs.config import Limits, Settings
 from nightcore.aufs.errors import AufsError
 from nightcore.aufs.state import NodePaths, load_state
+from nightcore.context import NodeContext
 from nightcore.errors import NightCoreError
 from nightcore.fsio import atomic_write, file_lock
-from nightcore.workspace import Workspace
 
 
 @dataclass
@@ -175,7 +175,7 @@ def swap_in(staged: Path, dest: Path, keep_as: Path | None) -> None:
 class Updater:
     def __init__(
         self,
-        ws: Workspace,
+        ws: NodeContext,
         settings: Settings,
         *,
         metadata_url: str | None = None,
@@ -358,7 +358,7 @@ class Updater:
     ) -> None:
         from nightcore.trust.registry import parse_registry, parse_revocations
 
-        if self._file_sha(self.ws.registry_path) == art.sha256:
+        if self._file_sha(self.ws.layout.registry_path) == art.sha256:
             return
         prev = state["trust"].get("registry", {}).get("version", "")
         if prev and artifacts.compare_versions(art.version, prev) < 0:
@@ -368,13 +368,13 @@ class Updater:
             )
         data, _ = self._fetch(client, art.path)
         registry = parse_registry(data)
-        if self.ws.revocations_path.exists():
+        if self.ws.layout.revocations_path.exists():
             # The revocation list in force must still verify: a registry that drops its
             # signer would silently un-revoke everything.
             parse_revocations(
-                self.ws.revocations_path.read_bytes(), registry, fips=self.ws.policy.fips
+                self.ws.layout.revocations_path.read_bytes(), registry, fips=self.ws.policy.fips
             )
-        atomic_write(self.ws.registry_path, data)
+        atomic_write(self.ws.layout.registry_path, data)
         state["trust"]["registry"] = {"version": art.version, "sha256": art.sha256}
         self._record(
             "aufs_apply",
@@ -394,7 +394,7 @@ class Updater:
     ) -> None:
         from nightcore.trustops import import_revocations
 
-        if self._file_sha(self.ws.revocations_path) == art.sha256:
+        if self._file_sha(self.ws.layout.revocations_path) == art.sha256:
             return
         _, local = self._fetch(client, art.path)
         self._flush()  # import_revocations appends its own events
@@ -420,7 +420,7 @@ class Updater:
         checked against the signed one at install), else what installed.json remembers."""
         import tomllib
 
-        live = self.ws.modules_dir / tenant
+        live = self.ws.layout.modules_dir / tenant
         if not live.is_dir():
             return ""
         # Validated: the version names a directory under modules/.aufs-previous/.
@@ -448,7 +448,7 @@ class Updater:
 
         t = art.tenant
         rec = state["tenants"].get(t)
-        live = self.ws.modules_dir / t
+        live = self.ws.layout.modules_dir / t
         if rec and rec.get("sha256") == art.sha256 and live.is_dir():
             return
         installed = self.installed_version(t, state)
@@ -555,7 +555,7 @@ class Updater:
         if not self.apply_runtime:
             o.reason = "runtime updates are disabled (aufs.apply_runtime = false)"
             return
-        current = runtime.current_version(self.ws.state_dir)
+        current = runtime.current_version(self.ws.layout.state_dir)
         o.previous_version = current or ""
         if current is not None:
             if current == art.version:
@@ -566,7 +566,7 @@ class Updater:
                     code="DOWNGRADE_REFUSED",
                 )
         data, _ = self._fetch(client, art.path)
-        res = runtime.install_runtime(self.ws.state_dir, art.version, data, self.limits)
+        res = runtime.install_runtime(self.ws.layout.state_dir, art.version, data, self.limits)
         if not res.switched:
             if res.stage == "unchanged":
                 return
@@ -606,7 +606,7 @@ class Updater:
 # -- manual rollback -------------------------------------------------------------------------
 
 
-def rollback_tenant(ws: Workspace, tenant: str) -> dict[str, Any]:
+def rollback_tenant(ws: NodeContext, tenant: str) -> dict[str, Any]:
     """Put back the version AUFS kept when it last replaced ``tenant`` (audited)."""
     paths = NodePaths(ws)
     with node_lock(paths):
@@ -618,7 +618,7 @@ def rollback_tenant(ws: Workspace, tenant: str) -> dict[str, Any]:
                 f"no previous version of {tenant} is kept", code="AUFS_NOTHING_TO_ROLL_BACK"
             )
         prev_version = str(rec.get("previous_version") or "")
-        live = ws.modules_dir / tenant
+        live = ws.layout.modules_dir / tenant
         displaced = f"{tenant}-{rec['version']}"
         staged = paths.staging / uuid.uuid4().hex[:12] / tenant
         staged.parent.mkdir(parents=True)

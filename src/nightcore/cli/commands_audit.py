@@ -25,18 +25,6 @@ SHOW_DEFAULT_LIMIT = 50
 MAX_KEY_FILE = 64 * 1024
 
 
-def _tlog(args: argparse.Namespace) -> Any:
-    return _tlog_of(_ws(args))
-
-
-def _tlog_of(ws: Any) -> Any:
-    from nightcore.audit.tlog import TransparencyLog
-
-    return TransparencyLog(
-        ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
-    )
-
-
 def _read_capped(path: str, cap: int, code: str, what: str) -> bytes:
     with Path(path).open("rb") as fh:
         data = fh.read(cap + 1)
@@ -61,13 +49,9 @@ def _write_out(path: str, data: bytes) -> None:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    if getattr(args, "source", None):
-        from nightcore.audit.mirror import mirrors, verify_source
+    from nightcore.app import audit
 
-        ws = _ws(args)
-        report = verify_source(ws.layout, mirrors(ws.config.raw), args.source)
-    else:
-        report = _tlog(args).verify()
+    report = audit.verify_log(_ws(args), getattr(args, "source", None))
     if args.json:
         print_json(report.to_dict())
     if not report.ok:
@@ -104,10 +88,9 @@ def _mirror_table(rows: list[Any], title: str) -> None:
 
 
 def cmd_mirror_status(args: argparse.Namespace) -> int:
-    from nightcore.audit.mirror import mirrors, status
+    from nightcore.app import audit
 
-    ws = _ws(args)
-    rows = status(ws.layout, mirrors(ws.config.raw))
+    rows = audit.mirror_status(_ws(args))
     if args.json:
         print_json([m.to_dict() for m in rows])
     else:
@@ -116,10 +99,9 @@ def cmd_mirror_status(args: argparse.Namespace) -> int:
 
 
 def cmd_mirror_sync(args: argparse.Namespace) -> int:
-    from nightcore.audit.mirror import mirrors, sync_all
+    from nightcore.app import audit
 
-    ws = _ws(args)
-    rows = sync_all(ws.layout, mirrors(ws.config.raw))
+    rows = audit.mirror_sync(_ws(args))
     if args.json:
         print_json([m.to_dict() for m in rows])
     else:
@@ -130,13 +112,12 @@ def cmd_mirror_sync(args: argparse.Namespace) -> int:
 def cmd_heartbeat(args: argparse.Namespace) -> int:
     import time
 
-    from nightcore.audit.heartbeat import heartbeat
+    from nightcore.app import audit
 
     ws = _ws(args)
     idle = args.idle if args.idle is not None else ws.config.heartbeat_idle_seconds
-    log = _tlog_of(ws)
     while True:
-        cp = heartbeat(log, idle)
+        cp = audit.heartbeat(ws, idle)
         if args.json:
             print_json({"heartbeat": cp is not None, **(cp.to_dict() if cp else {})})
         elif cp is not None:
@@ -150,12 +131,13 @@ def cmd_heartbeat(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
-    tlog = _tlog(args)
+    from nightcore.app import audit
+
+    ws = _ws(args)
     try:
-        cp = tlog.checkpoint(args.reason)
+        cp, path = audit.checkpoint(ws, args.reason)
     except AuditError as exc:
         return _refused(args, exc)
-    path = tlog.checkpoints_dir / f"{cp.size}.note"
     if args.json:
         print_json({"ok": True, **cp.to_dict(), "path": str(path)})
     else:
@@ -167,24 +149,6 @@ def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
 # -- show ----------------------------------------------------------------------------------
 
 
-def _records(ws: Any) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for n, raw in enumerate(ws.audit().iter_lines()):
-        if not raw.endswith(b"\n"):
-            break  # a torn tail is not an entry
-        try:
-            rec = json.loads(raw)
-        except ValueError:
-            raise AuditError(
-                f"audit line {n} is not JSON; run 'nightcore audit verify'",
-                code="AUDIT_LINE_MALFORMED",
-            ) from None
-        if not isinstance(rec, dict):
-            raise AuditError(f"audit line {n} is not an object", code="AUDIT_LINE_MALFORMED")
-        out.append(rec)
-    return out
-
-
 def cmd_audit_show(args: argparse.Namespace) -> int:
     from nightcore.cli.main import _parse_time
     from nightcore.errors import UsageError
@@ -193,7 +157,9 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
         raise UsageError("--limit must be 0 (no limit) or more")
     since = _parse_time(args.since) if args.since else None
     rows: list[dict[str, Any]] = []
-    for rec in _records(_ws(args)):
+    from nightcore.app import audit
+
+    for rec in audit.records(_ws(args)):
         if args.tenant is not None and rec.get("tenant") != args.tenant:
             continue
         if args.event is not None and rec.get("event") != args.event:
@@ -231,10 +197,12 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_prove(args: argparse.Namespace) -> int:
-    tlog = _tlog(args)
+    from nightcore.app import audit
+
+    ws = _ws(args)
     try:
-        proof = tlog.prove(args.seq)
-        entry = tlog.entry(args.seq) if args.entry_out else None
+        proof = audit.prove(ws, args.seq)
+        entry = audit.entry(ws, args.seq) if args.entry_out else None
     except AuditError as exc:
         return _refused(args, exc)
     if args.out:
@@ -261,9 +229,9 @@ def cmd_audit_prove(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify_proof(args: argparse.Namespace) -> int:
+    from nightcore.app.audit import verify_inclusion_proof
     from nightcore.audit.log import MAX_LINE_BYTES
     from nightcore.audit.note import MAX_TLOG_PROOF_SIZE
-    from nightcore.audit.proofs import verify_inclusion_proof
 
     proof = _read_capped(args.proof, MAX_TLOG_PROOF_SIZE, "PROOF_FORMAT_INVALID", "proof")
     key = _read_capped(args.key, MAX_KEY_FILE, "KEY_INVALID", "public key")
@@ -295,9 +263,11 @@ def cmd_audit_consistency(args: argparse.Namespace) -> int:
     from nightcore.audit.note import MAX_NOTE_SIZE
 
     old = _read_capped(args.old_checkpoint, MAX_NOTE_SIZE, "NOTE_TOO_LARGE", "checkpoint")
-    tlog = _tlog(args)
+    from nightcore.app import audit
+
+    ws = _ws(args)
     try:
-        proof = tlog.consistency(old)
+        proof = audit.consistency(ws, old)
     except AuditError as exc:
         return _refused(args, exc)
     if args.out:
@@ -315,8 +285,8 @@ def cmd_audit_consistency(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify_consistency(args: argparse.Namespace) -> int:
+    from nightcore.app.audit import verify_consistency_proof
     from nightcore.audit.note import MAX_NOTE_SIZE, MAX_TLOG_PROOF_SIZE
-    from nightcore.audit.proofs import verify_consistency_proof
 
     proof = _read_capped(args.proof, MAX_TLOG_PROOF_SIZE, "PROOF_FORMAT_INVALID", "proof")
     old = _read_capped(args.old, MAX_NOTE_SIZE, "NOTE_TOO_LARGE", "checkpoint")

@@ -49,7 +49,7 @@ def _metadata_dir(args: argparse.Namespace, ws: Any) -> Path:
         return Path(args.metadata_dir)
     if ws is None:
         raise UsageError("no workspace: pass -w DIR or --metadata-dir DIR")
-    return Path(ws.state_dir) / "aufs" / "metadata"
+    return Path(ws.layout.state_dir) / "aufs" / "metadata"
 
 
 def _url(value: str | None, fallback: str | None, what: str) -> str:
@@ -286,7 +286,7 @@ def _client(args: argparse.Namespace, ws: Any, *, targets: bool) -> Any:
         if args.target_dir:
             target_dir = Path(args.target_dir)
         elif ws is not None:
-            target_dir = Path(ws.state_dir) / "aufs" / "targets"
+            target_dir = Path(ws.layout.state_dir) / "aufs" / "targets"
         else:
             raise UsageError("pass --target-dir (no workspace)")
     return AufsClient(
@@ -416,7 +416,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         "metadata_versions": versions,
         "tenants": state["tenants"],
         "trust": state["trust"],
-        "runtime_current": runtime.current_version(ws.state_dir),
+        "runtime_current": runtime.current_version(ws.layout.state_dir),
     }
     if args.json:
         print_json(out)

@@ -14,7 +14,7 @@ from nightcore.cli.render import clean, info, print_json, print_table
 
 
 def cmd_dashboard_build(args: argparse.Namespace) -> int:
-    from nightcore.dashboard.report import write_report
+    from nightcore.app.dashboard import write_report
     from nightcore.errors import UsageError
 
     if args.max_rows < 1:
@@ -91,10 +91,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    from nightcore.dashboard.tokens import TokenStore, parse_expires
+    from nightcore.app.dashboard import token_store
+    from nightcore.dashboard.tokens import parse_expires
 
-    ws = _ws(args)
-    new = TokenStore(ws).create(parse_expires(args.expires))
+    new = token_store(_ws(args)).create(parse_expires(args.expires))
     if args.json:
         print_json({"id": new.id, "token": new.token, "expires": new.expires})
     else:
@@ -109,9 +109,9 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 def cmd_token_list(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from nightcore.dashboard.tokens import TokenStore
+    from nightcore.app.dashboard import token_store
 
-    records = TokenStore(_ws(args)).records()
+    records = token_store(_ws(args)).records()
     now = dt.datetime.now(dt.UTC)
     if args.json:
         print_json([{**r.public(), "expired": r.expired(now)} for r in records])
@@ -126,9 +126,9 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    from nightcore.dashboard.tokens import TokenStore
+    from nightcore.app.dashboard import token_store
 
-    TokenStore(_ws(args)).revoke(args.token_id)
+    token_store(_ws(args)).revoke(args.token_id)
     if args.json:
         print_json({"revoked": args.token_id})
     else:

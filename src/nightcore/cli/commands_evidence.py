@@ -5,81 +5,24 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nightcore.cli.context import open_workspace as _ws
 from nightcore.cli.render import info, print_json, print_table
 from nightcore.errors import NightCoreError
 
-if TYPE_CHECKING:
-    from nightcore.evidence.bundle import BundleSource, ForensicExport
-    from nightcore.workspace import Workspace
-
-
-# -- composition: the evidence layer takes plain inputs; a workspace is opened here ---------
-
-
-def bundle_source(ws: Workspace) -> BundleSource:
-    """The plain inputs of a bundle export, taken from an open workspace."""
-    from nightcore.audit.tlog import transparency_log
-    from nightcore.evidence.bundle import BundleSource
-
-    name = ws.config.node_name
-    return BundleSource(
-        layout=ws.layout,
-        node_id=ws.node_key_id(),
-        node_name=name,
-        node_pub_pem=ws.node_public_pem(),
-        signer=ws.node_signer,
-        tlog=transparency_log(ws.layout, key_name=name, signer=ws.node_signer, audit=ws.audit),
-        audit_lines=lambda: ws.audit().iter_lines(),
-    )
-
-
-def dashboard_html(ws: Workspace) -> bytes:
-    """The static dashboard report of ``ws``, as the bytes a proof bundle carries."""
-    import tempfile
-
-    from nightcore.dashboard import build_report
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path, _sha = build_report(ws, Path(tmp) / "dashboard.html")
-        return path.read_bytes()
-
-
-def export_proof(
-    ws: Workspace, out: Path, *, since: str | None = None, runs: list[str] | None = None
-) -> tuple[str, int]:
-    """A proof bundle of ``ws`` with its dashboard: (sha256 of the archive, runs)."""
-    from nightcore.evidence import bundle
-
-    return bundle.export_proof(
-        bundle_source(ws), out, since=since, runs=runs, dashboard=lambda: dashboard_html(ws)
-    )
-
-
-def export_forensics(
-    ws: Workspace, tenant: str, out: Path, *, run: str | None = None, no_checkpoint: bool = False
-) -> ForensicExport:
-    from nightcore.evidence import bundle
-
-    return bundle.export_forensics(
-        bundle_source(ws), tenant, out, run=run, no_checkpoint=no_checkpoint
-    )
-
-
 # -- commands -------------------------------------------------------------------------------
 
 
 def cmd_sbom(args: argparse.Namespace) -> int:
-    from nightcore.evidence.sbom import write_sbom
+    from nightcore.app.evidence import write_sbom
 
     try:
         ws = _ws(args)
     except NightCoreError:
         ws = None  # the runtime's own SBOM needs no workspace
     out = Path(args.out)
-    digest = write_sbom(ws.audit().iter_lines() if ws is not None else None, out)
+    digest = write_sbom(ws, out)
     if args.json:
         print_json({"sbom": str(out), "sha256": digest, "spec": "CycloneDX 1.5"})
     else:
@@ -88,7 +31,7 @@ def cmd_sbom(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from nightcore.runner.replay import replay
+    from nightcore.app.evidence import replay
 
     res = replay(_ws(args), args.run_id)
     if args.json:
@@ -113,6 +56,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_proof_export(args: argparse.Namespace) -> int:
+    from nightcore.app.evidence import export_proof
+
     runs = [r for r in (args.runs or "").split(",") if r] or None
     digest, n = export_proof(_ws(args), Path(args.out), since=args.since, runs=runs)
     if args.json:
@@ -123,7 +68,7 @@ def cmd_proof_export(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from nightcore.evidence.bundle import verify_bundle
+    from nightcore.app.evidence import verify_bundle
 
     try:
         pem = Path(args.key).read_bytes()
@@ -148,6 +93,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def cmd_forensics_export(args: argparse.Namespace) -> int:
+    from nightcore.app.evidence import export_forensics
+
     res = export_forensics(
         _ws(args), args.tenant, Path(args.out), run=args.run, no_checkpoint=args.no_checkpoint
     )

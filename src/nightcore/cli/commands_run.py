@@ -92,7 +92,7 @@ def _run_local(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _refresh_dashboard(ws: Any) -> dict[str, str]:
-    from nightcore.dashboard import build_report
+    from nightcore.app.dashboard import build_report
 
     # The run just signed a checkpoint, and `nightcore audit verify` is the full check: the
     # refresh re-hashes the log ("quick") only while that stays cheap, so a node with a huge

@@ -6,15 +6,15 @@ import argparse
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (nightcore --help)
 if TYPE_CHECKING:
+    from nightcore.context import NodeContext
     from nightcore.node.client import NodeClient
-    from nightcore.workspace import Workspace
 
 
-def open_workspace(args: argparse.Namespace) -> Workspace:
+def open_workspace(args: argparse.Namespace) -> NodeContext:
     """``-w`` beats ``NIGHTCORE_HOME`` beats the current directory; ``--fips`` only tightens."""
-    from nightcore.workspace import Workspace
+    from nightcore.context import NodeContext
 
-    return Workspace.open(args.workspace, fips=True if args.fips else None)
+    return NodeContext.open(args.workspace, fips=True if args.fips else None)
 
 
 def node_client(args: argparse.Namespace) -> NodeClient | None:

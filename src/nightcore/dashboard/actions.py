@@ -3,9 +3,8 @@
 Cordon, uncordon, sign a checkpoint and run tenants, each with plain data in (tenant ids, a
 reason, the actor ``token:<id>``) and plain JSON data out, raising
 :class:`~nightcore.errors.NightCoreError` with a stable code on refusal. The HTTP layer
-(:mod:`nightcore.dashboard.routes`) authenticates, parses and maps errors to statuses; it never
-calls the runner or the audit layer itself, so pointing the console at the application facade
-(:mod:`nightcore.app`) is a change to this module only.
+(:mod:`nightcore.dashboard.routes`) authenticates, parses and maps errors to statuses; every
+action goes through the application facade (:mod:`nightcore.app`), as the CLI's do.
 """
 
 from __future__ import annotations
@@ -13,8 +12,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from nightcore.context import NodeContext
 from nightcore.errors import NightCoreError
-from nightcore.workspace import Workspace
 
 
 class ConsoleActions:
@@ -26,45 +25,45 @@ class ConsoleActions:
     refused (``BUSY``) rather than queued.
     """
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: NodeContext) -> None:
         self.ws = ws
         self.warm_runners: list[Any] = []
         self._run_lock = threading.Lock()
 
     def cordon(self, tenant: str, reason: str, actor: str) -> dict[str, Any]:
         """Cordon ``tenant``; the cordon entry (reason, since, ...) as plain data."""
-        from nightcore.runner.cordon import cordon
+        from nightcore import app
 
-        return dict(cordon(self.ws, tenant, reason, actor=actor))
+        entry = app.cordon(self.ws, tenant, reason, actor=actor)
+        return {k: v for k, v in entry.items() if k not in ("tenant", "cordoned")}
 
     def uncordon(self, tenant: str, reason: str, actor: str) -> None:
-        from nightcore.runner.cordon import uncordon
+        from nightcore import app
 
-        uncordon(self.ws, tenant, reason, actor=actor)
+        app.uncordon(self.ws, tenant, reason, actor=actor)
 
     def checkpoint(self, reason: str) -> dict[str, Any]:
         """Sign a checkpoint of the audit log now; the checkpoint as plain data."""
-        from nightcore.audit import tlog
+        from nightcore.app import audit
 
-        ws = self.ws
-        log = tlog.transparency_log(
-            ws.layout, key_name=ws.config.node_name, signer=ws.node_signer, audit=ws.audit
-        )
-        return dict(log.checkpoint(reason).to_dict())
+        cp, _path = audit.checkpoint(self.ws, reason)
+        return dict(cp.to_dict())
 
     def run(self, tenants: list[str] | None, actor: str) -> dict[str, Any]:
         """Run ``tenants`` (all if None) after a ``console_action`` event names the actor."""
         if not self._run_lock.acquire(blocking=False):
             raise NightCoreError("a run started from the console is still in progress", code="BUSY")
         try:
+            from nightcore import app
             from nightcore.runner.pipeline import Runner
 
+            names = app.select_tenants(self.ws, tenants or None)
             self.ws.audit().append(
                 "console_action", {"action": "run", "actor": actor, "tenants": tenants or []}
             )
             if not self.warm_runners:
                 self.warm_runners.append(Runner(self.ws))
-            report = self.warm_runners[0].run(tenants or None)
+            report = app.run(self.ws, names, selected=True, runner=self.warm_runners[0])
             return {
                 "ok": report.ok,
                 "runs": [r.to_dict() for r in report.runs],

@@ -21,6 +21,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+from nightcore.context import NodeContext
 from nightcore.dashboard import text
 from nightcore.dashboard.scan import AuditScanner, Boundary
 from nightcore.dashboard.views import (
@@ -53,7 +54,6 @@ from nightcore.dashboard.views import (
 )
 from nightcore.dashboard_defaults import MAX_ROWS, VERIFY_MODES
 from nightcore.errors import NightCoreError, UsageError
-from nightcore.workspace import Workspace
 
 VerifyMode = Literal["auto", "full", "quick", "none"]
 
@@ -102,7 +102,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def node_view(ws: Workspace) -> NodeView:
+def node_view(ws: NodeContext) -> NodeView:
     try:
         key_id = ws.node_key_id()
     except NightCoreError:
@@ -122,7 +122,7 @@ def _err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def latest_checkpoint(ws: Workspace) -> tuple[CheckpointView | None, str | None]:
+def latest_checkpoint(ws: NodeContext) -> tuple[CheckpointView | None, str | None]:
     """The latest signed checkpoint, its signature verified with ``node.pub.pem``.
 
     Uses the transparency log's public API; if that is unavailable, reads ``audit.tail``
@@ -152,7 +152,7 @@ def latest_checkpoint(ws: Workspace) -> tuple[CheckpointView | None, str | None]
     )
 
 
-def _tail_unverified(ws: Workspace) -> CheckpointView | None:
+def _tail_unverified(ws: NodeContext) -> CheckpointView | None:
     import base64
     import binascii
 
@@ -189,7 +189,7 @@ def _read_prefix(path: Path, cap: int) -> bytes | None:
         os.close(fd)
 
 
-def manifest_description(ws: Workspace, tenant: str) -> str:
+def manifest_description(ws: NodeContext, tenant: str) -> str:
     if not TENANT_ID_RE.fullmatch(tenant):
         return ""
     data = _read_prefix(ws.layout.tenant_dir(tenant) / "manifest.toml", MANIFEST_CAP + 1)
@@ -202,7 +202,7 @@ def manifest_description(ws: Workspace, tenant: str) -> str:
     return text.clean(doc.get("description", ""), 160)
 
 
-def output_preview(ws: Workspace, run_id: str) -> str:
+def output_preview(ws: NodeContext, run_id: str) -> str:
     """The start of a run's stdout, for display (run ids from the log are validated first:
     they become a path)."""
     if not RUN_ID_RE.fullmatch(run_id):
@@ -216,7 +216,7 @@ def output_preview(ws: Workspace, run_id: str) -> str:
 # -- the run index (read-only) ---------------------------------------------------------------
 
 
-def _index_connect(ws: Workspace) -> sqlite3.Connection | None:
+def _index_connect(ws: NodeContext) -> sqlite3.Connection | None:
     path = ws.layout.index_db
     if not path.is_file():
         return None
@@ -225,7 +225,7 @@ def _index_connect(ws: Workspace) -> sqlite3.Connection | None:
     return conn
 
 
-def query_runs_ro(ws: Workspace, tenant: str | None, limit: int) -> list[dict[str, Any]] | None:
+def query_runs_ro(ws: NodeContext, tenant: str | None, limit: int) -> list[dict[str, Any]] | None:
     """Most recent runs from the index, read-only (None without an index)."""
     from nightcore.store.index import recent_runs
 
@@ -239,7 +239,7 @@ def query_runs_ro(ws: Workspace, tenant: str | None, limit: int) -> list[dict[st
 
 
 def index_rows(
-    ws: Workspace, names: list[str], points: int, boundary: int | None
+    ws: NodeContext, names: list[str], points: int, boundary: int | None
 ) -> tuple[IndexRows | None, str | None]:
     """Run counts, chart rows of ``names`` and (with a ``--diff`` boundary) counts since it,
     from the run index; ``(None, why)`` if it cannot be read, ``(None, None)`` if absent."""
@@ -279,7 +279,7 @@ def index_rows(
 # -- trust and updates -----------------------------------------------------------------------
 
 
-def _trust(ws: Workspace) -> TrustView:
+def _trust(ws: NodeContext) -> TrustView:
     keys: list[KeyView] = []
     keys_error = None
     registry: Any = None
@@ -327,7 +327,7 @@ def _version_of(entry: object) -> str:
     return ""
 
 
-def aufs_view(ws: Workspace) -> AufsView:
+def aufs_view(ws: NodeContext) -> AufsView:
     """TUF metadata versions and installed versions, if this node uses AUFS (read-only)."""
     if not ws.layout.aufs_trusted_root.exists():
         # is_initialized(NodePaths(ws).metadata), without importing the AUFS layer on every
@@ -362,7 +362,7 @@ def aufs_view(ws: Workspace) -> AufsView:
 # -- verification and the scanner -------------------------------------------------------------
 
 
-def full_verify(ws: Workspace) -> VerifyView:
+def full_verify(ws: NodeContext) -> VerifyView:
     """``nightcore audit verify`` without writing anything (``tlog.verify_log``)."""
     import time
 
@@ -395,7 +395,7 @@ def full_verify(ws: Workspace) -> VerifyView:
     )
 
 
-def _chain_only(ws: Workspace, start: float) -> VerifyView:  # pragma: no cover - fallback
+def _chain_only(ws: NodeContext, start: float) -> VerifyView:  # pragma: no cover - fallback
     import time
 
     from nightcore.audit.log import verify_chain
@@ -415,7 +415,7 @@ def _chain_only(ws: Workspace, start: float) -> VerifyView:  # pragma: no cover 
     )
 
 
-def _keep_state(ws: Workspace, scanner: AuditScanner) -> None:
+def _keep_state(ws: NodeContext, scanner: AuditScanner) -> None:
     """Save the scan's snapshot for the next refresh (see :mod:`nightcore.dashboard.scancache`)
     once it is :data:`STATE_SAVE_LINES` further than the one it started from: until then,
     re-reading those few lines costs less than writing the state after every run."""
@@ -434,7 +434,7 @@ def _keep_state(ws: Workspace, scanner: AuditScanner) -> None:
 
 
 def new_scanner(
-    ws: Workspace,
+    ws: NodeContext,
     mode: str,
     cp: CheckpointView | None,
     since: Boundary | None = None,
@@ -454,7 +454,7 @@ def new_scanner(
     )
 
 
-def resolve_mode(ws: Workspace, verify: str) -> str:
+def resolve_mode(ws: NodeContext, verify: str) -> str:
     if verify not in VERIFY_MODES:
         raise UsageError(f"verify mode must be one of {', '.join(VERIFY_MODES)}")
     if verify != "auto":
@@ -467,7 +467,7 @@ def resolve_mode(ws: Workspace, verify: str) -> str:
 
 
 def collect(
-    ws: Workspace,
+    ws: NodeContext,
     *,
     diff_since: str | None = None,
     verify: str = "auto",

@@ -17,12 +17,12 @@ from collections.abc import AsyncIterator, Callable
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from nightcore.context import NodeContext
 from nightcore.dashboard.collect import collect, full_verify, latest_checkpoint, new_scanner
 from nightcore.dashboard.scan import AuditScanner
 from nightcore.dashboard.security import problem
 from nightcore.dashboard.views import CheckpointView, Snapshot, VerifyView
 from nightcore.dashboard_defaults import MAX_ROWS
-from nightcore.workspace import Workspace
 
 POLL_INTERVAL = 0.25
 PING_EVERY = 5.0
@@ -35,7 +35,7 @@ EVENTS_RETRY_AFTER = "30"
 class LiveState:
     """The console's view of one workspace, refreshed incrementally as the audit log grows."""
 
-    def __init__(self, ws: Workspace, *, max_rows: int = MAX_ROWS) -> None:
+    def __init__(self, ws: NodeContext, *, max_rows: int = MAX_ROWS) -> None:
         self.ws = ws
         self.max_rows = max_rows
         self._lock = threading.Lock()

@@ -10,11 +10,11 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from nightcore.context import NodeContext
 from nightcore.dashboard import assets, charts, text
 from nightcore.dashboard.collect import collect
 from nightcore.dashboard.views import CHART_POINTS, Snapshot, code_class
 from nightcore.dashboard_defaults import MAX_ROWS
-from nightcore.workspace import Workspace
 
 RECENT_ROWS = 25
 REPORT_NAME = "dashboard.html"
@@ -53,7 +53,7 @@ def _environment() -> jinja2.Environment:
 _ENV = _environment()
 
 
-def _use_template_cache(ws: Workspace) -> None:
+def _use_template_cache(ws: NodeContext) -> None:
     """Keep Jinja's compiled templates between processes (compiling them costs ~150 ms, the
     largest part of the report refresh after every `nightcore run`).
 
@@ -122,12 +122,12 @@ class BuiltReport:
     snapshot: Snapshot
 
 
-def default_report_path(ws: Workspace) -> Path:
-    return ws.layout.state_dir / REPORT_NAME
+def default_report_path(ws: NodeContext) -> Path:
+    return ws.layout.report_path
 
 
 def write_report(
-    ws: Workspace,
+    ws: NodeContext,
     out: Path | None = None,
     *,
     diff_since: str | None = None,
@@ -144,7 +144,7 @@ def write_report(
 
 
 def build_report(
-    ws: Workspace,
+    ws: NodeContext,
     out: Path | None = None,
     *,
     diff_since: str | None = None,

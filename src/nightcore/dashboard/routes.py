@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from nightcore.context import NodeContext
 from nightcore.dashboard import assets, openapi
 from nightcore.dashboard.actions import ConsoleActions
 from nightcore.dashboard.collect import TENANT_ID_RE, latest_checkpoint, query_runs_ro
@@ -28,7 +29,6 @@ from nightcore.dashboard.report import render_content, render_page
 from nightcore.dashboard.security import RateLimiter, problem
 from nightcore.dashboard.tokens import TokenError, TokenRecord, TokenStore
 from nightcore.errors import NightCoreError, UsageError
-from nightcore.workspace import Workspace
 
 MAX_BODY = 16 * 1024
 MAX_PAGE = 1000
@@ -60,7 +60,7 @@ def status_of(exc: NightCoreError) -> int:
 class Console:
     """Everything the handlers share, for one workspace and one server."""
 
-    ws: Workspace
+    ws: NodeContext
     live: LiveState
     hub: EventHub
     actions: ConsoleActions

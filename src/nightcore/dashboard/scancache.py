@@ -22,8 +22,8 @@ import marshal
 import os
 from typing import Any
 
+from nightcore.context import NodeContext
 from nightcore.fsio import atomic_write
-from nightcore.workspace import Workspace
 
 STATE_NAME = "dashboard-scan.state"
 MAGIC = b"nightcore dashboard scan state 1\n"
@@ -31,9 +31,9 @@ MAX_STATE_BYTES = 256 * 1024 * 1024
 _CONTEXT = b"nightcore dashboard scan state"
 
 
-def _key(ws: Workspace) -> bytes | None:
+def _key(ws: NodeContext) -> bytes | None:
     try:
-        secret = (ws.root / "private" / "cache.secret").read_bytes()
+        secret = ws.layout.cache_secret_path.read_bytes()
     except OSError:
         return None
     if len(secret) < 16:
@@ -41,12 +41,12 @@ def _key(ws: Workspace) -> bytes | None:
     return hmac.new(secret, _CONTEXT, hashlib.sha256).digest()
 
 
-def load(ws: Workspace) -> dict[str, Any] | None:
+def load(ws: NodeContext) -> dict[str, Any] | None:
     """The state saved by an earlier refresh, if it is intact and this node's."""
     key = _key(ws)
     if key is None:
         return None
-    path = ws.root / "private" / STATE_NAME
+    path = ws.layout.private_dir / STATE_NAME
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
@@ -70,16 +70,16 @@ def load(ws: Workspace) -> dict[str, Any] | None:
     return state if isinstance(state, dict) else None
 
 
-def save(ws: Workspace, state: dict[str, Any]) -> None:
+def save(ws: NodeContext, state: dict[str, Any]) -> None:
     """Atomically replace the saved state (best effort: a report never fails over its cache)."""
     key = _key(ws)
     if key is None:
         return
     payload = marshal.dumps(state)
     data = MAGIC + hmac.new(key, payload, hashlib.sha256).digest() + payload
-    if not (ws.root / "private").is_dir():
+    if not ws.layout.private_dir.is_dir():
         return  # no private dir (a foreign workspace): the next refresh scans from line 0
     try:
-        atomic_write(ws.root / "private" / STATE_NAME, data, 0o600, durable=False)
+        atomic_write(ws.layout.private_dir / STATE_NAME, data, 0o600, durable=False)
     except OSError:
         return  # not ours to write: the next refresh scans from line 0

@@ -38,6 +38,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
+from nightcore.context import NodeContext
 from nightcore.dashboard.actions import ConsoleActions
 from nightcore.dashboard.live import (
     EVENTS_PER_CLIENT,
@@ -58,7 +59,6 @@ from nightcore.dashboard.security import (
 from nightcore.dashboard.tokens import TokenStore
 from nightcore.dashboard_defaults import DEFAULT_HOST, DEFAULT_PORT, MAX_ROWS
 from nightcore.errors import NightCoreError, UsageError
-from nightcore.workspace import Workspace
 
 __all__ = [
     "LOOPBACK_NAMES",
@@ -75,7 +75,7 @@ LISTEN_BACKLOG = 2048  # uvicorn's default
 
 
 def create_app(
-    ws: Workspace,
+    ws: NodeContext,
     *,
     allowed_hosts: Iterable[str] = LOOPBACK_NAMES,
     scheme: str = "http",
@@ -196,7 +196,7 @@ def url_of(sock: socket.socket, scheme: str) -> str:
 
 
 def serve(
-    ws: Workspace,
+    ws: NodeContext,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     *,
@@ -250,7 +250,7 @@ def _interrupt(signum: int, frame: object) -> None:
 class ServerThread:
     """The console on a free loopback port in a background thread (tests, embedding)."""
 
-    def __init__(self, ws: Workspace, **app_options: Any) -> None:
+    def __init__(self, ws: NodeContext, **app_options: Any) -> None:
         self.sock = bind_socket("127.0.0.1", 0)
         self.app = create_app(ws, **app_options)
         self.server = _uvicorn_server(self.app)

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nightcore.canonical import canonical, parse_json
+from nightcore.context import NodeContext
 from nightcore.errors import NightCoreError, UsageError
 from nightcore.fsio import atomic_write, file_lock
-from nightcore.workspace import Workspace
 
 TOKEN_FILE = "serve-tokens.json"  # noqa: S105 - a file name
 FORMAT = "nightcore-serve-tokens/1"
@@ -108,7 +108,7 @@ def token_sha256(token: str) -> str:
 class TokenStore:
     """``private/serve-tokens.json`` of one workspace (re-read when it changes on disk)."""
 
-    def __init__(self, ws: Workspace) -> None:
+    def __init__(self, ws: NodeContext) -> None:
         self.ws = ws
         self.path = ws.layout.serve_tokens_path
         self._lock_path = ws.layout.serve_tokens_lock_path
@@ -238,5 +238,5 @@ class TokenStore:
         return rec
 
 
-def token_file(ws: Workspace) -> Path:
+def token_file(ws: NodeContext) -> Path:
     return ws.layout.serve_tokens_path

@@ -164,7 +164,7 @@ class Node:
     def _take_lock(self) -> None:
         import fcntl
 
-        path = self.ctx.layout.state_dir / "node.lock"
+        path = self.ctx.layout.node_lock_path
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -229,12 +229,7 @@ class Node:
         )
         checkpoint: dict[str, Any] | None = None
         try:  # the final checkpoint covers everything this node logged, its stop included
-            from nightcore.audit.tlog import transparency_log
-
-            ctx = self.ctx
-            cp = transparency_log(
-                ctx.layout, key_name=ctx.config.node_name, signer=ctx.node_signer, audit=ctx.audit
-            ).checkpoint("node stop")
+            cp = self.ctx.transparency_log().checkpoint("node stop")
             checkpoint = {"size": cp.size, "root": cp.root.hex()}
         except NightCoreError as exc:
             log(f"warning[{exc.code}]: no final checkpoint: {exc.message}")
@@ -393,10 +388,10 @@ class Node:
 
 
 def _refresh_dashboard(ctx: NodeContext) -> dict[str, str]:
-    from nightcore.dashboard import build_report
+    from nightcore.app.dashboard import build_report
 
     big = ctx.layout.audit_log.exists() and ctx.layout.audit_log.stat().st_size > 64 << 20
-    path, digest = build_report(ctx, verify="none" if big else "quick")  # type: ignore[arg-type]
+    path, digest = build_report(ctx, verify="none" if big else "quick")
     return {"path": str(path), "sha256": digest}
 
 

@@ -453,13 +453,9 @@ class Runner:
 
     def _checkpoint(self, report: RunReport, *, always: bool) -> None:
         """Sign a checkpoint over everything this run logged (C2SP tlog-checkpoint)."""
-        from nightcore.audit.tlog import transparency_log
-
         ctx = self.ctx
         try:
-            tlog = transparency_log(
-                ctx.layout, key_name=ctx.config.node_name, signer=ctx.node_signer, audit=ctx.audit
-            )
+            tlog = ctx.transparency_log()
             cp = (
                 tlog.checkpoint("run")
                 if always

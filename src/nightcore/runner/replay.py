@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nightcore.context import NodeContext
 from nightcore.errors import NightCoreError
 from nightcore.evidence.attestation import ATTESTATION_FILE, open_attestation, subject_digests
 from nightcore.module.manifest import manifest_from_dict
 from nightcore.module.package import read_capped
 from nightcore.sandbox.types import EffectiveLimits, Preopen, RunConfig
 from nightcore.trust.pubkey import PublicKey
-from nightcore.workspace import Workspace
 
 _RUN_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
 
@@ -50,10 +50,10 @@ class ReplayResult:
         }
 
 
-def _content(ws: Workspace, sub: str, digest: str, ext: str, cap: int) -> bytes:
+def _content(ws: NodeContext, sub: str, digest: str, ext: str, cap: int) -> bytes:
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
         raise NightCoreError("attestation names a malformed digest", code="ATTESTATION_INVALID")
-    data = read_capped(ws.state_dir / "content" / sub / f"{digest}.{ext}", cap, f"{sub}/{digest}")
+    data = read_capped(ws.layout.content_dir / sub / f"{digest}.{ext}", cap, f"{sub}/{digest}")
     if hashlib.sha256(data).hexdigest() != digest:
         raise NightCoreError(
             f"stored {sub} {digest[:16]} does not match its digest", code="CONTENT_TAMPERED"
@@ -61,15 +61,15 @@ def _content(ws: Workspace, sub: str, digest: str, ext: str, cap: int) -> bytes:
     return data
 
 
-def replay(ws: Workspace, run_id: str) -> ReplayResult:
+def replay(ws: NodeContext, run_id: str) -> ReplayResult:
     from nightcore.sandbox.engine import Sandbox
 
     if not _RUN_ID.fullmatch(run_id):
         raise NightCoreError("not a run id", code="USAGE")
-    run_dir = ws.state_dir / "runs" / run_id
+    run_dir = ws.layout.run_dir(run_id)
     if not run_dir.is_dir():
         raise NightCoreError(f"run {run_id} not found", code="RUN_NOT_FOUND")
-    node_key = PublicKey.from_pem(ws.node_pub_path.read_bytes())
+    node_key = PublicKey.from_pem(ws.layout.node_pub_path.read_bytes())
     stmt = open_attestation(
         read_capped(run_dir / ATTESTATION_FILE, 1 << 20, "attestation"), node_key
     )
@@ -84,7 +84,7 @@ def replay(ws: Workspace, run_id: str) -> ReplayResult:
     with tempfile.TemporaryDirectory(prefix="nightcore-replay-") as scratch:
         preopens = []
         for grant in manifest.capabilities.fs:
-            src = ws.tenant_data_root(manifest.tenant) / grant.path
+            src = ws.layout.tenant_data_root(manifest.tenant) / grant.path
             dst = Path(scratch) / grant.path
             if src.is_dir():
                 shutil.copytree(src, dst, symlinks=True)
