@@ -313,3 +313,32 @@ def test_a_cpu_hog_does_not_hold_every_worker(node_env: Env) -> None:
             assert json.loads(out)[0]["code"] == "TIMEOUT"
     finally:
         node.stop()
+
+
+def test_node_hosts_the_console_and_its_runs_use_the_workers(node_env: Env) -> None:
+    import urllib.request
+
+    token = run_cli_subprocess("-w", str(node_env.ws), "serve", "token", "create", "--json")
+    assert token.code == 0, token.err
+    bearer = token.json()["token"]
+    node = NodeProcess(node_env.ws, extra=("--http", "127.0.0.1:0"))
+    try:
+        (line,) = [ln for ln in node.log if "console on " in ln]
+        url = line.split("console on ", 1)[1].split()[0]
+        before = node.status()["pool"]["runs"]
+        req = urllib.request.Request(  # noqa: S310 - a loopback http URL the node printed
+            url + "api/run",
+            data=json.dumps({"tenants": ["hello"]}).encode(),
+            headers={"Authorization": f"Bearer {bearer}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=WAIT_S) as res:  # noqa: S310 - loopback URL
+            body = json.loads(res.read())
+        assert body["ok"] is True and body["runs"][0]["code"] == "OK"
+        assert node.status()["pool"]["runs"] == before + 1  # the node's own workers ran it
+        with urllib.request.urlopen(url + "api/runs", timeout=WAIT_S) as res:  # noqa: S310
+            assert json.loads(res.read())["runs"][0]["tenant"] == "hello"
+    finally:
+        assert node.stop() == 0
+    events = [r["event"] for r in _audit(node_env.ws)]
+    assert "console_action" in events and events[-2:] == ["node_stop", "checkpoint"]

@@ -18,7 +18,23 @@ def cmd_node(args: argparse.Namespace) -> int:
 
     if args.workers is not None and not 1 <= args.workers <= 256:
         raise UsageError("--workers must be between 1 and 256")
-    return run_node(open_workspace(args), workers=args.workers, tenant_cap=args.tenant_cap)
+    return run_node(
+        open_workspace(args),
+        workers=args.workers,
+        tenant_cap=args.tenant_cap,
+        http=_http(args.http) if args.http else None,
+    )
+
+
+def _http(value: str) -> tuple[str, int]:
+    from nightcore.dashboard_defaults import DEFAULT_HOST
+
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = DEFAULT_HOST, value
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise UsageError("--http takes [HOST:]PORT with PORT in [0, 65535]")
+    return host.strip("[]") or DEFAULT_HOST, int(port)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -68,6 +84,12 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         type=int,
         default=None,
         help="worker processes (default: one per core)",
+    )
+    sp.add_argument(
+        "--http",
+        metavar="[HOST:]PORT",
+        help="also serve the live console (loopback only) from this process; its runs use the "
+        "node's workers (port 0: any free port, printed in the log)",
     )
     sp.add_argument(
         "--tenant-cap",

@@ -25,9 +25,12 @@ class ConsoleActions:
     refused (``BUSY``) rather than queued.
     """
 
-    def __init__(self, ws: NodeContext) -> None:
+    def __init__(self, ws: NodeContext, *, runner: Any = None) -> None:
+        """``runner``: a runner the console shares with its host (the node agent's, whose
+        worker pool runs the tenants); the console then neither creates nor closes one."""
         self.ws = ws
         self.warm_runners: list[Any] = []
+        self._shared_runner = runner
         self._run_lock = threading.Lock()
 
     def cordon(self, tenant: str, reason: str, actor: str) -> dict[str, Any]:
@@ -61,9 +64,12 @@ class ConsoleActions:
             self.ws.audit().append(
                 "console_action", {"action": "run", "actor": actor, "tenants": tenants or []}
             )
-            if not self.warm_runners:
-                self.warm_runners.append(Runner(self.ws))
-            report = app.run(self.ws, names, selected=True, runner=self.warm_runners[0])
+            runner = self._shared_runner
+            if runner is None:
+                if not self.warm_runners:
+                    self.warm_runners.append(Runner(self.ws))
+                runner = self.warm_runners[0]
+            report = app.run(self.ws, names, selected=True, runner=runner)
             return {
                 "ok": report.ok,
                 "runs": [r.to_dict() for r in report.runs],

@@ -170,6 +170,7 @@ class PoolStats:
     tenant_cap: int
     running: dict[str, int] = field(default_factory=dict)
     replaced: int = 0
+    runs: int = 0
     worker_pids: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,6 +182,7 @@ class PoolStats:
             "tenant_cap": self.tenant_cap,
             "running": dict(self.running),
             "replaced": self.replaced,
+            "runs": self.runs,
             "worker_pids": list(self.worker_pids),
         }
 
@@ -216,6 +218,7 @@ class WorkerPool:
         self._running: Counter[str] = Counter()
         self._replacers: list[threading.Thread] = []
         self._replaced = 0
+        self._runs = 0
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -263,6 +266,7 @@ class WorkerPool:
                 tenant_cap=self.tenant_cap,
                 running={t: n for t, n in self._running.items() if n},
                 replaced=self._replaced,
+                runs=self._runs,
                 worker_pids=sorted(w.pid for w in [*self._idle, *self._busy.values()]),
             )
 
@@ -360,6 +364,8 @@ class WorkerPool:
     # -- runs ------------------------------------------------------------------------------
     def run(self, module_bytes: bytes, config: RunConfig) -> RunResult:
         worker = self._acquire(config.tenant)
+        with self._cond:
+            self._runs += 1
         healthy = False
         try:
             deadline = time.monotonic() + config.limits.wall_ms / 1000 + WATCHDOG_GRACE_S

@@ -98,8 +98,13 @@ class Node:
         workers: int | None = None,
         tenant_cap: int | None = None,
         socket_path: Path | None = None,
+        http: tuple[str, int] | None = None,
     ) -> None:
         self.ctx = ctx
+        self.http = http
+        self.console_url: str | None = None
+        self._console: Any = None
+        self._console_thread: threading.Thread | None = None
         self.workers = workers or os.cpu_count() or 1
         self.tenant_cap = tenant_cap
         self.socket_path = socket_path or ctx.layout.node_socket
@@ -143,6 +148,8 @@ class Node:
             self.ctx.node_signer()  # fail now, not at the first run, if the key cannot load
             self.runner = Runner(self.ctx, sandbox=self.pool)
             self._listen()
+            if self.http is not None:
+                self._start_console(*self.http)
             stats = self.pool.stats()
             audit.append(
                 "node_start",
@@ -156,10 +163,44 @@ class Node:
         except BaseException:
             self._cleanup()
             raise
+        if self.console_url is not None:
+            log(f"console on {self.console_url} (its runs use this node's workers)")
         log(
             f"serving {layout.root} on {self.socket_path} with {self.workers} worker(s) "
             f"(pid {os.getpid()})"
         )
+
+    def _start_console(self, host: str, port: int) -> None:
+        """The live console in this process (its POST /api/run uses the node's runner)."""
+        from nightcore.dashboard import server as console
+
+        console.check_bind(host, allow_remote=False, tls_cert=None, tls_key=None)
+        sock = console.bind_socket(host, port)
+        app = console.create_app(
+            self.ctx,
+            allowed_hosts=console.LOOPBACK_NAMES,
+            events_token=False,
+            runner=self.runner,
+            log=log,
+        )
+        server = console._uvicorn_server(app)
+        self._console = (server, sock, app)
+        self.console_url = console.url_of(sock, "http")
+        self._console_thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, name="nightcore-console", daemon=True
+        )
+        self._console_thread.start()
+
+    def _stop_console(self) -> None:
+        if self._console is None:
+            return
+        server, sock, app = self._console
+        server.should_exit = True
+        if self._console_thread is not None:
+            self._console_thread.join(timeout=30)
+        sock.close()
+        app.state.close()
+        self._console = None
 
     def _take_lock(self) -> None:
         import fcntl
@@ -214,6 +255,7 @@ class Node:
 
     def shutdown(self) -> None:
         log("stopping: no new requests; waiting for in-flight runs")
+        self._stop_console()
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -237,6 +279,7 @@ class Node:
         log(f"stopped (final checkpoint {checkpoint})")
 
     def _cleanup(self) -> None:
+        self._stop_console()
         for r in (self.runner, self._strongbox_runner):
             if r is not None:
                 r.close()
@@ -395,9 +438,15 @@ def _refresh_dashboard(ctx: NodeContext) -> dict[str, str]:
     return {"path": str(path), "sha256": digest}
 
 
-def run_node(ctx: NodeContext, *, workers: int | None = None, tenant_cap: int | None = None) -> int:
+def run_node(
+    ctx: NodeContext,
+    *,
+    workers: int | None = None,
+    tenant_cap: int | None = None,
+    http: tuple[str, int] | None = None,
+) -> int:
     """``nightcore node``: start, serve until SIGTERM/SIGINT, stop cleanly. Exit status 0."""
-    node = Node(ctx, workers=workers, tenant_cap=tenant_cap)
+    node = Node(ctx, workers=workers, tenant_cap=tenant_cap, http=http)
     node.start()
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
