@@ -70,7 +70,12 @@ unit: $(VENV)/.dev
 tenants: $(VENV)/.dev
 	$(BIN)/python tools/build_tenants.py --rebuild-c
 
-bench: $(VENV)/.dev
+# Benchmark-only peers (Extism's Python SDK, the Wasmtime CLI), hash-pinned like the rest.
+$(VENV)/.bench: $(VENV)/.dev requirements-bench.lock
+	$(PIP) install -q --require-hashes -r requirements-bench.lock
+	touch $@
+
+bench: $(VENV)/.bench
 	$(BIN)/python -m compileall -q src
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
