@@ -149,7 +149,10 @@ class NodeProcess:
         runs = result["runs"]
         bad = [(r["tenant"], r["code"]) for r in runs if r["code"] != expect]
         if len(runs) != len(tenants) or bad:
-            raise RuntimeError(f"expected {len(tenants)} x {expect}, got {bad or len(runs)}")
+            raise RuntimeError(
+                f"expected {len(tenants)} x {expect}, got {bad or len(runs)}; "
+                f"node log:\n{self.text()[-4000:]}"
+            )
         return elapsed
 
 
