@@ -110,6 +110,17 @@ def node(node_env: Env) -> Iterator[NodeProcess]:
         n.kill()
 
 
+def wait_started(ws: Path, tenant: str) -> str:
+    """Wait until ``tenant``'s run_start is durable in the audit log; its run id."""
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        for r in _audit(ws):
+            if r["event"] == "run_start" and r.get("tenant") == tenant:
+                return str(r["data"]["run_id"])
+        time.sleep(0.02)  # polling a condition with a deadline
+    raise AssertionError(f"{tenant} never started")
+
+
 def _audit(ws: Path) -> list[dict[str, Any]]:
     text = (ws / "state" / "audit" / "audit.jsonl").read_text()
     return [json.loads(line) for line in text.splitlines()]
@@ -167,6 +178,7 @@ def test_worker_killed_mid_run_ends_that_run_worker_crashed(node_env: Env) -> No
     try:
         client = _cli(node_env.ws, "run", "looper", "--json", "--no-dashboard")
         node.wait_busy("looper", client)
+        wait_started(node_env.ws, "looper")
         busy = node.call("status")["pool"]
         assert busy["busy"] == 1
         # Which worker holds looper: the only busy one.
@@ -203,6 +215,7 @@ def test_node_killed_mid_run_leaves_interrupted_outcomes(node_env: Env) -> None:
     node = NodeProcess(node_env.ws)
     client = _cli(node_env.ws, "run", "looper", "--no-dashboard")
     node.wait_busy("looper", client)
+    wait_started(node_env.ws, "looper")
     node.kill()  # SIGKILL: no chance to record anything
     client.communicate(timeout=WAIT_S)
     assert client.returncode == 2  # the client says it lost the node

@@ -10,6 +10,7 @@ action goes through the application facade (:mod:`nightcore.app`), as the CLI's 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from nightcore.context import NodeContext
@@ -25,12 +26,14 @@ class ConsoleActions:
     refused (``BUSY``) rather than queued.
     """
 
-    def __init__(self, ws: NodeContext, *, runner: Any = None) -> None:
-        """``runner``: a runner the console shares with its host (the node agent's, whose
-        worker pool runs the tenants); the console then neither creates nor closes one."""
+    def __init__(
+        self, ws: NodeContext, *, run: Callable[[list[str]], dict[str, Any]] | None = None
+    ) -> None:
+        """``run``: the host's way to run selected tenants (the node agent passes its own, so
+        the console's runs go to its worker pool); by default a warm runner of the console's."""
         self.ws = ws
         self.warm_runners: list[Any] = []
-        self._shared_runner = runner
+        self._host_run = run
         self._run_lock = threading.Lock()
 
     def cordon(self, tenant: str, reason: str, actor: str) -> dict[str, Any]:
@@ -64,12 +67,16 @@ class ConsoleActions:
             self.ws.audit().append(
                 "console_action", {"action": "run", "actor": actor, "tenants": tenants or []}
             )
-            runner = self._shared_runner
-            if runner is None:
-                if not self.warm_runners:
-                    self.warm_runners.append(Runner(self.ws))
-                runner = self.warm_runners[0]
-            report = app.run(self.ws, names, selected=True, runner=runner)
+            if self._host_run is not None:
+                done = self._host_run(names)
+                return {
+                    "ok": bool(done["runs"]) and all(r["code"] == "OK" for r in done["runs"]),
+                    "runs": done["runs"],
+                    "checkpoint": done.get("checkpoint"),
+                }
+            if not self.warm_runners:
+                self.warm_runners.append(Runner(self.ws))
+            report = app.run(self.ws, names, selected=True, runner=self.warm_runners[0])
             return {
                 "ok": report.ok,
                 "runs": [r.to_dict() for r in report.runs],

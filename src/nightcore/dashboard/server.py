@@ -88,14 +88,14 @@ def create_app(
     events_token: bool | None = None,
     max_rows: int = MAX_ROWS,
     log: Callable[[str], None] | None = None,
-    runner: Any = None,
+    run: Callable[[list[str]], dict[str, Any]] | None = None,
 ) -> Starlette:
     """The console as an ASGI app (``allowed_hosts``: the host names clients may use).
 
     ``events_token``: serve ``/events`` only with a bearer token; by default when a host name
     clients may use is not a loopback name (:func:`serve` says whether it is bound to loopback).
-    ``runner``: the host's runner for ``POST /api/run`` (the node agent passes its own, so the
-    console's runs use its worker pool); by default the console keeps one warm runner.
+    ``run``: the host's way to run tenants for ``POST /api/run`` (the node agent passes its
+    own, so the console's runs use its worker pool); by default the console keeps a warm runner.
     """
     from nightcore.dashboard.collect import versions
 
@@ -103,7 +103,7 @@ def create_app(
     if events_token is None:
         events_token = not all(is_loopback(h) for h in allowed_hosts)
     live = LiveState(ws, max_rows=max_rows)
-    actions = ConsoleActions(ws, runner=runner)
+    actions = ConsoleActions(ws, run=run)
     console = Console(
         ws=ws,
         live=live,

@@ -1,25 +1,26 @@
 """The node's pool of worker processes, with a fair queue and a per-tenant concurrency cap.
 
-:class:`WorkerPool` has the interface of :class:`nightcore.sandbox.engine.Sandbox`
-(``run(module_bytes, config) -> RunResult``, ``close()``), so the runner uses it unchanged.
-Each worker (:mod:`nightcore.node.worker`) is a separate interpreter with its own warm engine
-and compiled-module cache; runs on different workers execute in parallel, with no GIL between
-them.
+Each worker (:mod:`nightcore.node.worker`) is a separate interpreter holding a warm runner of
+the workspace: it verifies, admits, runs and records the runs of the batches it is given, in
+parallel with the other workers (no GIL between them). The node's own per-run work is a few
+dictionary operations and one frame each way.
 
-Fairness: runs wait in one queue per tenant, and a free worker goes to the next tenant in
-round-robin order whose running count is below the cap (default: every worker but one), so a
-tenant with a thousand queued runs cannot keep another tenant waiting behind all of them, and
-cannot hold every worker.
+Fairness: runs wait in one queue per tenant. A free worker takes a batch of runs of distinct
+tenants, chosen round-robin over the tenants waiting, skipping any tenant already held by
+``tenant_cap`` workers (default: every worker but one). So a tenant with a thousand queued runs
+cannot keep another waiting behind all of them, and cannot hold every worker.
 
-Faults: a worker that dies mid-run ends that run with ``WORKER_CRASHED``; one that does not
-answer by the run's wall-time limit plus a grace period is killed and the run ends ``TIMEOUT``;
-one whose reply breaks the format is killed and the run ends ``WORKER_REPLY_INVALID``. In each
-case the worker is replaced in the background and other runs are unaffected.
+Faults: if a worker dies mid-batch (or stops answering), the runs it had started get a closing
+``run_outcome`` with ``WORKER_CRASHED`` (``TIMEOUT`` for a hung worker) written by the node, the
+runs it had not started are reported with the same code (and one ``worker_crashed`` audit line
+names them), and the worker is replaced in the background. A worker dies with its node: it
+watches a lifeline pipe whose other end only the node holds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -30,28 +31,41 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nightcore.errors import SandboxError
+from nightcore.errors import NightCoreError, SandboxError
+from nightcore.node.worker import decode_run
 from nightcore.sandbox import strongbox as sb
-from nightcore.sandbox.types import RunConfig, RunResult
+
+if TYPE_CHECKING:
+    from nightcore.audit.log import AuditLog
 
 START_TIMEOUT_S = 120.0
-# A worker compiles a module it has not seen before the run's wall clock starts: the watchdog
-# allows that much on top of the wall-time limit before it calls the worker hung.
-WATCHDOG_GRACE_S = 60.0
-MAX_REPLY_JSON = 256 * 1024
-MAX_EVENTS = 16
+# A worker compiles a module it has not seen before a run's wall clock starts, and records each
+# run after it: the node calls a worker hung only after the longest wall limit plus this.
+ANSWER_GRACE_S = 120.0
+MAX_BATCH = 32
+MAX_REPLY_JSON = 4 * 1024 * 1024
 
-EventSink = Callable[[str, dict[str, object]], None]
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def _death(status: int) -> str:
+    if status < 0:
+        try:
+            return signal.Signals(-status).name
+        except ValueError:
+            return f"signal {-status}"
+    return f"exit status {status}"
 
 
 class _Worker:
-    """One worker process and its two pipes. Used by one run at a time (the pool hands it out)."""
+    """One worker process, its two pipes and its lifeline. Used by one driver thread."""
 
-    def __init__(self, cache_dir: Path | None, secret: bytes) -> None:
+    def __init__(self, workspace: Path) -> None:
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
+        life_r, life_w = os.pipe()
         try:
             self.proc = subprocess.Popen(
                 [
@@ -63,22 +77,26 @@ class _Worker:
                     str(req_r),
                     "--out",
                     str(rep_w),
+                    "--lifeline",
+                    str(life_r),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                pass_fds=(req_r, rep_w),
+                pass_fds=(req_r, rep_w, life_r),
                 close_fds=True,
                 start_new_session=True,  # a Ctrl-C in the node's terminal is the node's to handle
+                env=_worker_env(),
             )
         finally:
-            os.close(req_r)
-            os.close(rep_w)
+            for fd in (req_r, rep_w, life_r):
+                os.close(fd)
         self._req = req_w
         self._rep = rep_r
+        self._life = life_w  # never written: its closing (the node's death) ends the worker
         self.seq = 0
-        self.runs = 0
+        self.batches = 0
         self.dead = False
-        sb.write_frame(self._req, {"op": "init", "cache_dir": str(cache_dir or "")}, secret)
+        sb.write_frame(self._req, {"op": "init", "workspace": str(workspace)})
 
     @property
     def pid(self) -> int:
@@ -90,28 +108,24 @@ class _Worker:
                 self._rep, max_json=1024, max_blob=0, deadline=time.monotonic() + timeout
             )
         except sb.FrameError as exc:
-            self.kill()
+            status = self.kill()
             raise SandboxError(
-                f"a node worker did not start: {exc}", code="WORKER_START_FAILED"
+                f"a node worker did not start ({exc}; {_death(status)})",
+                code="WORKER_START_FAILED",
             ) from None
         if hello.get("op") != "ready":
             self.kill()
             raise SandboxError("a node worker sent no ready frame", code="WORKER_START_FAILED")
 
-    def call(
-        self, module: bytes, config: RunConfig, deadline: float
-    ) -> tuple[dict[str, Any], bytes]:
+    def send_batch(self, jobs: list[dict[str, str]]) -> int:
         self.seq += 1
-        self.runs += 1
-        sb.write_frame(
-            self._req, {"op": "run", "seq": self.seq, "config": sb.config_to_json(config)}, module
-        )
-        return sb.read_frame(
-            self._rep,
-            max_json=MAX_REPLY_JSON,
-            max_blob=config.limits.output_bytes,
-            deadline=deadline,
-        )
+        self.batches += 1
+        sb.write_frame(self._req, {"op": "batch", "seq": self.seq, "jobs": jobs})
+        return self.seq
+
+    def receive(self, deadline: float) -> dict[str, Any]:
+        header, _ = sb.read_frame(self._rep, max_json=MAX_REPLY_JSON, max_blob=0, deadline=deadline)
+        return header
 
     def kill(self) -> int:
         """Kill the process (if alive), reap it, close the pipes; its wait status."""
@@ -126,39 +140,51 @@ class _Worker:
         return status
 
     def stop(self) -> None:
-        """Ask the worker to end (end of input), then make sure it did."""
+        """End of input: the worker finishes its loop and exits; make sure it did."""
         self.dead = True
         with contextlib.suppress(OSError):
             os.close(self._req)
         try:
-            self.proc.wait(timeout=10)
+            self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
-        with contextlib.suppress(OSError):
-            os.close(self._rep)
+                self.proc.wait(timeout=30)
+        self._close()
 
     def _close(self) -> None:
-        for fd in (self._req, self._rep):
+        for fd in (self._req, self._rep, self._life):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
 
-def _death(status: int) -> str:
-    if status < 0:
-        try:
-            return signal.Signals(-status).name
-        except ValueError:
-            return f"signal {-status}"
-    return f"exit status {status}"
+def _worker_env() -> dict[str, str]:
+    # The worker opens the node key itself (it signs its runs' attestations), so it gets the
+    # key's passphrase variable if the node has one; nothing else of the node's environment.
+    keep = ("NIGHTCORE_NODE_KEY_PASSPHRASE", "PATH", "LANG", "LC_ALL", "TZ", "HOME")
+    return {k: v for k, v in os.environ.items() if k in keep}
 
 
 @dataclass
-class _Ticket:
+class _Request:
+    jobs: list[dict[str, str]]
+    progress: ProgressFn | None
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    index_errors: list[list[str]] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def deliver(self, run_id: str, run: dict[str, Any]) -> None:
+        self.results[run_id] = run
+        if len(self.results) >= len(self.jobs):
+            self.done.set()
+
+
+@dataclass
+class _Job:
     tenant: str
-    worker: _Worker | None = None
+    run_id: str
+    request: _Request
 
 
 @dataclass
@@ -187,17 +213,17 @@ class PoolStats:
         }
 
 
-class WorkerPool:
-    """``size`` worker processes sharing one compiled-module cache directory."""
+class RunnerPool:
+    """``size`` worker processes running the runs of one workspace."""
 
     def __init__(
         self,
         size: int,
-        cache_dir: Path | None,
-        cache_secret: bytes,
+        workspace: Path,
+        audit: Callable[[], AuditLog],
         *,
         tenant_cap: int | None = None,
-        on_event: EventSink | None = None,
+        answer_timeout_s: float = 3600.0,
     ) -> None:
         if not 1 <= size <= 256:
             raise SandboxError("--workers must be between 1 and 256", code="USAGE")
@@ -205,26 +231,25 @@ class WorkerPool:
         self.tenant_cap = tenant_cap if tenant_cap is not None else max(1, size - 1)
         if not 1 <= self.tenant_cap <= size:
             raise SandboxError("--tenant-cap must be between 1 and --workers", code="USAGE")
-        self._cache_dir = cache_dir
-        self._secret = cache_secret
-        self._on_event = on_event
+        self.workspace = workspace
+        self._audit = audit
+        self._answer_timeout_s = answer_timeout_s
         self._cond = threading.Condition()
-        self._idle: list[_Worker] = []
-        self._busy: dict[int, _Worker] = {}
-        self._starting = 0
-        self._waiting: dict[str, deque[_Ticket]] = {}
-        self._order: list[str] = []  # tenants with waiting runs, in round-robin order
+        self._waiting: dict[str, deque[_Job]] = {}
+        self._order: list[str] = []  # tenants with waiting runs, round-robin
         self._next = 0
-        self._running: Counter[str] = Counter()
-        self._replacers: list[threading.Thread] = []
+        self._holding: Counter[str] = Counter()  # tenant -> workers holding its runs
+        self._workers: dict[int, _Worker] = {}
+        self._busy: set[int] = set()
+        self._drivers: list[threading.Thread] = []
         self._replaced = 0
         self._runs = 0
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Start every worker (in parallel) and wait until each is ready."""
-        workers = [_Worker(self._cache_dir, self._secret) for _ in range(self.size)]
+        """Start every worker (in parallel), wait until each is ready, start their drivers."""
+        workers = [_Worker(self.workspace) for _ in range(self.size)]
         try:
             for w in workers:
                 w.wait_ready()
@@ -232,183 +257,228 @@ class WorkerPool:
             for w in workers:
                 w.kill()
             raise
+        for w in workers:
+            self._adopt(w)
+
+    def _adopt(self, worker: _Worker) -> None:
         with self._cond:
-            self._idle.extend(workers)
+            self._workers[worker.pid] = worker
+        t = threading.Thread(target=self._drive, args=(worker,), name=f"nightcore-w{worker.pid}")
+        self._drivers.append(t)
+        t.start()
 
     def close(self) -> None:
+        """Stop taking batches; let the running ones finish; stop the workers."""
         with self._cond:
             self._closed = True
-            idle, self._idle = self._idle, []
             self._cond.notify_all()
-        for w in idle:
-            w.stop()
-        for t in list(self._replacers):
-            t.join(timeout=START_TIMEOUT_S)
+        for t in list(self._drivers):
+            t.join(timeout=self._answer_timeout_s)
         with self._cond:
-            busy = list(self._busy.values())
-        for w in busy:  # only when close() races a run: its caller gets WORKER_CRASHED
+            left = list(self._workers.values())
+            self._workers.clear()
+        for w in left:
             w.kill()
-
-    def __enter__(self) -> WorkerPool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # -- observation -----------------------------------------------------------------------
     def stats(self) -> PoolStats:
         with self._cond:
             return PoolStats(
                 size=self.size,
-                alive=len(self._idle) + len(self._busy),
+                alive=len(self._workers),
                 busy=len(self._busy),
                 queued=sum(len(q) for q in self._waiting.values()),
                 tenant_cap=self.tenant_cap,
-                running={t: n for t, n in self._running.items() if n},
+                running={t: n for t, n in self._holding.items() if n},
                 replaced=self._replaced,
                 runs=self._runs,
-                worker_pids=sorted(w.pid for w in [*self._idle, *self._busy.values()]),
+                worker_pids=sorted(self._workers),
             )
 
     def worker_pids(self, *, busy: bool | None = None) -> list[int]:
         with self._cond:
-            if busy is True:
-                return sorted(self._busy)
-            if busy is False:
-                return sorted(w.pid for w in self._idle)
-            return sorted([*self._busy, *(w.pid for w in self._idle)])
+            if busy is None:
+                return sorted(self._workers)
+            return sorted(p for p in self._workers if (p in self._busy) == busy)
 
-    # -- scheduling ------------------------------------------------------------------------
-    def _dispatch(self) -> None:
-        """Hand idle workers to waiting runs: round-robin over tenants, within the cap."""
-        handed = False
-        while self._idle and self._order:
-            n = len(self._order)
-            for i in range(n):
-                idx = (self._next + i) % n
-                tenant = self._order[idx]
-                if self._running[tenant] >= self.tenant_cap:
-                    continue
-                queue = self._waiting[tenant]
-                ticket = queue.popleft()
-                if not queue:
-                    del self._waiting[tenant]
-                    self._order.pop(idx)
-                    self._next = idx % len(self._order) if self._order else 0
-                else:
-                    self._next = (idx + 1) % n
-                worker = self._idle.pop()
-                ticket.worker = worker
-                self._busy[worker.pid] = worker
-                self._running[tenant] += 1
-                handed = True
-                break
-            else:
-                break  # every waiting tenant is at its cap
-        if handed:
-            self._cond.notify_all()
-
-    def _acquire(self, tenant: str) -> _Worker:
-        ticket = _Ticket(tenant)
+    # -- requests --------------------------------------------------------------------------
+    def run(
+        self, jobs: list[tuple[str, str]], progress: ProgressFn | None = None
+    ) -> tuple[list[dict[str, Any]], list[list[str]]]:
+        """Run ``(tenant, run_id)`` jobs; their runs as plain data (in order) and any index
+        errors the workers reported. Blocks until every run has its recorded outcome."""
+        request = _Request([{"tenant": t, "run_id": r} for t, r in jobs], progress)
+        if not jobs:
+            return [], []
         with self._cond:
             if self._closed:
-                raise SandboxError("the node is shutting down", code="NODE_SHUTTING_DOWN")
-            if tenant not in self._waiting:
-                self._waiting[tenant] = deque()
-                self._order.append(tenant)
-            self._waiting[tenant].append(ticket)
-            self._dispatch()
-            while ticket.worker is None:
-                if self._closed:
-                    queue = self._waiting.get(tenant)
-                    if queue is not None and ticket in queue:
-                        queue.remove(ticket)
-                    raise SandboxError("the node is shutting down", code="NODE_SHUTTING_DOWN")
-                self._cond.wait()
-            return ticket.worker
+                raise NightCoreError("the node is shutting down", code="NODE_SHUTTING_DOWN")
+            for tenant, run_id in jobs:
+                if tenant not in self._waiting:
+                    self._waiting[tenant] = deque()
+                    self._order.append(tenant)
+                self._waiting[tenant].append(_Job(tenant, run_id, request))
+            self._cond.notify_all()
+        request.done.wait()
+        return [request.results[r] for _, r in jobs], request.index_errors
 
-    def _release(self, worker: _Worker, tenant: str, healthy: bool) -> None:
-        with self._cond:
-            self._busy.pop(worker.pid, None)
-            self._running[tenant] -= 1
-            if self._running[tenant] <= 0:
-                del self._running[tenant]
-            if healthy and not self._closed:
-                self._idle.append(worker)
-            elif not self._closed:
-                self._replaced += 1
-                t = threading.Thread(target=self._replace, name="nightcore-worker-replace")
-                self._replacers.append(t)
-                t.start()
-            self._dispatch()
-        if healthy and self._closed:
-            worker.stop()
+    def _take_batch(self) -> list[_Job]:
+        """Under the lock: the next batch for a free worker (distinct tenants, within the cap)."""
+        if not self._order:
+            return []
+        queued = sum(len(q) for q in self._waiting.values())
+        idle = max(1, len(self._workers) - len(self._busy))
+        want = min(MAX_BATCH, max(1, math.ceil(queued / idle)))
+        batch: list[_Job] = []
+        n = len(self._order)
+        i = 0
+        while len(batch) < want and i < n:
+            tenant = self._order[(self._next + i) % n]
+            i += 1
+            if self._holding[tenant] >= self.tenant_cap:
+                continue
+            batch.append(self._waiting[tenant].popleft())
+        for job in batch:
+            self._holding[job.tenant] += 1
+            if not self._waiting[job.tenant]:
+                del self._waiting[job.tenant]
+                self._order.remove(job.tenant)
+        self._next = (self._next + i) % len(self._order) if self._order else 0
+        return batch
+
+    def _drive(self, worker: _Worker) -> None:
+        """One worker's driver thread: take a batch, send it, deliver its runs; repeat."""
+        while True:
+            with self._cond:
+                batch: list[_Job] = []
+                while not self._closed:
+                    batch = self._take_batch()
+                    if batch:
+                        break
+                    self._cond.wait()
+                if not batch:
+                    self._workers.pop(worker.pid, None)
+                    worker.stop()
+                    return
+                self._busy.add(worker.pid)
+                self._runs += len(batch)
+            healthy = self._run_batch(worker, batch)
+            with self._cond:
+                self._busy.discard(worker.pid)
+                for job in batch:
+                    self._holding[job.tenant] -= 1
+                    if self._holding[job.tenant] <= 0:
+                        del self._holding[job.tenant]
+                self._cond.notify_all()
+                if not healthy:
+                    self._workers.pop(worker.pid, None)
+                    if not self._closed:
+                        self._replaced += 1
+                        threading.Thread(target=self._replace, name="nightcore-respawn").start()
+                    return
+
+    def _run_batch(self, worker: _Worker, batch: list[_Job]) -> bool:
+        audit = self._audit()
+        offset = audit.path.stat().st_size if audit.path.exists() else 0
+        pending = {job.run_id: job for job in batch}
+        try:
+            worker.send_batch([{"tenant": j.tenant, "run_id": j.run_id} for j in batch])
+            deadline = time.monotonic() + self._answer_timeout_s
+            while True:
+                msg = worker.receive(deadline)
+                if msg.get("op") == "progress" and isinstance(msg.get("run"), dict):
+                    run = decode_run(msg["run"])
+                    job = pending.get(str(run.get("run_id"))) or _by_tenant(pending, run)
+                    if job is not None and job.request.progress is not None:
+                        job.request.progress(run)
+                    continue
+                if msg.get("op") == "result":
+                    break
+                raise sb.FrameError("unexpected frame")
+        except (sb.FrameError, OSError) as exc:
+            hung = isinstance(exc, sb.FrameError) and exc.timeout
+            status = worker.kill()
+            why = "did not answer in time" if hung else f"died ({_death(status)})"
+            self._close_batch(
+                worker.pid, why, "TIMEOUT" if hung else "WORKER_CRASHED", batch, offset
+            )
+            return False
+        if isinstance(msg.get("error"), list):
+            code, message = (str(x) for x in msg["error"][:2])
+            for job in batch:
+                job.request.deliver(job.run_id, _refused(job, code, message))
+            return True
+        runs = msg.get("runs")
+        by_tenant: dict[str, dict[str, Any]] = {
+            str(r.get("tenant")): decode_run(r)
+            for r in (runs if isinstance(runs, list) else [])
+            if isinstance(r, dict)
+        }
+        for job in batch:
+            run = by_tenant.get(job.tenant) or _refused(
+                job, "WORKER_REPLY_INVALID", "the worker did not report this run"
+            )
+            if isinstance(msg.get("index_error"), list):
+                job.request.index_errors.append([str(x) for x in msg["index_error"][:2]])
+            job.request.deliver(job.run_id, run)
+        return True
+
+    def _close_batch(self, pid: int, why: str, code: str, batch: list[_Job], offset: int) -> None:
+        """A worker is gone mid-batch: close the runs it started, report the others."""
+        from nightcore.node.recovery import interrupted_events, open_runs
+
+        audit = self._audit()
+        with audit.path.open("rb") as fh:
+            fh.seek(offset)
+            started = open_runs(fh)
+        ours = {rid: info for rid, info in started.items() if any(j.run_id == rid for j in batch)}
+        detail = f"worker {pid} {why} during the run; it was replaced"
+        events = interrupted_events(ours, code=code, detail=detail)
+        entries = audit.append_many(events) if events else []
+        seqs = {e.record["data"]["run_id"]: e.seq for e in entries}
+        unstarted = [j for j in batch if j.run_id not in ours and j.run_id not in seqs]
+        if unstarted:
+            audit.append(
+                "worker_crashed",
+                {"pid": pid, "reason": why, "tenants": [j.tenant for j in unstarted]},
+            )
+        for job in batch:
+            run = _refused(job, code, detail)
+            if job.run_id in seqs:
+                run["audit_seq"] = seqs[job.run_id]
+            job.request.deliver(job.run_id, run)
 
     def _replace(self) -> None:
         try:
-            w = _Worker(self._cache_dir, self._secret)
+            w = _Worker(self.workspace)
             w.wait_ready()
         except SandboxError:
-            return  # the next run's failure will say so; nothing waits on this thread
+            return  # capacity is one worker short; `nightcore node status` shows it
         with self._cond:
-            if self._closed:
-                closed = True
-            else:
-                closed = False
-                self._idle.append(w)
-                self._dispatch()
-            self._replacers = [t for t in self._replacers if t is not threading.current_thread()]
+            closed = self._closed
         if closed:
             w.stop()
-
-    # -- runs ------------------------------------------------------------------------------
-    def run(self, module_bytes: bytes, config: RunConfig) -> RunResult:
-        worker = self._acquire(config.tenant)
-        with self._cond:
-            self._runs += 1
-        healthy = False
-        try:
-            deadline = time.monotonic() + config.limits.wall_ms / 1000 + WATCHDOG_GRACE_S
-            t0 = time.perf_counter()
-            try:
-                header, blob = worker.call(module_bytes, config, deadline)
-            except (sb.FrameError, OSError) as exc:
-                timeout = isinstance(exc, sb.FrameError) and exc.timeout
-                status = worker.kill()
-                if timeout:
-                    return RunResult.refused(
-                        "TIMEOUT",
-                        f"worker {worker.pid} did not answer within the wall-time limit "
-                        "plus grace; it was killed and replaced",
-                    )
-                return RunResult.refused(
-                    "WORKER_CRASHED",
-                    f"worker {worker.pid} died during the run ({_death(status)}); it was replaced",
-                )
-            wall_ms = (time.perf_counter() - t0) * 1000
-            events = header.pop("events", [])
-            try:
-                result = sb.result_from_frame(header, blob, config.limits, worker.seq)
-            except sb.ReplyInvalid as exc:
-                worker.kill()
-                return RunResult.refused(
-                    "WORKER_REPLY_INVALID", f"worker {worker.pid}: {exc}; it was replaced"
-                )
-            self._forward(events, config.tenant)
-            result.wall_ms = wall_ms
-            healthy = True
-            return result
-        finally:
-            self._release(worker, config.tenant, healthy)
-
-    def _forward(self, events: Any, tenant: str) -> None:
-        if self._on_event is None or not isinstance(events, list):
             return
-        for ev in events[:MAX_EVENTS]:
-            if (
-                isinstance(ev, dict)
-                and ev.get("event") == "cache_rejected"
-                and isinstance(ev.get("data"), dict)
-            ):
-                data = {str(k)[:64]: str(v)[:200] for k, v in ev["data"].items()}
-                self._on_event("cache_rejected", {**data, "tenant": tenant})
+        self._adopt(w)
+
+
+def _by_tenant(pending: dict[str, _Job], run: dict[str, Any]) -> _Job | None:
+    return next((j for j in pending.values() if j.tenant == run.get("tenant")), None)
+
+
+def _refused(job: _Job, code: str, message: str) -> dict[str, Any]:
+    """A run the node reports itself (its worker never did)."""
+    return {
+        "tenant": job.tenant,
+        "code": code,
+        "reason": message,
+        "exit_code": None,
+        "fuel_used": None,
+        "wall_ms": 0.0,
+        "memory_bytes": 0,
+        "output_bytes": 0,
+        "key_id": "",
+        "module_sha256": "",
+        "run_id": job.run_id,
+        "audit_seq": None,
+    }

@@ -41,8 +41,14 @@ def open_runs(lines: Iterable[bytes]) -> dict[str, dict[str, Any]]:
     return started
 
 
-def interrupted_events(open_: dict[str, dict[str, Any]]) -> list[Event]:
-    """The closing ``run_outcome`` of each open run (nothing about it is known but its start)."""
+def interrupted_events(
+    open_: dict[str, dict[str, Any]],
+    *,
+    code: str = "INTERRUPTED",
+    detail: str = INTERRUPTED_DETAIL,
+) -> list[Event]:
+    """The closing ``run_outcome`` of each open run (nothing about it is known but its start):
+    ``INTERRUPTED`` after a node died, ``WORKER_CRASHED``/``TIMEOUT`` after a worker did."""
     from nightcore.audit.log import Event
 
     return [
@@ -50,11 +56,10 @@ def interrupted_events(open_: dict[str, dict[str, Any]]) -> list[Event]:
             "run_outcome",
             {
                 "run_id": run_id,
-                "code": "INTERRUPTED",
-                "detail": INTERRUPTED_DETAIL,
+                "code": code,
+                "detail": detail,
                 "exit_code": None,
-                "fuel_used": 0,
-                "fuel_exact": False,  # unknown: the run's own accounting was lost with the node
+                "fuel_used": None,  # unknown: the run's own accounting died with its process
                 "wall_us": 0,
                 "memory_bytes": 0,
                 "output_bytes": 0,

@@ -33,7 +33,7 @@ from nightcore.node import protocol
 
 if TYPE_CHECKING:
     from nightcore.context import NodeContext
-    from nightcore.node.pool import WorkerPool
+    from nightcore.node.pool import RunnerPool
     from nightcore.runner.pipeline import Runner
 
 REQUEST_READ_TIMEOUT_S = 30.0
@@ -110,8 +110,7 @@ class Node:
         self.socket_path = socket_path or ctx.layout.node_socket
         self.owner_uid = os.getuid()
         self.started = time.time()
-        self.pool: WorkerPool | None = None
-        self.runner: Runner | None = None
+        self.pool: RunnerPool | None = None
         self._strongbox_runner: Runner | None = None
         self._listener: socket.socket | None = None
         self._lock_fd: int | None = None
@@ -124,9 +123,8 @@ class Node:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        from nightcore.node.pool import WorkerPool
+        from nightcore.node.pool import RunnerPool
         from nightcore.node.recovery import close_interrupted
-        from nightcore.runner.pipeline import Runner
 
         self._take_lock()
         try:
@@ -134,19 +132,16 @@ class Node:
             audit = self.ctx.audit()
             # Workers first: they are new interpreters (never forks), started before anything
             # in this process could have built a Wasmtime engine.
-            self.pool = WorkerPool(
-                self.workers,
-                layout.cache_dir,
-                layout.cache_secret_path.read_bytes(),
-                tenant_cap=self.tenant_cap,
-                on_event=self._on_sandbox_event,
+            self.pool = RunnerPool(
+                self.workers, layout.root, self.ctx.audit, tenant_cap=self.tenant_cap
             )
             self.pool.start()
+            # Before any new work: a run a dead node left open gets its closing outcome. The
+            # workers have taken none yet (they take work only from this node's requests).
             closed = close_interrupted(audit)
             if closed:
                 log(f"closed {len(closed)} run(s) a previous node left open: INTERRUPTED")
             self.ctx.node_signer()  # fail now, not at the first run, if the key cannot load
-            self.runner = Runner(self.ctx, sandbox=self.pool)
             self._listen()
             if self.http is not None:
                 self._start_console(*self.http)
@@ -180,7 +175,7 @@ class Node:
             self.ctx,
             allowed_hosts=console.LOOPBACK_NAMES,
             events_token=False,
-            runner=self.runner,
+            run=self.run_for_console,
             log=log,
         )
         server = console._uvicorn_server(app)
@@ -280,10 +275,9 @@ class Node:
 
     def _cleanup(self) -> None:
         self._stop_console()
-        for r in (self.runner, self._strongbox_runner):
-            if r is not None:
-                r.close()
-        self.runner = self._strongbox_runner = None
+        if self._strongbox_runner is not None:
+            self._strongbox_runner.close()
+            self._strongbox_runner = None
         if self.pool is not None:
             self.pool.close()
             self.pool = None
@@ -400,34 +394,75 @@ class Node:
 
     def _run(self, args: dict[str, Any], event: Callable[[str, dict[str, Any]], None]) -> Any:
         from nightcore import app
-        from nightcore.runner.pipeline import Runner, TenantRun
 
-        ctx = self.ctx
-        names = app.select_tenants(ctx, _str_list(args, "tenants"))
+        names = app.select_tenants(self.ctx, _str_list(args, "tenants"))
         event("selected", {"count": len(names)})
         strongbox = args.get("strongbox", False)
-        if not isinstance(strongbox, bool):
-            raise _bad("strongbox must be true or false")
+        checkpoint = args.get("checkpoint", True)
+        if not isinstance(strongbox, bool) or not isinstance(checkpoint, bool):
+            raise _bad("strongbox and checkpoint must be true or false")
+        parallel = _opt_int(args, "parallel", 1, 256)
+        out = self.run_tenants(
+            names,
+            strongbox=strongbox,
+            parallel=parallel,
+            checkpoint=checkpoint,
+            progress=lambda run: event("progress", {"tenant": run["tenant"], "code": run["code"]}),
+        )
+        if args.get("dashboard", False):
+            out["dashboard"] = _refresh_dashboard(self.ctx)
+        return out
+
+    def run_tenants(
+        self,
+        names: list[str],
+        *,
+        strongbox: bool = False,
+        parallel: int | None = None,
+        checkpoint: bool = True,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run selected tenants on the workers (or, ``strongbox``, in confined workers); the
+        run report as plain data (``RunReport.to_dict()``'s shape)."""
+        from nightcore import app
+        from nightcore.runner.pipeline import (
+            Runner,
+            RunReport,
+            TenantRun,
+            new_run_id,
+            sign_checkpoint,
+        )
+
+        ctx = self.ctx
         if strongbox:
             if self._strongbox_runner is None:
                 self._strongbox_runner = Runner(ctx, strongbox=True)
-            runner = self._strongbox_runner
-        else:
-            assert self.runner is not None
-            runner = self.runner
-        parallel = _opt_int(args, "parallel", 1, 256) or self.workers
 
-        def progress(tr: TenantRun) -> None:
-            event("progress", {"tenant": tr.tenant, "code": tr.code})
+            def each(tr: TenantRun) -> None:
+                if progress is not None:
+                    progress(tr.to_dict())
 
-        report = app.run(
-            ctx, names, selected=True, parallel=parallel, progress=progress, runner=runner
-        )
-        out: dict[str, Any] = report.to_dict()
-        dashboard = args.get("dashboard", False)
-        if dashboard:
-            out["dashboard"] = _refresh_dashboard(ctx)
+            report = app.run(
+                ctx,
+                names,
+                selected=True,
+                parallel=parallel,
+                progress=each,
+                runner=self._strongbox_runner,
+                checkpoint=checkpoint,
+            )
+            return report.to_dict()
+        assert self.pool is not None
+        runs, index_errors = self.pool.run([(n, new_run_id(n)) for n in names], progress)
+        closing = RunReport([])
+        sign_checkpoint(ctx, closing, always=checkpoint)
+        out = closing.to_dict()
+        out["runs"] = runs
+        out["index_error"] = index_errors[0] if index_errors else None
         return out
+
+    def run_for_console(self, names: list[str]) -> dict[str, Any]:
+        return self.run_tenants(names)
 
 
 def _refresh_dashboard(ctx: NodeContext) -> dict[str, str]:

@@ -1,16 +1,21 @@
-"""A node worker process: one warm in-process sandbox that runs verified modules on request.
+"""A node worker process: a warm runner of one workspace that runs the batches the node hands it.
 
 Started by the node as ``python -I -m nightcore.node.worker --in FD --out FD`` — a new
 interpreter, never a fork of the node (a fork after Wasmtime has compiled anything can hang:
-``../shared/COMPONENTS.md``). The node sends an ``init`` frame first (the compiled-module cache
-directory, its HMAC secret as the blob: never on the command line or in the environment), then
-``run`` frames: a RunConfig as JSON and the verified module bytes as the blob. Each reply is the
-sandbox's result (``nightcore.sandbox.strongbox.result_to_frame``) plus the sandbox events it
-raised (``cache_rejected``), which the node audits. The frame format and its parsing on the
-node's side are the strongbox's: the node treats a worker's reply as untrusted input.
+``../shared/COMPONENTS.md``). Its first frame names the workspace; from then on each ``batch``
+frame carries tenant names and the run id the node assigned to each.
 
-The worker ends on end of input, and with ``os._exit`` (a normal interpreter exit can race
-Wasmtime's threads).
+The worker does the whole per-run job in its own process, in parallel with the other workers:
+it reads and verifies each package itself (the bytes it verified are the bytes it compiles,
+invariant 1), admits, runs, and records — ``admit``/``run_start`` durable before the run,
+``run_outcome`` durable before it is reported (group commit within the batch), the signed
+attestation, the index row. The audit log is one hash chain across the node's processes: every
+append takes the log's ``flock`` and builds its lines from the real last line. The node signs
+the checkpoint once the request's batches are done.
+
+Replies: a ``progress`` frame per finished run, then one ``result`` frame with every run of the
+batch as plain data. The worker ends on end of input, with ``os._exit`` (a normal interpreter
+exit can race Wasmtime's threads).
 """
 
 from __future__ import annotations
@@ -18,59 +23,98 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
-MAX_INIT_JSON = 64 * 1024
-MAX_REQUEST_JSON = 4 * 1024 * 1024
-MAX_MODULE_BYTES = 256 * 1024 * 1024
+MAX_FRAME_JSON = 4 * 1024 * 1024
+
+
+def encode_run(run: dict[str, Any]) -> dict[str, Any]:
+    """A run's plain data for the frame format, which carries no floats: ``wall_ms`` travels
+    as integer microseconds (``wall_us``), as in the audit log."""
+    out = dict(run)
+    out["wall_us"] = round(float(out.pop("wall_ms", 0.0)) * 1000)
+    return out
+
+
+def decode_run(run: dict[str, Any]) -> dict[str, Any]:
+    out = dict(run)
+    wall_us = out.pop("wall_us", 0)
+    out["wall_ms"] = wall_us / 1000 if isinstance(wall_us, int) else 0.0
+    return out
 
 
 def _serve(in_fd: int, out_fd: int) -> None:
+    from nightcore.context import NodeContext
     from nightcore.errors import NightCoreError
+    from nightcore.runner.pipeline import Runner, TenantRun
     from nightcore.sandbox import strongbox as sb
-    from nightcore.sandbox.engine import Sandbox
-    from nightcore.sandbox.types import RunResult
 
-    header, secret = sb.read_frame(in_fd, max_json=MAX_INIT_JSON, max_blob=1024)
-    if header.get("op") != "init" or not isinstance(header.get("cache_dir"), str):
+    header, _ = sb.read_frame(in_fd, max_json=64 * 1024, max_blob=0)
+    if header.get("op") != "init" or not isinstance(header.get("workspace"), str):
         raise SystemExit(2)
-    events: list[dict[str, Any]] = []
-
-    def on_event(name: str, fields: dict[str, object]) -> None:
-        events.append({"event": name, "data": fields})
-
-    cache_dir = header["cache_dir"]
-    sandbox = Sandbox(Path(cache_dir) if cache_dir else None, secret, on_event=on_event)
+    ctx = NodeContext(Path(header["workspace"]))
+    runner = Runner(ctx)
+    runner.sandbox()  # engines and ticker now, not on the first run
     sb.write_frame(out_fd, {"op": "ready", "pid": os.getpid()})
     while True:
         try:
-            header, blob = sb.read_frame(
-                in_fd, max_json=MAX_REQUEST_JSON, max_blob=MAX_MODULE_BYTES
-            )
+            header, _ = sb.read_frame(in_fd, max_json=MAX_FRAME_JSON, max_blob=0)
         except sb.FrameError as exc:
             if exc.eof:
                 return
             raise
-        if header.get("op") != "run":
+        if header.get("op") != "batch":
             raise SystemExit(2)
         seq = header.get("seq")
+        jobs: list[dict[str, Any]] = header.get("jobs") or []
+        names = [str(j["tenant"]) for j in jobs]
+        run_ids = {str(j["tenant"]): str(j["run_id"]) for j in jobs}
+
+        def progress(tr: TenantRun, seq: Any = seq) -> None:
+            sb.write_frame(out_fd, {"op": "progress", "seq": seq, "run": encode_run(tr.to_dict())})
+
         try:
-            config = sb.config_from_json(header.get("config"))
-            result = sandbox.run(blob, config)
+            report = runner.run(
+                names, parallel=1, progress=progress, checkpoint=None, run_ids=run_ids
+            )
+            reply: dict[str, Any] = {
+                "op": "result",
+                "seq": seq,
+                "runs": [encode_run(r.to_dict()) for r in report.runs],
+                "index_error": list(report.index_error) if report.index_error else None,
+            }
         except NightCoreError as exc:
-            result = RunResult.refused(exc.code, exc.message)
-        reply, out = sb.result_to_frame(result)
-        reply["seq"] = seq
-        reply["events"], events[:] = list(events), []
-        sb.write_frame(out_fd, reply, out)
+            reply = {"op": "result", "seq": seq, "error": [exc.code, exc.message]}
+        sb.write_frame(out_fd, reply)
+
+
+def _watch_lifeline(fd: int) -> None:
+    """End this process the moment the node is gone (the lifeline's write end closes with it):
+    a worker must not go on recording runs the restarted node has closed as INTERRUPTED."""
+
+    def watch() -> None:
+        while True:
+            try:
+                if not os.read(fd, 1):
+                    break
+            except InterruptedError:
+                continue
+            except OSError:
+                break
+        os._exit(70)
+
+    threading.Thread(target=watch, name="nightcore-lifeline", daemon=True).start()
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="nightcore.node.worker")
     p.add_argument("--in", dest="in_fd", type=int, required=True)
     p.add_argument("--out", dest="out_fd", type=int, required=True)
+    p.add_argument("--lifeline", type=int, required=True)
     args = p.parse_args(argv)
+    _watch_lifeline(args.lifeline)
     code = 0
     try:
         _serve(args.in_fd, args.out_fd)

@@ -315,14 +315,18 @@ class Runner:
         *,
         parallel: int | None = None,
         progress: ProgressFn | None = None,
-        checkpoint: bool = True,
+        checkpoint: bool | None = True,
+        run_ids: dict[str, str] | None = None,
     ) -> RunReport:
         """Verify, admit, run and record ``tenants``: names already selected by the caller
         (:func:`nightcore.runner.admission.select_tenants`), or every tenant when None.
 
         ``checkpoint=True`` (the CLI) signs a checkpoint over everything this call logged;
         services calling many times a second pass False and get one every
-        ``[audit] checkpoint_every`` entries instead (plus heartbeats when idle).
+        ``[audit] checkpoint_every`` entries instead (plus heartbeats when idle); ``None``
+        signs none (a node worker: the node signs once its request is done). ``run_ids``
+        assigns the run id of each tenant (the node names runs before a worker starts them, so
+        it can close them if that worker dies).
         """
         from nightcore.runner.admission import (
             decision_data,
@@ -382,7 +386,7 @@ class Runner:
             limits = effective_limits(m, ctx.policy)
             tr.limits = limits.to_dict()
             tr.capabilities = m.capabilities.to_dict()
-            tr.run_id = new_run_id(d.tenant)
+            tr.run_id = (run_ids or {}).get(d.tenant) or new_run_id(d.tenant)
             cfg = RunConfig(
                 tenant=d.tenant,
                 module_sha256=d.module_sha256,
@@ -448,33 +452,9 @@ class Runner:
             # The index is derived from the audit log (already durable): a broken index is
             # reported, never a reason to call the run failed.
             report.index_error = host_error(exc, "updating the run index")
-        self._checkpoint(report, always=checkpoint)
+        if checkpoint is not None:
+            sign_checkpoint(self.ctx, report, always=checkpoint)
         return report
-
-    def _checkpoint(self, report: RunReport, *, always: bool) -> None:
-        """Sign a checkpoint over everything this run logged (C2SP tlog-checkpoint)."""
-        ctx = self.ctx
-        try:
-            tlog = ctx.transparency_log()
-            cp = (
-                tlog.checkpoint("run")
-                if always
-                else tlog.maybe_checkpoint(ctx.config.checkpoint_every)
-            )
-        except NightCoreError as exc:
-            report.checkpoint_error = (exc.code, exc.message)
-            return
-        if cp is None:
-            return
-        report.checkpoint = {"size": cp.size, "root": cp.root.hex()}
-        if not self.ctx.config.has_mirrors:
-            return
-        from nightcore.audit.mirror import mirrors, sync_all
-
-        configured = mirrors(ctx.config.raw)
-        if configured:
-            # A mirror outage is reported, never fatal: local evidence is already durable.
-            report.mirrors = [m.to_dict() for m in sync_all(ctx.layout, configured)]
 
     def node_signer(self) -> Any:
         return self.ctx.node_signer()
@@ -710,6 +690,30 @@ def run_tenants(
         return runner.run(tenants, parallel=parallel, progress=progress)
     finally:
         runner.close()
+
+
+def sign_checkpoint(ctx: NodeContext, report: RunReport, *, always: bool) -> None:
+    """Sign a checkpoint over everything a run logged (C2SP tlog-checkpoint) — or only when
+    ``[audit] checkpoint_every`` entries went by, with ``always=False`` — and sync the audit
+    mirrors after it; the outcome goes into ``report``."""
+    try:
+        tlog = ctx.transparency_log()
+        every = ctx.config.checkpoint_every
+        cp = tlog.checkpoint("run") if always else tlog.maybe_checkpoint(every)
+    except NightCoreError as exc:
+        report.checkpoint_error = (exc.code, exc.message)
+        return
+    if cp is None:
+        return
+    report.checkpoint = {"size": cp.size, "root": cp.root.hex()}
+    if not ctx.config.has_mirrors:
+        return
+    from nightcore.audit.mirror import mirrors, sync_all
+
+    configured = mirrors(ctx.config.raw)
+    if configured:
+        # A mirror outage is reported, never fatal: local evidence is already durable.
+        report.mirrors = [m.to_dict() for m in sync_all(ctx.layout, configured)]
 
 
 def rebuild_index(ctx: NodeContext) -> int:
