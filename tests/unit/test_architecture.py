@@ -176,3 +176,33 @@ def test_graph_finds_lazy_imports(name: str) -> None:
     # Lazy imports inside functions are dependencies too.
     deps = graph()[name]
     assert deps, f"{name} has no project imports?"
+
+
+def test_the_node_socket_name_and_root_agree() -> None:
+    # The thin client computes the socket path without pathlib; it must be the layout's.
+    import os
+
+    from nightcore.layout import NODE_SOCKET_NAME, Layout, find_root
+    from nightcore.node.protocol import SOCKET_NAME, socket_path
+
+    assert SOCKET_NAME == NODE_SOCKET_NAME
+    for explicit in (".", "..", None):
+        assert socket_path(explicit) == str(Layout(find_root(explicit)).node_socket)
+    assert os.path.isabs(socket_path("relative/dir"))
+
+
+def test_the_thin_client_imports_nothing_heavy() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "import nightcore.cli.main, nightcore.cli.context, nightcore.node.client\n"
+        "bad = [m for m in ('wasmtime', 'cryptography', 'nightcore.app', 'pathlib', 'dataclasses')"
+        " if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == "", f"the client path imports {out}"

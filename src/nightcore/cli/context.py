@@ -23,7 +23,7 @@ def node_client(args: argparse.Namespace) -> NodeClient | None:
     is running. Imports neither wasmtime nor cryptography (docs/node.md)."""
     if getattr(args, "local", False) or getattr(args, "fips", False):
         return None
-    from nightcore.layout import Layout, find_root
     from nightcore.node.client import connect
+    from nightcore.node.protocol import socket_path
 
-    return connect(Layout(find_root(args.workspace)).node_socket)
+    return connect(socket_path(args.workspace))

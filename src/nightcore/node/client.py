@@ -7,32 +7,38 @@ serves pays for a Python start, argparse, this module and a socket round trip.
 from __future__ import annotations
 
 import errno
+import os
 import socket
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nightcore.errors import NightCoreError
 from nightcore.node import protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
 
 CONNECT_TIMEOUT_S = 5.0
 # A request may run tenants for a long time; the node answers when their outcomes are durable.
 REPLY_TIMEOUT_S = 3600.0
 
-ProgressFn = Callable[[str, dict[str, Any]], None]
-
 
 class NodeClient:
     """A connection to the node serving one workspace (one request per connection)."""
 
-    def __init__(self, sock: socket.socket, path: Path) -> None:
+    def __init__(self, sock: socket.socket, path: str | Path) -> None:
         self._sock = sock
         self.path = path
 
     def close(self) -> None:
         self._sock.close()
 
-    def call(self, op: str, args: dict[str, Any], progress: ProgressFn | None = None) -> Any:
+    def call(
+        self,
+        op: str,
+        args: dict[str, Any],
+        progress: Callable[[str, dict[str, Any]], None] | None = None,
+    ) -> Any:
         """Send one request; return its result or raise the node's NightCoreError."""
         try:
             self._sock.settimeout(REPLY_TIMEOUT_S)
@@ -74,10 +80,10 @@ class NodeClient:
             self.close()
 
 
-def connect(path: Path) -> NodeClient | None:
+def connect(path: str | Path) -> NodeClient | None:
     """A client of the node listening at ``path``, or None when no node runs there (no socket,
     or a socket left by a node that is gone): the caller then works in-process."""
-    if not path.exists():
+    if not os.path.exists(path):
         return None
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(CONNECT_TIMEOUT_S)

@@ -41,9 +41,6 @@ if TYPE_CHECKING:
     from nightcore.audit.log import AuditLog
 
 START_TIMEOUT_S = 120.0
-# A worker compiles a module it has not seen before a run's wall clock starts, and records each
-# run after it: the node calls a worker hung only after the longest wall limit plus this.
-ANSWER_GRACE_S = 120.0
 MAX_BATCH = 32
 MAX_REPLY_JSON = 4 * 1024 * 1024
 

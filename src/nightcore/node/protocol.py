@@ -14,6 +14,7 @@ and must not pay for wasmtime or cryptography (docs/node.md, "The thin client").
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -33,6 +34,14 @@ OPS = (
     "audit_verify",
     "audit_checkpoint",
 )
+
+
+def socket_path(workspace: str | None) -> str:
+    """``<root>/state/node.sock`` of the workspace ``-w``, ``NIGHTCORE_HOME`` or the current
+    directory names (as :func:`nightcore.layout.find_root` resolves it), without pathlib: this
+    is the thin client's cold path."""
+    root = os.path.realpath(workspace or os.environ.get("NIGHTCORE_HOME") or ".")
+    return os.path.join(root, "state", SOCKET_NAME)
 
 
 class ProtocolError(ValueError):
