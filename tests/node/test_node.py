@@ -154,6 +154,14 @@ def test_node_serves_run_verify_runs_for_a_client(node_env: Env, node: NodeProce
     assert local.code == 0 and local.json()[0]["code"] == "OK"
     assert node.status()["requests"] == served + 1  # only this status call: --local bypassed it
 
+    before = node.status()["requests"]
+    checkpoint = run_cli_subprocess("-w", str(ws), "audit", "checkpoint", "--json")
+    assert checkpoint.code == 0 and checkpoint.json()["ok"] is True, checkpoint.err
+    audit_ok = run_cli_subprocess("-w", str(ws), "audit", "verify", "--json")
+    assert audit_ok.code == 0 and audit_ok.json()["ok"] is True
+    assert audit_ok.json()["latest_checkpoint"] == checkpoint.json()["size"]
+    assert node.status()["requests"] == before + 3  # both went through the node
+
     table = run_cli_subprocess("-w", str(ws), "run", "--no-dashboard")
     assert table.code == 0 and "hello" in table.out and "1/1 tenants OK" in table.err
     # a tenant that does not exist: the node's refusal, same code and exit status as locally

@@ -17,7 +17,7 @@ from typing import Any
 
 from nightcore.cli.context import open_workspace as _ws
 from nightcore.cli.render import clean, error, info, print_json, print_table
-from nightcore.errors import AuditError
+from nightcore.errors import AuditError, NightCoreError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -49,25 +49,33 @@ def _write_out(path: str, data: bytes) -> None:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    from nightcore.app import audit
+    from nightcore.cli.context import node_client
 
-    report = audit.verify_log(_ws(args), getattr(args, "source", None))
+    source = getattr(args, "source", None)
+    client = node_client(args)
+    if client is not None:
+        report: dict[str, Any] = client.call("audit_verify", {"source": source})
+    else:
+        from nightcore.app import audit
+
+        report = audit.verify_log(_ws(args), source).to_dict()
     if args.json:
-        print_json(report.to_dict())
-    if not report.ok:
-        message = report.message or ""
-        if report.seq is not None and not message.startswith(f"line {report.seq}:"):
-            message = f"seq {report.seq}: {message}"
-        error(str(report.code), message)
+        print_json(report)
+    if not report["ok"]:
+        message = report.get("error") or ""
+        seq = report.get("seq")
+        if seq is not None and not message.startswith(f"line {seq}:"):
+            message = f"seq {seq}: {message}"
+        error(str(report.get("code")), message)
         return EXIT_FAILED
     if not args.json:
-        latest = report.latest_checkpoint
+        latest = report["latest_checkpoint"]
         info(
-            f"audit log OK: {report.entries} entries, head {report.head}, Merkle root "
-            f"{report.root}, {report.checkpoints} checkpoint(s)"
+            f"audit log OK: {report['entries']} entries, head {report['head']}, Merkle root "
+            f"{report['root']}, {report['checkpoints']} checkpoint(s)"
             + (f", latest at size {latest}" if latest is not None else "")
         )
-    for warning in report.warnings:
+    for warning in report["warnings"]:
         info(f"warning: {warning}")
     return EXIT_OK
 
@@ -131,18 +139,28 @@ def cmd_heartbeat(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
-    from nightcore.app import audit
+    from nightcore.cli.context import node_client
 
-    ws = _ws(args)
+    client = node_client(args)
     try:
-        cp, path = audit.checkpoint(ws, args.reason)
+        if client is not None:
+            cp: dict[str, Any] = client.call("audit_checkpoint", {"reason": args.reason})
+        else:
+            from nightcore.app import audit
+
+            signed, path = audit.checkpoint(_ws(args), args.reason)
+            cp = {**signed.to_dict(), "path": str(path)}
     except AuditError as exc:
         return _refused(args, exc)
+    except NightCoreError as exc:  # the node's refusal of a checkpoint: the same exit status
+        if exc.code.startswith("NODE_"):
+            raise
+        return _refused(args, AuditError(exc.message, code=exc.code))
     if args.json:
-        print_json({"ok": True, **cp.to_dict(), "path": str(path)})
+        print_json({"ok": True, **cp})
     else:
-        sys.stdout.write(cp.note.decode("utf-8"))
-        info(f"checkpoint {cp.size} signed (root {cp.root.hex()}): {path}")
+        sys.stdout.write(cp["note"])
+        info(f"checkpoint {cp['size']} signed (root {cp['root']}): {cp['path']}")
     return EXIT_OK
 
 

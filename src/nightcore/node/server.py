@@ -390,6 +390,18 @@ class Node:
             return app.uncordon(
                 ctx, _str(args, "tenant"), _str(args, "reason", default=""), actor="node"
             )
+        if op == "audit_verify":
+            from nightcore.app import audit
+
+            source = args.get("source")
+            if source is not None and not isinstance(source, str):
+                raise _bad("source must be a string")
+            return audit.verify_log(ctx, source).to_dict()
+        if op == "audit_checkpoint":
+            from nightcore.app import audit
+
+            signed, path = audit.checkpoint(ctx, _str(args, "reason", default="manual"))
+            return {**signed.to_dict(), "path": str(path)}
         raise _bad(f"operation {op!r} is not served by this node")
 
     def _run(self, args: dict[str, Any], event: Callable[[str, dict[str, Any]], None]) -> Any:
