@@ -41,6 +41,12 @@ def _refused(args: argparse.Namespace, exc: AuditError, **extra: Any) -> int:
     return EXIT_FAILED
 
 
+def _is_audit_code(code: str) -> bool:
+    from nightcore.codes import ALL_CODES
+
+    return any(info.domain in ("audit", "tlog") for info in ALL_CODES.get(code, ()))
+
+
 def _write_out(path: str, data: bytes) -> None:
     Path(path).write_bytes(data)
 
@@ -152,8 +158,10 @@ def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
             cp = {**signed.to_dict(), "path": str(path)}
     except AuditError as exc:
         return _refused(args, exc)
-    except NightCoreError as exc:  # the node's refusal of a checkpoint: the same exit status
-        if exc.code.startswith("NODE_"):
+    except NightCoreError as exc:
+        # Through a node an audit refusal arrives as a NightCoreError with its code: the same
+        # exit status as in-process (1) for the audit layer's refusals, 2 for everything else.
+        if client is None or not _is_audit_code(exc.code):
             raise
         return _refused(args, AuditError(exc.message, code=exc.code))
     if args.json:
