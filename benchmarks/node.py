@@ -174,6 +174,25 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_busy_seconds() -> float:
+    """CPU time all processes of this machine have used (and the hypervisor has stolen) since
+    boot: /proc/stat less idle and iowait (Linux; 0 elsewhere)."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    # guest time is already counted in user and nice
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds() -> float:
+    """CPU time of this process and of its waited-for descendants (nodes, their workers, the
+    CLI processes timed)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def children(pid: int) -> list[int]:
     out: list[int] = []
     with contextlib.suppress(OSError):
@@ -271,6 +290,7 @@ def main() -> None:
 
     extism = load_extism()
     wasmtime_bin = wasmtime_cli()
+    wall0, busy0, own0 = time.perf_counter(), machine_busy_seconds(), own_cpu_seconds()
     print(
         "Night Core node agent benchmark. The machine is shared and noisy (2 cores, other "
         "load comes and goes): rounds are interleaved, medians and minimums (bests) printed, "
@@ -349,7 +369,13 @@ def main() -> None:
                 c1.append(n1.run(loops, expect="FUEL_EXHAUSTED"))
                 c2.append(n2.run(loops, expect="FUEL_EXHAUSTED"))
 
+    wall = time.perf_counter() - wall0
+    others = max(0.0, (machine_busy_seconds() - busy0) - (own_cpu_seconds() - own0)) / wall
     rows = report(Results(floor, ext, t2, t1, single, ct, c1, c2, cpu2, cpu1, cpu_guests, cpu_fuel))
+    print(
+        f"Noise: other processes used {others:.2f} of the {os.cpu_count()} cores on average "
+        f"during these {wall:.0f} s (machine CPU time less this benchmark's own)."
+    )
     print()
     width = [max(len(getattr(r, f)) for r in rows) for f in ("figure", "value", "target")]
     print(f"{'figure':<{width[0]}}  {'value':<{width[1]}}  {'target':<{width[2]}}  result")
