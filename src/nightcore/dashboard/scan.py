@@ -604,6 +604,14 @@ class AuditScanner:
     def _consume(
         self, fh: IO[bytes], limit: int | None = None, stop: int | None = None, digest: Any = None
     ) -> None:
+        """Classify (and feed to the hasher) the whole lines of ``fh`` from :attr:`offset`, up
+        to byte ``limit`` or line ``stop``; ``digest`` is updated with the bytes consumed."""
+        self._scan_lines(fh, limit, stop, digest)
+        if self.hasher is not None:
+            self.hasher.flush()
+
+    def _scan_lines(self, fh: IO[bytes], limit: int | None, stop: int | None, digest: Any) -> None:
+        """:meth:`_consume`'s loop: one pass, with the hot state in locals."""
         tenants = self.tenants
         counts = self.event_counts
         runs = self.runs
@@ -633,12 +641,10 @@ class AuditScanner:
             if ev == b"run_start":
                 pass
             elif ev == b"run_outcome" or ev in decisions:
-                st = None
-                key = tenant_of(line, ei)  # a nested "tenant" key sits inside data
-                if key is not None:
-                    st = tenants.get(key)
-                    if st is None:
-                        st = self._new_tenant(line, key, n)
+                # The tenant's state, made on first sight (a nested "tenant" key sits inside
+                # data: tenant_of ignores it). One expression, not a method: this is per line.
+                key = tenant_of(line, ei)
+                st = None if key is None else tenants.get(key) or self._new_tenant(line, key, n)
                 if ev == b"run_outcome":
                     if st is not None:
                         st[OUTCOME] = line
@@ -662,8 +668,6 @@ class AuditScanner:
             last = line
             if n == stop:
                 break
-        if hasher is not None:
-            hasher.flush()
         self.count = n
         self.offset = offset
         self.last_line = last
