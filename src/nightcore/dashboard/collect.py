@@ -466,25 +466,17 @@ def resolve_mode(ws: NodeContext, verify: str) -> str:
     return "full" if size <= FULL_VERIFY_MAX_BYTES else "quick"
 
 
-def collect(
+def _read_log(
     ws: NodeContext,
-    *,
-    diff_since: str | None = None,
-    verify: str = "auto",
-    max_rows: int = MAX_ROWS,
-    scanner: AuditScanner | None = None,
-    verify_view: VerifyView | None = None,
-    checkpoint: tuple[CheckpointView | None, str | None] | None = None,
-    recent_runs: int = RECENT_RUNS,
-) -> Snapshot:
-    """Read the workspace. With ``scanner`` (the live console's, kept between calls) only
-    what was appended since is read; otherwise the log is scanned once here."""
-    warnings: list[str] = []
-    node = node_view(ws)
-    cp, cp_error = checkpoint if checkpoint is not None else latest_checkpoint(ws)
-    since = parse_since(diff_since) if diff_since is not None else None
-    mode = resolve_mode(ws, verify) if scanner is None else "quick"
-    one_shot = scanner is None
+    scanner: AuditScanner | None,
+    mode: str,
+    cp: CheckpointView | None,
+    since: Boundary | None,
+    recent_runs: int,
+    warnings: list[str],
+) -> AuditScanner:
+    """Bring ``scanner`` up to date with the log; with None, a new one (resumed from the scan
+    cache when it can be). Checks a ``--diff`` boundary against the lines read."""
     if scanner is None:
         scanner = new_scanner(ws, mode, cp, since, recent_runs)
         if scanner.snapshot_at is not None:
@@ -505,15 +497,44 @@ def collect(
             "the audit log changed under the console (replaced, truncated or a torn tail "
             "recovered) and was re-read"
         )
+    return scanner
+
+
+def _verify(
+    ws: NodeContext, mode: str, scanner: AuditScanner, cp: CheckpointView | None
+) -> VerifyView:
+    """The audit check ``mode`` asks for: ``full``, ``quick`` (from the scan) or ``none``."""
+    if mode == "full":
+        return full_verify(ws)
+    if mode == "quick":
+        return quick_verify(scanner, cp)
+    return VerifyView(mode="none", ok=None, entries=scanner.count, at=now_ts())
+
+
+def collect(
+    ws: NodeContext,
+    *,
+    diff_since: str | None = None,
+    verify: str = "auto",
+    max_rows: int = MAX_ROWS,
+    scanner: AuditScanner | None = None,
+    verify_view: VerifyView | None = None,
+    checkpoint: tuple[CheckpointView | None, str | None] | None = None,
+    recent_runs: int = RECENT_RUNS,
+) -> Snapshot:
+    """Read the workspace. With ``scanner`` (the live console's, kept between calls) only
+    what was appended since is read; otherwise the log is scanned once here."""
+    warnings: list[str] = []
+    node = node_view(ws)
+    cp, cp_error = checkpoint if checkpoint is not None else latest_checkpoint(ws)
+    since = parse_since(diff_since) if diff_since is not None else None
+    mode = resolve_mode(ws, verify) if scanner is None else "quick"
+    one_shot = scanner is None
+    scanner = _read_log(ws, scanner, mode, cp, since, recent_runs, warnings)
 
     # Verification.
     if verify_view is None:
-        if mode == "full":
-            verify_view = full_verify(ws)
-        elif mode == "quick":
-            verify_view = quick_verify(scanner, cp)
-        else:
-            verify_view = VerifyView(mode="none", ok=None, entries=scanner.count, at=now_ts())
+        verify_view = _verify(ws, mode, scanner, cp)
     if cp is not None:
         cp.behind = max(0, scanner.count - cp.size)
     if one_shot and verify_view.ok is not False:
