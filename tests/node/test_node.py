@@ -363,3 +363,8 @@ def test_node_hosts_the_console_and_its_runs_use_the_workers(node_env: Env) -> N
         assert node.stop() == 0
     events = [r["event"] for r in _audit(node_env.ws)]
     assert "console_action" in events and events[-2:] == ["node_stop", "checkpoint"]
+
+
+def test_serve_is_refused_while_a_node_runs(node_env: Env, node: NodeProcess) -> None:
+    res = run_cli_subprocess("-w", str(node_env.ws), "serve", "--port", "0", timeout=60)
+    assert res.code == 2 and "error[NODE_RUNNING]" in res.err and "--http" in res.err

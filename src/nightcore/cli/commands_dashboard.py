@@ -65,9 +65,21 @@ def cmd_dashboard_build(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from nightcore.cli.context import node_client
     from nightcore.dashboard.server import serve
+    from nightcore.errors import NightCoreError
 
     ws = _ws(args)
+    client = node_client(args)
+    if client is not None:
+        client.close()
+        # One process runs a workspace's tenants: a second one with its own runner would race
+        # the node's workers for the same tenants. The node hosts the console itself.
+        raise NightCoreError(
+            "a node is running for this workspace: its console is started with it "
+            "(nightcore node --http HOST:PORT); or use --local to serve one anyway",
+            code="NODE_RUNNING",
+        )
 
     def ready(url: str) -> None:
         if args.json:  # one line, so that a script can read the address (e.g. with --port 0)
