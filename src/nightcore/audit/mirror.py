@@ -66,13 +66,8 @@ class MirrorConfig:
     retention_days: int = 0
 
 
-def parse_mirrors(raw: object) -> tuple[MirrorConfig, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ConfigError("[[audit.mirror]] must be an array of tables")
-    out: list[MirrorConfig] = []
-    allowed = {
+_MIRROR_FIELDS = frozenset(
+    {
         "name",
         "kind",
         "path",
@@ -83,47 +78,57 @@ def parse_mirrors(raw: object) -> tuple[MirrorConfig, ...]:
         "object_lock_mode",
         "retention_days",
     }
-    for i, m in enumerate(raw):
-        if not isinstance(m, dict) or not set(m) <= allowed:
-            raise ConfigError(f"audit.mirror[{i}]: unknown or missing fields")
-        name, kind = m.get("name"), m.get("kind")
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
-            raise ConfigError(f"audit.mirror[{i}].name must match [a-z0-9][a-z0-9_-]{{0,31}}")
-        if kind == "dir":
-            if not isinstance(m.get("path"), str) or not m["path"]:
-                raise ConfigError(f"audit.mirror[{i}]: a dir mirror needs path")
-        elif kind == "s3":
-            if not isinstance(m.get("bucket"), str) or not m["bucket"]:
-                raise ConfigError(f"audit.mirror[{i}]: an s3 mirror needs bucket")
-        else:
-            raise ConfigError(f"audit.mirror[{i}].kind must be dir or s3")
-        mode = m.get("object_lock_mode", "")
-        if mode not in ("", "GOVERNANCE", "COMPLIANCE"):
-            raise ConfigError(f"audit.mirror[{i}].object_lock_mode: GOVERNANCE or COMPLIANCE")
-        days = m.get("retention_days", 0)
-        if not isinstance(days, int) or isinstance(days, bool) or not 0 <= days <= 36500:
-            raise ConfigError(f"audit.mirror[{i}].retention_days must be 0..36500")
-        if mode and not days:
-            raise ConfigError(f"audit.mirror[{i}]: object_lock_mode needs retention_days")
-        for key in ("prefix", "endpoint_url", "region"):
-            if key in m and not isinstance(m[key], str):
-                raise ConfigError(f"audit.mirror[{i}].{key} must be a string")
-        out.append(
-            MirrorConfig(
-                name=name,
-                kind=kind,
-                path=m.get("path", ""),
-                bucket=m.get("bucket", ""),
-                prefix=m.get("prefix", "").strip("/"),
-                endpoint_url=m.get("endpoint_url", ""),
-                region=m.get("region", "us-east-1"),
-                object_lock_mode=mode,
-                retention_days=days,
-            )
-        )
+)
+
+
+def parse_mirrors(raw: object) -> tuple[MirrorConfig, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("[[audit.mirror]] must be an array of tables")
+    out = [_parse_mirror(i, m) for i, m in enumerate(raw)]
     if len({m.name for m in out}) != len(out):
         raise ConfigError("audit mirror names must be unique")
     return tuple(out)
+
+
+def _parse_mirror(i: int, m: object) -> MirrorConfig:
+    """The ``i``-th ``[[audit.mirror]]`` table, checked."""
+    if not isinstance(m, dict) or not set(m) <= _MIRROR_FIELDS:
+        raise ConfigError(f"audit.mirror[{i}]: unknown or missing fields")
+    name, kind = m.get("name"), m.get("kind")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"audit.mirror[{i}].name must match [a-z0-9][a-z0-9_-]{{0,31}}")
+    if kind == "dir":
+        if not isinstance(m.get("path"), str) or not m["path"]:
+            raise ConfigError(f"audit.mirror[{i}]: a dir mirror needs path")
+    elif kind == "s3":
+        if not isinstance(m.get("bucket"), str) or not m["bucket"]:
+            raise ConfigError(f"audit.mirror[{i}]: an s3 mirror needs bucket")
+    else:
+        raise ConfigError(f"audit.mirror[{i}].kind must be dir or s3")
+    mode = m.get("object_lock_mode", "")
+    if mode not in ("", "GOVERNANCE", "COMPLIANCE"):
+        raise ConfigError(f"audit.mirror[{i}].object_lock_mode: GOVERNANCE or COMPLIANCE")
+    days = m.get("retention_days", 0)
+    if not isinstance(days, int) or isinstance(days, bool) or not 0 <= days <= 36500:
+        raise ConfigError(f"audit.mirror[{i}].retention_days must be 0..36500")
+    if mode and not days:
+        raise ConfigError(f"audit.mirror[{i}]: object_lock_mode needs retention_days")
+    for key in ("prefix", "endpoint_url", "region"):
+        if key in m and not isinstance(m[key], str):
+            raise ConfigError(f"audit.mirror[{i}].{key} must be a string")
+    return MirrorConfig(
+        name=name,
+        kind=kind,
+        path=m.get("path", ""),
+        bucket=m.get("bucket", ""),
+        prefix=m.get("prefix", "").strip("/"),
+        endpoint_url=m.get("endpoint_url", ""),
+        region=m.get("region", "us-east-1"),
+        object_lock_mode=mode,
+        retention_days=days,
+    )
 
 
 class Sink(Protocol):
