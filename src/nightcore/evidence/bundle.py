@@ -47,6 +47,7 @@ from nightcore.trust.envelope import parse_envelope, sign_payload_with, verify_s
 from nightcore.trust.pubkey import PublicKey
 
 if TYPE_CHECKING:
+    from nightcore.audit.checkpoint import SignedCheckpoint
     from nightcore.audit.tlog import TransparencyLog
 
 FORMAT = "nightcore-bundle/v1"
@@ -274,24 +275,7 @@ def export_forensics(
             raise NightCoreError(f"run {run[:80]!r} is not a run of {tenant}", code="RUN_NOT_FOUND")
         lines = [x for x in lines if json.loads(x).get("data", {}).get("run_id") in (run, None)]
     tl = src.tlog
-    latest = tl.latest_checkpoint()
-    top = max((int(json.loads(x)["seq"]) for x in lines), default=-1)
-    signed = False
-    left_out = 0
-    if latest is None or latest.size <= top:
-        if not no_checkpoint:
-            latest = tl.checkpoint("forensics-export")
-            signed = True
-        elif latest is None:
-            raise NightCoreError(
-                "no signed checkpoint yet, so no audit line can be proven; export without "
-                "--no-checkpoint (it signs one) or run 'nightcore audit checkpoint'",
-                code="CHECKPOINT_MISSING",
-            )
-        else:
-            kept = [x for x in lines if int(json.loads(x)["seq"]) < latest.size]
-            left_out = len(lines) - len(kept)
-            lines = kept
+    latest, lines, signed, left_out = _forensic_checkpoint(tl, lines, no_checkpoint)
     run_ids = sorted({json.loads(x).get("data", {}).get("run_id") for x in lines} - {None})
     for rid in run_ids:
         d = src.layout.run_dir(str(rid))
@@ -303,17 +287,7 @@ def export_forensics(
         p = pkg / name
         if p.is_file() and not p.is_symlink():
             w.add(f"package/{name}", p.read_bytes())
-    content = src.layout.content_dir
-    for line in lines:
-        d = json.loads(line).get("data", {})
-        for sub, key, ext in (
-            ("modules", "module_sha256", "wasm"),
-            ("envelopes", "envelope_sha256", "dsse.json"),
-        ):
-            digest = d.get(key)
-            p = content / sub / f"{digest}.{ext}"
-            if isinstance(digest, str) and p.is_file() and f"content/{sub}/{p.name}" not in w.files:
-                w.add(f"content/{sub}/{p.name}", p.read_bytes())
+    _add_content(w, src, lines)
     w.add("audit/lines.jsonl", b"".join(x + b"\n" for x in lines))
     w.add("audit/audit.tail", latest.note)
     for line in lines:
@@ -347,6 +321,42 @@ def export_forensics(
         src.signer(),
     )
     return ForensicExport(digest, len(run_ids), latest.size, signed, left_out)
+
+
+def _forensic_checkpoint(
+    tl: TransparencyLog, lines: list[bytes], no_checkpoint: bool
+) -> tuple[SignedCheckpoint, list[bytes], bool, int]:
+    """The checkpoint a forensic export proves its lines against, the lines it covers, whether
+    it was signed for this export, and how many lines were left out (see ``no_checkpoint``)."""
+    latest = tl.latest_checkpoint()
+    top = max((int(json.loads(x)["seq"]) for x in lines), default=-1)
+    if latest is not None and latest.size > top:
+        return latest, lines, False, 0
+    if not no_checkpoint:
+        return tl.checkpoint("forensics-export"), lines, True, 0
+    if latest is None:
+        raise NightCoreError(
+            "no signed checkpoint yet, so no audit line can be proven; export without "
+            "--no-checkpoint (it signs one) or run 'nightcore audit checkpoint'",
+            code="CHECKPOINT_MISSING",
+        )
+    kept = [x for x in lines if int(json.loads(x)["seq"]) < latest.size]
+    return latest, kept, False, len(lines) - len(kept)
+
+
+def _add_content(w: _Writer, src: BundleSource, lines: list[bytes]) -> None:
+    """The stored modules and envelopes the lines name by digest (each once)."""
+    content = src.layout.content_dir
+    for line in lines:
+        d = json.loads(line).get("data", {})
+        for sub, key, ext in (
+            ("modules", "module_sha256", "wasm"),
+            ("envelopes", "envelope_sha256", "dsse.json"),
+        ):
+            digest = d.get(key)
+            p = content / sub / f"{digest}.{ext}"
+            if isinstance(digest, str) and p.is_file() and f"content/{sub}/{p.name}" not in w.files:
+                w.add(f"content/{sub}/{p.name}", p.read_bytes())
 
 
 def _redact(config: str) -> str:
