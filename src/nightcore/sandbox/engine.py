@@ -681,13 +681,7 @@ class Sandbox:
             for event in released:
                 event.wait(RELEASE_WAIT_S)
         stdout, stderr, truncated = sink.snapshot()
-        extra: dict[str, str] = {}
-        if code in ("TRAP", "EXIT_NONZERO") and at_limit:
-            extra["underlying_code"] = code
-            code = "MEMORY_LIMIT"
-        elif code in ("OK", "TRAP", "EXIT_NONZERO") and truncated:
-            extra["underlying_code"] = code
-            code = "OUTPUT_LIMIT"
+        code, extra = _cap_outcome(code, at_limit, truncated)
         return RunResult(
             code=code,
             exit_code=exit_code,
@@ -715,6 +709,19 @@ _FUEL_WRITTEN_BACK = frozenset(
         wasmtime.TrapCode.STACK_OVERFLOW,
     }
 )
+
+
+def _cap_outcome(code: str, at_limit: bool, truncated: bool) -> tuple[str, dict[str, str]]:
+    """A run that failed with its memory at the cap, or whose output was cut, reports that
+    limit as its code; the guest's own outcome is kept as ``underlying_code``."""
+    extra: dict[str, str] = {}
+    if code in ("TRAP", "EXIT_NONZERO") and at_limit:
+        extra["underlying_code"] = code
+        code = "MEMORY_LIMIT"
+    elif code in ("OK", "TRAP", "EXIT_NONZERO") and truncated:
+        extra["underlying_code"] = code
+        code = "OUTPUT_LIMIT"
+    return code, extra
 
 
 def _trap_code(trap_code: wasmtime.TrapCode | None) -> str:
