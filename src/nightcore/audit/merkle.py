@@ -353,10 +353,11 @@ def verify_inclusion(
         raise AuditError("inclusion proof does not lead to the root", code="PROOF_ROOT_MISMATCH")
 
 
-def verify_consistency(
+def _consistency_inputs(
     size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes
-) -> None:
-    """Check that the tree (``size1``, ``root1``) is a prefix of the tree (``size2``, ``root2``)."""
+) -> list[bytes]:
+    """:func:`verify_consistency`'s arguments checked (sizes, proof length, hash shapes);
+    returns the proof's hashes as a new list (the algorithm may prepend ``root1``)."""
     _check_size(size1, "size1")
     _check_size(size2, "size2")
     if size1 > size2:
@@ -369,7 +370,14 @@ def verify_consistency(
         )
     _proof_hash(root1, "root1")
     _proof_hash(root2, "root2")
-    path = [_proof_hash(p, "proof node") for p in proof]
+    return [_proof_hash(p, "proof node") for p in proof]
+
+
+def verify_consistency(
+    size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes
+) -> None:
+    """Check that the tree (``size1``, ``root1``) is a prefix of the tree (``size2``, ``root2``)."""
+    path = _consistency_inputs(size1, size2, proof, root1, root2)
 
     if size1 == size2:
         if not hmac.compare_digest(root1, root2):
