@@ -207,7 +207,7 @@ def manifest_toml(data: bytes) -> Manifest:
     return _memoized(_toml_memo, data, parse_manifest_toml)
 
 
-def _decide(
+def _decide(  # noqa: C901 - each branch is one verification rule; tests/unit/test_verify_rules.py checks them one by one
     pkg: TenantPackage,
     module_sha: str,
     registry: Registry,
