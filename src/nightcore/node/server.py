@@ -113,7 +113,7 @@ class Node:
         self.pool: RunnerPool | None = None
         self._strongbox_runner: Runner | None = None
         self._listener: socket.socket | None = None
-        self._lock_fd: int | None = None
+        self._lock: contextlib.AbstractContextManager[int] | None = None
         self._stop = threading.Event()
         self._wake_r, self._wake_w = os.pipe()
         self._handlers: set[threading.Thread] = set()
@@ -198,19 +198,15 @@ class Node:
         self._console = None
 
     def _take_lock(self) -> None:
-        import fcntl
+        """One node per workspace: ``state/node.lock`` held for this process's lifetime."""
+        from nightcore.fsio import file_lock
 
-        path = self.ctx.layout.node_lock_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise NightCoreError(
-                f"a node is already running for {self.ctx.layout.root}", code="NODE_RUNNING"
-            ) from None
-        self._lock_fd = fd
+        layout = self.ctx.layout
+        layout.state_dir.mkdir(parents=True, exist_ok=True)
+        busy = NightCoreError(f"a node is already running for {layout.root}", code="NODE_RUNNING")
+        held = file_lock(layout.node_lock_path, busy=busy)
+        held.__enter__()
+        self._lock = held
 
     def _listen(self) -> None:
         path = self.socket_path
@@ -285,9 +281,9 @@ class Node:
             self._listener.close()
             self._listener = None
             self.socket_path.unlink(missing_ok=True)
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.__exit__(None, None, None)
+            self._lock = None
 
     # -- requests --------------------------------------------------------------------------
     def _on_sandbox_event(self, event: str, data: dict[str, object]) -> None:
