@@ -78,23 +78,23 @@ from nightcore.audit.checkpoint import (
     read_note,
 )
 from nightcore.audit.lines import parse_line_fast
-from nightcore.audit.proofs import (
-    CONSISTENCY_HEADER,
-    ConsistencyProof,
-    format_consistency_proof,
-    parse_consistency_proof,
-    verify_consistency_proof,
-    verify_inclusion_proof,
-)
 from nightcore.audit.scan import CHECKPOINT_EVENT, READ_CHUNK
 from nightcore.audit.tree import LogTree, TreeState, audit_lock, log_size_locked
-from nightcore.audit.verify import VerifyReport, verify_log
 from nightcore.errors import AuditError, UsageError
 from nightcore.fsio import atomic_write
 from nightcore.layout import AUDIT_TAIL_NAME, CHECKPOINTS_DIR_NAME
 
 if TYPE_CHECKING:
     from nightcore.audit.log import AuditLog
+    from nightcore.audit.proofs import (
+        CONSISTENCY_HEADER,
+        ConsistencyProof,
+        format_consistency_proof,
+        parse_consistency_proof,
+        verify_consistency_proof,
+        verify_inclusion_proof,
+    )
+    from nightcore.audit.verify import VerifyReport, verify_log
     from nightcore.layout import Layout
 
 # The transparency log's public names; the ones defined in the modules of each job
@@ -122,6 +122,29 @@ __all__ = [
     "verify_inclusion_proof",
     "verify_log",
 ]
+
+# Proofs and full verification are not on the run path (a run only signs a checkpoint): their
+# modules load on first use, and their names are still importable from here.
+_LAZY: Final = {
+    "CONSISTENCY_HEADER": "nightcore.audit.proofs",
+    "ConsistencyProof": "nightcore.audit.proofs",
+    "format_consistency_proof": "nightcore.audit.proofs",
+    "parse_consistency_proof": "nightcore.audit.proofs",
+    "verify_consistency_proof": "nightcore.audit.proofs",
+    "verify_inclusion_proof": "nightcore.audit.proofs",
+    "VerifyReport": "nightcore.audit.verify",
+    "verify_log": "nightcore.audit.verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
 
 DEFAULT_CHECKPOINT_EVERY: Final = 1000
 MAX_REASON: Final = 200
@@ -433,6 +456,9 @@ class TransparencyLog:
         (``CONSISTENCY_FAILED`` / ``AUDIT_TRUNCATED``), then the rest of :meth:`verify`; the
         proof leads to a checkpoint of the whole log (signed now unless the latest covers it).
         """
+        from nightcore.audit.proofs import ConsistencyProof
+        from nightcore.audit.verify import verify_log
+
         key, origin = self.public_key()
         old = open_node_checkpoint(old_note, key, origin, what="old checkpoint")
         with self._mutex:
@@ -468,6 +494,8 @@ class TransparencyLog:
     def verify(self) -> VerifyReport:
         """:func:`verify_log` on this workspace; if the log verified and ``tree.bin`` disagrees
         with it (or is missing), ``tree.bin`` is rebuilt from the log (the old one kept aside)."""
+        from nightcore.audit.verify import verify_log
+
         pem: bytes | None
         try:
             pem = self.public_key_pem()
