@@ -270,6 +270,45 @@ def test_ed25519_pem_fast_path_agrees_with_cryptography(seed: bytes) -> None:
             PublicKey.from_pem(mangled)
 
 
+@settings(max_examples=50, deadline=None)
+@given(seed=st.binary(min_size=32, max_size=32))
+def test_ed25519_private_pem_fast_path_agrees_with_cryptography(seed: bytes) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    from nightcore.trust.keys import ed25519_from_pkcs8_pem
+
+    private = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+    pem = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    fast = ed25519_from_pkcs8_pem(pem)
+    assert fast is not None and fast.private_bytes_raw() == private.private_bytes_raw()
+    assert fast.sign(b"m") == private.sign(b"m")
+    other = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    encrypted = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"pass-phrase"),
+    )
+    lines = pem.splitlines()
+    for not_ours in (
+        other,  # any other key type: cryptography's loader
+        encrypted,  # encrypted: cryptography's loader
+        pem.replace(b"PRIVATE KEY", b"PUBLIC KEY"),
+        b"\n".join([lines[0], lines[1] + b"AAAA", lines[2]]),  # longer DER
+        b"\n".join([lines[0], lines[1][:-4] + b"!!!!", lines[2]]),  # not base64
+        b"\n".join([lines[0], lines[2]]),
+    ):
+        assert ed25519_from_pkcs8_pem(not_ours) is None
+
+
 def test_verification_memo_never_remembers_failures() -> None:
     from cryptography.hazmat.primitives.asymmetric import ed25519
 

@@ -153,10 +153,39 @@ def passphrase_from_env_or_prompt(env: str = PASSPHRASE_ENV, *, confirm: bool = 
     return first.encode()
 
 
+# PKCS#8 (RFC 8410) DER of an Ed25519 private key is this fixed 16-byte prefix and the 32-byte
+# seed: SEQUENCE { INTEGER 0, SEQUENCE { OID 1.3.101.112 }, OCTET STRING { OCTET STRING seed } }.
+_ED25519_PKCS8_PREFIX = bytes.fromhex("302e020100300506032b657004220420")
+_PKCS8_BEGIN = b"-----BEGIN PRIVATE KEY-----"
+_PKCS8_END = b"-----END PRIVATE KEY-----"
+
+
+def ed25519_from_pkcs8_pem(data: bytes) -> Any:
+    """An unencrypted Ed25519 PKCS#8 PEM, read with ``cryptography``'s public
+    ``Ed25519PrivateKey.from_private_bytes``; None for anything else (the caller then uses
+    ``load_pem_private_key``). The run path's node key is this: parsing its fixed 48-byte DER
+    here spares every cold ``nightcore run`` the import of ``serialization`` (~7 ms, measured
+    in docs/performance.md). tests/unit/test_trust_core.py checks it agrees with cryptography.
+    """
+    import base64
+    import binascii
+
+    text = data.strip()
+    if not (text.startswith(_PKCS8_BEGIN) and text.endswith(_PKCS8_END)):
+        return None
+    body = b"".join(text[len(_PKCS8_BEGIN) : -len(_PKCS8_END)].split())
+    try:
+        der = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(der) != len(_ED25519_PKCS8_PREFIX) + 32 or not der.startswith(_ED25519_PKCS8_PREFIX):
+        return None
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.from_private_bytes(der[len(_ED25519_PKCS8_PREFIX) :])
+
+
 def _load_private(path: Path, passphrase: bytes | None) -> Any:
-    # The public API only (issue 11: no private bindings on a security path), imported
-    # here so that commands that never load a private key do not pay for it.
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
     try:
         st = os.lstat(path)
@@ -174,6 +203,14 @@ def _load_private(path: Path, passphrase: bytes | None) -> Any:
         raise KeyError_(f"{path} is too large to be a key", code="KEY_INVALID")
     data = path.read_bytes()
     encrypted = b"ENCRYPTED" in data.split(b"\n", 1)[0]
+    if not encrypted:
+        fast = ed25519_from_pkcs8_pem(data)
+        if fast is not None:
+            return fast
+    # The public API only (issue 11: no private bindings on a security path), imported here
+    # so that commands that never load a private key do not pay for it.
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
     try:
         return load_pem_private_key(data, passphrase if encrypted else None)
     except TypeError:
