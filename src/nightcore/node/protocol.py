@@ -48,29 +48,16 @@ class ProtocolError(ValueError):
     """A line that is not a valid request or reply (the caller maps it to a code)."""
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ProtocolError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
+def loads(line: bytes, *, max_bytes: int = MAX_REPLY_LINE_BYTES) -> dict[str, Any]:
+    """Strict JSON object from one line (no duplicate keys, no NaN/Infinity): the same parser
+    as every other untrusted JSON Night Core reads (:func:`nightcore.canonical.parse_json`)."""
+    from nightcore.canonical import parse_json
+    from nightcore.errors import NightCoreError
 
-
-def _reject_constant(value: str) -> Any:
-    raise ProtocolError(f"{value} is not JSON")
-
-
-def loads(line: bytes) -> dict[str, Any]:
-    """Strict JSON object from one line (no duplicate keys, no NaN/Infinity)."""
     try:
-        obj = json.loads(
-            line.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_reject_constant,
-        )
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ProtocolError(f"malformed JSON: {exc}") from None
+        obj = parse_json(line, max_bytes=max_bytes, what="the line")
+    except NightCoreError as exc:
+        raise ProtocolError(exc.message) from None
     if not isinstance(obj, dict):
         raise ProtocolError("not a JSON object")
     return obj
@@ -82,9 +69,7 @@ def dumps(obj: Any) -> bytes:
 
 def parse_request(line: bytes) -> tuple[str, dict[str, Any]]:
     """(op, args) of a request line, or ProtocolError saying what is wrong."""
-    if len(line) > MAX_REQUEST_BYTES:
-        raise ProtocolError(f"request larger than {MAX_REQUEST_BYTES} bytes")
-    obj = loads(line)
+    obj = loads(line, max_bytes=MAX_REQUEST_BYTES)
     if set(obj) - {"v", "op", "args"}:
         raise ProtocolError(f"unknown field {sorted(set(obj) - {'v', 'op', 'args'})[0]!r}")
     if obj.get("v") != PROTOCOL_VERSION:

@@ -286,14 +286,6 @@ class Node:
             self._lock = None
 
     # -- requests --------------------------------------------------------------------------
-    def _on_sandbox_event(self, event: str, data: dict[str, object]) -> None:
-        tenant = data.get("tenant")
-        self.ctx.audit().append(
-            event,
-            {k: v for k, v in data.items() if k != "tenant"},
-            tenant if isinstance(tenant, str) else None,
-        )
-
     def _handle(self, conn: socket.socket) -> None:
         try:
             with conn:
