@@ -368,3 +368,19 @@ def test_node_hosts_the_console_and_its_runs_use_the_workers(node_env: Env) -> N
 def test_serve_is_refused_while_a_node_runs(node_env: Env, node: NodeProcess) -> None:
     res = run_cli_subprocess("-w", str(node_env.ws), "serve", "--port", "0", timeout=60)
     assert res.code == 2 and "error[NODE_RUNNING]" in res.err and "--http" in res.err
+
+
+def test_sigterm_lets_in_flight_runs_finish_then_checkpoints(node_env: Env) -> None:
+    node_env.add_tenant("looper", HOG_LIMITS.format(wall=3000), wasm=wat_module(LOOP_WAT))
+    node = NodeProcess(node_env.ws)
+    client = _cli(node_env.ws, "run", "looper", "--json", "--no-dashboard")
+    node.wait_busy("looper", client)
+    wait_started(node_env.ws, "looper")
+    assert node.stop() == 0  # SIGTERM while the run is in flight
+    out, err = client.communicate(timeout=WAIT_S)
+    assert client.returncode == 1, err  # the run ended TIMEOUT: reported, not lost
+    assert json.loads(out)[0]["code"] == "TIMEOUT"
+    events = [(r["event"], r["data"].get("code")) for r in _audit(node_env.ws)]
+    assert events.index(("run_outcome", "TIMEOUT")) < events.index(("node_stop", None))
+    assert events[-1][0] == "checkpoint"
+    assert not (node_env.ws / "state" / "node.sock").exists()

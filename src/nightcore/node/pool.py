@@ -264,18 +264,23 @@ class RunnerPool:
         self._drivers.append(t)
         t.start()
 
-    def close(self) -> None:
-        """Stop taking batches; let the running ones finish; stop the workers."""
+    def close(self, grace_s: float = 60.0) -> None:
+        """Stop taking batches; give the running ones ``grace_s`` to finish; then kill what is
+        left (its runs are closed ``INTERRUPTED`` by their drivers) and stop the workers."""
         with self._cond:
             self._closed = True
             self._cond.notify_all()
+        deadline = time.monotonic() + grace_s
         for t in list(self._drivers):
-            t.join(timeout=self._answer_timeout_s)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
         with self._cond:
             left = list(self._workers.values())
-            self._workers.clear()
         for w in left:
-            w.kill()
+            w.kill()  # a driver still in a batch sees end of stream and closes it
+        for t in list(self._drivers):
+            t.join(timeout=60)
+        with self._cond:
+            self._workers.clear()
 
     # -- observation -----------------------------------------------------------------------
     def stats(self) -> PoolStats:
@@ -355,11 +360,17 @@ class RunnerPool:
                     self._cond.wait()
                 if not batch:
                     self._workers.pop(worker.pid, None)
-                    worker.stop()
-                    return
+                    break
                 self._busy.add(worker.pid)
                 self._runs += len(batch)
-            healthy = self._run_batch(worker, batch)
+            try:
+                healthy = self._run_batch(worker, batch)
+            except Exception as exc:  # noqa: BLE001 - a bug here must not leave callers waiting
+                worker.kill()
+                self._close_batch(
+                    worker.pid, f"failed in the node ({exc!r})", "HOST_ERROR", batch, 0
+                )
+                healthy = False
             with self._cond:
                 self._busy.discard(worker.pid)
                 for job in batch:
@@ -373,6 +384,7 @@ class RunnerPool:
                         self._replaced += 1
                         threading.Thread(target=self._replace, name="nightcore-respawn").start()
                     return
+        worker.stop()  # outside the lock: it waits for the process to end
 
     def _run_batch(self, worker: _Worker, batch: list[_Job]) -> bool:
         audit = self._audit()

@@ -37,10 +37,24 @@ OPS = (
 
 
 def socket_path(workspace: str | None) -> str:
-    """``<root>/state/node.sock`` of the workspace ``-w``, ``NIGHTCORE_HOME`` or the current
-    directory names (as :func:`nightcore.layout.find_root` resolves it), without pathlib: this
-    is the thin client's cold path."""
-    root = os.path.realpath(workspace or os.environ.get("NIGHTCORE_HOME") or ".")
+    """``<root>/state/node.sock`` of the workspace ``-w`` or ``NIGHTCORE_HOME`` names, or else
+    of the nearest of the current directory and its parents holding ``nightcore.toml`` (as
+    :func:`nightcore.layout.find_root` resolves it), without pathlib: this is the thin client's
+    cold path."""
+    named = workspace or os.environ.get("NIGHTCORE_HOME")
+    if named:
+        root = os.path.realpath(named)
+    else:
+        root = start = os.path.realpath(os.getcwd())
+        d = start
+        while True:
+            if os.path.isfile(os.path.join(d, "nightcore.toml")):
+                root = d
+                break
+            parent = os.path.dirname(d)
+            if parent == d:
+                break
+            d = parent
     return os.path.join(root, "state", SOCKET_NAME)
 
 

@@ -256,6 +256,14 @@ class Node:
             handlers = list(self._handlers)
         for t in handlers:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
+        if self.pool is not None:
+            # Runs still going after the grace are stopped and closed INTERRUPTED, before the
+            # node's last lines, so the final checkpoint covers them.
+            self.pool.close(grace_s=max(0.0, deadline - time.monotonic()))
+            self.pool = None
+        if self._strongbox_runner is not None:
+            self._strongbox_runner.close()
+            self._strongbox_runner = None
         self.ctx.audit().append(
             "node_stop",
             {"pid": os.getpid(), "requests": self._served, "refused": self._refused},
