@@ -217,5 +217,15 @@ class Layout:
 
 
 def find_root(explicit: str | None) -> Path:
-    """``-w`` beats ``NIGHTCORE_HOME`` beats the current directory (no file is read)."""
-    return Path(explicit or os.environ.get(HOME_ENV) or ".").resolve()
+    """``-w`` beats ``NIGHTCORE_HOME`` (each names the workspace directory exactly) beats
+    discovery: like git, the nearest of the current directory and its parents that holds a
+    ``nightcore.toml``, up to the filesystem root; with none, the current directory.
+    :func:`nightcore.node.protocol.socket_path` resolves the same root without pathlib."""
+    named = explicit or os.environ.get(HOME_ENV)
+    if named:
+        return Path(named).resolve()
+    start = Path.cwd().resolve()
+    for d in (start, *start.parents):
+        if (d / CONFIG_NAME).is_file():
+            return d
+    return start

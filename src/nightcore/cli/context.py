@@ -11,7 +11,9 @@ if TYPE_CHECKING:
 
 
 def open_workspace(args: argparse.Namespace) -> NodeContext:
-    """``-w`` beats ``NIGHTCORE_HOME`` beats the current directory; ``--fips`` only tightens."""
+    """``-w`` beats ``NIGHTCORE_HOME`` beats the nearest of the current directory and its
+    parents holding ``nightcore.toml`` (:func:`nightcore.layout.find_root`); ``--fips`` only
+    tightens."""
     from nightcore.context import NodeContext
 
     return NodeContext.open(args.workspace, fips=True if args.fips else None)

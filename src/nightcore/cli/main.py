@@ -332,7 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-w",
         "--workspace",
         default=argparse.SUPPRESS,
-        help="workspace directory (default: $NIGHTCORE_HOME or .)",
+        help="workspace directory (default: $NIGHTCORE_HOME, else the nearest of . and its "
+        "parents holding nightcore.toml)",
     )
     common.add_argument(
         "--fips",

@@ -1,0 +1,74 @@
+"""The first hour with the CLI: the workspace is found from a subdirectory (like git), a
+mistyped command gets a "did you mean", and every command's --help has examples."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from nightcore import app
+from nightcore.layout import find_root
+from nightcore.node.protocol import socket_path
+from tests.conftest import Cli, run_cli_subprocess
+
+# -- workspace discovery ---------------------------------------------------------------------
+
+
+def test_a_subdirectory_finds_its_workspace_in_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = app.init_workspace(tmp_path / "ws").root
+    deep = ws / "modules" / "a" / "b"
+    deep.mkdir(parents=True)
+    monkeypatch.chdir(deep)
+    assert find_root(None) == ws
+    assert socket_path(None) == str(ws / "state" / "node.sock")
+    res = Cli(capsys, None)("doctor", "--json")
+    rows = {c["check"]: c for c in res.json()}
+    assert any(str(ws) in str(c["detail"]) for c in rows.values()), rows
+    res = Cli(capsys, None)("verify", "--json", "--local")
+    assert res.code in (0, 1), res.err  # no tenant: nothing verified, but the workspace opened
+    assert "WORKSPACE_NOT_FOUND" not in res.err
+
+
+def test_a_subdirectory_finds_its_workspace_in_a_subprocess(tmp_path: Path) -> None:
+    ws = app.init_workspace(tmp_path / "ws").root
+    deep = ws / "modules" / "x"
+    deep.mkdir(parents=True)
+    res = run_cli_subprocess("trust", "list", "--json", cwd=deep)
+    assert res.code == 0, res.err
+    assert res.json() == []
+    res = run_cli_subprocess("audit", "verify", "--json", cwd=deep)
+    assert "WORKSPACE_NOT_FOUND" not in res.err
+
+
+def test_explicit_workspace_and_home_are_exact(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ws = app.init_workspace(tmp_path / "ws").root
+    sub = ws / "modules"
+    monkeypatch.chdir(sub)
+    # -w names the workspace exactly: a subdirectory is not searched upward
+    res = Cli(capsys, sub)("trust", "list", "--json")
+    assert res.code == 2 and "error[WORKSPACE_NOT_FOUND]" in res.err
+    monkeypatch.setenv("NIGHTCORE_HOME", str(sub))
+    assert find_root(None) == sub
+    assert socket_path(None) == str(sub / "state" / "node.sock")
+    res = Cli(capsys, None)("trust", "list", "--json")
+    assert res.code == 2 and "error[WORKSPACE_NOT_FOUND]" in res.err
+
+
+def test_no_workspace_anywhere_is_the_current_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lone = tmp_path / "lone" / "sub"
+    lone.mkdir(parents=True)
+    monkeypatch.chdir(lone)
+    if any((d / "nightcore.toml").is_file() for d in lone.parents):
+        pytest.skip("a parent of the temporary directory is a workspace")
+    assert find_root(None) == lone.resolve()
+    assert socket_path(None) == os.path.join(os.path.realpath(lone), "state", "node.sock")
+    res = Cli(capsys, None)("trust", "list")
+    assert res.code == 2 and "error[WORKSPACE_NOT_FOUND]" in res.err
