@@ -252,6 +252,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
                 for r in rows
             ],
             code_column=2,
+            free_column=None,
         )
     return 0
 
