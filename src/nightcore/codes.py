@@ -323,6 +323,11 @@ class CliCode(Code):
         "untrusted JSON is too large, malformed, has duplicate keys or non-finite numbers, "
         "or a value cannot be canonicalised",
     )
+    ID_AMBIGUOUS = (
+        "ID_AMBIGUOUS",
+        "an id prefix matches more than one id (the message lists them): give more characters",
+    )
+    ID_NOT_FOUND = "ID_NOT_FOUND", "no id starts with the prefix given"
 
 
 class AuditCode(Code):
