@@ -72,3 +72,46 @@ def test_no_workspace_anywhere_is_the_current_directory(
     assert socket_path(None) == os.path.join(os.path.realpath(lone), "state", "node.sock")
     res = Cli(capsys, None)("trust", "list")
     assert res.code == 2 and "error[WORKSPACE_NOT_FOUND]" in res.err
+
+
+# -- did you mean ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["rnu"], "unknown command 'rnu' (did you mean 'run'?)"),
+        (["audit", "verfy"], "unknown action 'verfy' for 'audit' (did you mean 'verify'?)"),
+        (["trust", "lsit"], "unknown action 'lsit' for 'trust' (did you mean 'list'?)"),
+        (["aufs", "repo", "inti"], "unknown action 'inti' for 'aufs repo' (did you mean 'init'?)"),
+    ],
+)
+def test_a_mistyped_name_gets_did_you_mean(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    res = Cli(capsys, None)(*argv)
+    assert res.code == 2
+    assert res.err == f"error[USAGE]: {message}\n"
+    assert res.out == ""
+
+
+@pytest.mark.parametrize("at", [0, 1, 2])
+def test_a_usage_error_is_json_with_json_anywhere(
+    at: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["audit", "verfy"]
+    argv.insert(at, "--json")
+    res = Cli(capsys, None)(*argv)
+    assert res.code == 2
+    assert res.json() == {
+        "ok": False,
+        "code": "USAGE",
+        "error": "unknown action 'verfy' for 'audit' (did you mean 'verify'?)",
+    }
+
+
+def test_did_you_mean_in_a_subprocess(tmp_path: Path) -> None:
+    res = run_cli_subprocess("rnu", "--json", cwd=tmp_path)
+    assert res.code == 2
+    assert res.json()["error"] == "unknown command 'rnu' (did you mean 'run'?)"
+    assert "error[USAGE]: unknown command 'rnu' (did you mean 'run'?)" in res.err

@@ -32,6 +32,27 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse's own usage errors, same format as ours
         raise UsageError(message)
 
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        """A value outside ``choices`` close to a known name gets "did you mean": ``unknown
+        command 'rnu' (did you mean 'run'?)``, ``unknown action 'verfy' for 'audit' ...``;
+        any other keeps argparse's message, which lists the choices."""
+        if action.choices is None or value in action.choices:
+            return
+        import difflib
+
+        names = [str(c) for c in action.choices]
+        close = difflib.get_close_matches(str(value), names, n=3, cutoff=0.6)
+        if not close:
+            super()._check_value(action, value)
+            return
+        hint = " or ".join(repr(c) for c in close)
+        if isinstance(action, argparse._SubParsersAction):
+            cmd = self.prog.partition(" ")[2]
+            what = f"unknown action {value!r} for {cmd!r}" if cmd else f"unknown command {value!r}"
+        else:
+            what = f"argument {argparse._get_action_name(action)}: invalid choice {value!r}"
+        raise UsageError(f"{what} (did you mean {hint}?)")
+
 
 def _parse_time(value: str) -> dt.datetime:
     import datetime as dt
@@ -494,7 +515,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NightCoreError as exc:
         from nightcore.cli.render import clean, error, print_json
 
-        if getattr(args if "args" in locals() else None, "json", False):
+        parsed = args if "args" in locals() else None
+        if getattr(parsed, "json", False) or (
+            parsed is None and "--json" in (sys.argv[1:] if argv is None else argv)
+        ):
             print_json({"ok": False, "code": exc.code, "error": clean(exc.message, 400)})
         error(exc.code, exc.message)
         return EXIT_ERROR
