@@ -3,12 +3,18 @@ mistyped command gets a "did you mean", and every command's --help has examples.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import os
+import shlex
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nightcore import app
+from nightcore.cli.main import _COMMANDS as _COMMAND_NAMES
 from nightcore.layout import find_root
 from nightcore.node.protocol import socket_path
 from tests.conftest import Cli, run_cli_subprocess
@@ -115,3 +121,55 @@ def test_did_you_mean_in_a_subprocess(tmp_path: Path) -> None:
     assert res.code == 2
     assert res.json()["error"] == "unknown command 'rnu' (did you mean 'run'?)"
     assert "error[USAGE]: unknown command 'rnu' (did you mean 'run'?)" in res.err
+
+
+# -- help: examples and a description for every argument ------------------------------------
+
+
+def _built(name: str) -> argparse.ArgumentParser:
+    from nightcore.cli import main as cli
+
+    root = cli.build_parser()
+    with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit):
+        root.parse_args([name, "--help"])  # builds the command's parser (lazy)
+    sub = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction))
+    parser: argparse.ArgumentParser = sub.choices[name]
+    return parser
+
+
+def _walk(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, argparse.Action]]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for n, sp in action.choices.items():
+                yield from _walk(sp, f"{path} {n}")
+        else:
+            yield path, action
+
+
+@pytest.mark.parametrize("name", list(_COMMAND_NAMES))
+def test_every_command_help_has_examples_that_parse(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nightcore.cli import main as cli
+
+    with pytest.raises(SystemExit) as ei:
+        cli.main([name, "--help"])
+    assert ei.value.code == 0
+    out = capsys.readouterr().out
+    assert "\nexamples:\n" in out
+    examples = out.split("\nexamples:\n", 1)[1].strip().splitlines()
+    assert 1 <= len(examples) <= 3
+    for line in examples:
+        argv = shlex.split(line)
+        assert argv[:2] == ["nightcore", name], line
+        cli.build_parser().parse_args(argv[1:])  # a usage error would raise
+
+
+@pytest.mark.parametrize("name", list(_COMMAND_NAMES))
+def test_every_argument_has_help(name: str) -> None:
+    missing = [
+        f"{path} {a.option_strings or a.dest}"
+        for path, a in _walk(_built(name), f"nightcore {name}")
+        if not a.help
+    ]
+    assert missing == []

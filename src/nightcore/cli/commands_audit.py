@@ -373,8 +373,8 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     sp.add_argument("--reason", default="manual", help="recorded in the checkpoint event")
 
     sp = add("show", cmd_audit_show, "list audit entries (latest last)", asub)
-    sp.add_argument("--tenant")
-    sp.add_argument("--event")
+    sp.add_argument("--tenant", help="only entries of this tenant")
+    sp.add_argument("--event", help="only entries of this event (verify, run, checkpoint ...)")
     sp.add_argument("--since", help="ISO 8601 time; entries at or after it")
     sp.add_argument(
         "--limit",
@@ -386,7 +386,7 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     sp = add(
         "prove", cmd_audit_prove, "print an inclusion proof (c2sp tlog-proof) of entry SEQ", asub
     )
-    sp.add_argument("seq", type=_seq, metavar="SEQ")
+    sp.add_argument("seq", type=_seq, metavar="SEQ", help="sequence number of the audit entry")
     sp.add_argument("--out", help="write the proof to FILE instead of stdout")
     sp.add_argument("--entry-out", help="also write the entry's line (the proven bytes) to FILE")
 
@@ -396,8 +396,8 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         "verify an inclusion proof offline (needs only the proof, the entry and node.pub.pem)",
         asub,
     )
-    sp.add_argument("proof", metavar="PROOF_FILE")
-    sp.add_argument("--key", required=True, metavar="NODE_PUB_PEM")
+    sp.add_argument("proof", metavar="PROOF_FILE", help="the inclusion proof")
+    sp.add_argument("--key", required=True, metavar="NODE_PUB_PEM", help="the node's public key")
     sp.add_argument("--entry", required=True, metavar="ENTRY_FILE", help="the audit line bytes")
 
     sp = add(
@@ -406,7 +406,9 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         "prove the log (re-verified) extends an old signed checkpoint",
         asub,
     )
-    sp.add_argument("old_checkpoint", metavar="OLD_CHECKPOINT_FILE")
+    sp.add_argument(
+        "old_checkpoint", metavar="OLD_CHECKPOINT_FILE", help="a signed checkpoint seen earlier"
+    )
     sp.add_argument("--out", help="write the consistency proof to FILE")
 
     sp = add(
@@ -415,6 +417,8 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         "verify a consistency proof offline against an old checkpoint and node.pub.pem",
         asub,
     )
-    sp.add_argument("proof", metavar="PROOF_FILE")
-    sp.add_argument("--old", required=True, metavar="OLD_CHECKPOINT_FILE")
-    sp.add_argument("--key", required=True, metavar="NODE_PUB_PEM")
+    sp.add_argument("proof", metavar="PROOF_FILE", help="the consistency proof")
+    sp.add_argument(
+        "--old", required=True, metavar="OLD_CHECKPOINT_FILE", help="the old signed checkpoint"
+    )
+    sp.add_argument("--key", required=True, metavar="NODE_PUB_PEM", help="the node's public key")

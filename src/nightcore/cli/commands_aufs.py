@@ -461,7 +461,7 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         return sp
 
     sp = repo_cmd("init", cmd_repo_init, "create a repository (root and targets threshold keys)")
-    sp.add_argument("dir")
+    sp.add_argument("dir", help="the new repository directory")
     sp.add_argument(
         "--root-key",
         action="append",
@@ -486,15 +486,21 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     sp.add_argument(
         "source", help="signed tenant dir or .tar.gz, registry.json, revocations.json, or a .whl"
     )
-    sp.add_argument("--kind", choices=["tenant", "registry", "revocations", "runtime"])
+    sp.add_argument(
+        "--kind",
+        choices=["tenant", "registry", "revocations", "runtime"],
+        help="what SOURCE is (default: inferred from it)",
+    )
     sp.add_argument("--min-runtime", help="lowest Night Core version that may apply it")
     sp.add_argument("--version", help="version of a registry target (an increasing number)")
 
     sp = repo_cmd("remove-target", cmd_repo_remove_target, "stage the removal of a target")
-    sp.add_argument("path")
+    sp.add_argument("path", help="target path as listed in targets metadata")
 
     sp = repo_cmd("sign", cmd_repo_sign, "add your signature to staged root or targets metadata")
-    sp.add_argument("--role", required=True, choices=["root", "targets"])
+    sp.add_argument(
+        "--role", required=True, choices=["root", "targets"], help="the metadata to sign"
+    )
     sp.add_argument("--key", required=True, help="your private key file or URI")
 
     repo_cmd(
@@ -504,7 +510,12 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     )
 
     sp = repo_cmd("rotate-key", cmd_repo_rotate, "stage a root that replaces one key of a role")
-    sp.add_argument("--role", required=True, choices=["root", "targets", "snapshot", "timestamp"])
+    sp.add_argument(
+        "--role",
+        required=True,
+        choices=["root", "targets", "snapshot", "timestamp"],
+        help="the role whose key changes",
+    )
     sp.add_argument("--old", required=True, help="key file or key id (>= 8 hex) to remove")
     sp.add_argument("--new", required=True, help="key file to add (a private key for online roles)")
 
@@ -513,17 +524,17 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         cmd_repo_override,
         "sign a downgrade override (needs two distinct maintainer keys)",
     )
-    sp.add_argument("tenant")
-    sp.add_argument("version")
-    sp.add_argument("--key", required=True)
+    sp.add_argument("tenant", help="the tenant to downgrade")
+    sp.add_argument("version", help="the older version to allow")
+    sp.add_argument("--key", required=True, help="your maintainer private key file or URI")
     sp.add_argument("--reason", default="", help="why this downgrade (first signer)")
     sp.add_argument("--days", type=int, default=7, help="validity of the override (first signer)")
 
     repo_cmd("status", cmd_repo_status, "versions, expiries and key ages (warns past 90 days)")
     sp = repo_cmd("backup", cmd_repo_backup, "copy every root version and current metadata")
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--out", required=True, help="backup directory")
     sp = repo_cmd("serve", cmd_repo_serve, "serve public/ on 127.0.0.1 (development and tests)")
-    sp.add_argument("--port", type=int, default=8000)
+    sp.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
 
     client = add("client", _need_sub, "TUF client: bootstrap trust, refresh, download", asub)
     csub = client.add_subparsers(dest="client_cmd", metavar="ACTION", parser_class=Parser)
@@ -535,11 +546,11 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         sp.add_argument(
             "--metadata-dir", help="trusted metadata dir (default <ws>/state/aufs/metadata)"
         )
-        sp.add_argument("--metadata-url")
+        sp.add_argument("--metadata-url", help="repository metadata URL (default: aufs.toml)")
         return sp
 
     sp = client_cmd("init", cmd_client_init, "trust a root.json obtained out of band (offline)")
-    sp.add_argument("root_json")
+    sp.add_argument("root_json", help="the repository's root.json")
     sp.add_argument("--expect-sha256", help="refuse unless root.json has this SHA-256")
     sp.add_argument("--target-base-url", help="stored in aufs.toml with --metadata-url")
     client_cmd(
@@ -548,15 +559,15 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         "update trusted metadata (root, timestamp, snapshot, targets)",
     )
     sp = client_cmd("download", cmd_client_download, "download and verify targets")
-    sp.add_argument("targets", nargs="+")
-    sp.add_argument("--target-base-url")
-    sp.add_argument("--target-dir")
+    sp.add_argument("targets", nargs="+", help="target paths to download")
+    sp.add_argument("--target-base-url", help="targets base URL (default: aufs.toml)")
+    sp.add_argument("--target-dir", help="where to put them (default <ws>/state/aufs/targets)")
 
     sp = add("update", cmd_update, "refresh, download what changed, verify and apply it", asub)
-    sp.add_argument("--metadata-url")
-    sp.add_argument("--target-base-url")
+    sp.add_argument("--metadata-url", help="repository metadata URL (default: aufs.toml)")
+    sp.add_argument("--target-base-url", help="targets base URL (default: aufs.toml)")
     sp = add(
         "rollback", cmd_rollback, "restore the version AUFS kept when it replaced a tenant", asub
     )
-    sp.add_argument("tenant")
+    sp.add_argument("tenant", help="the tenant to restore")
     add("status", cmd_status, "trusted metadata versions, installed tenants, current runtime", asub)

@@ -216,4 +216,4 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     )
     add("list", cmd_token_list, "list token ids and expiry times", tsub)
     sp = add("revoke", cmd_token_revoke, "revoke a token by id", tsub)
-    sp.add_argument("token_id")
+    sp.add_argument("token_id", help="the token id (see serve token list)")

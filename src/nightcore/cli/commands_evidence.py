@@ -32,8 +32,11 @@ def cmd_sbom(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from nightcore.app.evidence import replay
+    from nightcore.app.run import resolve_run_id
 
-    res = replay(_ws(args), args.run_id)
+    ws = _ws(args)
+    run_id = resolve_run_id(ws, args.run_id)  # a unique prefix names its run
+    res = replay(ws, run_id)
     if args.json:
         print_json(res.to_dict())
     else:
@@ -46,7 +49,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             ]
             for k in ("outcome", "stdout", "stderr")
         ]
-        print_table(f"Replay of {args.run_id}", ["stream", "attested", "replayed", ""], rows)
+        print_table(f"Replay of {run_id}", ["stream", "attested", "replayed", ""], rows)
         info(
             res.code
             + (f": first difference in {res.diverged}" if res.diverged else "")
@@ -127,29 +130,29 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     from nightcore.cli.main import _Parser as Parser
 
     sp = add("sbom", cmd_sbom)
-    sp.add_argument("--out", default="sbom.cdx.json")
+    sp.add_argument("--out", default="sbom.cdx.json", help="output file (default sbom.cdx.json)")
     sp = add("replay", cmd_replay)
-    sp.add_argument("run_id")
+    sp.add_argument("run_id", help="the run to replay (see nightcore runs)")
     proof = add("proof", _need_sub)
     psub = proof.add_subparsers(dest="proof_cmd", metavar="ACTION", parser_class=Parser)
     sp = add("export", cmd_proof_export, "export a signed proof bundle", psub)
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--out", required=True, help="bundle file to write")
     sp.add_argument("--since", help="runs started at or after this ISO 8601 time")
     sp.add_argument("--runs", help="comma-separated run ids")
     sp = add("verify", _verify, "verify a bundle offline with only the node public key", psub)
-    sp.add_argument("bundle")
+    sp.add_argument("bundle", help="the proof bundle file")
     sp.add_argument("--key", required=True, help="the node's public key (node.pub.pem)")
     forensics = add("forensics", _need_sub)
     fsub = forensics.add_subparsers(dest="forensics_cmd", metavar="ACTION", parser_class=Parser)
     sp = add("export", cmd_forensics_export, "export a signed forensic bundle", fsub)
-    sp.add_argument("--tenant", required=True)
-    sp.add_argument("--run")
-    sp.add_argument("--out", required=True)
+    sp.add_argument("--tenant", required=True, help="the tenant under investigation")
+    sp.add_argument("--run", help="one run id (default: the tenant's runs)")
+    sp.add_argument("--out", required=True, help="bundle file to write")
     sp.add_argument(
         "--no-checkpoint",
         action="store_true",
         help="write nothing: cut the audit slice at the latest checkpoint instead of signing one",
     )
     sp = add("verify", _verify, "verify a forensic bundle offline", fsub)
-    sp.add_argument("bundle")
-    sp.add_argument("--key", required=True)
+    sp.add_argument("bundle", help="the forensic bundle file")
+    sp.add_argument("--key", required=True, help="the node's public key (node.pub.pem)")

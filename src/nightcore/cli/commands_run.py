@@ -224,6 +224,11 @@ def cmd_uncordon(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    action = getattr(args, "action", None)
+    if action is not None:
+        if args.run_id is None:
+            raise UsageError(f"runs {action} needs a RUN_ID (a unique prefix is enough)")
+        return _runs_show(args) if action == "show" else _runs_logs(args)
     if not 1 <= args.limit <= 100_000:
         raise UsageError("--limit must be between 1 and 100000")
     client = node_client(args)
@@ -257,6 +262,91 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _runs_show(args: argparse.Namespace) -> int:
+    from nightcore.app.run import run_details
+    from nightcore.cli.render import clean
+
+    d = run_details(_ws(args), args.run_id)
+    if args.json:
+        print_json(d)
+        return 0
+    att = d["attestation"]
+    head = [
+        ["tenant", d["tenant"]],
+        ["verdict", d["code"]],
+        ["exit", "-" if d["exit_code"] is None else d["exit_code"]],
+        ["detail", d["detail"] or ""],
+        ["audit seq", d["audit_seq"]],
+        ["time", d["ts"] or "-"],
+        ["key id", d["key_id"] or "-"],
+        ["attestation", att["path"]],
+        ["sha256", att["sha256"] or "-"],
+        ["verified", "yes (node.pub.pem)" if att["verified"] else f"NO: {att['error']}"],
+    ]
+    if not d["indexed"]:
+        head.append(["index", d["index_error"] or "not in the run index (nightcore state rebuild)"])
+    print_table(f"Run {d['run_id']}", ["", "value"], head)
+    lim, use = d["limits"], d["usage"]
+    fmt: dict[str, Callable[[Any], str]] = {
+        "fuel": lambda v: _fmt_fuel(v),
+        "wall_ms": lambda v: f"{v:,.1f}" if isinstance(v, int | float) else "unknown",
+        "memory_bytes": lambda v: _fmt_bytes(v) if isinstance(v, int) else "unknown",
+        "output_bytes": lambda v: _fmt_bytes(v) if isinstance(v, int) else "unknown",
+    }
+    rows = [
+        [name, fmt[name](use.get(name)), "-" if lim.get(name) is None else fmt[name](lim[name])]
+        for name in ("fuel", "wall_ms", "memory_bytes", "output_bytes")
+    ]
+    print_table("Limits and usage", ["resource", "used", "limit"], rows, free_column=None)
+    grants = d["grants"]
+    if isinstance(grants, dict):
+        import json
+
+        gr = [[k, json.dumps(v, sort_keys=True)] for k, v in sorted(grants.items())]
+        print_table("Grants (signed manifest capabilities)", ["kind", "granted"], gr)
+    for name in ("stdout", "stderr"):
+        st = d["streams"][name]
+        shown = len(st["tail"])
+        sys.stdout.write(
+            f"{name}: {_fmt_bytes(st['bytes'])}"
+            + (f", last {shown} lines (cleaned):\n" if shown else "\n")
+        )
+        for line in st["tail"]:
+            sys.stdout.write(f"  | {clean(line, 400)}\n")
+    return 0
+
+
+def _runs_logs(args: argparse.Namespace) -> int:
+    from nightcore.app.run import LOG_CAP, run_log
+    from nightcore.cli.render import clean
+
+    stream = "stderr" if args.stderr else "stdout"
+    run_id, data, size = run_log(_ws(args), args.run_id, stream)
+    truncated = size > len(data)
+    if args.json:
+        print_json(
+            {
+                "run_id": run_id,
+                "stream": stream,
+                "bytes": size,
+                "truncated": truncated,
+                "text": data.decode("utf-8", errors="replace"),
+            }
+        )
+        return 0
+    if sys.stdout.isatty() and not args.raw:
+        # The tenant's bytes on a person's terminal: control sequences are cleaned.
+        text = data.decode("utf-8", errors="replace")
+        sys.stdout.write("".join(clean(line, 1 << 20) + "\n" for line in text.splitlines()))
+    else:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+    if truncated:
+        info(f"{stream} of {run_id} is {size} bytes: printed the first {LOG_CAP}")
+    return 0
+
+
 def cmd_state_rebuild(args: argparse.Namespace) -> int:
     from nightcore import app
 
@@ -273,7 +363,7 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     from nightcore.cli.main import _Parser as Parser
 
     sp = add("run", cmd_run)
-    sp.add_argument("tenants", nargs="*")
+    sp.add_argument("tenants", nargs="*", help="tenant ids to run (default: every tenant)")
     sp.add_argument(
         "--strongbox",
         action="store_true",
@@ -292,14 +382,31 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         help="worker threads (default: run.parallel in nightcore.toml)",
     )
     sp = add("cordon", cmd_cordon)
-    sp.add_argument("tenant")
-    sp.add_argument("--reason", required=True)
+    sp.add_argument("tenant", help="the tenant id to stop")
+    sp.add_argument("--reason", required=True, help="why (recorded in the audit log)")
     sp = add("uncordon", cmd_uncordon)
-    sp.add_argument("tenant")
-    sp.add_argument("--reason", default="")
+    sp.add_argument("tenant", help="the cordoned tenant id")
+    sp.add_argument("--reason", default="", help="why (recorded in the audit log)")
     sp = add("runs", cmd_runs)
-    sp.add_argument("--tenant")
-    sp.add_argument("--limit", type=int, default=50)
+    sp.add_argument(
+        "action",
+        nargs="?",
+        choices=("show", "logs"),
+        help="show: one run's outcome, limits vs usage, grants, output tails, attestation; "
+        "logs: the bytes a run wrote to stdout (--stderr: stderr). Both read the workspace "
+        "in this process (read-only), even when a node serves it",
+    )
+    sp.add_argument(
+        "run_id", nargs="?", metavar="RUN_ID", help="with show/logs: a run id or a unique prefix"
+    )
+    sp.add_argument("--stderr", action="store_true", help="logs: the stderr stream")
+    sp.add_argument(
+        "--raw",
+        action="store_true",
+        help="logs: the bytes as written even on a terminal (default there: cleaned lines)",
+    )
+    sp.add_argument("--tenant", help="only this tenant's runs")
+    sp.add_argument("--limit", type=int, default=50, help="the latest N runs (default 50)")
     state = add("state", _need_sub)
     ssub = state.add_subparsers(dest="state_cmd", metavar="ACTION", parser_class=Parser)
     add("rebuild", cmd_state_rebuild, "rebuild the run index from the audit log", ssub)

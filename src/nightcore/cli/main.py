@@ -388,10 +388,16 @@ def build_parser() -> argparse.ArgumentParser:
         def add(n: str, handler: Handler, help_: str | None = None, parent: Any = sub) -> Any:
             if parent is _DISCARD or (parent is sub and n != name):
                 return _DISCARD
+            extra: dict[str, Any] = {}
             if help_ is None:  # a top-level command: its help line is in _COMMANDS
                 help_ = _COMMANDS[n][1]
+                lines = "\n".join(f"  {line}" for line in _EXAMPLES.get(n, ()))
+                extra = {
+                    "epilog": f"examples:\n{lines}",
+                    "formatter_class": argparse.RawDescriptionHelpFormatter,
+                }
             sp: argparse.ArgumentParser = parent.add_parser(
-                n, help=help_, parents=[common], description=help_
+                n, help=help_, parents=[common], description=help_, **extra
             )
             sp.set_defaults(handler=handler)
             return sp
@@ -438,6 +444,52 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "node": (_NODE, "the resident node agent: warm workers, local API for the CLI"),
 }
 
+# The "examples:" section of each top-level command's --help (1-3 realistic command lines).
+_EXAMPLES: dict[str, tuple[str, ...]] = {
+    "init": ("nightcore init ws", "nightcore init ws --name edge-1 --fips"),
+    "keygen": ("nightcore keygen --name alice --out keys",),
+    "sign": ("nightcore sign ws/modules/hello --key keys/alice.key",),
+    "trust": (
+        "nightcore trust add-key keys/alice.pub.pem --scope 'hello*'",
+        "nightcore trust add-key keys/ops.pub.pem --scope '*' --role maintainer",
+        "nightcore trust list",
+    ),
+    "revoke": (
+        "nightcore revoke key 3f9a1c2b --key keys/ops.key --reason 'stolen laptop'",
+        "nightcore revoke module SHA256 --key keys/ops.key --reason 'CVE-2026-0001'",
+    ),
+    "verify": ("nightcore verify", "nightcore verify hello --json"),
+    "doctor": ("nightcore doctor", "nightcore doctor --json"),
+    "run": ("nightcore run", "nightcore run hello --strongbox", "nightcore run --parallel 4"),
+    "cordon": ("nightcore cordon hello --reason 'incident 42'",),
+    "uncordon": ("nightcore uncordon hello --reason 'incident 42 closed'",),
+    "runs": ("nightcore runs", "nightcore runs --tenant hello --limit 10 --json"),
+    "state": ("nightcore state rebuild",),
+    "audit": (
+        "nightcore audit verify",
+        "nightcore audit show --tenant hello --limit 20",
+        "nightcore audit prove 3 --out p.proof --entry-out e.json",
+    ),
+    "sbom": ("nightcore sbom --out sbom.cdx.json",),
+    "replay": ("nightcore replay RUN_ID",),
+    "proof": (
+        "nightcore proof export --out proof.tar.gz",
+        "nightcore proof verify proof.tar.gz --key node.pub.pem",
+    ),
+    "forensics": (
+        "nightcore forensics export --tenant hello --out hello-incident.tar.gz",
+        "nightcore forensics verify hello-incident.tar.gz --key node.pub.pem",
+    ),
+    "aufs": (
+        "nightcore aufs repo init repo --root-key m1.key --root-key m2.key --root-key m3.key",
+        "nightcore aufs client init root.json --metadata-url https://updates.example/metadata",
+        "nightcore aufs update",
+    ),
+    "dashboard": ("nightcore dashboard build", "nightcore dashboard build --out report.html"),
+    "serve": ("nightcore serve token create", "nightcore serve --port 8700"),
+    "node": ("nightcore node", "nightcore node --workers 4 --http 8700", "nightcore node status"),
+}
+
 
 def _registrar(ref: str) -> Registrar:
     import importlib
@@ -449,23 +501,30 @@ def _registrar(ref: str) -> Registrar:
 
 def _register_core(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     sp = add("init", cmd_init)
-    sp.add_argument("dir", nargs="?")
+    sp.add_argument(
+        "dir", nargs="?", help="workspace directory (default: -w, $NIGHTCORE_HOME or .)"
+    )
     sp.add_argument("--name", default="node", help="node name")
 
     sp = add("keygen", cmd_keygen)
-    sp.add_argument("--name", required=True)
+    sp.add_argument("--name", required=True, help="key name: NAME.key and NAME.pub.pem")
     sp.add_argument("--out", default=".", help="directory for NAME.key and NAME.pub.pem")
 
     sp = add("sign", cmd_sign)
-    sp.add_argument("tenant_dir")
+    sp.add_argument("tenant_dir", help="directory with manifest.toml and module.wasm")
     sp.add_argument("--key", required=True, help="private key file or private-key URI")
 
     trust = add("trust", _need_sub)
     tsub = trust.add_subparsers(dest="trust_cmd", metavar="ACTION", parser_class=_Parser)
     sp = add("add-key", cmd_trust_add, "trust a public key for tenants matching a scope", tsub)
-    sp.add_argument("pubkey")
+    sp.add_argument("pubkey", help="the signer's public key (NAME.pub.pem)")
     sp.add_argument("--scope", required=True, help="glob over tenant ids, e.g. 'acme-*'")
-    sp.add_argument("--role", default="publisher", choices=["publisher", "maintainer"])
+    sp.add_argument(
+        "--role",
+        default="publisher",
+        choices=["publisher", "maintainer"],
+        help="publisher signs tenants; maintainer signs revocations (default publisher)",
+    )
     sp.add_argument("--expires", help="ISO 8601 date after which the key is not trusted")
     sp.add_argument("--name", help="display name (default: the file name)")
     add("list", cmd_trust_list, "list trusted keys", tsub)
@@ -477,16 +536,16 @@ def _register_core(add: Callable[..., argparse.ArgumentParser], sub: Any) -> Non
         "accept a newer signed revocation list from a file",
         tsub,
     )
-    sp.add_argument("file")
+    sp.add_argument("file", help="a signed revocations.json")
 
     sp = add("revoke", cmd_revoke)
-    sp.add_argument("kind", choices=["key", "module"])
+    sp.add_argument("kind", choices=["key", "module"], help="what to revoke")
     sp.add_argument("subject", help="key id (64 hex) or module sha256 (64 hex)")
     sp.add_argument("--key", required=True, help="maintainer private key file or URI")
-    sp.add_argument("--reason", required=True)
+    sp.add_argument("--reason", required=True, help="why (kept in the revocation list)")
 
     sp = add("verify", cmd_verify)
-    sp.add_argument("tenants", nargs="*")
+    sp.add_argument("tenants", nargs="*", help="tenant ids (default: every tenant)")
 
     add("doctor", cmd_doctor)
 
