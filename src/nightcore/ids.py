@@ -27,8 +27,9 @@ def resolve_prefix(
     """The one candidate equal to ``prefix``, or else the one that starts with it.
 
     An exact match wins even when it is also the prefix of a longer id. ``what`` names the
-    kind of id in messages ("run"). No match raises ``code`` (the not-found code: ``ID_NOT_FOUND``, or
-    a domain's own such as ``RUN_NOT_FOUND``); several raise ``ID_AMBIGUOUS`` naming up to
+    kind of id in messages ("run"). No match raises ``code`` (the not-found code:
+    ``ID_NOT_FOUND``, or a domain's own such as ``RUN_NOT_FOUND``); several raise
+    ``ID_AMBIGUOUS`` naming up to
     :data:`MAX_LISTED` of them, sorted. An empty prefix matches nothing.
     """
     shown = prefix[:80]

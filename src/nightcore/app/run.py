@@ -11,6 +11,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from nightcore.context import NodeContext
     from nightcore.module.verify import Decision
     from nightcore.runner.pipeline import Runner, RunReport, TenantRun
@@ -85,6 +87,160 @@ def runs(ctx: NodeContext, tenant: str | None = None, limit: int = 100) -> list[
     from nightcore.runner.pipeline import query_runs
 
     return query_runs(ctx, tenant, limit)
+
+
+# What `runs show` and `logs` read of a run's files: tails come from at most TAIL_BYTES of the
+# end of each stream, `logs` prints at most LOG_CAP bytes (a stream is capped by the tenant's
+# output_bytes limit anyway).
+TAIL_LINES = 20
+TAIL_BYTES = 64 * 1024
+LOG_CAP = 64 * 1024 * 1024
+ATTESTATION_CAP = 1 << 20
+STREAMS = ("stdout", "stderr")
+
+
+def resolve_run_id(ctx: NodeContext, prefix: str) -> str:
+    """The run id that ``prefix`` starts (a whole id, or a unique prefix of one), among the
+    runs whose files are under ``state/runs/``. ``RUN_NOT_FOUND`` when none starts with it,
+    ``ID_AMBIGUOUS`` (naming them) when several do; ``USAGE`` for what cannot start a run id
+    (a path, an empty string). Read-only."""
+    import os
+    import re
+
+    from nightcore.errors import UsageError
+    from nightcore.ids import resolve_prefix
+
+    if not re.fullmatch(r"[0-9A-Za-z][0-9A-Za-z._-]{0,127}", prefix):
+        raise UsageError("not a run id (nor the start of one)")
+    runs_dir = ctx.layout.runs_dir
+    names: list[str] = []
+    if prefix and runs_dir.is_dir():
+        with os.scandir(runs_dir) as it:
+            names = [e.name for e in it if e.name.startswith(prefix) and e.is_dir()]
+    return resolve_prefix(prefix, names, "run", code="RUN_NOT_FOUND")
+
+
+def _tail(path: Path, lines: int) -> tuple[list[str], int]:
+    """The last ``lines`` lines of a stream file, each cleaned of control characters, and the
+    file's size (0, [] when the run wrote nothing to it)."""
+    from nightcore.untrusted import clean
+
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            f.seek(max(0, size - TAIL_BYTES))
+            data = f.read(TAIL_BYTES)
+    except FileNotFoundError:
+        return [], 0
+    text = data.decode("utf-8", errors="replace")
+    parts = text.split("\n")
+    if parts and parts[-1] == "":
+        parts.pop()
+    if size > TAIL_BYTES and len(parts) > 1:
+        parts = parts[1:]  # the first line read is cut
+    return [clean(line.rstrip("\r"), 400) for line in parts[-lines:]], size
+
+
+def run_details(ctx: NodeContext, run: str, *, tail_lines: int = TAIL_LINES) -> dict[str, Any]:
+    """What ``nightcore runs show`` prints of one run (``run``: its id or a unique prefix):
+    outcome, exit code, limits against usage, the tenant's grants, stream tails (cleaned),
+    the attestation file's sha256 and whether it verifies with the node key, the audit seq.
+
+    Read-only: the run's files under ``state/runs/<run-id>/`` and its run index row. Limits,
+    grants and the outcome detail come from the signed attestation; a run whose attestation
+    does not verify shows the index row and says why under ``attestation.error``.
+    """
+    import hashlib
+
+    from nightcore.errors import NightCoreError
+    from nightcore.evidence.attestation import ATTESTATION_FILE, open_attestation
+    from nightcore.store.index import RunIndex
+    from nightcore.trust.pubkey import PublicKey
+
+    run_id = resolve_run_id(ctx, run)
+    run_dir = ctx.layout.run_dir(run_id)
+    row: dict[str, Any] | None = None
+    index_error: str | None = None
+    index = RunIndex(ctx.layout.index_db)
+    try:
+        row = index.get(run_id)
+    except NightCoreError as exc:
+        index_error = f"{exc.code}: {exc}"
+    finally:
+        index.close()
+    pred: dict[str, Any] = {}
+    att: dict[str, Any] = {"path": str(run_dir / ATTESTATION_FILE), "sha256": None}
+    try:
+        from nightcore.module.package import read_capped
+
+        data = read_capped(run_dir / ATTESTATION_FILE, ATTESTATION_CAP, "attestation")
+        att["sha256"] = hashlib.sha256(data).hexdigest()
+        node_key = PublicKey.from_pem(ctx.layout.node_pub_path.read_bytes())
+        pred = open_attestation(data, node_key)["predicate"]
+        if pred.get("run_id") != run_id:
+            raise NightCoreError("the attestation names another run", code="ATTESTATION_INVALID")
+        att["verified"], att["error"] = True, None
+    except (NightCoreError, OSError) as exc:
+        pred = {}
+        code = getattr(exc, "code", "IO_ERROR")
+        att["verified"], att["error"] = False, f"{code}: {exc}"
+    r = row or {}
+    outcome: dict[str, Any] = _dict(pred.get("outcome"))
+    limits: dict[str, Any] = _dict(pred.get("limits"))
+    wall_us = pred.get("wall_us")
+    streams = {}
+    for name in STREAMS:
+        lines, size = _tail(run_dir / name, tail_lines)
+        streams[name] = {"bytes": size, "tail": lines}
+    return {
+        "run_id": run_id,
+        "tenant": r.get("tenant", pred.get("tenant")),
+        "code": r.get("code", outcome.get("code")),
+        "detail": outcome.get("detail"),
+        "exit_code": r.get("exit_code", outcome.get("exit_code")),
+        "ts": r.get("ts"),
+        "audit_seq": r.get("audit_seq", pred.get("audit_seq")),
+        "key_id": r.get("key_id", pred.get("signer_key_id")),
+        "module_sha256": r.get("module_sha256"),
+        "limits": {k: limits.get(k) for k in ("fuel", "wall_ms", "memory_bytes", "output_bytes")},
+        "usage": {
+            "fuel": r.get("fuel_used", pred.get("fuel_used")),
+            "wall_ms": r.get(
+                "wall_ms", wall_us / 1000 if isinstance(wall_us, int | float) else None
+            ),
+            "memory_bytes": r.get("memory_bytes", pred.get("memory_bytes")),
+            "output_bytes": r.get("output_bytes", pred.get("output_bytes")),
+        },
+        "grants": pred.get("capabilities"),
+        "streams": streams,
+        "attestation": att,
+        "indexed": row is not None,
+        "index_error": index_error,
+    }
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def run_log(
+    ctx: NodeContext, run: str, stream: str = "stdout", *, cap: int = LOG_CAP
+) -> tuple[str, bytes, int]:
+    """``(run_id, bytes, size)``: the raw bytes a run wrote to ``stream`` (``stdout`` or
+    ``stderr``; at most ``cap`` of them: the first ``cap`` bytes when ``size`` is larger).
+    Empty when the run wrote nothing to it. Read-only; the bytes are the tenant's, uncleaned."""
+    from nightcore.errors import UsageError
+
+    if stream not in STREAMS:
+        raise UsageError(f"no stream {stream!r}: stdout or stderr")
+    run_id = resolve_run_id(ctx, run)
+    path = ctx.layout.run_dir(run_id) / stream
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            return run_id, f.read(cap), size
+    except FileNotFoundError:
+        return run_id, b"", 0
 
 
 def rebuild_index(ctx: NodeContext) -> int:

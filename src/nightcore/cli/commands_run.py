@@ -285,17 +285,24 @@ def _runs_show(args: argparse.Namespace) -> int:
     ]
     if not d["indexed"]:
         head.append(["index", d["index_error"] or "not in the run index (nightcore state rebuild)"])
-    print_table(f"Run {d['run_id']}", ["", "value"], head)
+    # Key/value lines, not a table: a path or an error is never cut at a column width.
+    sys.stdout.write(f"Run {d['run_id']}\n")
+    sys.stdout.write("".join(f"  {k:<12} {clean(v, 400)}".rstrip() + "\n" for k, v in head))
     lim, use = d["limits"], d["usage"]
     fmt: dict[str, Callable[[Any], str]] = {
-        "fuel": lambda v: _fmt_fuel(v),
+        "fuel": _fmt_fuel,
         "wall_ms": lambda v: f"{v:,.1f}" if isinstance(v, int | float) else "unknown",
         "memory_bytes": lambda v: _fmt_bytes(v) if isinstance(v, int) else "unknown",
         "output_bytes": lambda v: _fmt_bytes(v) if isinstance(v, int) else "unknown",
     }
     rows = [
-        [name, fmt[name](use.get(name)), "-" if lim.get(name) is None else fmt[name](lim[name])]
-        for name in ("fuel", "wall_ms", "memory_bytes", "output_bytes")
+        [label, fmt[name](use.get(name)), "-" if lim.get(name) is None else fmt[name](lim[name])]
+        for name, label in (
+            ("fuel", "fuel"),
+            ("wall_ms", "wall ms"),
+            ("memory_bytes", "memory"),
+            ("output_bytes", "output"),
+        )
     ]
     print_table("Limits and usage", ["resource", "used", "limit"], rows, free_column=None)
     grants = d["grants"]

@@ -116,6 +116,15 @@ class RunIndex:
         with self._connect() as conn:
             return recent_runs(conn, tenant, limit)
 
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        """The row of one run, or None."""
+        with self._connect() as conn:
+            row = conn.execute(
+                f"SELECT {', '.join(COLUMNS)} FROM runs WHERE run_id = ?",  # noqa: S608
+                (run_id,),
+            ).fetchone()
+        return None if row is None else dict(zip(COLUMNS, row, strict=True))
+
     def rebuild(self, rows: Iterable[dict[str, Any]]) -> int:
         tmp = self.path.with_name(self.path.name + ".rebuild")
         for p in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
