@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 from typing import Any
+
+import pytest
 
 from tests.conftest import Env, wat_module
 
@@ -126,3 +129,45 @@ def test_show_reports_an_attestation_that_does_not_verify(env: Env) -> None:
     assert d["grants"] is None and d["code"] == "OK"
     res = env.cli("runs", "show", run_id)
     assert res.code == 0 and "NO: " in res.out
+
+
+# Writes an ANSI-coloured complaint to stderr, then exits 3.
+FAILING_WAT = r"""
+(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 96) "starting\nbad input: \1b[31mnope\1b[0m\n")
+  (func (export "_start")
+    (i32.store (i32.const 16) (i32.const 96))
+    (i32.store (i32.const 20) (i32.const 33))
+    (drop (call $fd_write (i32.const 2) (i32.const 16) (i32.const 1) (i32.const 24)))
+    (call $proc_exit (i32.const 3))))
+"""
+
+
+def test_run_detail_carries_the_last_stderr_line_of_a_failed_run(env: Env) -> None:
+    env.add_tenant("failing", wasm=wat_module(FAILING_WAT))
+    env.add_tenant("noisy", wasm=wat_module(NOISY_WAT))
+    res = env.cli("run", "--no-dashboard", "--show-output")
+    assert res.code == 1
+    (line,) = [x for x in res.out.splitlines() if x.startswith("failing")]
+    assert line.endswith("stderr: bad input: nope"), line
+    assert "\x1b" not in res.out and "starting" not in line
+    (noisy,) = [x for x in res.out.splitlines() if x.startswith("noisy")]
+    assert "stderr" not in noisy  # an OK run keeps its detail
+    assert "-- noisy stdout (" in res.out and "  | out" in res.out
+    rows = {r["tenant"]: r for r in env.cli("run", "--no-dashboard", "--json").json()}
+    assert "stderr" not in (rows["failing"]["reason"] or "")  # the JSON keeps the reason
+
+
+def test_logs_on_a_terminal_are_cleaned_unless_raw(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env.add_tenant("noisy", wasm=wat_module(NOISY_WAT))
+    run_id = _run(env, "noisy")["run_id"]
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    res = env.cli("runs", "logs", run_id, "--stderr")
+    assert res.out == "boom\n"
+    res = env.cli("runs", "logs", run_id, "--stderr", "--raw")
+    assert res.out == "\x1b[31mboom\x1b[0m\n"

@@ -219,6 +219,16 @@ def run_details(ctx: NodeContext, run: str, *, tail_lines: int = TAIL_LINES) -> 
     }
 
 
+def stream_tail(ctx: NodeContext, run_id: str, stream: str = "stderr", lines: int = 1) -> list[str]:
+    """The last ``lines`` lines a run wrote to ``stream``, each cleaned of control characters
+    (``[]`` when it wrote nothing). Read-only."""
+    from nightcore.errors import UsageError
+
+    if stream not in STREAMS:
+        raise UsageError(f"no stream {stream!r}: stdout or stderr")
+    return _tail(ctx.layout.run_dir(resolve_run_id(ctx, run_id)) / stream, lines)[0]
+
+
 def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 

@@ -128,11 +128,70 @@ def _run_through_node(client: Any, args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+STDERR_DETAIL_CHARS = 120
+SHOW_OUTPUT_LINES = 200  # `run --show-output`: the last lines of each run's stdout
+
+
+def _stream_reader(args: argparse.Namespace) -> Callable[[str, str, int], list[str]] | None:
+    """Reads the cleaned tail of a run's stream from the workspace, in this process (read-only;
+    the node, if one served the run, wrote the same files). None if the workspace is not
+    readable here."""
+    from nightcore.errors import NightCoreError
+
+    try:
+        from nightcore.app.run import stream_tail
+
+        ws = _ws(args)
+    except (NightCoreError, OSError):
+        return None
+
+    def read(run_id: str, stream: str, lines: int) -> list[str]:
+        try:
+            return stream_tail(ws, run_id, stream, lines) if run_id else []
+        except (NightCoreError, OSError):
+            return []
+
+    return read
+
+
+def _failure_details(
+    reader: Callable[[str, str, int], list[str]], failed: list[dict[str, Any]]
+) -> dict[str, str]:
+    """``detail`` of each run that did not end OK, with the last line it wrote to stderr,
+    which often says why (CLI only: the JSON keeps ``reason`` as recorded)."""
+    from nightcore.cli.render import clean
+
+    details: dict[str, str] = {}
+    for r in failed:
+        last = reader(r["run_id"], "stderr", 1)
+        if last and last[0].strip():
+            tail = clean(last[0].strip(), STDERR_DETAIL_CHARS)
+            details[r["run_id"]] = f"{r['reason']}; stderr: {tail}" if r["reason"] else tail
+    return details
+
+
+def _print_outputs(
+    reader: Callable[[str, str, int], list[str]], runs: list[dict[str, Any]]
+) -> None:
+    from nightcore.cli.render import clean
+
+    for r in runs:
+        if not r["run_id"] or r["code"] == "CORDONED":
+            continue
+        lines = reader(r["run_id"], "stdout", SHOW_OUTPUT_LINES)
+        sys.stdout.write(f"-- {clean(r['tenant'], 80)} stdout ({r['run_id']}):\n")
+        sys.stdout.write("".join(f"  | {line}\n" for line in lines))
+
+
 def _render_run(args: argparse.Namespace, report: dict[str, Any]) -> int:
     runs: list[dict[str, Any]] = report["runs"]
     if args.json:
         print_json(runs)
     else:
+        failed = [r for r in runs if r["code"] != "OK" and r["run_id"]]
+        show_output = getattr(args, "show_output", False)
+        reader = _stream_reader(args) if failed or show_output else None
+        details = _failure_details(reader, failed) if reader is not None else {}
         rows = []
         for r in runs:
             ran = bool(r["run_id"]) and r["code"] != "CORDONED" and r["audit_seq"] is not None
@@ -146,7 +205,7 @@ def _render_run(args: argparse.Namespace, report: dict[str, Any]) -> int:
                     _fmt_bytes(r["memory_bytes"]) if ran else "-",
                     _fmt_bytes(r["output_bytes"]) if ran else "-",
                     r["key_id"][:12] or "-",
-                    r["reason"] or "",
+                    details.get(r["run_id"], r["reason"] or ""),
                 ]
             )
         print_table(
@@ -165,6 +224,8 @@ def _render_run(args: argparse.Namespace, report: dict[str, Any]) -> int:
             rows,
             code_column=1,
         )
+        if show_output and reader is not None:
+            _print_outputs(reader, runs)
         ok = sum(r["code"] == "OK" for r in runs)
         info(f"{ok}/{len(runs)} tenants OK")
         checkpoint = report.get("checkpoint")
@@ -381,6 +442,12 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         "--no-dashboard",
         action="store_true",
         help="do not refresh state/dashboard.html after the run",
+    )
+    sp.add_argument(
+        "--show-output",
+        action="store_true",
+        help=f"print each run's stdout after the table (the last {SHOW_OUTPUT_LINES} lines, "
+        "cleaned of control characters; all of it: nightcore runs logs RUN_ID)",
     )
     sp.add_argument(
         "--parallel",
