@@ -18,7 +18,7 @@ from nightcore.fsio import atomic_write
 
 if TYPE_CHECKING:
     from nightcore.context import NodeContext
-    from nightcore.trust.registry import RevocationList, TrustedKey
+    from nightcore.trust.registry import Revocation, RevocationList, TrustedKey
 
 
 def utcnow() -> dt.datetime:
@@ -86,6 +86,39 @@ def trust_list(ctx: NodeContext) -> list[TrustedKey]:
     return list(ctx.load_registry().keys)
 
 
+def trust_list_states(ctx: NodeContext) -> list[tuple[TrustedKey, Revocation | None]]:
+    """Each trusted key with its entry in the (verified) revocation list, or None."""
+    registry = ctx.load_registry()
+    revocations = ctx.load_revocations(registry)
+    return [(k, revocations.key_revoked(k.key_id)) for k in registry.keys]
+
+
+def revocations_list(ctx: NodeContext) -> tuple[RevocationList, dict[str, str]]:
+    """The verified revocation list, and the registry name of each revoked key still there."""
+    registry = ctx.load_registry()
+    rl = ctx.load_revocations(registry)
+    names = {r.subject: tk.name for r in rl.keys if (tk := registry.get(r.subject)) is not None}
+    return rl, names
+
+
+def resolve_key_id(ctx: NodeContext, key_id: str) -> str:
+    """A full key id (64 hex) as given, or the one registry key id that a prefix of at least 8
+    hex characters starts: KEY_NOT_FOUND when none does, ID_AMBIGUOUS (naming them) when
+    several do; USAGE for anything else."""
+    from nightcore.ids import resolve_prefix
+
+    key_id = key_id.lower()
+    if re.fullmatch(r"[0-9a-f]{64}", key_id):
+        return key_id
+    if not re.fullmatch(r"[0-9a-f]{8,63}", key_id):
+        raise UsageError(
+            "the key to revoke must be a key id (64 hex characters) or a unique prefix of at "
+            "least 8 hex characters of a key in the trust registry"
+        )
+    keys = [k.key_id for k in ctx.load_registry().keys]
+    return resolve_prefix(key_id, keys, "registry key", code="KEY_NOT_FOUND")
+
+
 def revoke(ctx: NodeContext, *, kind: str, subject: str, key: str, reason: str) -> RevocationList:
     """Add a key id or module digest to the revocation list, signed by a maintainer key."""
     from nightcore.trust.keys import check_scheme, load_signer
@@ -94,11 +127,10 @@ def revoke(ctx: NodeContext, *, kind: str, subject: str, key: str, reason: str) 
     if kind not in ("key", "module"):
         raise UsageError("revoke what: key or module")
     subject = subject.lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", subject):
-        raise UsageError(
-            f"the {kind} to revoke must be 64 hex characters (a full "
-            f"{'key id' if kind == 'key' else 'sha256'})"
-        )
+    if kind == "key":
+        subject = resolve_key_id(ctx, subject)
+    elif not re.fullmatch(r"[0-9a-f]{64}", subject):
+        raise UsageError("the module to revoke must be 64 hex characters (a full sha256)")
     registry = ctx.load_registry()
     current = ctx.load_revocations(registry)
     signer = load_signer(key)

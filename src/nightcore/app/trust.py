@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from nightcore.trustops import (
     import_revocations,
+    resolve_key_id,
+    revocations_list,
     revoke,
     trust_add_key,
     trust_list,
+    trust_list_states,
     trust_remove_key,
 )
 
-__all__ = ["import_revocations", "revoke", "trust_add_key", "trust_list", "trust_remove_key"]
+__all__ = [
+    "import_revocations",
+    "resolve_key_id",
+    "revocations_list",
+    "revoke",
+    "trust_add_key",
+    "trust_list",
+    "trust_list_states",
+    "trust_remove_key",
+]

@@ -163,16 +163,27 @@ def cmd_trust_add(args: argparse.Namespace) -> int:
 
 
 def cmd_trust_list(args: argparse.Namespace) -> int:
-    from nightcore import app
+    from nightcore.app.trust import trust_list_states
     from nightcore.cli.render import print_json, print_table
 
-    keys = app.trust_list(_ws(args))
+    keys = trust_list_states(_ws(args))
     if args.json:
-        print_json([k.to_dict() for k in keys])
+        print_json(
+            [
+                {
+                    **k.to_dict(),
+                    "state": "revoked" if rev else "trusted",
+                    "revoked": {"reason": rev.reason, "revoked_at": rev.revoked_at}
+                    if rev
+                    else None,
+                }
+                for k, rev in keys
+            ]
+        )
     else:
         print_table(
             "Trusted keys",
-            ["key id", "name", "role", "scope", "scheme", "expires"],
+            ["key id", "name", "role", "scope", "scheme", "expires", "state"],
             [
                 [
                     k.key_id[:16],
@@ -181,8 +192,9 @@ def cmd_trust_list(args: argparse.Namespace) -> int:
                     k.scope,
                     k.key.scheme,
                     k.expires.isoformat() if k.expires else "-",
+                    f"revoked: {rev.reason}" if rev else "trusted",
                 ]
-                for k in keys
+                for k, rev in keys
             ],
         )
     return EXIT_OK
@@ -221,10 +233,54 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     rl = app.revoke(
         _ws(args), kind=args.kind, subject=args.subject, key=args.key, reason=args.reason
     )
+    entries = rl.keys if args.kind == "key" else rl.modules
+    prefix = args.subject.lower()
+    subject = next((r.subject for r in entries if r.subject.startswith(prefix)), prefix)
     if args.json:
-        print_json({"revoked": args.subject, "kind": args.kind, "list_version": rl.version})
+        print_json({"revoked": subject, "kind": args.kind, "list_version": rl.version})
     else:
-        info(f"revoked {args.kind} {args.subject}; revocation list is now version {rl.version}")
+        info(f"revoked {args.kind} {subject}; revocation list is now version {rl.version}")
+    return EXIT_OK
+
+
+def cmd_revocations_list(args: argparse.Namespace) -> int:
+    from nightcore.app.trust import revocations_list
+    from nightcore.cli.render import info, print_json, print_table
+
+    rl, names = revocations_list(_ws(args))
+    keys = [
+        {
+            "key_id": r.subject,
+            "name": names.get(r.subject),
+            "reason": r.reason,
+            "revoked_at": r.revoked_at,
+        }
+        for r in rl.keys
+    ]
+    modules = [
+        {"sha256": r.subject, "reason": r.reason, "revoked_at": r.revoked_at} for r in rl.modules
+    ]
+    if args.json:
+        print_json(
+            {
+                "version": rl.version,
+                "issued": rl.issued,
+                "signer": rl.signer,
+                "keys": keys,
+                "modules": modules,
+            }
+        )
+        return EXIT_OK
+    if rl.version == 0:
+        info("no revocation list yet (version 0): nothing is revoked")
+    else:
+        info(f"revocation list version {rl.version}, issued {rl.issued}, signed by {rl.signer}")
+    print_table(
+        "Revocations",
+        ["kind", "subject", "name", "reason", "revoked at"],
+        [["key", k["key_id"], k["name"] or "-", k["reason"], k["revoked_at"]] for k in keys]
+        + [["module", m["sha256"], "-", m["reason"], m["revoked_at"]] for m in modules],
+    )
     return EXIT_OK
 
 
@@ -426,6 +482,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "sign": (_CORE, "sign a tenant directory's manifest and module"),
     "trust": (_CORE, "manage trusted keys and revocation lists"),
     "revoke": (_CORE, "revoke a key id or a module digest (maintainer-signed)"),
+    "revocations": (_CORE, "show the revocation list: revoked keys and modules"),
     "verify": (_CORE, "verify tenants (signature, digest, manifest, policy)"),
     "doctor": (_CORE, "report the environment: versions, FIPS backend, workspace"),
     "run": (_RUN, "verify, admit and run tenants in bounded sandboxes"),
@@ -458,6 +515,7 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
         "nightcore revoke key 3f9a1c2b --key keys/ops.key --reason 'stolen laptop'",
         "nightcore revoke module SHA256 --key keys/ops.key --reason 'CVE-2026-0001'",
     ),
+    "revocations": ("nightcore revocations list", "nightcore revocations list --json"),
     "verify": ("nightcore verify", "nightcore verify hello --json"),
     "doctor": ("nightcore doctor", "nightcore doctor --json"),
     "run": ("nightcore run", "nightcore run hello --strongbox", "nightcore run --parallel 4"),
@@ -540,9 +598,17 @@ def _register_core(add: Callable[..., argparse.ArgumentParser], sub: Any) -> Non
 
     sp = add("revoke", cmd_revoke)
     sp.add_argument("kind", choices=["key", "module"], help="what to revoke")
-    sp.add_argument("subject", help="key id (64 hex) or module sha256 (64 hex)")
+    sp.add_argument(
+        "subject",
+        help="key id (64 hex, or a unique prefix of >= 8 hex of a trusted key) "
+        "or module sha256 (64 hex)",
+    )
     sp.add_argument("--key", required=True, help="maintainer private key file or URI")
     sp.add_argument("--reason", required=True, help="why (kept in the revocation list)")
+
+    revs = add("revocations", _need_sub)
+    rsub = revs.add_subparsers(dest="revocations_cmd", metavar="ACTION", parser_class=_Parser)
+    add("list", cmd_revocations_list, "revoked keys and modules with reasons", rsub)
 
     sp = add("verify", cmd_verify)
     sp.add_argument("tenants", nargs="*", help="tenant ids (default: every tenant)")

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -140,6 +141,18 @@ def decide(
     )
 
 
+def _untrusted_reason(tenant: str, keyids: list[str]) -> str:
+    """KEY_UNTRUSTED: which key ids signed (as the envelope claims them; hex only, the rest is
+    untrusted text) and the command that would trust the signer for this tenant."""
+    ids = [k.lower() for k in keyids if re.fullmatch(r"[0-9a-fA-F]{8,64}", k)][:3]
+    by = f"signed by key id {', '.join(ids)}" if ids else "no usable key id in the envelope"
+    scope = tenant if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", tenant) else "TENANT"
+    return (
+        f"no signature is by a key in the trust registry ({by}); to trust the signer: "
+        f"nightcore trust add-key PUBKEY.pem --scope '{scope}'"
+    )
+
+
 def _deny(code: str, reason: str, key_id: str = "") -> _Deny:
     d = _Deny(code, reason)
     d.key_id = key_id  # type: ignore[attr-defined]
@@ -225,7 +238,9 @@ def _decide(  # noqa: C901 - each branch is one verification rule; tests/unit/te
     known = [(raw, registry.get(raw.keyid)) for raw in env.signatures]
     trusted = [tk for _, tk in known if tk is not None]
     if not trusted:
-        raise _deny("KEY_UNTRUSTED", "no signature is by a key in the trust registry")
+        raise _deny(
+            "KEY_UNTRUSTED", _untrusted_reason(pkg.name, [raw.keyid for raw in env.signatures])
+        )
     schemes = allowed_schemes(policy.fips)
     usable = [tk for tk in trusted if tk.key.scheme in schemes]
     if not usable:
