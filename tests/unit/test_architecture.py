@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "nightcore.codes",
             "nightcore.canonical",
             "nightcore.fsio",
+            "nightcore.ids",
             "nightcore.untrusted",
             "nightcore.versions",
             "nightcore.layout",
@@ -106,7 +107,9 @@ def layer_of(name: str) -> int:
     best, rank = -1, -1
     for i, (_label, prefixes) in enumerate(LAYERS):
         for prefix in prefixes:
-            if (name == prefix or name.startswith(prefix + ".")) and len(prefix) > best:
+            # The package itself is listed alone: its entry does not cover its modules.
+            inside = prefix != PACKAGE and name.startswith(prefix + ".")
+            if (name == prefix or inside) and len(prefix) > best:
                 best, rank = len(prefix), i
     if rank < 0:
         raise AssertionError(f"{name} is in no layer: add it to LAYERS and docs/architecture.md")

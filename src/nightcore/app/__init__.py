@@ -31,9 +31,12 @@ from nightcore.app.run import (
 )
 from nightcore.app.trust import (
     import_revocations,
+    resolve_key_id,
+    revocations_list,
     revoke,
     trust_add_key,
     trust_list,
+    trust_list_states,
     trust_remove_key,
 )
 from nightcore.app.workspace import (
@@ -53,6 +56,8 @@ __all__ = [
     "keygen",
     "open_context",
     "rebuild_index",
+    "resolve_key_id",
+    "revocations_list",
     "revoke",
     "run",
     "runs",
@@ -60,6 +65,7 @@ __all__ = [
     "sign_tenant",
     "trust_add_key",
     "trust_list",
+    "trust_list_states",
     "trust_remove_key",
     "uncordon",
     "verify",

@@ -284,6 +284,12 @@ def cmd_uncordon(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    """``nightcore logs RUN_ID``: the same as ``nightcore runs logs RUN_ID``."""
+    args.action = "logs"
+    return _runs_logs(args)
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     action = getattr(args, "action", None)
     if action is not None:
@@ -481,6 +487,14 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     )
     sp.add_argument("--tenant", help="only this tenant's runs")
     sp.add_argument("--limit", type=int, default=50, help="the latest N runs (default 50)")
+    sp = add("logs", cmd_logs)
+    sp.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
+    sp.add_argument("--stderr", action="store_true", help="the stderr stream (default: stdout)")
+    sp.add_argument(
+        "--raw",
+        action="store_true",
+        help="the bytes as written even on a terminal (default there: cleaned lines)",
+    )
     state = add("state", _need_sub)
     ssub = state.add_subparsers(dest="state_cmd", metavar="ACTION", parser_class=Parser)
     add("rebuild", cmd_state_rebuild, "rebuild the run index from the audit log", ssub)

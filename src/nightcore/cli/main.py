@@ -489,6 +489,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "cordon": (_RUN, "stop a tenant from running (incident response)"),
     "uncordon": (_RUN, "allow a cordoned tenant to run again"),
     "runs": (_RUN, "query run history (SQLite index)"),
+    "logs": (_RUN, "print what a run wrote to stdout (or --stderr)"),
     "state": (_RUN, "maintain derived state"),
     "audit": (_AUDIT, "inspect, checkpoint, prove and verify the audit log"),
     "sbom": (_EVIDENCE, "write the node's CycloneDX SBOM (runtime + admitted tenants)"),
@@ -521,7 +522,12 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
     "run": ("nightcore run", "nightcore run hello --strongbox", "nightcore run --parallel 4"),
     "cordon": ("nightcore cordon hello --reason 'incident 42'",),
     "uncordon": ("nightcore uncordon hello --reason 'incident 42 closed'",),
-    "runs": ("nightcore runs", "nightcore runs --tenant hello --limit 10 --json"),
+    "runs": (
+        "nightcore runs",
+        "nightcore runs --tenant hello --limit 10 --json",
+        "nightcore runs show 20261205T0750",
+    ),
+    "logs": ("nightcore logs 20261205T0750", "nightcore logs 20261205T0750 --stderr"),
     "state": ("nightcore state rebuild",),
     "audit": (
         "nightcore audit verify",
