@@ -367,9 +367,8 @@ class RunnerPool:
                 healthy = self._run_batch(worker, batch)
             except Exception as exc:  # noqa: BLE001 - a bug here must not leave callers waiting
                 worker.kill()
-                self._close_batch(
-                    worker.pid, f"failed in the node ({exc!r})", "HOST_ERROR", batch, 0
-                )
+                why = f"failed in the node ({type(exc).__name__})"
+                self._close_batch(worker.pid, why, "HOST_ERROR", batch, 0, {})
                 healthy = False
             with self._cond:
                 self._busy.discard(worker.pid)
@@ -390,6 +389,7 @@ class RunnerPool:
         audit = self._audit()
         offset = audit.path.stat().st_size if audit.path.exists() else 0
         pending = {job.run_id: job for job in batch}
+        reported: dict[str, dict[str, Any]] = {}  # run_id -> the run as its progress said
         try:
             worker.send_batch([{"tenant": j.tenant, "run_id": j.run_id} for j in batch])
             deadline = time.monotonic() + self._answer_timeout_s
@@ -398,8 +398,10 @@ class RunnerPool:
                 if msg.get("op") == "progress" and isinstance(msg.get("run"), dict):
                     run = decode_run(msg["run"])
                     job = pending.get(str(run.get("run_id"))) or _by_tenant(pending, run)
-                    if job is not None and job.request.progress is not None:
-                        job.request.progress(run)
+                    if job is not None:
+                        reported[job.run_id] = run
+                        if job.request.progress is not None:
+                            job.request.progress(run)
                     continue
                 if msg.get("op") == "result":
                     break
@@ -408,9 +410,11 @@ class RunnerPool:
             hung = isinstance(exc, sb.FrameError) and exc.timeout
             status = worker.kill()
             why = "did not answer in time" if hung else f"died ({_death(status)})"
-            self._close_batch(
-                worker.pid, why, "TIMEOUT" if hung else "WORKER_CRASHED", batch, offset
-            )
+            code = "TIMEOUT" if hung else "WORKER_CRASHED"
+            with self._cond:
+                if self._closed:  # killed by close(): the node is stopping
+                    why, code = "was stopped with the node", "INTERRUPTED"
+            self._close_batch(worker.pid, why, code, batch, offset, reported)
             return False
         if isinstance(msg.get("error"), list):
             code, message = (str(x) for x in msg["error"][:2])
@@ -432,29 +436,47 @@ class RunnerPool:
             job.request.deliver(job.run_id, run)
         return True
 
-    def _close_batch(self, pid: int, why: str, code: str, batch: list[_Job], offset: int) -> None:
-        """A worker is gone mid-batch: close the runs it started, report the others."""
-        from nightcore.node.recovery import interrupted_events, open_runs
+    def _close_batch(
+        self,
+        pid: int,
+        why: str,
+        code: str,
+        batch: list[_Job],
+        offset: int,
+        reported: dict[str, dict[str, Any]],
+    ) -> None:
+        """A worker is gone mid-batch. Each of its runs ends as the audit log says: reported or
+        recorded already (kept as it is), started but open (closed now with ``code``), or never
+        started (reported with ``code``; one ``worker_crashed`` line names them)."""
+        from nightcore.node.recovery import interrupted_events, runs_since
 
         audit = self._audit()
         with audit.path.open("rb") as fh:
             fh.seek(offset)
-            started = open_runs(fh)
-        ours = {rid: info for rid, info in started.items() if any(j.run_id == rid for j in batch)}
+            starts, outcomes = runs_since(fh)
+        ids = {j.run_id for j in batch}
+        still_open = {
+            rid: info for rid, info in starts.items() if rid in ids and rid not in outcomes
+        }
         detail = f"worker {pid} {why} during the run; it was replaced"
-        events = interrupted_events(ours, code=code, detail=detail)
-        entries = audit.append_many(events) if events else []
-        seqs = {e.record["data"]["run_id"]: e.seq for e in entries}
-        unstarted = [j for j in batch if j.run_id not in ours and j.run_id not in seqs]
+        events = interrupted_events(still_open, code=code, detail=detail)
+        closed = {e.record["data"]["run_id"]: e.seq for e in audit.append_many(events)}
+        unstarted = [j for j in batch if j.run_id not in starts and j.run_id not in reported]
         if unstarted:
             audit.append(
                 "worker_crashed",
                 {"pid": pid, "reason": why, "tenants": [j.tenant for j in unstarted]},
             )
         for job in batch:
-            run = _refused(job, code, detail)
-            if job.run_id in seqs:
-                run["audit_seq"] = seqs[job.run_id]
+            if job.run_id in reported:
+                run = reported[job.run_id]
+            elif job.run_id in outcomes:  # recorded, but the worker died before saying so
+                done_code, seq = outcomes[job.run_id]
+                run = _refused(job, done_code, f"recorded; then worker {pid} {why}")
+                run["audit_seq"] = seq
+            else:
+                run = _refused(job, code, detail)
+                run["audit_seq"] = closed.get(job.run_id)
             job.request.deliver(job.run_id, run)
 
     def _replace(self) -> None:

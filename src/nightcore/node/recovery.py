@@ -20,7 +20,17 @@ INTERRUPTED_DETAIL = "the node stopped before this run's outcome was recorded"
 
 def open_runs(lines: Iterable[bytes]) -> dict[str, dict[str, Any]]:
     """``run_id -> {tenant, module_sha256, seq}`` of every ``run_start`` without an outcome."""
+    starts, outcomes = runs_since(lines)
+    return {rid: info for rid, info in starts.items() if rid not in outcomes}
+
+
+def runs_since(
+    lines: Iterable[bytes],
+) -> tuple[dict[str, dict[str, Any]], dict[str, tuple[str, int]]]:
+    """The ``run_start`` lines (``run_id -> {tenant, module_sha256, seq}``) and ``run_outcome``
+    lines (``run_id -> (code, seq)``) among ``lines``."""
     started: dict[str, dict[str, Any]] = {}
+    outcomes: dict[str, tuple[str, int]] = {}
     for raw in lines:
         # Cheap filter first: most lines are neither event.
         if b'"run_start"' not in raw and b'"run_outcome"' not in raw:
@@ -37,8 +47,8 @@ def open_runs(lines: Iterable[bytes]) -> dict[str, dict[str, Any]]:
                 "seq": rec.get("seq"),
             }
         elif rec.get("event") == "run_outcome":
-            started.pop(run_id, None)
-    return started
+            outcomes[run_id] = (str(data.get("code")), int(rec.get("seq", -1)))
+    return started, outcomes
 
 
 def interrupted_events(
