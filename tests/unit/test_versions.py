@@ -15,7 +15,11 @@ def test_versions_agree() -> None:
     assert distribution_version("cryptography") == metadata.version("cryptography")
     assert distribution_version("no-such-dist-here") == "unknown"
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert nightcore.__version__ == pyproject["project"]["version"]
+    # One place: the package's __version__, which the build reads (tool.setuptools.dynamic).
+    assert "version" not in pyproject["project"]
+    dynamic = pyproject["tool"]["setuptools"]["dynamic"]
+    assert dynamic["version"] == {"attr": "nightcore.__version__"}
+    assert metadata.version("nightcore") == nightcore.__version__
     assert runtime_versions()["wasmtime"] == metadata.version("wasmtime")
 
 
