@@ -134,7 +134,9 @@ class RunCode(Code):
     )
     WORKER_CRASHED = (
         "WORKER_CRASHED",
-        "`--strongbox`: the worker died for another reason (e.g. SIGABRT)",
+        "the worker process running the tenant died (a strongbox worker for a reason other than "
+        "SIGSYS, e.g. SIGABRT; a node worker killed or crashed): the run is closed with this code "
+        "and the worker replaced",
     )
     WORKER_REPLY_INVALID = (
         "WORKER_REPLY_INVALID",
@@ -158,7 +160,8 @@ class RunCode(Code):
     )
     INTERRUPTED = (
         "INTERRUPTED",
-        "the run was started but its node stopped before it ended; recorded at the next start",
+        "the run was started but its node stopped before it ended: closed by the node's next "
+        "start (after a crash) or by its shutdown (after the grace period)",
     )
 
 
@@ -309,6 +312,15 @@ class WorkspaceCode(Code):
     TENANT_NOT_FOUND = "TENANT_NOT_FOUND", "no such tenant under `modules/`"
     ALREADY_CORDONED = "ALREADY_CORDONED", "`cordon` of a tenant that is already cordoned"
     NOT_CORDONED = "NOT_CORDONED", "`uncordon` of a tenant that is not cordoned"
+    TENANT_DIR_EXISTS = (
+        "TENANT_DIR_EXISTS",
+        "`nightcore new` over an existing path: it writes a new directory only",
+    )
+    TOOLCHAIN_MISSING = (
+        "TOOLCHAIN_MISSING",
+        "`nightcore build` of C needs the ziglang package (`pip install ziglang`)",
+    )
+    BUILD_FAILED = "BUILD_FAILED", "`nightcore build`: the WAT or C source did not compile"
 
 
 class CliCode(Code):
