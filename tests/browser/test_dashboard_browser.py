@@ -5,11 +5,18 @@
 - the live console follows a ``nightcore run`` made by another process (server-sent events),
   refuses a cordon without a token and performs (and audits) one with a token.
 
-Screenshots for reviewers go to ``artifacts/screenshots/`` (git-ignored).
+- the report of a demo-like workspace fits an 800 px window (no horizontal overflow of the
+  page: wide tables scroll inside their panel), its chart labels render at 11 px or more, and
+  the console's actions are disabled until a token is set.
+
+Screenshots for reviewers go to ``artifacts/screenshots/`` (git-ignored). The two in
+``docs/img/`` (README) are written only when ``NIGHTCORE_DOC_SCREENSHOTS=1`` is set:
+``NIGHTCORE_DOC_SCREENSHOTS=1 .venv/bin/python -m pytest tests/browser -k layout``.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +28,21 @@ from nightcore.context import NodeContext
 from nightcore.dashboard import build_report
 from nightcore.dashboard.server import ServerThread
 from nightcore.dashboard.tokens import TokenStore, parse_expires
-from tests.conftest import REPO, Env, run_cli_subprocess
-from tests.unit.test_dashboard import XSS, hostile_workspace
+from nightcore.runner.pipeline import run_tenants
+from tests.conftest import REPO, Env, run_cli_subprocess, wat_module
+from tests.unit.test_dashboard import XSS, echo_module, hostile_workspace
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
+DOC_IMG = REPO / "docs" / "img"
 VIEWPORT = {"width": 1440, "height": 1000}
+BURNER = wat_module(
+    '(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))'
+)
+CHATTY = (
+    b"Night Core tenants run in a sandbox with fuel, wall time, memory and output limits; "
+    b"every decision is written to a signed, hash-chained audit log that anyone can verify.\n"
+)
 
 pytestmark = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -93,7 +109,13 @@ def test_static_report_from_file_url(env: Env, browser: Any) -> None:
     expect(hello.locator("td.last .badge")).to_have_text("OK")
     expect(hello.locator("pre.out")).to_have_text("hello")
     assert page.locator("svg.chart").count() == 4
-    assert page.locator("#timeline svg circle.dot").count() == 2  # one per run
+    # one dot per run, or one dot with a count for runs too close to tell apart
+    shown_runs = page.evaluate(
+        "document.querySelectorAll('#timeline svg circle.dot:not(.cl)').length + "
+        "[...document.querySelectorAll('#timeline svg text.count')]"
+        ".reduce((n, t) => n + Number(t.textContent), 0)"
+    )
+    assert shown_runs == 2
     expect(page.locator("#runs tbody tr")).to_have_count(2)
 
     # Hostile strings are text: nothing became an element, a link or a script.
@@ -142,15 +164,25 @@ def test_live_console_follows_a_cli_run_and_cordons_with_a_token(env: Env, brows
         expect(hello.locator("td.last .badge")).to_have_text("OK", timeout=10_000)
         print(f"live update seen {time.monotonic() - started:.2f} s after the run finished")
 
-        # Without a token a cordon is refused, and nothing is logged.
-        hello.locator("button[data-action=cordon]").click()
-        expect(page.locator("#action-status")).to_contain_text("401 TOKEN_MISSING")
+        # Without a token the actions are disabled, and the API refuses a cordon anyway.
+        cordon = hello.locator("button[data-action=cordon]")
+        expect(cordon).to_be_disabled()
+        expect(cordon).to_have_attribute("aria-disabled", "true")
+        expect(page.locator("button[data-action=run]")).to_be_disabled()
+        expect(page.locator("button[data-action=verify]")).to_be_enabled()  # read-only
+        status = page.evaluate(
+            "fetch('api/tenants/hello/cordon', {method: 'POST', body: '{}',"
+            " headers: {'Content-Type': 'application/json'}}).then(r => r.status)"
+        )
+        assert status == 401
         assert not [e for e in env.audit_lines() if e["event"] == "cordon"]
 
         # With a token it is done, audited with the token id, and shown.
         page.fill("#token", token.token)
         page.click("#token-form button[type=submit]")
         expect(page.locator("#token-state")).to_contain_text("token set")
+        expect(cordon).to_be_enabled()
+        expect(cordon).to_have_attribute("aria-disabled", "false")
         page.fill("#reason", "incident <b>42</b>")
         hello.locator("button[data-action=cordon]").click()
         expect(page.locator("#action-status")).to_have_text("cordoned hello")
@@ -190,4 +222,111 @@ def test_live_updates_with_a_token_when_events_need_one(env: Env, browser: Any) 
         assert res.code == 0, res.err
         expect(hello.locator("td.last .badge")).to_have_text("OK", timeout=10_000)
         assert watch.dialogs == [] and watch.csp_violations() == []
+        page.close()
+
+
+def demo_like_workspace(env: Env) -> NodeContext:
+    """A few tenants like ``make demo``'s, run three times: hello, a chatty one, a fuel burner
+    (FUEL_EXHAUSTED after a million units, where hello uses a few dozen), the hostile one, and
+    a module altered after signing (DIGEST_MISMATCH)."""
+    env.add_tenant("hello", 'description = "Prints a greeting."\n')
+    env.add_tenant("chatty", 'description = "Writes a long sentence."\n', echo_module(CHATTY))
+    env.add_tenant(
+        "fuel-burner",
+        'description = "Loops forever; its fuel must run out."\n'
+        "[limits]\nfuel = 1_000_000\nwall_ms = 10_000\n",
+        BURNER,
+    )
+    env.add_tenant("shouter", "", echo_module(b"</script><b>RED</b> " + XSS.encode()))
+    tampered = env.add_tenant("tampered", 'description = "Altered after signing."\n')
+    module = next(p for p in tampered.iterdir() if p.suffix == ".wasm")
+    ws = NodeContext(env.ws)
+    for _ in range(3):
+        run_tenants(ws)
+        time.sleep(1.1)
+    module.write_bytes(module.read_bytes() + b"\x00")
+    run_tenants(ws)
+    return ws
+
+
+def page_overflow(page: Any) -> int:
+    """How far the page is wider than its window (0: nothing outside the viewport)."""
+    return int(
+        page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
+    )
+
+
+def smallest_chart_font(page: Any) -> float:
+    """The smallest on-screen font size (px) of any text in the report's charts."""
+    return float(
+        page.evaluate(
+            """() => {
+      let least = 1e9;
+      for (const svg of document.querySelectorAll("svg.chart")) {
+        const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+        for (const t of svg.querySelectorAll("text")) {
+          least = Math.min(least, parseFloat(getComputedStyle(t).fontSize) * scale);
+        }
+      }
+      return least;
+    }"""
+        )
+    )
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_report_layout_fits_the_window(env: Env, browser: Any, width: int) -> None:
+    from playwright.sync_api import expect
+
+    ws = demo_like_workspace(env)
+    path, _ = build_report(ws)
+    page = browser.new_page(viewport={"width": width, "height": 1000})
+    watch = Watch(page)
+    page.goto(path.as_uri())
+    expect(page.locator("#tenants tbody tr[data-tenant]")).to_have_count(5)
+
+    assert page_overflow(page) <= 0
+    # the tenant table scrolls inside its panel when it is wider than the window
+    table_right = page.evaluate(
+        "document.querySelector('#tenants').closest('.scroll').getBoundingClientRect().right"
+    )
+    assert table_right <= width
+    assert smallest_chart_font(page) >= 11
+    assert page.locator("svg.chart[data-scale=log]").count() >= 1  # fuel: 1,000,000 vs dozens
+    burner = page.locator('#tenants tr[data-tenant="fuel-burner"]')
+    expect(burner.locator("td.last .badge")).to_have_text("FUEL_EXHAUSTED")
+    expect(burner.locator("td.verdict .badge")).to_have_text("VERIFIED")
+    expect(page.locator('#tenants tr[data-tenant="chatty"] pre.out')).to_contain_text("…")
+    assert watch.csp_violations() == [] and watch.dialogs == []
+
+    screenshot(page, f"report-{width}.png")
+    screenshot(page, f"report-{width}-full.png", full_page=True)
+    if os.environ.get("NIGHTCORE_DOC_SCREENSHOTS") == "1":
+        DOC_IMG.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(DOC_IMG / f"dashboard-{width}.png"))
+    page.close()
+
+
+def test_console_fits_800_px_and_needs_a_token_for_actions(env: Env, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    ws = demo_like_workspace(env)
+    token = TokenStore(ws).create(parse_expires("1h"))
+    with ServerThread(ws) as server:
+        page = browser.new_page(viewport={"width": 800, "height": 1000})
+        watch = Watch(page)
+        page.goto(server.url)
+        actions = page.locator("button[data-needs-token]")
+        expect(actions).to_have_count(2 + 5)  # run, checkpoint, one per tenant
+        for i in range(actions.count()):
+            expect(actions.nth(i)).to_be_disabled()
+            expect(actions.nth(i)).to_have_attribute("aria-disabled", "true")
+        assert page_overflow(page) <= 0
+        page.fill("#token", token.token)
+        page.click("#token-form button[type=submit]")
+        for i in range(actions.count()):
+            expect(actions.nth(i)).to_be_enabled()
+        assert page_overflow(page) <= 0
+        assert watch.csp_violations() == []
+        screenshot(page, "console-800.png")
         page.close()

@@ -161,7 +161,7 @@ def test_report_shows_tenants_runs_limits_and_charts(env: Env) -> None:
     assert s.audit.verify.ok and s.audit.verify.mode == "full"
     html = build_report(ws)[0].read_text()
     assert html.count('<tr data-tenant="') == 2
-    assert html.count('<svg class="chart"') == 4  # outcomes, wall time, fuel, timeline
+    assert html.count('<svg class="chart') == 4  # outcomes, wall time, fuel, timeline
     assert "not configured" in html  # AUFS
     assert s.node.versions["wasmtime"] in html and s.node.key_id[:16] in html
 
@@ -760,3 +760,117 @@ def test_dashboard_data_files_ship_as_package_data(monkeypatch: pytest.MonkeyPat
     with pytest.raises(NightCoreError) as err:
         assets.read_data("report.css")
     assert err.value.code == "DASHBOARD_DATA_MISSING"
+
+
+# -- chart scales, units, previews, verdicts (issue 17) ----------------------------------------
+
+
+def test_scale_is_log_only_across_orders_of_magnitude() -> None:
+    from nightcore.dashboard.charts import choose_scale, log_ticks, nice_ticks
+
+    assert choose_scale([42.0, 1_000_000.0]) == "log"
+    assert choose_scale([1.0, 100.0]) == "linear"  # exactly 100x: still linear
+    assert choose_scale([1.0, 101.0]) == "log"
+    assert choose_scale([0.0, 5.0, 9.0]) == "linear"  # zeros do not count
+    assert choose_scale([7.0]) == choose_scale([]) == "linear"
+    assert log_ticks(42, 1_000_000) == [10.0, 100.0, 1e3, 1e4, 1e5, 1e6]
+    assert log_ticks(0.4, 3) == [0.1, 1.0, 10.0]
+    assert log_ticks(100, 100) == [100.0, 1000.0]
+    wide = log_ticks(1e-3, 1e12)  # more than 7 powers: every second or third one
+    assert len(wide) <= 7 and wide[0] == 1e-3 and wide[-1] >= 1e12
+    assert nice_ticks(9) == [0.0, 2.5, 5.0, 7.5, 10.0]
+
+
+def test_line_chart_labels_powers_of_ten_on_a_log_axis() -> None:
+    from nightcore.dashboard.charts import line_chart
+
+    t0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+    pts = [(t0, 42.0, "OK"), (t0 + dt.timedelta(seconds=30), 1_000_000.0, "FUEL_EXHAUSTED")]
+    svg = str(line_chart({"a": pts}, label="fuel per run"))
+    assert 'data-scale="log"' in svg and "log scale" in svg
+    labels = re.findall(r'<text class="axis" x="\d+" y="[\d.]+" text-anchor="end">([^<]+)<', svg)
+    assert labels == ["10", "100", "1k", "10k", "100k", "1M"]
+    ys = [float(y) for y in re.findall(r'<circle class="pt[^"]*" cx="[\d.]+" cy="([\d.]+)"', svg)]
+    assert 40 < ys[0] - ys[1] < 200  # 42 sits well above the axis floor, not flattened to it
+    flat = str(line_chart({"a": [(t0, 10.0, "OK"), (t0, 20.0, "OK")]}, label="x"))
+    assert 'data-scale="linear"' in flat and "log scale" not in flat
+
+
+def test_timeline_clusters_close_runs_under_a_readable_count() -> None:
+    from nightcore.dashboard.charts import clusters, timeline
+    from nightcore.dashboard.views import RunView
+
+    assert clusters([0.0, 3.0, 8.9, 9.0, 30.0]) == [[0, 1, 2], [3], [4]]
+    runs = [
+        RunView.from_record(
+            {"tenant": "t", "ts": f"2026-12-01T12:00:{s:02d}Z", "data": {"code": "OK"}}
+        )
+        for s in (0, 0, 1, 1, 2)
+    ] + [RunView.from_record({"tenant": "t", "ts": "2026-12-01T12:10:00Z", "data": {"code": "OK"}})]
+    svg = str(timeline(runs))
+    assert svg.count('<g class="cluster">') == 1
+    assert re.search(r'<text class="count"[^>]*>5</text>', svg)
+    assert svg.count('<circle class="dot c-ok"') == 1  # the lone run
+    css = (Path(__file__).parents[2] / "src/nightcore/dashboard/data/report.css").read_text()
+    assert "svg .count { fill: #0b1020;" in css  # dark text on the light-filled dot
+
+
+def test_wall_time_is_always_in_milliseconds() -> None:
+    from nightcore.dashboard.text import compact_num, millis
+    from nightcore.dashboard.views import RunView
+
+    assert millis(0.42) == "0.4 ms" and millis(42.25) == "42.2 ms" and millis(123.4) == "123 ms"
+    assert millis(5000) == "5,000 ms" and millis(10_000) == "10,000 ms"
+    assert millis(None) == millis(True) == "-"
+    run = RunView.from_record(
+        {"data": {"code": "OK", "wall_us": 12_000_000, "limits": {"wall_ms": 10_000}}}
+    )
+    assert ("time", "12,000 ms / 10,000 ms") in [(u[0], u[1]) for u in run.usage()]
+    assert [compact_num(v) for v in (0, 0.01, 0.1, 2.5, 10, 1000, 1e6)] == [
+        "0",
+        "0.01",
+        "0.1",
+        "2.5",
+        "10",
+        "1k",
+        "1M",
+    ]
+
+
+def test_output_preview_cuts_at_a_word_boundary() -> None:
+    from nightcore.dashboard.text import preview
+
+    assert preview("hello world", 11) == "hello world"
+    assert preview("hello world again", 12) == "hello world…"
+    assert preview("hello world!", 11) == "hello…"  # never "hello worl…"
+    assert preview("supercalifragilistic", 10) == "supercali…"  # one word longer than the limit
+    assert preview("line one\nline two three", 15) == "line one\nline…"
+    assert preview("cut upstream mid-wo…", 120) == "cut upstream…"  # collect's cut
+    assert preview("\x1b[31mred\x1b[0m text", 120) == "red text"
+    assert len(preview("word " * 100, 120)) <= 120
+
+
+def test_verdict_is_consistent_with_a_failed_last_run() -> None:
+    from nightcore.dashboard.views import RunView, TenantView
+
+    t = TenantView(name="t", present=True, verdict="OK")
+    assert t.verdict_shown == ("OK", "ok", "")  # no runs yet
+    t.last_run = RunView.from_record({"tenant": "t", "data": {"code": "OK"}})
+    assert t.verdict_shown == ("OK", "ok", "")
+    t.last_run = RunView.from_record({"tenant": "t", "data": {"code": "WALL_TIMEOUT"}})
+    text_, cls, note = t.verdict_shown
+    assert (text_, cls) == ("VERIFIED", "warn") and "WALL_TIMEOUT" in note
+    denied = TenantView(name="d", present=True, verdict="SIGNATURE_INVALID")
+    assert denied.verdict_shown == ("SIGNATURE_INVALID", "bad", "")
+
+
+def test_console_actions_render_disabled_until_a_token(env: Env) -> None:
+    env.add_tenant("hello")
+    ws = NodeContext(env.ws)
+    html = render_page(collect(ws), live=True)
+    buttons = re.findall(r"<button[^>]*data-needs-token[^>]*>", html)
+    assert len(buttons) == 3  # run, checkpoint, cordon hello
+    assert all(" disabled" in b and 'aria-disabled="true"' in b for b in buttons)
+    assert "applyToken" in JS
+    static = build_report(ws)[0].read_text()
+    assert not re.search(r"<button[^>]*data-needs-token", static)  # no actions in a report

@@ -38,6 +38,30 @@ def nice_ticks(vmax: float, n: int = 4) -> list[float]:
     return [i * step for i in range(math.ceil(vmax / step - 1e-9) + 1)]
 
 
+LOG_RATIO = 100.0  # a log scale once the largest value is more than 100x the smallest
+
+
+def choose_scale(values: Sequence[float]) -> str:
+    """``"log"`` when the positive values span more than two orders of magnitude (a linear
+    axis would flatten all but the largest to zero), else ``"linear"``."""
+    pos = [v for v in values if v > 0 and math.isfinite(v)]
+    if len(pos) < 2:
+        return "linear"
+    return "log" if max(pos) / min(pos) > LOG_RATIO else "linear"
+
+
+def log_ticks(vmin: float, vmax: float, most: int = 7) -> list[float]:
+    """Powers of ten from the one at or below ``vmin`` to the one at or above ``vmax`` (every
+    second or third one when there would be more than ``most``)."""
+    lo = math.floor(math.log10(vmin))
+    hi = max(math.ceil(math.log10(vmax)), lo + 1)
+    step = 1
+    while (hi - lo) // step + 1 > most:
+        step += 1
+    hi = lo + math.ceil((hi - lo) / step) * step
+    return [10.0**e for e in range(lo, hi + 1, step)]
+
+
 def _time_label(t: dt.datetime, span: float) -> str:
     t = t.astimezone(dt.UTC)
     if span < 300:
@@ -65,7 +89,7 @@ def _svg(parts: list[str]) -> Markup:
     return Markup("".join(parts))  # noqa: S704 - escaped piece by piece above
 
 
-def empty(message: str, width: int = 560, height: int = 80) -> Markup:
+def empty(message: str, width: int = 380, height: int = 80) -> Markup:
     return _svg(
         [
             f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
@@ -75,12 +99,12 @@ def empty(message: str, width: int = 560, height: int = 80) -> Markup:
     )
 
 
-def bar_chart(counts: Sequence[tuple[str, int]], *, width: int = 420) -> Markup:
+def bar_chart(counts: Sequence[tuple[str, int]], *, width: int = 380) -> Markup:
     """Horizontal bars: outcome code -> count."""
     if not counts:
         return empty("no runs yet", width)
     rows = list(counts)[:12]
-    row_h, label_w, count_w = 26, 150, 70
+    row_h, label_w, count_w = 26, 140, 64
     height = row_h * len(rows) + 8
     top = max(n for _, n in rows) or 1
     bar_w = width - label_w - count_w
@@ -95,7 +119,7 @@ def bar_chart(counts: Sequence[tuple[str, int]], *, width: int = 420) -> Markup:
         out.append(
             f'<g class="bar"><title>{escape(code)}: {n:,}</title>'
             f'<text class="label" x="{label_w - 8}" y="{y + 17}" text-anchor="end">'
-            f"{escape(text.clean(code, 22))}</text>"
+            f"{escape(text.clean(code, 17))}</text>"
             f'<rect class="c-{cls}" x="{label_w}" y="{y + 4}" width="{_f(w)}" height="16" rx="3"/>'
             f'<text class="value" x="{_f(label_w + w + 6)}" y="{y + 17}">{n:,}</text></g>'
         )
@@ -108,30 +132,44 @@ def line_chart(
     *,
     label: str,
     fmt: str = "num",
-    width: int = 560,
-    height: int = 230,
+    width: int = 380,
+    height: int = 220,
 ) -> Markup:
     """One line per tenant: value over time (the legend is HTML, beside the chart)."""
     points = [p for pts in series.values() for p in pts]
     if not points:
         return empty("no runs to chart yet", width)
-    left, right, top_m, bottom = 58, 14, 12, 30
+    left, right, top_m, bottom = 50, 10, 14, 26
     pw, ph = width - left - right, height - top_m - bottom
     lo, span = _time_range([p[0] for p in points])
-    ticks = nice_ticks(max(p[1] for p in points))
-    ymax = ticks[-1] or 1.0
+    values = [p[1] for p in points]
+    scale = choose_scale(values)
+    if scale == "log":
+        ticks = log_ticks(min(v for v in values if v > 0), max(values))
+        lmin, lmax = math.log10(ticks[0]), math.log10(ticks[-1])
+
+        def y(v: float) -> float:
+            lv = math.log10(v) if v > 0 else lmin
+            return top_m + ph - ph * (max(lmin, lv) - lmin) / (lmax - lmin)
+
+    else:
+        ticks = nice_ticks(max(values))
+        ymax = ticks[-1] or 1.0
+
+        def y(v: float) -> float:
+            return top_m + ph - ph * (v / ymax)
 
     def x(t: dt.datetime) -> float:
         return left + pw * ((t - lo).total_seconds() / span)
 
-    def y(v: float) -> float:
-        return top_m + ph - ph * (v / ymax)
-
     fmt_value = text.millis if fmt == "ms" else text.num
     out = [
         f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
-        f'aria-label="{escape(label)}">'
+        f'aria-label="{escape(label)}{" (log scale)" if scale == "log" else ""}" '
+        f'data-scale="{scale}">'
     ]
+    if scale == "log":
+        out.append(f'<text class="axis note" x="{left + 4}" y="{top_m - 2}">log scale</text>')
     for tv in ticks:
         yy = _f(y(tv))
         out.append(
@@ -166,7 +204,23 @@ def line_chart(
     return _svg(out)
 
 
-def timeline(runs: Sequence[RunView], *, width: int = 1100) -> Markup:
+CLUSTER_PX = 9.0  # runs of one lane closer than this share one dot, labelled with a count
+
+
+def clusters(xs: Sequence[float], gap: float = CLUSTER_PX) -> list[list[int]]:
+    """Indexes of ``xs`` (positions on one lane) grouped left to right: a point joins the
+    group before it when it lies within ``gap`` of that group's first point."""
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and xs[i] - xs[groups[-1][0]] < gap:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def timeline(runs: Sequence[RunView], *, width: int = 720) -> Markup:
     """Recent runs on a time axis, one lane per outcome code."""
     pts = [(t, r) for r in runs if (t := text.parse_ts(r.ts)) is not None]
     if not pts:
@@ -183,7 +237,7 @@ def timeline(runs: Sequence[RunView], *, width: int = 1100) -> Markup:
         return left + pw * ((t - lo).total_seconds() / span)
 
     out = [
-        f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" '
+        f'<svg class="chart wide" viewBox="0 0 {width} {height}" role="img" '
         f'aria-label="timeline of recent runs">'
     ]
     for code, i in lane_of.items():
@@ -191,7 +245,7 @@ def timeline(runs: Sequence[RunView], *, width: int = 1100) -> Markup:
         out.append(
             f'<line class="grid" x1="{left}" x2="{width - right}" y1="{_f(yy)}" y2="{_f(yy)}"/>'
             f'<text class="label" x="{left - 10}" y="{_f(yy + 4)}" text-anchor="end">'
-            f"{escape(text.clean(code, 22))}</text>"
+            f"{escape(text.clean(code, 17))}</text>"
         )
     for i in range(5):
         t = lo + dt.timedelta(seconds=span * i / 4)
@@ -200,18 +254,41 @@ def timeline(runs: Sequence[RunView], *, width: int = 1100) -> Markup:
             f'<text class="axis" x="{_f(x(t))}" y="{height - 8}" text-anchor="{anchor}">'
             f"{escape(_time_label(t, span))}</text>"
         )
+    by_lane: dict[int, list[tuple[dt.datetime, RunView]]] = {}
     for t, r in pts:
         lane = lane_of.get(r.code)
-        if lane is None:
-            continue
+        if lane is not None:
+            by_lane.setdefault(lane, []).append((t, r))
+    for lane, lane_pts in sorted(by_lane.items()):
         yy = top_m + lane_h * lane + lane_h / 2
-        tip = f"{r.tenant} · {r.code} · {text.stamp(t)}"
-        if r.wall_ms is not None:
-            tip += f" · {text.millis(r.wall_ms)}"
-        out.append(
-            f'<circle class="dot c-{code_class(r.code)}" cx="{_f(x(t))}" cy="{_f(yy)}" r="5">'
-            f"<title>{escape(text.clean(tip, 160))}</title></circle>"
-        )
+        for group in clusters([x(t) for t, _ in lane_pts]):
+            members = [lane_pts[i] for i in group]
+            t0, r0 = members[0]
+            cls = code_class(r0.code)
+            if len(members) == 1:
+                tip = f"{r0.tenant} · {r0.code} · {text.stamp(t0)}"
+                if r0.wall_ms is not None:
+                    tip += f" · {text.millis(r0.wall_ms)}"
+                out.append(
+                    f'<circle class="dot c-{cls}" cx="{_f(x(t0))}" cy="{_f(yy)}" r="5">'
+                    f"<title>{escape(text.clean(tip, 160))}</title></circle>"
+                )
+                continue
+            cx = sum(x(t) for t, _ in members) / len(members)
+            first, last = min(t for t, _ in members), max(t for t, _ in members)
+            tenants = sorted({r.tenant for _, r in members})
+            tip = (
+                f"{len(members)} runs · {r0.code} · {text.stamp(first)} – {text.stamp(last)}"
+                f" · {', '.join(tenants[:5])}{' …' if len(tenants) > 5 else ''}"
+            )
+            n = len(members)
+            label = str(n) if n < 1000 else "1k+"
+            out.append(
+                f'<g class="cluster"><title>{escape(text.clean(tip, 200))}</title>'
+                f'<circle class="dot cl c-{cls}" cx="{_f(cx)}" cy="{_f(yy)}" r="10"/>'
+                f'<text class="count" x="{_f(cx)}" y="{_f(yy + 4.5)}" '
+                f'text-anchor="middle">{label}</text></g>'
+            )
     out.append("</svg>")
     return _svg(out)
 

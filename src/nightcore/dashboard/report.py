@@ -43,6 +43,7 @@ def _environment() -> jinja2.Environment:
         num=text.num,
         size=text.size,
         millis=text.millis,
+        preview=text.preview,
         when=text.when,
         code_class=code_class,
         usage_bar=_usage_bar,

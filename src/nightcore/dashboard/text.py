@@ -48,12 +48,33 @@ def size(value: object) -> str:
 
 
 def millis(value: object) -> str:
+    """Wall time, always in milliseconds (one unit everywhere in the report: tables, usage
+    against limits, chart axes and tooltips): ``0.4 ms``, ``42.5 ms``, ``5,000 ms``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "-"
     v = float(value)
-    if v >= 10_000:
-        return f"{v / 1000:.1f} s"
-    return f"{v:.1f} ms" if v < 100 else f"{v:.0f} ms"
+    return f"{v:.1f} ms" if v < 100 else f"{v:,.0f} ms"
+
+
+def preview(value: object, limit: int = 120) -> str:
+    """At most ``limit`` characters of cleaned text (newlines kept), cut at a word boundary
+    with an ellipsis; only a single word longer than the limit is cut inside. Text that
+    already ends with an ellipsis was cut upstream (perhaps mid-word): its last word goes."""
+    s = clean_block(value, limit * 4).rstrip()
+    cut = s.endswith("…")
+    if cut:
+        s = s[:-1]
+    at_boundary = False
+    if len(s) > limit:
+        at_boundary = s[limit - 1].isspace()
+        s, cut = s[: limit - 1], True
+    if not cut:
+        return s
+    if not at_boundary:
+        space = max(s.rfind(" "), s.rfind("\n"))
+        if space > 0:
+            s = s[:space]
+    return s.rstrip() + "…"
 
 
 def compact_num(value: float) -> str:
@@ -63,7 +84,9 @@ def compact_num(value: float) -> str:
         if v >= div:
             text = f"{value / div:.1f}".rstrip("0").rstrip(".")
             return text + suffix
-    return f"{value:.1f}".rstrip("0").rstrip(".") if v < 10 else f"{value:.0f}"
+    if v < 10:
+        return f"{value:.2g}" if v else "0"
+    return f"{value:.0f}"
 
 
 def parse_ts(value: object) -> dt.datetime | None:

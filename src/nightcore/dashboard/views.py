@@ -161,6 +161,16 @@ class TenantView:
         return self.last_run.code if self.last_run else "NO_RUNS"
 
     @property
+    def verdict_shown(self) -> tuple[str, str, str]:
+        """(badge text, css class, note) of the verdict cell, consistent with the last run: a
+        module verified OK whose last run failed is shown as VERIFIED (amber) with the
+        failure, never as a green OK beside a red last run."""
+        last = self.last_code
+        if self.verdict == "OK" and code_class(last) in ("bad", "warn"):
+            return "VERIFIED", "warn", f"module verified; its last run failed: {last}"
+        return self.verdict, code_class(self.verdict), ""
+
+    @property
     def attention(self) -> bool:
         return (
             self.cordoned

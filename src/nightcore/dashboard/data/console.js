@@ -40,6 +40,16 @@
     el.lastElementChild.textContent = up ? "live" : (why || "reconnecting");
   };
 
+  // Actions that need a token are disabled (and aria-disabled) until one is set.
+  function applyToken() {
+    for (const btn of document.querySelectorAll("button[data-needs-token]")) {
+      btn.disabled = !token;
+      btn.setAttribute("aria-disabled", token ? "false" : "true");
+      btn.title = token ? "" : "needs a token";
+    }
+  }
+  applyToken();
+
   async function refresh() {
     const res = await fetch("fragment", { cache: "no-store", credentials: "omit" });
     if (!res.ok) return;
@@ -49,6 +59,7 @@
     if (!fresh || !current) return;
     current.replaceWith(fresh);
     applyFilter();
+    applyToken();
     $("#live-stamp").textContent = "updated " + new Date().toLocaleTimeString();
   }
 
@@ -128,6 +139,7 @@
     input.value = "";
     $("#token-state").textContent = token ? "token set (this tab, in memory)" : "read-only";
     say(token ? "token set" : "token cleared");
+    applyToken();
     if (eventsNeedToken) follow();
   });
 
@@ -167,7 +179,7 @@
 
   document.addEventListener("click", (e) => {
     const btn = e.target.closest("button[data-action]");
-    if (!btn) return;
+    if (!btn || btn.disabled) return;
     const action = btn.dataset.action;
     const tenant = btn.dataset.tenant || "";
     const reason = $("#reason").value.trim();
