@@ -72,7 +72,7 @@ def test_full_flow_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture
     assert row["module_sha256"] == hashlib.sha256((tdir / "module.wasm").read_bytes()).hexdigest()
     assert cli("audit", "verify").code == 0
     listed = cli("trust", "list", "--json").json()
-    assert [k["keyid"] for k in listed] == [key["key_id"]]
+    assert [k["key_id"] for k in listed] == [key["key_id"]]
 
 
 def test_ok_then_one_byte_of_wasm_changed(env: Env) -> None:

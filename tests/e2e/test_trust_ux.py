@@ -61,7 +61,7 @@ def test_revoke_by_prefix_then_trust_list_marks_it(env: Env) -> None:
     res = _revoke_key(env, kid[:10].upper())
     assert res.code == 0, res.err
     assert res.json()["revoked"] == kid
-    rows = {k["keyid"]: k for k in env.cli("trust", "list", "--json").json()}
+    rows = {k["key_id"]: k for k in env.cli("trust", "list", "--json").json()}
     assert rows[kid]["state"] == "revoked"
     assert rows[kid]["revoked"]["reason"] == "stolen laptop"
     assert rows[env.maintainer.key_id]["state"] == "trusted"

@@ -64,19 +64,23 @@ class TenantRun:
         return self.code == "OK"
 
     def to_dict(self) -> dict[str, Any]:
+        """The ``run`` object of ``nightcore run --json`` and ``POST /api/run`` (docs/json.md,
+        docs/schemas/run.schema.json): what a run that never ran (denied, cordoned) does not
+        have is null, never "" or 0."""
+        ran = bool(self.run_id) and self.code != "CORDONED"
         return {
             "tenant": self.tenant,
             "code": self.code,
             "reason": self.reason,
-            "exit_code": self.exit_code,
-            "fuel_used": self.fuel_used,
-            "wall_ms": self.wall_ms,
-            "memory_bytes": self.memory_bytes,
-            "output_bytes": self.output_bytes,
+            "exit_code": self.exit_code if ran else None,
+            "fuel_used": self.fuel_used if ran else None,
+            "wall_ms": self.wall_ms if ran else None,
+            "memory_bytes": self.memory_bytes if ran else None,
+            "output_bytes": self.output_bytes if ran else None,
             "key_id": self.key_id,
             "module_sha256": self.module_sha256,
-            "run_id": self.run_id,
-            "audit_seq": self.audit_seq,
+            "run_id": self.run_id if ran else None,
+            "audit_seq": self.audit_seq if ran else None,
         }
 
 

@@ -85,7 +85,7 @@ class TrustedKey:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
-            "keyid": self.key_id,
+            "key_id": self.key_id,
             "key": {
                 "keytype": self.key.keytype,
                 "scheme": self.key.scheme,
@@ -126,9 +126,9 @@ class Registry:
         return Registry(tuple(k for k in self.keys if k is not matches[0]))
 
     def to_bytes(self) -> bytes:
-        return (
-            canonical({"format": REGISTRY_FORMAT, "keys": [k.to_dict() for k in self.keys]}) + b"\n"
-        )
+        # The file keeps its TUF-style "keyid" (docs/formats.md); to_dict() is the --json shape.
+        keys = [{"keyid": d.pop("key_id"), **d} for d in (k.to_dict() for k in self.keys)]
+        return canonical({"format": REGISTRY_FORMAT, "keys": keys}) + b"\n"
 
 
 def parse_registry(data: bytes) -> Registry:
