@@ -476,6 +476,7 @@ _EVIDENCE = "nightcore.cli.commands_evidence:register"
 _AUFS = "nightcore.cli.commands_aufs:register"
 _DASHBOARD = "nightcore.cli.commands_dashboard:register"
 _NODE = "nightcore.cli.commands_node:register"
+_NEW = "nightcore.cli.commands_new:register"
 _COMMANDS: dict[str, tuple[str, str]] = {
     "init": (_CORE, "create a workspace (node policy, node key, directories)"),
     "keygen": (_CORE, "generate a signing key (Ed25519; ECDSA P-256 with --fips)"),
@@ -485,6 +486,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "revocations": (_CORE, "show the revocation list: revoked keys and modules"),
     "verify": (_CORE, "verify tenants (signature, digest, manifest, policy)"),
     "doctor": (_CORE, "report the environment: versions, FIPS backend, workspace"),
+    "new": (_NEW, "scaffold a tenant directory: commented manifest, source, README"),
+    "build": (_NEW, "compile a tenant's module.wat or main.c to module.wasm (reproducible)"),
     "run": (_RUN, "verify, admit and run tenants in bounded sandboxes"),
     "cordon": (_RUN, "stop a tenant from running (incident response)"),
     "uncordon": (_RUN, "allow a cordoned tenant to run again"),
@@ -506,6 +509,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 _EXAMPLES: dict[str, tuple[str, ...]] = {
     "init": ("nightcore init ws", "nightcore init ws --name edge-1 --fips"),
     "keygen": ("nightcore keygen --name alice --out keys",),
+    "new": ("nightcore new hello", "nightcore new wc --lang c --dir ws/modules/wc"),
+    "build": ("nightcore build hello", "nightcore build ws/modules/wc --json"),
     "sign": ("nightcore sign ws/modules/hello --key keys/alice.key",),
     "trust": (
         "nightcore trust add-key keys/alice.pub.pem --scope 'hello*'",
