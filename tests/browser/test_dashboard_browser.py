@@ -35,6 +35,8 @@ from tests.unit.test_dashboard import XSS, echo_module, hostile_workspace
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 DOC_IMG = REPO / "docs" / "img"
+# read at import: the test session drops every NIGHTCORE_* variable before the tests run
+WRITE_DOC_IMG = os.environ.get("NIGHTCORE_DOC_SCREENSHOTS") == "1"
 VIEWPORT = {"width": 1440, "height": 1000}
 BURNER = wat_module(
     '(module (memory (export "memory") 1) (func (export "_start") (loop $l (br $l))))'
@@ -301,7 +303,7 @@ def test_report_layout_fits_the_window(env: Env, browser: Any, width: int) -> No
 
     screenshot(page, f"report-{width}.png")
     screenshot(page, f"report-{width}-full.png", full_page=True)
-    if os.environ.get("NIGHTCORE_DOC_SCREENSHOTS") == "1":
+    if WRITE_DOC_IMG:
         DOC_IMG.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(DOC_IMG / f"dashboard-{width}.png"))
     page.close()
