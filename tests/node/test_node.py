@@ -384,3 +384,27 @@ def test_sigterm_lets_in_flight_runs_finish_then_checkpoints(node_env: Env) -> N
     assert events.index(("run_outcome", "TIMEOUT")) < events.index(("node_stop", None))
     assert events[-1][0] == "checkpoint"
     assert not (node_env.ws / "state" / "node.sock").exists()
+
+
+def test_runs_that_never_ran_come_back_through_the_node_with_nulls(
+    node_env: Env, node: NodeProcess
+) -> None:
+    # A cordoned tenant and a tampered one never reach a sandbox: their runs carry no
+    # measurements, and the frame format (integer microseconds) must carry that null through.
+    ws = node_env.ws
+    node_env.add_tenant("tampered")
+    (ws / "modules" / "tampered" / "module.wasm").write_bytes(wat_module(LOOP_WAT))
+    cordoned = run_cli_subprocess("-w", str(ws), "cordon", "hello", "--reason", "test")
+    assert cordoned.code == 0, cordoned.err
+
+    res = run_cli_subprocess("-w", str(ws), "run", "--json", "--no-dashboard")
+    assert res.code == 1, res.err
+    rows = {r["tenant"]: r for r in res.json()}
+    assert rows["hello"]["code"] == "CORDONED" and rows["tampered"]["code"] == "DIGEST_MISMATCH"
+    for row in rows.values():
+        assert row["wall_ms"] is None and row["fuel_used"] is None, row
+
+    table = run_cli_subprocess("-w", str(ws), "run", "--no-dashboard")
+    assert table.code == 1 and "CORDONED" in table.out and "Traceback" not in table.err
+    runs = run_cli_subprocess("-w", str(ws), "runs")
+    assert runs.code == 0 and "Traceback" not in runs.err, runs.err

@@ -34,14 +34,15 @@ def encode_run(run: dict[str, Any]) -> dict[str, Any]:
     """A run's plain data for the frame format, which carries no floats: ``wall_ms`` travels
     as integer microseconds (``wall_us``), as in the audit log."""
     out = dict(run)
-    out["wall_us"] = round(float(out.pop("wall_ms", 0.0)) * 1000)
+    wall_ms = out.pop("wall_ms", None)
+    out["wall_us"] = None if wall_ms is None else round(float(wall_ms) * 1000)
     return out
 
 
 def decode_run(run: dict[str, Any]) -> dict[str, Any]:
     out = dict(run)
-    wall_us = out.pop("wall_us", 0)
-    out["wall_ms"] = wall_us / 1000 if isinstance(wall_us, int) else 0.0
+    wall_us = out.pop("wall_us", None)
+    out["wall_ms"] = wall_us / 1000 if isinstance(wall_us, int) else None
     return out
 
 
