@@ -431,7 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Night Core: run signed WebAssembly tenants in bounded sandboxes, "
         "with tamper-evident evidence of every decision.",
     )
-    p.add_argument("--version", action="version", version="nightcore 0.1.0")
+    from nightcore import __version__
+
+    p.add_argument("--version", action="version", version=f"nightcore {__version__}")
     sub = p.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=_Parser, action=_Commands
     )
