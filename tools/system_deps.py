@@ -14,6 +14,7 @@ import sys
 # Debian package -> executable the tests use.
 PACKAGES: dict[str, str] = {
     "chromium": "chromium",  # dashboard browser tests (driven by playwright, executable_path)
+    "nats-server": "nats-server",  # Night Mesh tests: real JetStream servers on loopback ports
 }
 
 
