@@ -120,7 +120,7 @@ def test_checkpoint_signs_the_whole_log_and_verify_passes(env: Env) -> None:
     assert report["head"] == hashlib.sha256(raw_lines(env)[-1].rstrip(b"\n")).hexdigest()
     assert report["checkpoints"] == 1 and report["latest_checkpoint"] == n
     text = env.cli("audit", "verify")
-    assert text.code == 0 and "audit log OK" in text.err
+    assert text.code == 0 and "audit log OK" in text.out  # the verdict is the result: stdout
 
 
 def test_checkpoint_text_output_is_the_signed_note(env: Env) -> None:

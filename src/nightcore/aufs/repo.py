@@ -155,9 +155,15 @@ class SignStatus:
         return out
 
     def describe(self) -> str:
-        text = f"{self.role} v{self.version}: {len(self.signed)}/{self.threshold} distinct keys"
+        text = (
+            f"{self.role} v{self.version}: signed by {len(self.signed)} distinct key(s), "
+            f"threshold {self.threshold}"
+        )
         if self.previous_threshold:
-            text += f"; previous root keys {len(self.previous_signed)}/{self.previous_threshold}"
+            text += (
+                f"; by {len(self.previous_signed)} of the previous root's keys, threshold "
+                f"{self.previous_threshold}"
+            )
         return text
 
 
@@ -585,7 +591,7 @@ class AufsRepo(Repository):
             )
             raise AufsError(
                 f"refusing to publish: {what} targets v{targets_md.signed.version}: "
-                f"{len(vr.signed)}/{vr.threshold} distinct keys",
+                f"signed by {len(vr.signed)} distinct key(s), threshold {vr.threshold}",
                 code="AUFS_THRESHOLD",
             )
         if targets_md.signed.is_expired(self.now):
@@ -734,6 +740,11 @@ def init_repo(
             raise AufsError(f"{role} keys are listed twice", code="USAGE")
         if not 1 <= t <= len(refs):
             raise AufsError(f"{role} threshold {t} needs 1..{len(refs)} keys", code="USAGE")
+    # Every key is read before anything is written: a missing or unreadable key leaves no
+    # half-made repository behind (a retry would otherwise fail KEY_EXISTS).
+    public_keys = {ref: public_key_of(ref) for ref in dict.fromkeys(root_keys + targets_keys)}
+    signers: dict[str, Signer] = {ref: signer_of(ref) for ref in public_keys if is_private_ref(ref)}
+    online_public = public_key_of(online_key) if online_key is not None else None
     path.mkdir(parents=True, exist_ok=True)
     private = path / "private"
     private.mkdir(mode=0o700, exist_ok=True)
@@ -743,9 +754,9 @@ def init_repo(
     online: dict[str, SSlibKey] = {}
     passphrase = os.environ.get(ONLINE_PASSPHRASE_ENV)
     for role in ONLINE_ROLES:
-        if online_key is not None:
+        if online_key is not None and online_public is not None:
             cfg.online_keys[role] = str(Path(online_key).resolve())
-            online[role] = public_key_of(online_key)
+            online[role] = online_public
         else:
             gen = generate_key(
                 role, private, passphrase.encode() if passphrase else None, fips=False
@@ -756,7 +767,7 @@ def init_repo(
     root = Root(expires=now + dt.timedelta(seconds=cfg.expiry["root"]), consistent_snapshot=True)
     for role, refs in (("root", root_keys), ("targets", targets_keys)):
         for ref in refs:
-            key = public_key_of(ref)
+            key = public_keys[ref]
             root.add_key(key, role)
             cfg.keys.setdefault(str(key.keyid), {"name": key_name(ref), "added": _fmt(now)})
     for role in ONLINE_ROLES:
@@ -771,10 +782,6 @@ def init_repo(
     targets_md: Metadata[Targets] = Metadata(
         Targets(expires=now + dt.timedelta(seconds=cfg.expiry["targets"]))
     )
-    signers: dict[str, Signer] = {}
-    for ref in dict.fromkeys(root_keys + targets_keys):
-        if is_private_ref(ref):
-            signers[ref] = signer_of(ref)
     for ref, s in signers.items():
         if ref in root_keys:
             root_md.sign(s, append=True)

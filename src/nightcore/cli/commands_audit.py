@@ -76,10 +76,12 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if not args.json:
         latest = report["latest_checkpoint"]
-        info(
+        # The verdict is the command's result: stdout, like every other result.
+        print(
             f"audit log OK: {report['entries']} entries, head {report['head']}, Merkle root "
             f"{report['root']}, {report['checkpoints']} checkpoint(s)"
-            + (f", latest at size {latest}" if latest is not None else "")
+            + (f", latest at size {latest}" if latest is not None else ""),
+            flush=True,
         )
     for warning in report["warnings"]:
         info(f"warning: {warning}")

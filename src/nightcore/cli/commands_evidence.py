@@ -53,7 +53,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         info(
             res.code
             + (f": first difference in {res.diverged}" if res.diverged else "")
-            + ("" if res.deterministic else " (the run was not deterministic)")
+            + (
+                ""
+                if res.deterministic
+                else " (this time: the tenant is not declared deterministic, so a later "
+                "replay may differ)"
+            )
         )
     return 0 if res.code == "REPLAY_MATCH" else 1
 
