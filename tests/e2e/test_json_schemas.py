@@ -83,6 +83,15 @@ def test_cli_json_matches_the_schemas(env: Env, tmp_path: Path) -> None:
     check("verify", out(env, "verify", code=1))
     rows = check("runs", out(env, "runs"))
     assert [r["run_id"] for r in rows] == [by["hello"]["run_id"]]
+    denied_rows = check("runs-denied", out(env, "runs", "--denied"))
+    # newest first: the verify just above (evil), then run's verify (evil) and cordon (frozen)
+    assert [(r["tenant"], r["code"], r["event"]) for r in denied_rows] == [
+        ("evil", "ENVELOPE_MALFORMED", "verify"),  # `nightcore verify` just above
+        ("frozen", "CORDONED", "admission_denied"),  # the run: cordon ...
+        ("evil", "ENVELOPE_MALFORMED", "verify"),  # ... and the failed verification
+    ]
+    assert [r["tenant"] for r in out(env, "runs", "--denied", "--tenant", "frozen")] == ["frozen"]
+    assert len(out(env, "runs", "--denied", "--limit", "1")) == 1
     shown = check("runs-show", out(env, "runs", "show", by["hello"]["run_id"]))
     assert shown["attestation"]["verified"] is True
     check("runs-logs", out(env, "runs", "logs", by["hello"]["run_id"]))

@@ -89,6 +89,62 @@ def runs(ctx: NodeContext, tenant: str | None = None, limit: int = 100) -> list[
     return query_runs(ctx, tenant, limit)
 
 
+# The events that record a tenant refused before it ran (a failed verification, a cordon, a
+# host error while preparing the run): what `runs --denied` lists.
+DENIAL_EVENTS = (b"verify", b"admission_denied")
+DENIAL_CHUNK = 1 << 16
+
+
+def denials(ctx: NodeContext, tenant: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """The latest ``limit`` denials (of ``tenant``, if given), most recent first, read from the
+    end of the audit log (the authority; the run index holds only runs that ran). A ``verify``
+    event counts when its code is not OK, whether ``nightcore run`` or ``nightcore verify``
+    made it. Read-only; one backwards pass at most."""
+    import os
+
+    from nightcore.audit.lines import event_of, record_of
+
+    out: list[dict[str, Any]] = []
+    try:
+        fd = os.open(ctx.layout.audit_log, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return out
+    try:
+        pos = os.fstat(fd).st_size
+        rest = b""
+        while pos > 0 and len(out) < limit:
+            step = min(DENIAL_CHUNK, pos)
+            pos -= step
+            buf = os.pread(fd, step, pos) + rest
+            lines = buf.split(b"\n")
+            rest = lines[0] if pos > 0 else b""
+            for line in reversed(lines[1:] if pos > 0 else lines):
+                if len(out) >= limit:
+                    break
+                name, _at = event_of(line)
+                if name not in DENIAL_EVENTS or b'"code":"OK"' in line:
+                    continue
+                rec = record_of(line)
+                if rec is None or (tenant is not None and rec.get("tenant") != tenant):
+                    continue
+                d = rec["data"]
+                out.append(
+                    {
+                        "audit_seq": rec.get("seq"),
+                        "ts": rec.get("ts"),
+                        "tenant": rec.get("tenant"),
+                        "event": rec.get("event"),
+                        "code": d.get("code"),
+                        "reason": d.get("reason"),
+                        "key_id": d.get("key_id") or None,
+                        "module_sha256": d.get("module_sha256") or None,
+                    }
+                )
+    finally:
+        os.close(fd)
+    return out
+
+
 # What `runs show` and `logs` read of a run's files: tails come from at most TAIL_BYTES of the
 # end of each stream, `logs` prints at most LOG_CAP bytes (a stream is capped by the tenant's
 # output_bytes limit anyway).

@@ -298,6 +298,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return _runs_show(args) if action == "show" else _runs_logs(args)
     if not 1 <= args.limit <= 100_000:
         raise UsageError("--limit must be between 1 and 100000")
+    if args.denied:
+        return _runs_denied(args)
     client = node_client(args)
     if client is not None:
         rows = client.call("runs", {"tenant": args.tenant, "limit": args.limit})
@@ -387,6 +389,33 @@ def _runs_show(args: argparse.Namespace) -> int:
         )
         for line in st["tail"]:
             sys.stdout.write(f"  | {clean(line, 400)}\n")
+    return 0
+
+
+def _runs_denied(args: argparse.Namespace) -> int:
+    """Tenants refused before they ran, from the audit log (read in this process, read-only,
+    like ``runs show``: the index holds only runs that ran)."""
+    from nightcore.app.run import denials
+
+    rows = denials(_ws(args), args.tenant, args.limit)
+    if args.json:
+        print_json(rows)
+        return 0
+    print_table(
+        "Denials",
+        ["seq", "tenant", "code", "key", "reason"],
+        [
+            [
+                r["audit_seq"],
+                r["tenant"] or "-",
+                r["code"],
+                (r["key_id"] or "")[:16] or "-",
+                r["reason"] or "",
+            ]
+            for r in rows
+        ],
+        code_column=2,
+    )
     return 0
 
 
@@ -487,6 +516,12 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     )
     sp.add_argument("--tenant", help="only this tenant's runs")
     sp.add_argument("--limit", type=int, default=50, help="the latest N runs (default 50)")
+    sp.add_argument(
+        "--denied",
+        action="store_true",
+        help="list the tenants refused before they ran (failed verification, cordon, host "
+        "error while preparing), from the audit log, instead of the runs that ran",
+    )
     sp = add("logs", cmd_logs)
     sp.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
     sp.add_argument("--stderr", action="store_true", help="the stderr stream (default: stdout)")

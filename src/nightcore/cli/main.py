@@ -532,6 +532,7 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
     "runs": (
         "nightcore runs",
         "nightcore runs --tenant hello --limit 10 --json",
+        "nightcore runs --denied",
         "nightcore runs show 20261205T0750",
     ),
     "logs": ("nightcore logs 20261205T0750", "nightcore logs 20261205T0750 --stderr"),
