@@ -374,6 +374,12 @@ class _Commands(_SubParsers):
         self._name_parser_map[name] = _DISCARD  # replaced by the real parser in build()
         self._builders[name] = build
 
+    def build_all(self) -> None:
+        """Build every command's parser (shell completion needs them all)."""
+        for name in list(self._builders):
+            self._builders[name](name)
+            del self._builders[name]
+
     def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
         if name not in self._builders:
             return super().add_parser(name, **kwargs)
@@ -488,6 +494,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "revocations": (_CORE, "show the revocation list: revoked keys and modules"),
     "verify": (_CORE, "verify tenants (signature, digest, manifest, policy)"),
     "doctor": (_CORE, "report the environment: versions, FIPS backend, workspace"),
+    "completion": (_CORE, "print the shell completion script (bash, zsh, fish)"),
     "new": (_NEW, "scaffold a tenant directory: commented manifest, source, README"),
     "build": (_NEW, "compile a tenant's module.wat or main.c to module.wasm (reproducible)"),
     "run": (_RUN, "verify, admit and run tenants in bounded sandboxes"),
@@ -526,6 +533,10 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
     "revocations": ("nightcore revocations list", "nightcore revocations list --json"),
     "verify": ("nightcore verify", "nightcore verify hello --json"),
     "doctor": ("nightcore doctor", "nightcore doctor --json"),
+    "completion": (
+        "nightcore completion bash > ~/.local/share/bash-completion/completions/nightcore",
+        "nightcore completion zsh > ~/.zfunc/_nightcore",
+    ),
     "run": ("nightcore run", "nightcore run hello --strongbox", "nightcore run --parallel 4"),
     "cordon": ("nightcore cordon hello --reason 'incident 42'",),
     "uncordon": ("nightcore uncordon hello --reason 'incident 42 closed'",),
@@ -629,6 +640,33 @@ def _register_core(add: Callable[..., argparse.ArgumentParser], sub: Any) -> Non
 
     add("doctor", cmd_doctor)
 
+    sp = add("completion", cmd_completion)
+    sp.add_argument("shell", choices=SHELLS, help="the shell to print the script for")
+
+
+SHELLS = ("bash", "zsh", "fish", "tcsh", "powershell")
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """argcomplete's registration script: the shell then calls ``nightcore`` itself with
+    ``_ARGCOMPLETE`` set, and :func:`_complete` answers from the real parser."""
+    from argcomplete.shell_integration import shellcode
+
+    sys.stdout.write(shellcode(["nightcore"], shell=args.shell))
+    return EXIT_OK
+
+
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Answer a shell's completion request (``_ARGCOMPLETE`` set) and exit. Every command's
+    parser is built first (a normal start builds only the invoked one), so subcommands,
+    actions and options all complete; argcomplete is imported only here."""
+    import argcomplete
+
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if isinstance(action, _Commands):
+            action.build_all()
+    argcomplete.autocomplete(parser)
+
 
 def _need_sub(args: argparse.Namespace) -> int:
     raise UsageError(f"'{args.command}' needs an action; see nightcore {args.command} --help")
@@ -636,6 +674,8 @@ def _need_sub(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    if "_ARGCOMPLETE" in os.environ:
+        _complete(parser)  # exits
     try:
         args = parser.parse_args(argv)
         for name, default in (
