@@ -112,6 +112,21 @@ class RunCode(Code):
         "stdout + stderr reached `output_bytes`; later writes fail with EIO",
     )
     TRAP = "TRAP", "any other trap (`detail` has the one-line message)"
+    DISK_LIMIT = (
+        "DISK_LIMIT",
+        "the tenant's read-write grants hold more than `disk_bytes` bytes or `disk_files` "
+        "entries (sampled during the run, checked at its end): the run was stopped",
+    )
+    FD_LIMIT = (
+        "FD_LIMIT",
+        "the run held more than `open_files` descriptors, or the node's descriptor reserve was "
+        "reached: the run was stopped, its neighbours keep theirs",
+    )
+    COMPILE_LIMIT = (
+        "COMPILE_LIMIT",
+        "compiling the module took more than `compile_ms` or `compile_memory_bytes` in the "
+        "bounded compile process: refused, nothing ran",
+    )
     COMPILE_ERROR = "COMPILE_ERROR", "the module does not validate or compile"
     INSTANTIATE_ERROR = (
         "INSTANTIATE_ERROR",
@@ -162,6 +177,19 @@ class RunCode(Code):
         "INTERRUPTED",
         "the run was started but its node stopped before it ended: closed by the node's next "
         "start (after a crash) or by its shutdown (after the grace period)",
+    )
+    CORDONED_IN_FLIGHT = (
+        "CORDONED_IN_FLIGHT",
+        "the kill switch: the tenant was cordoned while this run was in flight, and the run was "
+        "stopped (in-process at the next epoch tick; `--strongbox`: its worker killed); the "
+        "`run_outcome` line's `interrupted_by` names the cordon and its reason",
+    )
+    REVOKED_IN_FLIGHT = (
+        "REVOKED_IN_FLIGHT",
+        "the kill switch: the run's signing key or module digest was revoked (or the key removed "
+        "from the registry, or the trust state stopped loading) while it was in flight, and the "
+        "run was stopped; `interrupted_by` names the change (`key_revoked`, `module_revoked`, "
+        "`key_removed`, `trust_state_invalid`)",
     )
 
 
@@ -377,6 +405,25 @@ class AuditCode(Code):
     MIRROR_GAP = "MIRROR_GAP", "an audit mirror is missing lines before the ones it holds"
     MIRROR_NOT_FOUND = "MIRROR_NOT_FOUND", "no audit mirror of that name is configured"
     MIRROR_UNAVAILABLE = "MIRROR_UNAVAILABLE", "an audit mirror cannot be read or written"
+    MIRROR_ROOT_MISMATCH = (
+        "MIRROR_ROOT_MISMATCH",
+        "tampering: a mirror's Merkle root differs from a checkpoint the node signed (its "
+        "history was rewritten)",
+    )
+    MIRROR_TRUNCATED = (
+        "MIRROR_TRUNCATED",
+        "tampering: a mirror holds fewer lines than it acknowledged (node cursor, chunk "
+        "names, delete markers, stream sequence)",
+    )
+    MIRROR_CHECKPOINT_MISSING = (
+        "MIRROR_CHECKPOINT_MISSING",
+        "tampering: a checkpoint the mirror received (or one below a checkpoint it holds) is gone",
+    )
+    MIRROR_LAG = (
+        "MIRROR_LAG",
+        "lag, not tampering: a mirror is consistent with the node's checkpoints but lacks its "
+        "newest; sync it and verify again",
+    )
 
 
 class TlogCode(Code):
@@ -721,6 +768,37 @@ class NodeCode(Code):
     NODE_ERROR = "NODE_ERROR", "the node refused a request without naming a code"
 
 
+class MeshCode(Code):
+    """Night Mesh (``nightcore node --mesh``, ``nightcore mesh``): NATS JetStream between nodes."""
+
+    MESH_CONFIG_INVALID = (
+        "MESH_CONFIG_INVALID",
+        "a mesh option is malformed: server URL, prefix, node name, credentials or TLS file",
+    )
+    MESH_UNREACHABLE = "MESH_UNREACHABLE", "no NATS server of the mesh answered in time"
+    MESH_ERROR = "MESH_ERROR", "NATS or JetStream refused a request (the message says which)"
+    MESH_NOT_CAUGHT_UP = (
+        "MESH_NOT_CAUGHT_UP",
+        "the node has not yet applied every trust change on the bus: it admits no run until then",
+    )
+    MESH_DOC_INVALID = (
+        "MESH_DOC_INVALID",
+        "a trust document on the bus is malformed, of an unknown kind, or too large",
+    )
+    MESH_DOC_SIGNER_INVALID = (
+        "MESH_DOC_SIGNER_INVALID",
+        "a trust document on the bus is not signed by a trusted, unexpired, unrevoked maintainer",
+    )
+    MESH_DOC_ROLLBACK = (
+        "MESH_DOC_ROLLBACK",
+        "a trust document's version is not newer than the one this node applied (replay)",
+    )
+    MESH_PUBLISH_CONFLICT = (
+        "MESH_PUBLISH_CONFLICT",
+        "another publisher took that document version first: run the command again",
+    )
+
+
 class Domain(NamedTuple):
     name: str
     title: str  # the heading of its section in docs/codes.md
@@ -748,6 +826,7 @@ DOMAINS: tuple[Domain, ...] = (
         ConsoleCode,
     ),
     Domain("node", "Node agent (`nightcore node`)", NodeCode),
+    Domain("mesh", "Night Mesh (`nightcore node --mesh`, `nightcore mesh`)", MeshCode),
 )
 
 

@@ -28,7 +28,9 @@ A directory mirror has the layout of ``state/audit/`` (``audit.jsonl``, ``checkp
 it with the same code. An S3 mirror stores ``<prefix>/lines/<first>-<last>.jsonl`` chunks,
 ``<prefix>/checkpoints/<size>.note``, ``<prefix>/audit.tail`` and ``<prefix>/node.pub.pem``,
 with Object Lock retention headers when configured; ``--source`` downloads it into a temporary
-directory in that layout and verifies it there.
+directory in that layout and verifies it there. Then the mirror is judged against the node's
+own signed checkpoints and what it acknowledged (:mod:`nightcore.audit.anchor`): a mirror cut
+short, stripped of checkpoints or rewritten is tampering; one merely behind is lag.
 """
 
 from __future__ import annotations
@@ -47,9 +49,11 @@ from nightcore.errors import ConfigError, NightCoreError
 from nightcore.fsio import atomic_write
 
 if TYPE_CHECKING:
+    from nightcore.audit.anchor import Acknowledged
     from nightcore.layout import Layout
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+NOTE_NAME = re.compile(r"(0|[1-9][0-9]{0,19})\.note")
 MAX_CHUNK_LINES = 10_000
 
 
@@ -204,18 +208,23 @@ class S3Sink:
     def put_file(self, name: str, data: bytes) -> None:
         self._put(name, data)
 
-    def download(self, dest: Path) -> None:
-        """Rebuild the state/audit layout from the bucket (for verify --source)."""
+    def download(self, dest: Path, ack: Acknowledged) -> list[str]:
+        """Rebuild the state/audit layout from the bucket (for verify --source); record in
+        ``ack`` what the bucket shows it once held (chunk names, delete markers). Returns
+        warnings."""
         paginator = self.client.get_paginator("list_objects_v2")
         prefix = self._key("")
         keys: list[str] = []
         for page in paginator.paginate(Bucket=self.cfg.bucket, Prefix=prefix):
             keys.extend(o["Key"] for o in page.get("Contents", []))
+        warnings = self._deleted(prefix, ack)
         chunks = sorted(k for k in keys if k[len(prefix) :].startswith("lines/"))
         expect = 0
         with (dest / "audit.jsonl").open("wb") as log:
             for key in chunks:
-                first, last = (int(x) for x in Path(key).stem.split("-"))
+                first, last = _chunk_range(key)
+                # The chunk's name is the mirror's own record of what it received.
+                ack.claim_lines(last + 1, f"its chunk {key[len(prefix) :]}")
                 if first > expect:
                     raise NightCoreError(
                         f"mirror is missing lines {expect}..{first - 1}", code="MIRROR_GAP"
@@ -223,6 +232,8 @@ class S3Sink:
                 body = self._get(key)
                 lines = body.splitlines(keepends=True)
                 log.write(b"".join(lines[expect - first :]))
+                if len(lines) < last - first + 1:
+                    break  # a chunk cut short: what follows cannot be placed; ack says why
                 expect = max(expect, last + 1)
         (dest / "checkpoints").mkdir(exist_ok=True)
         for key in keys:
@@ -230,9 +241,43 @@ class S3Sink:
             is_note = rel.startswith("checkpoints/") and rel.endswith(".note")
             if is_note or rel in ("audit.tail", "node.pub.pem"):
                 (dest / rel).write_bytes(self._get(key))
+        return warnings
+
+    def _deleted(self, prefix: str, ack: Acknowledged) -> list[str]:
+        """Record chunks and checkpoints hidden behind a delete marker (the bucket held them).
+
+        Needs ``s3:ListBucketVersions``; without it the check is skipped with a warning (the
+        node's cursor still anchors the verdict)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            pages = self.client.get_paginator("list_object_versions").paginate(
+                Bucket=self.cfg.bucket, Prefix=prefix
+            )
+            markers = [m["Key"] for page in pages for m in page.get("DeleteMarkers", [])]
+        except ClientError as exc:
+            return [f"cannot list object versions ({exc}); delete markers were not checked"]
+        for key in markers:
+            rel = key[len(prefix) :]
+            if rel.startswith("lines/") and rel.endswith(".jsonl"):
+                try:
+                    ack.claim_lines(_chunk_range(key)[1] + 1, f"a delete marker over {rel}")
+                except ValueError:
+                    continue  # not a name this mirror writes: nothing it once held
+            elif rel.startswith("checkpoints/") and NOTE_NAME.fullmatch(rel[12:]):
+                ack.claim_checkpoints([int(rel[12:-5])], f"a delete marker over {rel}")
+        return []
 
     def _get(self, key: str) -> bytes:
         return bytes(self.client.get_object(Bucket=self.cfg.bucket, Key=key)["Body"].read())
+
+
+def _chunk_range(key: str) -> tuple[int, int]:
+    """(first, last) line of a chunk key ``.../lines/<first>-<last>.jsonl``."""
+    first, _, last = Path(key).stem.partition("-")
+    if not (first.isdigit() and last.isdigit()):
+        raise ValueError(key)
+    return int(first), int(last)
 
 
 def sink_for(layout: Layout, cfg: MirrorConfig) -> DirSink | S3Sink:
@@ -384,21 +429,30 @@ def status(layout: Layout, configured: Sequence[MirrorConfig]) -> list[MirrorSta
 
 
 def verify_source(layout: Layout, configured: Sequence[MirrorConfig], name: str) -> Any:
-    """Verify one mirror on its own (its lines, tree and checkpoints), with node.pub.pem."""
+    """Verify one mirror on its own (its lines, tree and checkpoints, with the node's key), then
+    against the node's own signed checkpoints and what the mirror acknowledged
+    (:mod:`nightcore.audit.anchor`)."""
+    from nightcore.audit.anchor import Acknowledged, anchor_to_node
     from nightcore.audit.verify import verify_log
 
     cfg = next((m for m in configured if m.name == name), None)
     if cfg is None:
         raise NightCoreError(f"no audit mirror named {name[:40]!r}", code="MIRROR_NOT_FOUND")
     pem = layout.node_pub_path.read_bytes()
+    cur = load_cursor(layout, cfg.name)
+    ack = Acknowledged()
+    ack.claim_lines(cur.lines, f"the node's cursor for mirror {cfg.name}")
+    ack.claim_checkpoints(cur.checkpoints, f"the node's cursor for mirror {cfg.name}")
+    node_lines = _line_count(layout.audit_log)
     sink = sink_for(layout, cfg)
     if isinstance(sink, DirSink):
-        return verify_log(sink.root, pem)
+        report = verify_log(sink.root, pem)
+        return anchor_to_node(report, sink.root, layout.audit_dir, pem, ack, node_lines=node_lines)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="nightcore-mirror-") as tmp:
         try:
-            sink.download(Path(tmp))
+            warnings = sink.download(Path(tmp), ack)
         except NightCoreError:
             raise
         except Exception as exc:  # noqa: BLE001 - reported as one line with a code
@@ -406,4 +460,6 @@ def verify_source(layout: Layout, configured: Sequence[MirrorConfig], name: str)
                 f"cannot read mirror {name}: {type(exc).__name__}: {exc}"[:300],
                 code="MIRROR_UNAVAILABLE",
             ) from None
-        return verify_log(Path(tmp), pem)
+        report = verify_log(Path(tmp), pem)
+        report.warnings.extend(warnings)
+        return anchor_to_node(report, Path(tmp), layout.audit_dir, pem, ack, node_lines=node_lines)

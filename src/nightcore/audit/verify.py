@@ -40,6 +40,8 @@ class VerifyReport:
     seq: int | None = None
     warnings: list[str] = field(default_factory=list)
     tree_status: str = "unknown"  # match | behind | ahead | missing | diverged | rebuilt
+    # A mirror judged against the node's own checkpoints (nightcore.audit.anchor), else None.
+    anchor: dict[str, Any] | None = None
     scan: Scan | None = field(default=None, repr=False)
     tree: merkle.TreeStore | None = field(default=None, repr=False)
 
@@ -59,6 +61,8 @@ class VerifyReport:
             "tree": self.tree_status,
             "warnings": list(self.warnings),
         }
+        if self.anchor is not None:
+            out["anchor"] = dict(self.anchor)
         if not self.ok:
             out.update(code=self.code, error=self.message, seq=self.seq)
         return out
