@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check --no-input
 
-.PHONY: demo test test-under-load unit tenants bench clean
+.PHONY: demo test test-under-load unit tenants bench clean audit release
 
 # The virtualenv is built only from the hash-pinned locks (pip --require-hashes), then the
 # project itself is installed without touching the network (--no-deps --no-build-isolation).
@@ -31,6 +31,7 @@ test: $(VENV)/.dev
 	$(BIN)/ruff format --check src tests tools benchmarks
 	$(BIN)/mypy
 	$(BIN)/python tools/build_tenants.py --check-c
+	$(BIN)/python tools/audit_deps.py
 	$(BIN)/python -m pytest -n 2 -q
 
 # The suite twice at the same time (`make test-under-load`), each in its own temporary clone of
@@ -62,6 +63,20 @@ test-under-load: $(VENV)/.dev
 	  echo "== clone $$n: pytest exit $$r"; tail -n 25 "$$tmp/$$n.log"; \
 	done; \
 	exit $$rc
+
+# Supply-chain gates (docs/supply-chain.md): hash pins, pyproject/locks/venv agreement, the SBOM
+# against the lock, the licence allow-list, pip-audit against PyPI's vulnerability service.
+audit: $(VENV)/.dev
+	$(BIN)/python tools/audit_deps.py
+
+# A reproducible, signed release of HEAD (docs/supply-chain.md): built twice in two clean clones
+# and compared by SHA-256; SHA256SUMS, a CycloneDX SBOM and SLSA provenance, signed (DSSE) with
+# RELEASE_KEY (private key PEM; passphrase from NIGHTCORE_KEY_PASSPHRASE). Verify with
+# `nightcore release verify DIR --key RELEASE_PUB`.
+RELEASE_DIR ?= dist/release
+release: $(VENV)/.dev
+	@test -n "$(RELEASE_KEY)" || { echo "make release RELEASE_KEY=path/to/release.key"; exit 2; }
+	$(BIN)/python tools/release.py --key "$(RELEASE_KEY)" --out "$(RELEASE_DIR)"
 
 unit: $(VENV)/.dev
 	$(BIN)/python -m pytest -q tests/unit
