@@ -799,6 +799,41 @@ class MeshCode(Code):
     )
 
 
+class NetCode(Code):
+    """The NET capability: each guest request through ``nightcore.http_request`` (``net_request``
+    audit events; the guest gets the negative error number of docs/net.md)."""
+
+    NET_FAULT = "NET_FAULT", "a pointer or length passed to `http_request` is outside guest memory"
+    NET_URL_INVALID = (
+        "NET_URL_INVALID",
+        "the method or URL is malformed: not http(s), spaces or CR/LF (header injection), "
+        "user info, fragment, bad escapes, `.`/`..` segments",
+    )
+    NET_DENIED = "NET_DENIED", "no granted destination matches the URL's scheme, host, port, path"
+    NET_ADDRESS_DENIED = (
+        "NET_ADDRESS_DENIED",
+        "the host is or resolves to a non-public address that the grant does not name literally",
+    )
+    NET_RESOLVE_FAILED = "NET_RESOLVE_FAILED", "the host name does not resolve"
+    NET_CONNECT_FAILED = (
+        "NET_CONNECT_FAILED",
+        "the connection or TLS verification to the checked address failed",
+    )
+    NET_TIMEOUT = "NET_TIMEOUT", "the run's wall-clock limit ran out before the exchange ended"
+    NET_REQUEST_TOO_LARGE = (
+        "NET_REQUEST_TOO_LARGE",
+        "the request body exceeds the node's `policy.net.max_request_bytes`",
+    )
+    NET_RESPONSE_TOO_LARGE = (
+        "NET_RESPONSE_TOO_LARGE",
+        "the response body exceeds the guest's buffer or `policy.net.max_response_bytes`",
+    )
+    NET_LIMIT = "NET_LIMIT", "the run made more requests than `policy.net.max_requests`"
+    NET_PROTOCOL = "NET_PROTOCOL", "the server's HTTP response is malformed"
+    NET_UNSUPPORTED = "NET_UNSUPPORTED", "the host API was called outside a run with NET"
+    NET_HOST_ERROR = "NET_HOST_ERROR", "the host failed while handling the request (a bug)"
+
+
 class Domain(NamedTuple):
     name: str
     title: str  # the heading of its section in docs/codes.md
@@ -827,6 +862,7 @@ DOMAINS: tuple[Domain, ...] = (
     ),
     Domain("node", "Node agent (`nightcore node`)", NodeCode),
     Domain("mesh", "Night Mesh (`nightcore node --mesh`, `nightcore mesh`)", MeshCode),
+    Domain("net", "NET capability (`nightcore.http_request`, `net_request` events)", NetCode),
 )
 
 

@@ -25,6 +25,13 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+def _trust_changed(ctx: NodeContext) -> None:
+    """The kill switch: this process's in-flight runs (and a node's workers) re-check now."""
+    from nightcore.runner.trustwatch import trust_changed
+
+    trust_changed(ctx.layout.root)
+
+
 def trust_add_key(
     ctx: NodeContext,
     public_pem: Path,
@@ -79,6 +86,7 @@ def trust_remove_key(ctx: NodeContext, key_id: str) -> str:
     removed = next(k for k in registry.keys if k not in new.keys)
     ctx.audit().append("trust_key_removed", {"key_id": removed.key_id})
     atomic_write(ctx.layout.registry_path, new.to_bytes())
+    _trust_changed(ctx)
     return str(removed.key_id)
 
 
@@ -155,6 +163,7 @@ def revoke(ctx: NodeContext, *, kind: str, subject: str, key: str, reason: str) 
     )
     atomic_write(ctx.layout.revocations_path, new.raw)
     ctx.write_revocation_mark(new.version)
+    _trust_changed(ctx)
     return new
 
 
@@ -187,4 +196,5 @@ def import_revocations(ctx: NodeContext, path: Path) -> RevocationList:
     )
     atomic_write(ctx.layout.revocations_path, data)
     ctx.write_revocation_mark(candidate.version)
+    _trust_changed(ctx)
     return candidate

@@ -23,6 +23,62 @@ def cmd_node(args: argparse.Namespace) -> int:
         workers=args.workers,
         tenant_cap=args.tenant_cap,
         http=_http(args.http) if args.http else None,
+        mesh=mesh_config(args) if args.mesh else None,
+    )
+
+
+def mesh_config(args: argparse.Namespace) -> Any:
+    """The MeshConfig of ``--mesh`` and its options (shared with ``nightcore mesh``)."""
+    from nightcore.mesh.config import MeshConfig
+
+    return MeshConfig.from_options(
+        args.mesh,
+        prefix=args.mesh_prefix,
+        node_name=args.node_name,
+        creds=args.mesh_creds,
+        tls_ca=args.mesh_tls_ca,
+        tls_cert=args.mesh_tls_cert,
+        tls_key=args.mesh_tls_key,
+        js_domain=getattr(args, "mesh_domain", None),
+    )
+
+
+def add_mesh_options(sp: argparse.ArgumentParser, *, required: bool) -> None:
+    """``--mesh`` and its options (``nightcore node`` and every ``nightcore mesh`` command)."""
+    sp.add_argument(
+        "--mesh",
+        metavar="URL[,URL...]",
+        required=required,
+        default=None,
+        help="NATS servers of the mesh, e.g. nats://10.0.0.1:4222,nats://10.0.0.2:4222 "
+        "(give every server of the cluster; tls://... for TLS)",
+    )
+    sp.add_argument(
+        "--mesh-prefix",
+        metavar="P",
+        default=None,
+        help="deployment prefix of every subject, stream and bucket ([a-z0-9-], default "
+        "nightcore)",
+    )
+    sp.add_argument(
+        "--mesh-creds",
+        metavar="FILE",
+        default=None,
+        help="NATS credentials: a .creds file, an nkey seed file, or one line USER:PASSWORD "
+        "(mode 0600)",
+    )
+    sp.add_argument("--mesh-tls-ca", metavar="FILE", default=None, help="CA to verify servers")
+    sp.add_argument(
+        "--mesh-tls-cert", metavar="FILE", default=None, help="client certificate (mutual TLS)"
+    )
+    sp.add_argument(
+        "--mesh-tls-key", metavar="FILE", default=None, help="client certificate's key"
+    )
+    sp.add_argument(
+        "--node-name",
+        metavar="N",
+        default=None,
+        help="this node's name in the mesh ([a-z0-9-], default: the host name)",
     )
 
 
@@ -97,3 +153,4 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         default=None,
         help="most workers one tenant may hold at once (default: all but one)",
     )
+    add_mesh_options(sp, required=False)

@@ -63,6 +63,8 @@ class _Worker:
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
         life_r, life_w = os.pipe()
+        nudge_r, nudge_w = os.pipe()  # the kill switch: a byte = "re-check the trust state now"
+        os.set_blocking(nudge_w, False)
         try:
             self.proc = subprocess.Popen(
                 [
@@ -76,20 +78,23 @@ class _Worker:
                     str(rep_w),
                     "--lifeline",
                     str(life_r),
+                    "--nudge",
+                    str(nudge_r),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                pass_fds=(req_r, rep_w, life_r),
+                pass_fds=(req_r, rep_w, life_r, nudge_r),
                 close_fds=True,
                 start_new_session=True,  # a Ctrl-C in the node's terminal is the node's to handle
                 env=_worker_env(),
             )
         finally:
-            for fd in (req_r, rep_w, life_r):
+            for fd in (req_r, rep_w, life_r, nudge_r):
                 os.close(fd)
         self._req = req_w
         self._rep = rep_r
         self._life = life_w  # never written: its closing (the node's death) ends the worker
+        self._nudge = nudge_w
         self.seq = 0
         self.batches = 0
         self.dead = False
@@ -124,6 +129,12 @@ class _Worker:
         header, _ = sb.read_frame(self._rep, max_json=MAX_REPLY_JSON, max_blob=0, deadline=deadline)
         return header
 
+    def nudge(self) -> None:
+        """Make the worker's kill switch re-check the trust state now (never blocks: a full
+        pipe already holds a nudge it has not read)."""
+        with contextlib.suppress(OSError):
+            os.write(self._nudge, b"!")
+
     def kill(self) -> int:
         """Kill the process (if alive), reap it, close the pipes; its wait status."""
         self.dead = True
@@ -151,7 +162,7 @@ class _Worker:
         self._close()
 
     def _close(self) -> None:
-        for fd in (self._req, self._rep, self._life):
+        for fd in (self._req, self._rep, self._life, self._nudge):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -296,6 +307,14 @@ class RunnerPool:
                 runs=self._runs,
                 worker_pids=sorted(self._workers),
             )
+
+    def nudge(self) -> None:
+        """The trust state just changed in this process: every worker's kill switch re-checks
+        it now instead of at its next poll (docs/node.md, "Kill switch")."""
+        with self._cond:
+            workers = list(self._workers.values())
+        for w in workers:
+            w.nudge()
 
     def worker_pids(self, *, busy: bool | None = None) -> list[int]:
         with self._cond:

@@ -120,6 +120,7 @@ class Node:
         self._handlers_lock = threading.Lock()
         self._served = 0
         self._refused = 0
+        self._unlisten: Callable[[], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -136,6 +137,7 @@ class Node:
                 self.workers, layout.root, self.ctx.audit, tenant_cap=self.tenant_cap
             )
             self.pool.start()
+            self._listen_trust_changes()
             # Before any new work: a run a dead node left open gets its closing outcome. The
             # workers have taken none yet (they take work only from this node's requests).
             closed = close_interrupted(audit)
@@ -164,6 +166,28 @@ class Node:
             f"serving {layout.root} on {self.socket_path} with {self.workers} worker(s) "
             f"(pid {os.getpid()})"
         )
+
+    def _listen_trust_changes(self) -> None:
+        """The kill switch: a cordon or revocation applied in this process (a client's
+        ``cordon`` op, the console, a mesh broadcast) makes every worker re-check its in-flight
+        runs at once; a change made by another process reaches them through their poll."""
+        from nightcore.runner.trustwatch import add_listener
+
+        root = self.ctx.layout.root
+
+        def changed(where: Path) -> None:
+            pool = self.pool
+            if where == root and pool is not None:
+                pool.nudge()
+
+        self._unlisten = add_listener(changed)
+
+    def trust_changed(self) -> None:
+        """Direct call for code in the node process that changed the trust state without the
+        trust operations (which already call it): re-check every in-flight run now."""
+        from nightcore.runner.trustwatch import trust_changed
+
+        trust_changed(self.ctx.layout.root)
 
     def _start_console(self, host: str, port: int) -> None:
         """The live console in this process (its POST /api/run uses the node's runner)."""
@@ -278,6 +302,9 @@ class Node:
         log(f"stopped (final checkpoint {checkpoint})")
 
     def _cleanup(self) -> None:
+        if self._unlisten is not None:
+            self._unlisten()
+            self._unlisten = None
         self._stop_console()
         if self._strongbox_runner is not None:
             self._strongbox_runner.close()

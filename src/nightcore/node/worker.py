@@ -46,7 +46,7 @@ def decode_run(run: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _serve(in_fd: int, out_fd: int) -> None:
+def _serve(in_fd: int, out_fd: int, nudge_fd: int | None = None) -> None:
     from nightcore.context import NodeContext
     from nightcore.errors import NightCoreError
     from nightcore.runner.pipeline import Runner, TenantRun
@@ -58,6 +58,8 @@ def _serve(in_fd: int, out_fd: int) -> None:
     ctx = NodeContext(Path(header["workspace"]))
     runner = Runner(ctx)
     runner.sandbox()  # engines and ticker now, not on the first run
+    if nudge_fd is not None:  # the node's "trust state changed": the kill switch re-checks now
+        runner.killswitch().watch_fd(nudge_fd)
     sb.write_frame(out_fd, {"op": "ready", "pid": os.getpid()})
     while True:
         try:
@@ -114,11 +116,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--in", dest="in_fd", type=int, required=True)
     p.add_argument("--out", dest="out_fd", type=int, required=True)
     p.add_argument("--lifeline", type=int, required=True)
+    p.add_argument("--nudge", type=int, default=None)
     args = p.parse_args(argv)
     _watch_lifeline(args.lifeline)
     code = 0
     try:
-        _serve(args.in_fd, args.out_fd)
+        _serve(args.in_fd, args.out_fd, args.nudge)
     except SystemExit as exc:
         code = int(exc.code or 0)
     except BaseException as exc:  # noqa: BLE001 - the node sees the exit status; say why once

@@ -62,6 +62,11 @@ def cordon(ctx: NodeContext, tenant: str, reason: str, *, actor: str = "cli") ->
         ctx.audit().append("cordon", {"reason": entry["reason"], "actor": actor}, tenant)
         cordons[tenant] = entry
         atomic_write(ctx.layout.cordons_path, canonical(cordons) + b"\n")
+    # The kill switch: its runs in flight in this process (and a node's workers) stop now;
+    # other processes see the file change at their next poll (nightcore.runner.killswitch).
+    from nightcore.runner.trustwatch import trust_changed
+
+    trust_changed(ctx.layout.root)
     return entry
 
 

@@ -31,7 +31,7 @@ from nightcore.evidence.attestation import (
 )
 from nightcore.fsio import atomic_write
 from nightcore.module.manifest import LIMIT_NAMES, Manifest
-from nightcore.sandbox.types import EffectiveLimits, Preopen, RunConfig, RunResult
+from nightcore.sandbox.types import EffectiveLimits, Interrupt, Preopen, RunConfig, RunResult
 
 if TYPE_CHECKING:
     from nightcore.config import Policy
@@ -201,7 +201,9 @@ class SandboxLike(Protocol):
     """What the runner needs of a sandbox: the in-process one, the strongbox pool, or the
     node's worker pool."""
 
-    def run(self, module_bytes: bytes, config: RunConfig) -> RunResult: ...
+    def run(
+        self, module_bytes: bytes, config: RunConfig, interrupt: Interrupt | None = None
+    ) -> RunResult: ...
 
     def close(self) -> None: ...
 
@@ -273,6 +275,7 @@ class Runner:
         self._run_index: Any = None
         self._lock = threading.Lock()
         self._index_lock = threading.Lock()
+        self._killswitch: Any = None  # nightcore.runner.killswitch.KillSwitch, on first run
 
     def sandbox(self) -> SandboxLike:
         with self._lock:
@@ -296,7 +299,18 @@ class Runner:
                 )
             return self._sandbox
 
+    def killswitch(self) -> Any:
+        """The kill switch watching this runner's in-flight runs (docs/security.md)."""
+        with self._lock:
+            if self._killswitch is None:
+                from nightcore.runner.killswitch import KillSwitch
+
+                self._killswitch = KillSwitch(self.ctx)
+            return self._killswitch
+
     def close(self) -> None:
+        if self._killswitch is not None:
+            self._killswitch.close()
         with self._index_lock:
             if self._run_index is not None:
                 self._run_index.close()
@@ -547,6 +561,7 @@ class Runner:
         rw = [(p.guest_path, p.host_dir) for p in cfg.preopens if p.writable]
         before: dict[str, Any] = {}
         result: RunResult | None = None
+        interrupted_by: dict[str, object] = {}
         snapped = False
         try:
             if self.strongbox:
@@ -559,7 +574,16 @@ class Runner:
             result = RunResult.refused(*host_error(exc, "before the run"))
         if result is None:
             try:
-                result = sandbox.run(module, cfg)
+                # The kill switch: a cordon or revocation made while this run is in flight
+                # trips its interrupt, and the sandbox stops it (CORDONED/REVOKED_IN_FLIGHT).
+                switch = self.killswitch()
+                interrupt = switch.watch(cfg.tenant, tr.key_id, cfg.module_sha256)
+                try:
+                    result = sandbox.run(module, cfg, interrupt=interrupt)
+                finally:
+                    switch.release(interrupt)
+                if interrupt.code and result.code == interrupt.code:
+                    interrupted_by = interrupt.cause
             except Exception as exc:  # noqa: BLE001 - recorded as this tenant's outcome
                 # A sandbox refusal (e.g. a preopen a strongbox worker cannot reach) ends this
                 # tenant's run with its code; the run_start already logged gets its outcome.
@@ -609,6 +633,7 @@ class Runner:
                 "module_sha256": cfg.module_sha256,
                 "limits": cfg.limits.to_dict(),
                 "cache": result.cache,
+                **({"interrupted_by": interrupted_by} if interrupted_by else {}),
             },
             cfg.tenant,
         )

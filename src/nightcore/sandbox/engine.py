@@ -29,6 +29,11 @@ most one trap ends it, so ``TIMEOUT`` (epoch interrupt), ``FUEL_EXHAUSTED`` and
     TIMEOUT > FUEL_EXHAUSTED > STACK_OVERFLOW > MEMORY_LIMIT > OUTPUT_LIMIT
         > TRAP > EXIT_NONZERO > OK
 
+A run stopped by its kill switch (a tripped :class:`~nightcore.sandbox.types.Interrupt`:
+``CORDONED_IN_FLIGHT``, ``REVOKED_IN_FLIGHT``) is stopped at the next epoch tick like a
+timeout and reports the interrupt's code, above every other (``exit_code`` None, fuel not
+exact); a run that ended by itself before that tick keeps its own outcome.
+
 A code that was overridden by ``MEMORY_LIMIT`` or ``OUTPUT_LIMIT`` is kept in
 ``RunResult.extra["underlying_code"]`` (and ``exit_code`` / ``detail`` still describe it), and
 ``output_truncated`` is set whenever the output cap was hit, whatever the code.
@@ -108,7 +113,7 @@ from nightcore.errors import SandboxError
 from nightcore.sandbox import deterministic as deterministic_wasi
 from nightcore.sandbox import ffi
 from nightcore.sandbox.cache import DiskModuleCache, cache_key, wasmtime_version
-from nightcore.sandbox.types import Preopen, RunConfig, RunResult
+from nightcore.sandbox.types import Interrupt, Preopen, RunConfig, RunResult
 from nightcore.sandbox.watchdog import OutputSink, Ticker, install_watchdog
 
 EventSink = Callable[[str, dict[str, object]], None]
@@ -572,12 +577,16 @@ class Sandbox:
 
     # -- running -----------------------------------------------------------------------
 
-    def run(self, module_bytes: bytes, config: RunConfig) -> RunResult:
+    def run(
+        self, module_bytes: bytes, config: RunConfig, interrupt: Interrupt | None = None
+    ) -> RunResult:
         """Run ``module_bytes`` (already verified to have ``config.module_sha256``).
 
         Tenant-caused failures are reported in the result's ``code``; configuration
         errors (invalid limits, argv, env or preopens, a digest mismatch, a closed
-        sandbox) raise :class:`SandboxError` with a stable ``code``.
+        sandbox) raise :class:`SandboxError` with a stable ``code``. A tripped ``interrupt``
+        (the kill switch) stops the run at the next epoch tick with the interrupt's code, or
+        before it starts if it was tripped already.
         """
         started = time.perf_counter()
         _validate(config)
@@ -590,19 +599,26 @@ class Sandbox:
             else:
                 if config.limits.stack_bytes > INLINE_STACK_MAX:
                     result = _call_on_big_stack(
-                        lambda: self._execute(entry, loaded, config, cache_status),
+                        lambda: self._execute(entry, loaded, config, cache_status, interrupt),
                         config.limits.stack_bytes,
                     )
                 else:
-                    result = self._execute(entry, loaded, config, cache_status)
+                    result = self._execute(entry, loaded, config, cache_status, interrupt)
         finally:
             self._release_engine(entry)
         result.wall_ms = (time.perf_counter() - started) * 1000.0
         return result
 
     def _execute(
-        self, entry: _EngineEntry, loaded: _ModuleEntry, config: RunConfig, cache_status: str
+        self,
+        entry: _EngineEntry,
+        loaded: _ModuleEntry,
+        config: RunConfig,
+        cache_status: str,
+        interrupt: Interrupt | None = None,
     ) -> RunResult:
+        if interrupt is not None and interrupt.code:  # tripped before the guest started
+            return _failed(interrupt.code, interrupt.detail, cache_status)
         if loaded.pre is None:
             return _failed("INSTANTIATE_ERROR", loaded.link_error, cache_status)
         limits = config.limits
@@ -620,7 +636,7 @@ class Sandbox:
             )
             store.set_fuel(limits.fuel)
             ticks = max(1, math.ceil(limits.wall_ms / self._tick_ms))
-            watchdog = install_watchdog(store, ticks, sink)
+            watchdog = install_watchdog(store, ticks, sink, interrupt)
             store.set_wasi(wasi)
             if config.deterministic:
                 deterministic_wasi.activate(config.seed, limits.fuel)
@@ -662,11 +678,7 @@ class Sandbox:
                 deterministic_wasi.deactivate()
             if watchdog.reason and code not in ("OK", "EXIT_NONZERO"):
                 code, exit_code, fuel_exact = watchdog.reason, None, False
-                detail = (
-                    f"output limit of {limits.output_bytes} bytes reached: run stopped"
-                    if code == "OUTPUT_LIMIT"
-                    else f"wall-clock limit of {limits.wall_ms} ms reached"
-                )
+                detail = _stop_detail(code, config, interrupt)
             # Exact only where Wasmtime wrote its fuel counter back (fuel_exact); otherwise
             # the fuel burnt since the guest's last call or return is lost: a lower bound.
             fuel_used = max(0, limits.fuel - store.get_fuel())
@@ -722,6 +734,15 @@ def _cap_outcome(code: str, at_limit: bool, truncated: bool) -> tuple[str, dict[
         extra["underlying_code"] = code
         code = "OUTPUT_LIMIT"
     return code, extra
+
+
+def _stop_detail(code: str, config: RunConfig, interrupt: Interrupt | None) -> str:
+    """The detail of a run the watchdog stopped with ``code``."""
+    if code == "OUTPUT_LIMIT":
+        return f"output limit of {config.limits.output_bytes} bytes reached: run stopped"
+    if code == "TIMEOUT":
+        return f"wall-clock limit of {config.limits.wall_ms} ms reached"
+    return interrupt.detail if interrupt is not None else code  # the kill switch
 
 
 def _trap_code(trap_code: wasmtime.TrapCode | None) -> str:

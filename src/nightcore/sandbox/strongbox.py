@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from nightcore.errors import RUN_CODES, SandboxError
-from nightcore.sandbox.types import EffectiveLimits, Preopen, RunConfig, RunResult
+from nightcore.sandbox.types import EffectiveLimits, Interrupt, Preopen, RunConfig, RunResult
 
 MIB = 1024 * 1024
 # Wasmtime settings of every worker Engine (see docs/strongbox.md, "RLIMIT_AS"): a worker
@@ -853,8 +853,14 @@ class StrongboxSandbox:
 
     # -- running -----------------------------------------------------------------------
 
-    def run(self, module_bytes: bytes, config: RunConfig) -> RunResult:
-        """Run ``module_bytes`` in a confined worker; see :meth:`Sandbox.run`."""
+    def run(
+        self, module_bytes: bytes, config: RunConfig, interrupt: Interrupt | None = None
+    ) -> RunResult:
+        """Run ``module_bytes`` in a confined worker; see :meth:`Sandbox.run`.
+
+        A tripped ``interrupt`` (the kill switch) SIGKILLs the worker running this run (its
+        output is lost with it) and the run reports the interrupt's code; the worker is
+        replaced like any other dead worker."""
         from nightcore.sandbox.engine import _validate
 
         started = time.perf_counter()
@@ -866,11 +872,49 @@ class StrongboxSandbox:
                 "module bytes do not match config.module_sha256", code="DIGEST_MISMATCH"
             )
         with self._checkout(WorkerKey.of(config)) as worker:
-            result = self._run_on(worker, module_bytes, config)
+            if interrupt is None:
+                result = self._run_on(worker, module_bytes, config)
+            else:
+                result = self._run_interruptible(worker, module_bytes, config, interrupt)
         result.wall_ms = (time.perf_counter() - started) * 1000.0
         return result
 
-    def _run_on(self, worker: Worker, module_bytes: bytes, config: RunConfig) -> RunResult:
+    def _run_interruptible(
+        self, worker: Worker, module_bytes: bytes, config: RunConfig, interrupt: Interrupt
+    ) -> RunResult:
+        """:meth:`_run_on`, with the worker SIGKILLed the moment ``interrupt`` trips."""
+        if interrupt.code:  # tripped before the run was sent: never run it
+            return RunResult.refused(interrupt.code, interrupt.detail)
+        killed = threading.Event()
+
+        def stop_worker() -> None:  # runs on the thread that trips the interrupt
+            killed.set()
+            with contextlib.suppress(ProcessLookupError, OSError):
+                worker.proc.kill()
+
+        remove = interrupt.on_trip(stop_worker)
+        try:
+            result = self._run_on(worker, module_bytes, config, interrupted=killed)
+        finally:
+            remove()
+            if killed.is_set() and not worker.dead:
+                worker.kill()  # killed after it replied: reap it; the pool replaces it
+        if result.extra.get("interrupted"):
+            return RunResult.refused(
+                interrupt.code,
+                interrupt.detail,
+                extra={"worker_signal": result.extra.get("worker_signal") or "SIGKILL"},
+            )
+        return result
+
+    def _run_on(
+        self,
+        worker: Worker,
+        module_bytes: bytes,
+        config: RunConfig,
+        *,
+        interrupted: threading.Event | None = None,
+    ) -> RunResult:
         limits = config.limits
         deadline = time.monotonic() + (limits.wall_ms + self.options.grace_ms) / 1000.0
         worker.seq += 1
@@ -879,6 +923,12 @@ class StrongboxSandbox:
             worker.send({"op": "run", "seq": seq, "config": config_to_json(config)}, module_bytes)
             header, blob = worker.receive(deadline, max_blob=limits.output_bytes)
         except (FrameError, OSError) as exc:
+            if interrupted is not None and interrupted.is_set():
+                # The kill switch killed the worker (see _run_interruptible): not a crash.
+                status = worker.kill()
+                sig = -status if status < 0 else 0
+                extra = {"interrupted": "1", "worker_signal": _signal_name(sig) if sig else ""}
+                return RunResult.refused("", "", extra=extra)
             timed_out = isinstance(exc, FrameError) and exc.timeout
             eof = (isinstance(exc, FrameError) and exc.eof) or isinstance(exc, BrokenPipeError)
             if timed_out:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +48,54 @@ class RunConfig:
     limits: EffectiveLimits
     deterministic: bool = False
     seed: int = 0
+
+
+class Interrupt:
+    """One run's kill switch, tripped from another thread (docs/security.md, "Kill switch").
+
+    :meth:`trip` is set-once: the first ``(code, detail, cause)`` wins. The in-process sandbox
+    reads :attr:`code` at every epoch tick and stops the run with it; the strongbox parent kills
+    the run's worker process from a callback registered with :meth:`on_trip`. ``cause`` says
+    which change tripped it (recorded in the run's ``run_outcome`` line).
+    """
+
+    __slots__ = ("_callbacks", "_lock", "cause", "code", "detail")
+
+    def __init__(self) -> None:
+        self.code = ""
+        self.detail = ""
+        self.cause: dict[str, object] = {}
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def trip(self, code: str, detail: str, cause: dict[str, object] | None = None) -> bool:
+        """Stop the run with ``code``; False when it was already tripped (nothing changes)."""
+        with self._lock:
+            if self.code:
+                return False
+            self.detail = detail
+            self.cause = dict(cause or {})
+            self.code = code  # last: a reader that sees the code sees its detail and cause
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            callback()
+        return True
+
+    def on_trip(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` when tripped (now, if it already was); returns its remover."""
+        with self._lock:
+            tripped = bool(self.code)
+            if not tripped:
+                self._callbacks.append(callback)
+        if tripped:
+            callback()
+
+        def remove() -> None:
+            with self._lock:
+                if callback in self._callbacks:
+                    self._callbacks.remove(callback)
+
+        return remove
 
 
 @dataclass

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import wasmtime
 
 from nightcore.sandbox import ffi
+from nightcore.sandbox.types import Interrupt
 
 
 class Ticker:
@@ -129,17 +130,21 @@ class Watchdog:
     run stops with ``TIMEOUT`` after ``ticks`` ticks (the same ``ceil(wall_ms / tick_ms)``
     deadline a plain ``set_epoch_deadline(ticks)`` would give) or with ``OUTPUT_LIMIT`` at
     the first tick after the output cap was hit, so a tenant that ignores failed writes
-    cannot keep burning CPU until its time runs out.
+    cannot keep burning CPU until its time runs out. A tripped :class:`Interrupt` (the kill
+    switch) stops it at the next tick with the interrupt's own code, before any other reason.
     """
 
-    __slots__ = ("reason", "sink", "ticks_left")
+    __slots__ = ("interrupt", "reason", "sink", "ticks_left")
 
-    def __init__(self, ticks: int, sink: OutputSink) -> None:
+    def __init__(self, ticks: int, sink: OutputSink, interrupt: Interrupt | None = None) -> None:
         self.ticks_left = ticks
         self.sink = sink
+        self.interrupt = interrupt
         self.reason = ""
 
     def on_tick(self) -> str:
+        if self.interrupt is not None and self.interrupt.code:
+            return self.interrupt.code
         if self.sink.truncated:
             return "OUTPUT_LIMIT"
         self.ticks_left -= 1
@@ -172,9 +177,11 @@ def _forget_watchdog(handle: int) -> None:
 _EPOCH_DEADLINE = ffi.EpochDeadline(_decide, _forget_watchdog)
 
 
-def install_watchdog(store: wasmtime.Store, ticks: int, sink: OutputSink) -> Watchdog:
+def install_watchdog(
+    store: wasmtime.Store, ticks: int, sink: OutputSink, interrupt: Interrupt | None = None
+) -> Watchdog:
     """Arm the run's deadline; raises FFI_UNAVAILABLE rather than run without the watchdog."""
-    dog = Watchdog(ticks, sink)
+    dog = Watchdog(ticks, sink, interrupt)
     handle = next(_WATCHDOG_IDS)
     _WATCHDOGS[handle] = dog
     try:

@@ -1,0 +1,75 @@
+"""Node heartbeats: each node puts its state under its name in the ``<prefix>-nodes`` KV
+bucket every ``heartbeat_s`` seconds (and ``alive: false`` when it stops).
+
+Value (JSON): ``node``, ``alive``, ``cordoned`` (this node takes no mesh work), ``admitted``
+(caught up with the trust stream), ``version`` (Night Core), ``ts`` (Unix time of this
+heartbeat), ``started``, ``pid``, ``trust`` (``seq``, ``changes_version``,
+``revocations_version`` applied) and whatever services put in ``agent.heartbeat_fields``.
+``mesh status`` calls a node whose last heartbeat is older than three intervals not alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nightcore.mesh.agent import MeshAgent
+
+
+def trust_versions(agent: MeshAgent) -> dict[str, int]:
+    from nightcore.mesh.state import load_state
+
+    state = load_state(agent.ctx.layout)
+    return {
+        "seq": state.seq,
+        "changes_version": state.changes_version,
+        "revocations_version": agent.ctx.revocation_mark(),
+    }
+
+
+def heartbeat_value(agent: MeshAgent, *, alive: bool) -> dict[str, Any]:
+    from nightcore import __version__
+
+    return {
+        "node": agent.config.node_name,
+        "alive": alive,
+        "cordoned": agent.node_cordoned(),
+        "admitted": agent.admitted.is_set(),
+        "version": __version__,
+        "ts": round(time.time(), 3),
+        "started": round(agent.started, 3),
+        "pid": os.getpid(),
+        "trust": trust_versions(agent),
+        **{k: v for k, v in agent.heartbeat_fields.items() if k not in ("node", "ts")},
+    }
+
+
+class HeartbeatService:
+    name = "heartbeat"
+
+    def __init__(self, agent: MeshAgent) -> None:
+        self.agent = agent
+
+    async def run(self, agent: MeshAgent) -> None:
+        assert agent.stopping is not None
+        kv = await agent.ensure_kv(agent.names.nodes_bucket, history=1)
+        key = agent.config.node_name
+        try:
+            while not agent.stopping.is_set():
+                if agent.connected.is_set():
+                    value = heartbeat_value(agent, alive=True)
+                    await kv.put(key, json.dumps(value, sort_keys=True).encode())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(agent.stopping.wait(), timeout=agent.config.heartbeat_s)
+        finally:
+            if agent.stopping.is_set() and agent.connected.is_set():
+                final = heartbeat_value(agent, alive=False)
+                with contextlib.suppress(Exception):  # best effort: status ages it out anyway
+                    await asyncio.wait_for(
+                        kv.put(key, json.dumps(final, sort_keys=True).encode()), timeout=3
+                    )
