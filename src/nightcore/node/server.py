@@ -33,6 +33,8 @@ from nightcore.node import protocol
 
 if TYPE_CHECKING:
     from nightcore.context import NodeContext
+    from nightcore.mesh.agent import MeshAgent
+    from nightcore.mesh.config import MeshConfig
     from nightcore.node.pool import RunnerPool
     from nightcore.runner.pipeline import Runner
 
@@ -99,9 +101,12 @@ class Node:
         tenant_cap: int | None = None,
         socket_path: Path | None = None,
         http: tuple[str, int] | None = None,
+        mesh: MeshConfig | None = None,
     ) -> None:
         self.ctx = ctx
         self.http = http
+        self.mesh_config = mesh
+        self.mesh: MeshAgent | None = None
         self.console_url: str | None = None
         self._console: Any = None
         self._console_thread: threading.Thread | None = None
@@ -144,6 +149,7 @@ class Node:
             if closed:
                 log(f"closed {len(closed)} run(s) a previous node left open: INTERRUPTED")
             self.ctx.node_signer()  # fail now, not at the first run, if the key cannot load
+            self._start_mesh()
             self._listen()
             if self.http is not None:
                 self._start_console(*self.http)
@@ -188,6 +194,20 @@ class Node:
         from nightcore.runner.trustwatch import trust_changed
 
         trust_changed(self.ctx.layout.root)
+
+    def _start_mesh(self) -> None:
+        """Night Mesh (``--mesh``): the agent's thread connects and catches up with the trust
+        stream; until it has, :meth:`run_tenants` admits nothing (MESH_NOT_CAUGHT_UP)."""
+        if self.mesh_config is None:
+            return
+        from nightcore.mesh.agent import MeshAgent
+
+        self.mesh = MeshAgent(self.mesh_config, self.ctx, self, log=log)
+        self.mesh.start()
+        log(
+            f"mesh: node {self.mesh_config.node_name} on {','.join(self.mesh_config.servers)} "
+            f"(prefix {self.mesh_config.prefix})"
+        )
 
     def _start_console(self, host: str, port: int) -> None:
         """The live console in this process (its POST /api/run uses the node's runner)."""
@@ -270,6 +290,9 @@ class Node:
 
     def shutdown(self) -> None:
         log("stopping: no new requests; waiting for in-flight runs")
+        if self.mesh is not None:
+            self.mesh.stop()  # no more mesh work; its last heartbeat says not alive
+            self.mesh = None
         self._stop_console()
         if self._listener is not None:
             self._listener.close()
@@ -302,6 +325,9 @@ class Node:
         log(f"stopped (final checkpoint {checkpoint})")
 
     def _cleanup(self) -> None:
+        if self.mesh is not None:
+            self.mesh.stop()
+            self.mesh = None
         if self._unlisten is not None:
             self._unlisten()
             self._unlisten = None
@@ -396,6 +422,7 @@ class Node:
                 "requests": self._served,
                 "refused": self._refused,
                 "pool": self.pool.stats().to_dict(),
+                "mesh": self.mesh.describe() if self.mesh is not None else None,
             }
         if op == "verify":
             return [d.to_dict() for d in app.verify(ctx, _str_list(args, "tenants"))]
@@ -469,6 +496,9 @@ class Node:
         )
 
         ctx = self.ctx
+        if self.mesh is not None:
+            # A mesh node runs nothing before it has applied every trust change on the bus.
+            self.mesh.admit()
         if strongbox:
             if self._strongbox_runner is None:
                 self._strongbox_runner = Runner(ctx, strongbox=True)
@@ -514,9 +544,10 @@ def run_node(
     workers: int | None = None,
     tenant_cap: int | None = None,
     http: tuple[str, int] | None = None,
+    mesh: MeshConfig | None = None,
 ) -> int:
     """``nightcore node``: start, serve until SIGTERM/SIGINT, stop cleanly. Exit status 0."""
-    node = Node(ctx, workers=workers, tenant_cap=tenant_cap, http=http)
+    node = Node(ctx, workers=workers, tenant_cap=tenant_cap, http=http, mesh=mesh)
     node.start()
     signal.signal(signal.SIGTERM, node.request_stop)
     signal.signal(signal.SIGINT, node.request_stop)
