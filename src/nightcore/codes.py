@@ -464,7 +464,32 @@ class TlogCode(Code):
     )
     CHECKPOINT_UNSUPPORTED_KEY = (
         "CHECKPOINT_UNSUPPORTED_KEY",
-        "checkpoints need a local Ed25519 node key (not ECDSA/FIPS, not a KMS/HSM signer)",
+        "checkpoints need an Ed25519 or ECDSA P-256 node key (a P-384 key cannot sign notes)",
+    )
+    CHECKPOINT_KEY_OUT_OF_RANGE = (
+        "CHECKPOINT_KEY_OUT_OF_RANGE",
+        "a checkpoint is signed by a node key of the history outside the sizes it may sign",
+    )
+    NODE_KEY_HISTORY_INVALID = (
+        "NODE_KEY_HISTORY_INVALID",
+        "the node-key history is malformed, its chain or signature does not verify, "
+        "or the log lacks a rotation it records",
+    )
+    NODE_KEY_UNKNOWN = (
+        "NODE_KEY_UNKNOWN",
+        "the pinned or named node key is not in the node-key history",
+    )
+    NODE_KEY_REVOKED = (
+        "NODE_KEY_REVOKED",
+        "signed by a revoked node key after its last trusted log size",
+    )
+    NODE_KEY_ROTATED = (
+        "NODE_KEY_ROTATED",
+        "the node key was rotated after this process loaded it (restart it)",
+    )
+    NODE_KEY_REVOKE_ACTIVE = (
+        "NODE_KEY_REVOKE_ACTIVE",
+        "the active node key cannot be revoked: rotate first",
     )
     CONSISTENCY_FAILED = (
         "CONSISTENCY_FAILED",

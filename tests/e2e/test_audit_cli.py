@@ -371,7 +371,7 @@ def mutate_proof(proof: bytes, how: str) -> bytes:
         ("binary", "PROOF_FORMAT_INVALID"),
         ("empty", "PROOF_FORMAT_INVALID"),
         ("wrong_key", "CHECKPOINT_FORGED"),
-        ("ecdsa_key", "CHECKPOINT_UNSUPPORTED_KEY"),
+        ("ecdsa_key", "CHECKPOINT_FORGED"),  # another node's (FIPS, P-256) key
         ("not_a_key", "KEY_INVALID"),
         ("other_entry", "PROOF_ROOT_MISMATCH"),
         ("edited_entry", "PROOF_ROOT_MISMATCH"),
@@ -552,16 +552,26 @@ def test_verify_consistency_refuses_a_tampered_proof(env: Env, tmp_path: Path) -
 # -- keys ----------------------------------------------------------------------------------
 
 
-def test_fips_node_cannot_checkpoint_but_still_verifies(
+def test_fips_node_checkpoints_and_proves(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """A FIPS node's ECDSA P-256 key signs checkpoints (note signature type 0x02)."""
     ws = app.init_workspace(tmp_path / "ws", fips=True)
     cli = Cli(capsys, ws.root)
     res = cli("audit", "checkpoint", "--json")
-    assert res.code == 1 and res.json()["code"] == "CHECKPOINT_UNSUPPORTED_KEY"
-    assert "Ed25519" in res.err
-    res = cli("audit", "prove", "0")
-    assert res.code == 1 and "error[CHECKPOINT_UNSUPPORTED_KEY]" in res.err
+    assert res.code == 0 and res.json()["size"] == 1
+    proof, entry = tmp_path / "p", tmp_path / "e"
+    assert cli("audit", "prove", "0", "--out", str(proof), "--entry-out", str(entry)).code == 0
+    res = Cli(capsys, None)(
+        "audit",
+        "verify-proof",
+        str(proof),
+        "--key",
+        str(ws.layout.node_pub_path),
+        "--entry",
+        str(entry),
+    )
+    assert res.code == 0, res.err
     assert cli("audit", "verify").code == 0
 
 

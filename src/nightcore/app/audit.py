@@ -35,19 +35,23 @@ __all__ = [
 
 
 def verify_inclusion_proof(
-    proof: bytes, entry: bytes, public_key_pem: bytes
+    proof: bytes, entry: bytes, public_key_pem: bytes, history: bytes | None = None
 ) -> tuple[SignedCheckpoint, dict[str, Any]]:
-    """Offline: ``entry`` is in the log, per ``proof`` and its checkpoint signed by the key."""
+    """Offline: ``entry`` is in the log, per ``proof`` and its checkpoint signed by the key (or,
+    with ``history`` (node-keys.json), by the key of that history whose range covers it)."""
     from nightcore.audit import proofs
 
-    return proofs.verify_inclusion_proof(proof, entry, public_key_pem)
+    return proofs.verify_inclusion_proof(proof, entry, public_key_pem, history)
 
 
-def verify_consistency_proof(proof: bytes, old_note: bytes, public_key_pem: bytes) -> Any:
-    """Offline: the checkpoint in ``proof`` extends ``old_note``, both signed by the key."""
+def verify_consistency_proof(
+    proof: bytes, old_note: bytes, public_key_pem: bytes, history: bytes | None = None
+) -> Any:
+    """Offline: the checkpoint in ``proof`` extends ``old_note``, both signed by the key (or by
+    the keys of ``history`` whose ranges cover them)."""
     from nightcore.audit import proofs
 
-    return proofs.verify_consistency_proof(proof, old_note, public_key_pem)
+    return proofs.verify_consistency_proof(proof, old_note, public_key_pem, history)
 
 
 def verify_log(ctx: NodeContext, source: str | None = None) -> VerifyReport:

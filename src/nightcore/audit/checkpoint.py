@@ -1,7 +1,10 @@
 """Checkpoints opened with the node key (pure), and the stored checkpoints of an audit directory.
 
 A checkpoint is a C2SP signed note (c2sp.org/tlog-checkpoint) with origin
-``nightcore/<first 16 hex digits of the node key id>`` and the node name as key name.
+``nightcore/<first 16 hex digits of the node key id>`` (the FIRST node key of the log: it does
+not change on rotation, :mod:`nightcore.audit.keyhistory`) and the node name as key name. An
+Ed25519 node key signs with note signature type 0x01, an ECDSA P-256 node key (FIPS mode) with
+type 0x02 (:mod:`nightcore.audit.note`).
 """
 
 from __future__ import annotations
@@ -10,8 +13,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from nightcore.audit import note
 from nightcore.errors import AuditError
@@ -83,7 +84,7 @@ def _signature_names(data: bytes) -> list[str]:
 
 
 def open_node_checkpoint(
-    data: bytes, public_key: Ed25519PublicKey, origin: str, *, what: str = "checkpoint"
+    data: bytes, public_key: note.NotePublicKey, origin: str, *, what: str = "checkpoint"
 ) -> SignedCheckpoint:
     """Verify a signed checkpoint against one node public key and its origin.
 
@@ -103,19 +104,19 @@ def open_node_checkpoint(
     return SignedCheckpoint(opened.checkpoint, bytes(data), tuple(opened.verified))
 
 
-def load_node_public_key(pem: bytes) -> tuple[Ed25519PublicKey, str]:
-    """The node's Ed25519 public key and its checkpoint origin, from ``node.pub.pem`` bytes."""
+def load_node_public_key(pem: bytes) -> tuple[note.NotePublicKey, str]:
+    """The node's public key (Ed25519, or ECDSA P-256 in FIPS mode) and the checkpoint origin it
+    would give a new log, from ``node.pub.pem`` bytes."""
     from nightcore.trust.pubkey import PublicKey
 
     if len(pem) > MAX_PUBLIC_KEY_FILE:
         raise AuditError("public key file is too large", code="KEY_INVALID")
     sslib = PublicKey.from_pem(pem)  # KeyError_ (KEY_INVALID) if not a supported key
     key = sslib._crypto  # the cryptography key object the PEM was loaded into
-    if not isinstance(key, Ed25519PublicKey):
+    if sslib.scheme not in ("ed25519", "ecdsa-sha2-nistp256"):
         raise AuditError(
-            f"the node key is {sslib.scheme}; signed-note checkpoints (C2SP) need an Ed25519 "
-            "node key, so this node (FIPS mode?) keeps the hash chain and Merkle tree but "
-            "cannot sign or verify checkpoints",
+            f"the node key is {sslib.scheme}; checkpoints are signed with an Ed25519 (note type "
+            "0x01) or ECDSA P-256 (note type 0x02, SHA-256) node key",
             code="CHECKPOINT_UNSUPPORTED_KEY",
         )
     return key, checkpoint_origin(str(sslib.keyid))

@@ -10,6 +10,13 @@ Spec revisions followed (C2SP/C2SP repository):
   ID = ``SHA-256(name || 0x0A || 0x01 || 32-byte public key)[:4]``. A signature whose
   (name, key ID) pair matches no known key is ignored; one that matches must verify; at least one
   must verify.
+- ECDSA (signature type ``0x02``, "ECDSA signatures as implemented by
+  github.com/transparency-dev/witness", the type the spec assigns; used by a FIPS node, whose key
+  is ECDSA P-256): the key ID is ``SHA-256(DER SubjectPublicKeyInfo)[:4]`` (no name, as that
+  implementation computes it), the signature is the ASN.1 DER ECDSA signature over
+  ``SHA-256(note text)`` (SHA-256 for every curve, as the witness verifier does), the vkey is
+  ``<name>+<key ID>+<base64(0x02 || DER SPKI)>``. Curves: NIST P-256 (what this product
+  generates), P-384, P-521.
 - ``tlog-checkpoint.md`` (c2sp.org/tlog-checkpoint, commit 27938939): the note text is the
   origin line (non-empty), the tree size in ASCII decimal without leading zeros (``0`` for the
   empty tree), the base64 RFC 6962 root hash, then optional non-empty extension lines.
@@ -49,7 +56,7 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, NamedTuple
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, TypeAlias
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -57,14 +64,26 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from nightcore.audit import merkle
 from nightcore.errors import AuditError
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import (
+        EllipticCurvePrivateKey,
+        EllipticCurvePublicKey,
+    )
+
+NotePublicKey: TypeAlias = "Ed25519PublicKey | EllipticCurvePublicKey"
+NotePrivateKey: TypeAlias = "Ed25519PrivateKey | EllipticCurvePrivateKey"
+
 __all__ = [
     "MAX_NOTE_SIZE",
     "MAX_PROOF_HASHES",
     "MAX_SIGNATURES",
     "MAX_TLOG_PROOF_SIZE",
+    "NOTE_ECDSA_CURVES",
+    "SIG_ECDSA",
     "SIG_ED25519",
     "TLOG_PROOF_HEADER",
     "Checkpoint",
+    "NoteSigner",
     "OpenedCheckpoint",
     "OpenedNote",
     "TlogProof",
@@ -84,6 +103,8 @@ __all__ = [
 ]
 
 SIG_ED25519: Final = 0x01
+SIG_ECDSA: Final = 0x02
+NOTE_ECDSA_CURVES: Final = frozenset({"secp256r1", "secp384r1", "secp521r1"})
 MAX_NOTE_SIZE: Final = 1 << 20
 MAX_SIGNATURES: Final = 100
 MAX_PROOF_HASHES: Final = 64  # a tree of at most 2^64 - 1 leaves has proofs of at most 64 hashes
@@ -92,6 +113,7 @@ TLOG_PROOF_HEADER: Final = "c2sp.org/tlog-proof@v1"
 
 _SIG_PREFIX: Final = "\u2014 "
 _ED25519_SIG_SIZE: Final = 64
+_ECDSA_MAX_SIG_SIZE: Final = 139  # DER of two P-521 integers
 _DECIMAL: Final = re.compile(r"0|[1-9][0-9]{0,19}")
 _CONTROL: Final = re.compile(r"[\x00-\x09\x0b-\x1f]")
 _HEX_ID: Final = re.compile(r"[0-9a-f]{8}")
@@ -167,33 +189,66 @@ def _decode_text(data: bytes, code: str, what: str) -> str:
 # Keys
 
 
-def key_id(name: str, public_key: Ed25519PublicKey) -> bytes:
-    """The 4-byte Ed25519 key ID: ``SHA-256(name || 0x0A || 0x01 || public key)[:4]``."""
+def _ecdsa_spki(public_key: Any) -> bytes | None:
+    """The DER SubjectPublicKeyInfo of an ECDSA key on a note curve; None for any other key."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if not isinstance(public_key, ec.EllipticCurvePublicKey):
+        return None
+    if public_key.curve.name not in NOTE_ECDSA_CURVES:
+        return None
+    from cryptography.hazmat.primitives import serialization
+
+    return public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _key_material(public_key: object) -> tuple[int, bytes]:
+    """(signature type, encoded public key) of a note key; ``NOTE_VERIFIER_INVALID`` otherwise."""
+    if isinstance(public_key, Ed25519PublicKey):
+        return SIG_ED25519, _raw_public(public_key)
+    spki = _ecdsa_spki(public_key)
+    if spki is None:
+        raise AuditError(
+            "a note key is Ed25519 or ECDSA on P-256/P-384/P-521", code="NOTE_VERIFIER_INVALID"
+        )
+    return SIG_ECDSA, spki
+
+
+def key_id(name: str, public_key: NotePublicKey) -> bytes:
+    """The 4-byte key ID: Ed25519 ``SHA-256(name || 0x0A || 0x01 || public key)[:4]``; ECDSA
+    (type 0x02) ``SHA-256(DER SPKI)[:4]``."""
     _check_name(name)
-    material = name.encode("utf-8") + b"\n" + bytes([SIG_ED25519]) + _raw_public(public_key)
+    sig_type, material = _key_material(public_key)
+    if sig_type == SIG_ECDSA:
+        return hashlib.sha256(material).digest()[:4]
+    material = name.encode("utf-8") + b"\n" + bytes([SIG_ED25519]) + material
     return hashlib.sha256(material).digest()[:4]
 
 
 class Verifier(NamedTuple):
-    """A trusted note key: a name and an Ed25519 public key (a ``(name, key)`` pair)."""
+    """A trusted note key: a name and an Ed25519 or ECDSA public key (a ``(name, key)`` pair)."""
 
     name: str
-    public_key: Ed25519PublicKey
+    public_key: NotePublicKey
 
     @property
     def key_id(self) -> bytes:
         return key_id(self.name, self.public_key)
 
 
-Verifiers = Mapping[str, Ed25519PublicKey] | Iterable[tuple[str, Ed25519PublicKey]]
+Verifiers = Mapping[str, NotePublicKey] | Iterable[tuple[str, NotePublicKey]]
 """A ``{name: public key}`` mapping, or any iterable of ``(name, public key)`` pairs
 (``Verifier`` values included). One name may carry several keys (rotation)."""
 
 
-def encode_vkey(name: str, public_key: Ed25519PublicKey) -> str:
-    """``<name>+<hex key ID>+<base64(0x01 || public key)>``."""
+def encode_vkey(name: str, public_key: NotePublicKey) -> str:
+    """``<name>+<hex key ID>+<base64(type || public key)>`` (type 0x01 Ed25519 with the 32-byte
+    key, 0x02 ECDSA with the DER SubjectPublicKeyInfo)."""
     kid = key_id(name, public_key)
-    return f"{name}+{kid.hex()}+{_b64(bytes([SIG_ED25519]) + _raw_public(public_key))}"
+    sig_type, material = _key_material(public_key)
+    return f"{name}+{kid.hex()}+{_b64(bytes([sig_type]) + material)}"
 
 
 def parse_vkey(vkey: str) -> Verifier:
@@ -211,22 +266,79 @@ def parse_vkey(vkey: str) -> Verifier:
     raw = _b64decode(b64_key)
     if raw is None or not raw:
         raise AuditError("the vkey key is not canonical base64", code="VKEY_INVALID")
-    if raw[0] != SIG_ED25519:
+    public_key: NotePublicKey
+    if raw[0] == SIG_ECDSA:
+        public_key = _parse_ecdsa_vkey(raw[1:])
+    elif raw[0] != SIG_ED25519:
         raise AuditError(
-            f"vkey signature type {raw[0]:#04x} is not Ed25519 (0x01)",
+            f"vkey signature type {raw[0]:#04x} is not Ed25519 (0x01) or ECDSA (0x02)",
             code="VKEY_ALGORITHM_UNSUPPORTED",
         )
-    if len(raw) != 33:
+    elif len(raw) != 33:
         raise AuditError("an Ed25519 vkey holds a 32-byte key", code="VKEY_INVALID")
-    try:
-        public_key = Ed25519PublicKey.from_public_bytes(raw[1:])
-    except ValueError:
-        raise AuditError("the vkey key is not an Ed25519 key", code="VKEY_INVALID") from None
+    else:
+        try:
+            public_key = Ed25519PublicKey.from_public_bytes(raw[1:])
+        except ValueError:
+            raise AuditError("the vkey key is not an Ed25519 key", code="VKEY_INVALID") from None
     if key_id(name, public_key).hex() != hex_id:
         raise AuditError(
             "the vkey key ID does not match its name and key", code="VKEY_KEY_ID_MISMATCH"
         )
     return Verifier(name, public_key)
+
+
+def _parse_ecdsa_vkey(der: bytes) -> NotePublicKey:
+    from cryptography.hazmat.primitives.serialization import load_der_public_key
+
+    try:
+        key = load_der_public_key(der)
+    except (ValueError, TypeError):
+        raise AuditError(
+            "the vkey key is not a DER SubjectPublicKeyInfo", code="VKEY_INVALID"
+        ) from None
+    spki = _ecdsa_spki(key)
+    if spki is None:
+        raise AuditError(
+            "an ECDSA (0x02) vkey holds a P-256, P-384 or P-521 key",
+            code="VKEY_ALGORITHM_UNSUPPORTED",
+        )
+    if spki != der:
+        raise AuditError("the vkey key is not canonical DER", code="VKEY_INVALID")
+    return key  # type: ignore[return-value]  # _ecdsa_spki checked it is an ECDSA key
+
+
+@dataclass(frozen=True)
+class NoteSigner:
+    """A note signing key behind any interface (a KMS/HSM signer, a local key): its public key
+    and a function that signs bytes the way the key's signature type requires (Ed25519: the
+    64-byte signature of the text; ECDSA: the DER signature over SHA-256 of the text)."""
+
+    public_key: NotePublicKey
+    sign: Any  # Callable[[bytes], bytes]
+
+
+def _as_signer(private_key: object) -> NoteSigner:
+    if isinstance(private_key, NoteSigner):
+        _key_material(private_key.public_key)
+        return private_key
+    if isinstance(private_key, Ed25519PrivateKey):
+        return NoteSigner(private_key.public_key(), private_key.sign)
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if isinstance(private_key, ec.EllipticCurvePrivateKey):
+        from cryptography.hazmat.primitives import hashes
+
+        key = private_key
+
+        def sign(data: bytes) -> bytes:
+            return key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+        return NoteSigner(key.public_key(), sign)
+    raise AuditError(
+        "a note signing key is an Ed25519 or ECDSA private key, or a NoteSigner",
+        code="NOTE_SIGNER_INVALID",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,38 +403,43 @@ def _split_note(note: bytes) -> tuple[bytes, list[_Signature]]:
     return body.encode("utf-8"), sigs
 
 
-def _signature_line(body: bytes, key_name: str, private_key: Ed25519PrivateKey) -> bytes:
+def _signature_line(body: bytes, key_name: str, signer: NoteSigner) -> bytes:
     _check_name(key_name)
-    if not isinstance(private_key, Ed25519PrivateKey):
-        raise AuditError("a note signing key is an Ed25519 private key", code="NOTE_SIGNER_INVALID")
-    kid = key_id(key_name, private_key.public_key())
-    signature = private_key.sign(bytes(body))
+    try:
+        kid = key_id(key_name, signer.public_key)
+    except AuditError:
+        raise AuditError(
+            "a note signing key is Ed25519 or ECDSA P-256/P-384/P-521", code="NOTE_SIGNER_INVALID"
+        ) from None
+    signature = bytes(signer.sign(bytes(body)))
     return f"{_SIG_PREFIX}{key_name} {_b64(kid + signature)}\n".encode()
 
 
-def sign_note(body: bytes, key_name: str, private_key: Ed25519PrivateKey) -> bytes:
-    """``body || "\\n" || "— <key_name> <base64(key ID || Ed25519(body))>\\n"``."""
+def sign_note(body: bytes, key_name: str, private_key: NotePrivateKey | NoteSigner) -> bytes:
+    """``body || "\\n" || "— <key_name> <base64(key ID || signature(body))>\\n"`` (Ed25519, or
+    ECDSA type 0x02 for an ECDSA key or signer)."""
     _check_body(body)
-    note = bytes(body) + b"\n" + _signature_line(body, key_name, private_key)
+    note = bytes(body) + b"\n" + _signature_line(body, key_name, _as_signer(private_key))
     if len(note) > MAX_NOTE_SIZE:
         raise AuditError("signed note too large", code="NOTE_TOO_LARGE")
     return note
 
 
-def add_signature(note: bytes, key_name: str, private_key: Ed25519PrivateKey) -> bytes:
+def add_signature(note: bytes, key_name: str, private_key: NotePrivateKey | NoteSigner) -> bytes:
     """Append one more signature (a cosignature) to a structurally valid signed note.
 
     Existing signatures are not verified here. Refuses a second signature by the same key.
     """
     body, sigs = _split_note(note)
-    kid = key_id(key_name, private_key.public_key())
+    signer = _as_signer(private_key)
+    kid = key_id(key_name, signer.public_key)
     if any(s.name == key_name and s.key_id == kid for s in sigs):
         raise AuditError(
             f"the note is already signed by {key_name}", code="NOTE_SIGNATURE_DUPLICATE"
         )
     if len(sigs) >= MAX_SIGNATURES:
         raise AuditError(f"more than {MAX_SIGNATURES} signatures", code="NOTE_TOO_MANY_SIGNATURES")
-    out = bytes(note) + _signature_line(body, key_name, private_key)
+    out = bytes(note) + _signature_line(body, key_name, signer)
     if len(out) > MAX_NOTE_SIZE:
         raise AuditError("signed note too large", code="NOTE_TOO_LARGE")
     return out
@@ -330,10 +447,10 @@ def add_signature(note: bytes, key_name: str, private_key: Ed25519PrivateKey) ->
 
 def _verifier_table(
     verifiers: Verifiers,
-) -> tuple[dict[tuple[str, bytes], Ed25519PublicKey], set[tuple[str, bytes]]]:
-    items: Iterable[tuple[str, Ed25519PublicKey]]
+) -> tuple[dict[tuple[str, bytes], NotePublicKey], set[tuple[str, bytes]]]:
+    items: Iterable[tuple[str, NotePublicKey]]
     items = verifiers.items() if isinstance(verifiers, Mapping) else verifiers
-    table: dict[tuple[str, bytes], Ed25519PublicKey] = {}
+    table: dict[tuple[str, bytes], NotePublicKey] = {}
     ambiguous: set[tuple[str, bytes]] = set()
     for item in items:
         if not isinstance(item, tuple) or len(item) != 2:
@@ -341,16 +458,41 @@ def _verifier_table(
                 "a verifier is a (name, public key) pair", code="NOTE_VERIFIER_INVALID"
             )
         name, key = item
-        if not isinstance(key, Ed25519PublicKey):
+        try:
+            material = _key_material(key)
+        except AuditError:
             raise AuditError(
-                f"verifier {name!r} is not an Ed25519 public key", code="NOTE_VERIFIER_INVALID"
-            )
+                f"verifier {name!r} is not an Ed25519 or ECDSA (P-256/P-384/P-521) public key",
+                code="NOTE_VERIFIER_INVALID",
+            ) from None
         k = (name, key_id(name, key))
         previous = table.get(k)
-        if previous is not None and _raw_public(previous) != _raw_public(key):
+        if previous is not None and _key_material(previous) != material:
             ambiguous.add(k)
         table[k] = key
     return table, ambiguous
+
+
+def _verify_one(key: NotePublicKey, sig: _Signature, body: bytes) -> None:
+    """Raises InvalidSignature (or NOTE_SIGNATURE_INVALID for a malformed one)."""
+    if isinstance(key, Ed25519PublicKey):
+        if len(sig.signature) != _ED25519_SIG_SIZE:
+            raise AuditError(
+                f"signature of {sig.name} has the wrong length", code="NOTE_SIGNATURE_INVALID"
+            )
+        key.verify(sig.signature, body)
+        return
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    if len(sig.signature) > _ECDSA_MAX_SIG_SIZE:
+        raise AuditError(
+            f"signature of {sig.name} has the wrong length", code="NOTE_SIGNATURE_INVALID"
+        )
+    try:
+        key.verify(sig.signature, body, ec.ECDSA(hashes.SHA256()))
+    except ValueError:  # not DER
+        raise InvalidSignature from None
 
 
 def open_note(note: bytes, verifiers: Verifiers) -> OpenedNote:
@@ -380,12 +522,8 @@ def open_note(note: bytes, verifiers: Verifiers) -> OpenedNote:
                 code="NOTE_SIGNATURE_DUPLICATE",
             )
         seen.add(k)
-        if len(sig.signature) != _ED25519_SIG_SIZE:
-            raise AuditError(
-                f"signature of {sig.name} has the wrong length", code="NOTE_SIGNATURE_INVALID"
-            )
         try:
-            key.verify(sig.signature, body)
+            _verify_one(key, sig, body)
         except InvalidSignature:
             raise AuditError(
                 f"signature of {sig.name}+{sig.key_id.hex()} does not verify",

@@ -1,5 +1,7 @@
 """Proofs, pure and offline: c2sp.org/tlog-proof@v1 inclusion proofs and the
-``nightcore/consistency-proof@v1`` text format; both verify with only ``node.pub.pem``.
+``nightcore/consistency-proof@v1`` text format; both verify with only ``node.pub.pem`` (and,
+for a log whose node key was rotated, its node-key history ``node-keys.json``, pinned by that
+key: :mod:`nightcore.audit.keyhistory`).
 """
 
 from __future__ import annotations
@@ -8,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from nightcore.audit import merkle, note
-from nightcore.audit.checkpoint import SignedCheckpoint, load_node_public_key, open_node_checkpoint
+from nightcore.audit.checkpoint import SignedCheckpoint
+from nightcore.audit.keyhistory import KeyHistory
 from nightcore.audit.log import parse_line
 from nightcore.errors import AuditError
 
@@ -31,14 +34,22 @@ def _entry_leaf(entry: bytes) -> tuple[bytes, dict[str, Any]]:
     return merkle.leaf_hash(line), rec
 
 
+def node_keys(public_key_pem: bytes, history: bytes | None = None) -> KeyHistory:
+    """The verifier's node keys: the history pinned by ``public_key_pem``, or that key alone."""
+    if history is None:
+        return KeyHistory.single(public_key_pem)
+    return KeyHistory.parse(history, public_key_pem)
+
+
 def verify_inclusion_proof(
-    proof: bytes, entry: bytes, public_key_pem: bytes
+    proof: bytes, entry: bytes, public_key_pem: bytes, history: bytes | None = None
 ) -> tuple[SignedCheckpoint, dict[str, Any]]:
     """Offline check of ``audit prove`` output: the tlog-proof, the audit line it proves, and
-    the node's public key; nothing else. Returns the verified checkpoint and the entry."""
-    key, origin = load_node_public_key(public_key_pem)
+    the node's public key (plus its key history after a rotation); nothing else. Returns the
+    verified checkpoint and the entry."""
+    keys = node_keys(public_key_pem, history)
     parsed = note.parse_tlog_proof(proof)
-    cp = open_node_checkpoint(parsed.checkpoint, key, origin)
+    cp = keys.open_checkpoint(parsed.checkpoint)
     leaf, rec = _entry_leaf(entry)
     merkle.verify_inclusion(leaf, parsed.index, cp.size, parsed.proof, cp.root)
     if rec["seq"] != parsed.index:
@@ -108,13 +119,13 @@ def parse_consistency_proof(data: bytes) -> tuple[int, tuple[bytes, ...], bytes]
 
 
 def verify_consistency_proof(
-    proof: bytes, old_note: bytes, public_key_pem: bytes
+    proof: bytes, old_note: bytes, public_key_pem: bytes, history: bytes | None = None
 ) -> ConsistencyProof:
     """Offline check that the signed checkpoint inside ``proof`` extends ``old_note``."""
-    key, origin = load_node_public_key(public_key_pem)
-    old = open_node_checkpoint(old_note, key, origin, what="old checkpoint")
+    keys = node_keys(public_key_pem, history)
+    old = keys.open_checkpoint(old_note, what="old checkpoint")
     old_size, hashes, new_note = parse_consistency_proof(proof)
-    new = open_node_checkpoint(new_note, key, origin, what="new checkpoint")
+    new = keys.open_checkpoint(new_note, what="new checkpoint")
     if old_size != old.size:
         raise AuditError(
             f"the proof starts at size {old_size}, the old checkpoint is {old.size}",

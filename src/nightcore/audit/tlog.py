@@ -23,8 +23,10 @@ Rules (docs/audit.md has the operator's view):
 4. **Checkpoints** are C2SP signed notes (c2sp.org/tlog-checkpoint) with origin
    ``nightcore/<first 16 hex digits of the node key id>`` and key name = the node name
    (``[node] name``), signed with the node's Ed25519 key (``private/node.key``; encrypted when
-   ``NIGHTCORE_NODE_KEY_PASSPHRASE`` is set). An ECDSA node key (FIPS mode) cannot sign notes:
-   ``CHECKPOINT_UNSUPPORTED_KEY``. A checkpoint is signed only if the tree extends the latest
+   ``NIGHTCORE_NODE_KEY_PASSPHRASE`` is set, or any securesystemslib signer URI: KMS, HSM). An
+   ECDSA P-256 node key (FIPS mode) signs notes with signature type 0x02 (SHA-256, DER). Which
+   key may sign which sizes is the node-key history (:mod:`nightcore.audit.keyhistory`); the
+   origin is that of the log's first key. A checkpoint is signed only if the tree extends the latest
    stored checkpoint (same root at that size): the node never signs a rewritten or truncated
    history. It is stored as ``checkpoints/<size>.note`` and atomically as ``audit.tail``; the
    ``checkpoint`` audit event ``{size, root, reason}`` is appended *after* signing, so a
@@ -65,8 +67,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from nightcore.audit import merkle, note
 from nightcore.audit.checkpoint import (
     MAX_PUBLIC_KEY_FILE,
@@ -77,6 +77,7 @@ from nightcore.audit.checkpoint import (
     open_node_checkpoint,
     read_note,
 )
+from nightcore.audit.keyhistory import HISTORY_FILE, MAX_HISTORY_BYTES, KeyHistory
 from nightcore.audit.lines import parse_line_fast
 from nightcore.audit.scan import CHECKPOINT_EVENT, READ_CHUNK
 from nightcore.audit.tree import LogTree, TreeState, audit_lock, log_size_locked
@@ -182,9 +183,10 @@ class TransparencyLog:
         self.checkpoints_dir = self.dir / CHECKPOINTS_DIR_NAME
         self.tail_path = self.dir / AUDIT_TAIL_NAME
         self._mutex = threading.RLock()
-        self._signing_key: Ed25519PrivateKey | None = None
+        self._signing_key: note.NoteSigner | None = None
+        self._signing_key_id = ""
         # Memos keyed by the exact bytes read (never by path or stat): a changed file is a miss.
-        self._public_key_memo: tuple[bytes, tuple[Ed25519PublicKey, str]] | None = None
+        self._public_key_memo: tuple[bytes, KeyHistory] | None = None
         self._opened_memo: dict[tuple[bytes, bytes], SignedCheckpoint] = {}
         self._count_memo: tuple[int, int] | None = None  # (byte offset, lines before it)
 
@@ -205,30 +207,52 @@ class TransparencyLog:
         except FileNotFoundError:
             raise AuditError("node.pub.pem is missing", code="NODE_KEY_MISSING") from None
 
-    def public_key(self) -> tuple[Ed25519PublicKey, str]:
-        _, key, origin = self._public_key_read()
-        return key, origin
+    def public_key(self) -> tuple[note.NotePublicKey, str]:
+        """The active node key and the log's origin (that of its first key)."""
+        history = self.history()
+        return history.current.crypto, history.origin
 
-    def _public_key_read(self) -> tuple[bytes, Ed25519PublicKey, str]:
-        """(PEM bytes read now, key, origin); parsed again only when the bytes changed."""
+    def history(self) -> KeyHistory:
+        """The node-key history (``node-keys.json``, else the single key of node.pub.pem)."""
+        return self._history_read()[1]
+
+    def _history_read(self) -> tuple[bytes, KeyHistory]:
+        """(bytes read now, history); parsed again only when node.pub.pem or the history
+        file changed. ``node.pub.pem`` must be the history's active key."""
         pem = self.public_key_pem()
+        try:
+            with (self.dir / HISTORY_FILE).open("rb") as fh:
+                hist: bytes | None = fh.read(MAX_HISTORY_BYTES + 1)
+        except FileNotFoundError:
+            hist = None
+        memo_key = pem + b"\0" + (hist if hist is not None else b"")
         memo = self._public_key_memo
-        if memo is None or memo[0] != pem:
-            memo = self._public_key_memo = (pem, load_node_public_key(pem))
-        return pem, *memo[1]
+        if memo is None or memo[0] != memo_key:
+            if hist is None:
+                history = KeyHistory.single(pem)
+            else:
+                history = KeyHistory.parse(hist, pem)
+                if history.current.public_pem.strip() != pem.strip():
+                    raise AuditError(
+                        "node.pub.pem is not the active key of the node-key history",
+                        code="NODE_KEY_MISMATCH",
+                    )
+            memo = self._public_key_memo = (memo_key, history)
+        return memo
 
     def _open_stored(self, path: Path, what: str) -> SignedCheckpoint:
-        """A stored note verified with the node key; a note already verified with these exact
-        bytes under this exact key is not verified again (the hot path of maybe_checkpoint)."""
+        """A stored note verified with the node-key history; a note already verified with
+        these exact bytes under this exact history is not verified again (the hot path of
+        maybe_checkpoint)."""
         data = read_note(path)
-        pem, key, origin = self._public_key_read()
-        cached = self._opened_memo.get((pem, data))
+        memo_key, history = self._history_read()
+        cached = self._opened_memo.get((memo_key, data))
         if cached is not None:
             return cached
-        cp = open_node_checkpoint(data, key, origin, what=what)
+        cp = history.open_checkpoint(data, what=what)
         if len(self._opened_memo) >= 4:
             self._opened_memo.clear()
-        self._opened_memo[(pem, data)] = cp
+        self._opened_memo[(memo_key, data)] = cp
         return cp
 
     @property
@@ -241,28 +265,31 @@ class TransparencyLog:
             )
         return name
 
-    def _signer(self) -> Ed25519PrivateKey:
+    def _signer(self) -> note.NoteSigner:
+        """The active node key as a note signer: a local key file (read with cryptography) or
+        any securesystemslib signer (KMS/HSM) behind the node signer's ``sign(bytes)``."""
+        current = self.history().current
         if self._signing_key is not None:
+            if self._signing_key_id != current.key_id:
+                raise AuditError(
+                    "the node key was rotated after this process loaded it; restart it",
+                    code="NODE_KEY_ROTATED",
+                )
             return self._signing_key
-        pem = self.public_key_pem()
-        load_node_public_key(pem)  # CHECKPOINT_UNSUPPORTED_KEY for an ECDSA node key
         if self._load_signer is None:
             raise AuditError(
                 "this transparency log is read-only (no node signer was given)", code="INTERNAL"
             )
-        # The node signer, loaded now: a local key file is read once, with cryptography.
         signer = self._load_signer()
-        private = getattr(signer, "_private", None)
-        if not isinstance(private, Ed25519PrivateKey):
+        if getattr(signer, "key_id", None) != current.key_id:
             raise AuditError(
-                "the node signing key is not a local Ed25519 key; signed-note checkpoints need "
-                "one (a KMS/HSM signer cannot produce C2SP Ed25519 note signatures here)",
-                code="CHECKPOINT_UNSUPPORTED_KEY",
+                "the node signer is not the active key of the node-key history",
+                code="NODE_KEY_MISMATCH",
             )
-        # The signer's loader already refused a key that does not match node.pub.pem
-        # (NODE_KEY_MISMATCH).
-        self._signing_key = private
-        return private
+        # Its signatures are checked against the public key right after each signing.
+        self._signing_key = note.NoteSigner(current.crypto, signer.sign)
+        self._signing_key_id = current.key_id
+        return self._signing_key
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -326,7 +353,8 @@ class TransparencyLog:
         with self._mutex:
             key = self._signer()
             key_name = self.key_name
-            _, origin = self.public_key()
+            history = self.history()
+            origin = history.origin
             with audit_lock(self.dir):
                 self.tree.sync_locked()
                 tree = self.tree.tree
@@ -340,7 +368,7 @@ class TransparencyLog:
                         return latest
                 body = note.Checkpoint(origin, tree.size, tree.root()).body()
                 signed = note.sign_note(body, key_name, key)
-                cp = open_node_checkpoint(signed, key.public_key(), origin)
+                cp = history.open_checkpoint(signed)  # a KMS/HSM signer's output is checked too
                 # The tail first: it is what _latest_locked reads, and never older than a note.
                 atomic_write(self.tail_path, signed)
                 atomic_write(self.checkpoints_dir / f"{cp.size}.note", signed)
@@ -459,8 +487,7 @@ class TransparencyLog:
         from nightcore.audit.proofs import ConsistencyProof
         from nightcore.audit.verify import verify_log
 
-        key, origin = self.public_key()
-        old = open_node_checkpoint(old_note, key, origin, what="old checkpoint")
+        old = self.history().open_checkpoint(old_note, what="old checkpoint")
         with self._mutex:
             report = verify_log(self.dir, self.public_key_pem())
             if report.scan is not None and report.scan.error is None and not report.scan.torn:

@@ -12,12 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from nightcore.audit import merkle
-from nightcore.audit.checkpoint import (
-    SignedCheckpoint,
-    load_node_public_key,
-    open_node_checkpoint,
-    stored_checkpoints,
-)
+from nightcore.audit.checkpoint import SignedCheckpoint, stored_checkpoints
+from nightcore.audit.keyhistory import HISTORY_FILE, KeyHistory, load_history
 from nightcore.audit.parallel import scan_log, tree_of
 from nightcore.audit.scan import Scan
 from nightcore.audit.tree import TREE_NAME, LogTree, audit_lock, first_difference, log_size_locked
@@ -157,12 +153,12 @@ def _truncation(audit_dir: Path, public_key_pem: bytes | None, entries: int) -> 
     if public_key_pem is None:
         return None
     try:
-        key, origin = load_node_public_key(public_key_pem)
+        history = load_history(audit_dir, public_key_pem)
     except NightCoreError:
         return None
     for label, _named, data in stored_checkpoints(audit_dir):
         try:
-            cp = open_node_checkpoint(data, key, origin, what=label)
+            cp = history.open_checkpoint(data, what=label)
         except AuditError:
             continue
         if cp.size > entries:
@@ -187,14 +183,14 @@ def _check_checkpoints(
         report.fail("NODE_KEY_MISSING", "checkpoints exist but no node public key was given", None)
         return
     try:
-        key, origin = load_node_public_key(public_key_pem)
-    except AuditError as exc:
+        history = load_history(audit_dir, public_key_pem)
+    except NightCoreError as exc:
         report.fail(exc.code, exc.message, None)
         return
     opened: list[tuple[str, int | None, SignedCheckpoint]] = []
     for label, named, data in stored:
         try:
-            cp = open_node_checkpoint(data, key, origin, what=label)
+            cp = history.open_checkpoint(data, what=label)
         except AuditError as exc:
             report.fail(exc.code, exc.message, None)
             return
@@ -229,6 +225,10 @@ def _check_checkpoints(
             return
     report.checkpoints = len({cp.size for _, _, cp in opened})  # audit.tail repeats one
     report.latest_checkpoint = max(cp.size for _, _, cp in opened)
+    if (audit_dir / HISTORY_FILE).exists():
+        missing = _transition_problem(audit_dir, history)
+        if missing is not None:
+            report.fail("NODE_KEY_HISTORY_INVALID", missing[1], missing[0])
 
 
 def _event_problem(seq: int, data: Any, tree: merkle.TreeStore) -> str | None:
@@ -239,5 +239,43 @@ def _event_problem(seq: int, data: Any, tree: merkle.TreeStore) -> str | None:
         return (
             f"line {seq}: checkpoint event records root {root[:16]}... for size {size}, "
             "but the log's root at that size differs: history before it was rewritten"
+        )
+    return None
+
+
+ROTATION_EVENT = "node_key_rotated"
+
+
+def _transition_problem(audit_dir: Path, history: KeyHistory) -> tuple[int | None, str] | None:
+    """Each key transition of the history must be in the log: a ``node_key_rotated`` event
+    carrying the same signed statement, at or after the statement's ``log_size`` and before the
+    new key's first checkpoint (so the old key's last checkpoint covers it)."""
+    import json
+
+    wanted = {
+        k.from_size: (k.transition["statement"]["log_size"], k.transition)
+        for k in history.keys[1:]
+        if k.transition is not None
+    }
+    if not wanted:
+        return None
+    found: set[int] = set()
+    end = max(wanted)
+    with (audit_dir / AUDIT_LOG_NAME).open("rb") as fh:
+        for seq, line in enumerate(fh):
+            if seq >= end:
+                break
+            if b'"node_key_rotated"' not in line:
+                continue
+            rec = json.loads(line)
+            if rec.get("event") != ROTATION_EVENT:
+                continue
+            for start, (log_size, transition) in wanted.items():
+                if log_size <= seq < start and rec.get("data") == transition:
+                    found.add(start)
+    for start in sorted(set(wanted) - found):
+        return start, (
+            f"the node-key history names a key from size {start} but the log has no "
+            "node_key_rotated event with its signed transition before that size"
         )
     return None

@@ -256,6 +256,17 @@ def cmd_audit_prove(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _key_history(args: argparse.Namespace) -> bytes | None:
+    """``--key-history FILE`` (node-keys.json of a log whose node key was rotated), read capped."""
+    if not getattr(args, "key_history", None):
+        return None
+    from nightcore.audit.keyhistory import MAX_HISTORY_BYTES
+
+    return _read_capped(
+        args.key_history, MAX_HISTORY_BYTES, "NODE_KEY_HISTORY_INVALID", "node-key history"
+    )
+
+
 def cmd_audit_verify_proof(args: argparse.Namespace) -> int:
     from nightcore.app.audit import verify_inclusion_proof
     from nightcore.audit.log import MAX_LINE_BYTES
@@ -264,8 +275,9 @@ def cmd_audit_verify_proof(args: argparse.Namespace) -> int:
     proof = _read_capped(args.proof, MAX_TLOG_PROOF_SIZE, "PROOF_FORMAT_INVALID", "proof")
     key = _read_capped(args.key, MAX_KEY_FILE, "KEY_INVALID", "public key")
     entry = _read_capped(args.entry, MAX_LINE_BYTES + 1, "AUDIT_LINE_TOO_LARGE", "entry")
+    history = _key_history(args)
     try:
-        cp, rec = verify_inclusion_proof(proof, entry, key)
+        cp, rec = verify_inclusion_proof(proof, entry, key, history)
     except AuditError as exc:
         return _refused(args, exc)
     out = {
@@ -319,8 +331,9 @@ def cmd_audit_verify_consistency(args: argparse.Namespace) -> int:
     proof = _read_capped(args.proof, MAX_TLOG_PROOF_SIZE, "PROOF_FORMAT_INVALID", "proof")
     old = _read_capped(args.old, MAX_NOTE_SIZE, "NOTE_TOO_LARGE", "checkpoint")
     key = _read_capped(args.key, MAX_KEY_FILE, "KEY_INVALID", "public key")
+    history = _key_history(args)
     try:
-        res = verify_consistency_proof(proof, old, key)
+        res = verify_consistency_proof(proof, old, key, history)
     except AuditError as exc:
         return _refused(args, exc)
     if args.json:
@@ -401,6 +414,12 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     sp.add_argument("proof", metavar="PROOF_FILE", help="the inclusion proof")
     sp.add_argument("--key", required=True, metavar="NODE_PUB_PEM", help="the node's public key")
     sp.add_argument("--entry", required=True, metavar="ENTRY_FILE", help="the audit line bytes")
+    sp.add_argument(
+        "--key-history",
+        metavar="NODE_KEYS_JSON",
+        help="the node-key history (state/audit/node-keys.json) of a log whose node key was "
+        "rotated; --key must be one of its keys (docs/keys.md)",
+    )
 
     sp = add(
         "consistency",
@@ -424,3 +443,8 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         "--old", required=True, metavar="OLD_CHECKPOINT_FILE", help="the old signed checkpoint"
     )
     sp.add_argument("--key", required=True, metavar="NODE_PUB_PEM", help="the node's public key")
+    sp.add_argument(
+        "--key-history",
+        metavar="NODE_KEYS_JSON",
+        help="the node-key history of a log whose node key was rotated (docs/keys.md)",
+    )

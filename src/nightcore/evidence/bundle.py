@@ -12,6 +12,7 @@ Layout of a bundle (a gzip'd tar, members sorted, mtime 0, mode 0644)::
     audit/audit.tail        the signed checkpoint every proof is against
     audit/proofs/<seq>.tlog-proof
     keys/node.pub.pem       trust/registry.json  trust/revocations.json
+    keys/node-keys.json     the node-key history, when the node key was ever rotated
     runs/<run>/stdout|stderr, module/<sha>.wasm, module/<sha>.dsse.json,
     config/nightcore.toml, host.json                                          [forensic]
 
@@ -188,7 +189,12 @@ def _add_audit(w: _Writer, src: BundleSource, lines: list[bytes]) -> dict[str, A
 
 
 def _add_trust(w: _Writer, src: BundleSource) -> None:
+    from nightcore.audit.keyhistory import HISTORY_FILE
+
     w.add("keys/node.pub.pem", src.node_pub_pem)
+    history = src.layout.audit_dir / HISTORY_FILE
+    if history.exists():
+        w.add(f"keys/{HISTORY_FILE}", history.read_bytes())
     for p in (src.layout.registry_path, src.layout.revocations_path):
         if p.exists():
             w.add(f"trust/{p.name}", p.read_bytes())
@@ -561,9 +567,61 @@ def safe_extract(archive: Path, dest: Path) -> dict[str, Path]:
     return seen
 
 
+@dataclass
+class _NodeKeys:
+    """The node keys a bundle is checked with: the pinned key alone, or the node-key history
+    the bundle carries (``keys/node-keys.json``), verified against the pinned key."""
+
+    pinned_pem: bytes
+    history_bytes: bytes | None = None
+    current: PublicKey | None = None
+    keys: list[PublicKey] = field(default_factory=list)
+    history: Any = None
+
+    def load(self, files: dict[str, Path]) -> Check:
+        from nightcore.audit.keyhistory import HISTORY_FILE, KeyHistory
+
+        name = f"keys/{HISTORY_FILE}"
+        if name not in files:
+            self.history = KeyHistory.single(self.pinned_pem)
+            detail = "one node key (no rotation)"
+        else:
+            self.history_bytes = _read(files, name)
+            self.history = KeyHistory.parse(self.history_bytes, self.pinned_pem)
+            detail = f"{len(self.history.keys)} node keys, chain verified from the pinned key"
+        self.keys = [PublicKey.from_pem(k.public_pem) for k in reversed(self.history.keys)]
+        self.current = self.keys[0]
+        return Check("node keys", True, detail)
+
+    def open_attestation(self, data: bytes) -> dict[str, Any]:
+        """An attestation signed by a key of the history allowed for its audit line."""
+        from nightcore.evidence.attestation import open_attestation
+
+        last: NightCoreError | None = None
+        for key in self.keys:
+            try:
+                stmt = open_attestation(data, key)
+            except NightCoreError as exc:
+                if exc.code != "ATTESTATION_SIGNATURE_INVALID":
+                    raise
+                last = exc
+                continue
+            seq = stmt["predicate"].get("audit_seq")
+            if not self.history.signer_allowed(key.keyid, seq if type(seq) is int else None):
+                raise NightCoreError(
+                    f"attestation signed by node key {key.keyid[:16]}, revoked before its "
+                    "audit line",
+                    code="NODE_KEY_REVOKED",
+                )
+            return stmt
+        assert last is not None
+        raise last
+
+
 def verify_bundle(archive: Path, node_pub_pem: bytes) -> VerifyResult:
     res = VerifyResult()
-    node_key = PublicKey.from_pem(node_pub_pem)
+    PublicKey.from_pem(node_pub_pem)  # KEY_INVALID before anything is extracted
+    node_keys = _NodeKeys(node_pub_pem)
     with tempfile.TemporaryDirectory(prefix="nightcore-verify-") as tmp:
         try:
             files = safe_extract(archive, Path(tmp))
@@ -572,11 +630,12 @@ def verify_bundle(archive: Path, node_pub_pem: bytes) -> VerifyResult:
             return res
         res.checks.append(Check("archive", True, f"{len(files)} members extracted safely"))
         steps: list[tuple[str, Callable[[], Check]]] = [
-            ("index signature", lambda: _check_index(files, node_key)),
+            ("node keys", lambda: node_keys.load(files)),
+            ("index signature", lambda: _check_index(files, node_keys)),
             ("file hashes", lambda: _check_hashes(files)),
-            ("attestations", lambda: _check_attestations(files, node_key)),
-            ("inclusion proofs", lambda: _check_proofs(files, node_pub_pem)),
-            ("attestations vs audit", lambda: _check_agreement(files, node_key)),
+            ("attestations", lambda: _check_attestations(files, node_keys)),
+            ("inclusion proofs", lambda: _check_proofs(files, node_keys)),
+            ("attestations vs audit", lambda: _check_agreement(files, node_keys)),
         ]
         # Stop at the first failing class: later checks would only repeat it.
         for name, step in steps:
@@ -613,7 +672,9 @@ def _index(files: dict[str, Path]) -> dict[str, Any]:
     return doc
 
 
-def _check_index(files: dict[str, Path], node_key: PublicKey) -> Check:
+def _check_index(files: dict[str, Path], node_keys: _NodeKeys) -> Check:
+    node_key = node_keys.current
+    assert node_key is not None
     env = parse_envelope(_read(files, "index.dsse.json"), payload_type=INDEX_PAYLOAD_TYPE)
     if not verify_signature(env, node_key):
         return Check(
@@ -669,19 +730,17 @@ _CONTENT = re.compile(
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
-def _attestations(files: dict[str, Path], node_key: PublicKey) -> dict[str, dict[str, Any]]:
+def _attestations(files: dict[str, Path], node_keys: _NodeKeys) -> dict[str, dict[str, Any]]:
     """Every attestation in the bundle, opened with the node key: ``attestations/<run>...``
     (proof bundles), ``runs/<run>/attestation...`` (forensic bundles), and anything else under
     ``attestations/`` (which must then be one). Each must name the run its path names."""
-    from nightcore.evidence.attestation import open_attestation
-
     out = {}
     for name in sorted(files):
         m = _PROOF_ATTESTATION.fullmatch(name) or _RUN_ATTESTATION.fullmatch(name)
         if m is None and not name.startswith("attestations/"):
             continue
         try:
-            stmt = open_attestation(_read(files, name), node_key)
+            stmt = node_keys.open_attestation(_read(files, name))
         except NightCoreError as exc:
             code = "ATTESTATION_INVALID" if exc.code == "ENVELOPE_MALFORMED" else exc.code
             raise NightCoreError(f"{name}: {exc.message}"[:300], code=code) from None
@@ -694,10 +753,10 @@ def _attestations(files: dict[str, Path], node_key: PublicKey) -> dict[str, dict
     return out
 
 
-def _check_attestations(files: dict[str, Path], node_key: PublicKey) -> Check:
+def _check_attestations(files: dict[str, Path], node_keys: _NodeKeys) -> Check:
     from nightcore.evidence.attestation import subject_digests
 
-    atts = _attestations(files, node_key)
+    atts = _attestations(files, node_keys)
     # Content kept by digest (forensic bundles) must still have that digest.
     for name in sorted(files):
         c = _CONTENT.fullmatch(name)
@@ -748,17 +807,16 @@ def _check_attestations(files: dict[str, Path], node_key: PublicKey) -> Check:
     )
 
 
-def _check_proofs(files: dict[str, Path], node_pub_pem: bytes) -> Check:
-    from nightcore.audit.checkpoint import load_node_public_key, open_node_checkpoint
+def _check_proofs(files: dict[str, Path], node_keys: _NodeKeys) -> Check:
     from nightcore.audit.proofs import verify_inclusion_proof
 
-    key, origin = load_node_public_key(node_pub_pem)
-    tail = open_node_checkpoint(_read(files, "audit/audit.tail"), key, origin)
+    node_pub_pem, history = node_keys.pinned_pem, node_keys.history_bytes
+    tail = node_keys.history.open_checkpoint(_read(files, "audit/audit.tail"))
     lines = [x for x in _read(files, "audit/lines.jsonl").split(b"\n") if x]
     for line in lines:
         seq = json.loads(line)["seq"]
         proof = _read(files, f"audit/proofs/{seq}.tlog-proof")
-        cp, _rec = verify_inclusion_proof(proof, line, node_pub_pem)
+        cp, _rec = verify_inclusion_proof(proof, line, node_pub_pem, history)
         if cp.note != tail.note:
             return Check(
                 "inclusion proofs",
@@ -771,7 +829,7 @@ def _check_proofs(files: dict[str, Path], node_pub_pem: bytes) -> Check:
     )
 
 
-def _check_agreement(files: dict[str, Path], node_key: PublicKey) -> Check:
+def _check_agreement(files: dict[str, Path], node_keys: _NodeKeys) -> Check:
     from nightcore.evidence.attestation import subject_digests
 
     outcomes: dict[str, dict[str, Any]] = {}
@@ -780,7 +838,7 @@ def _check_agreement(files: dict[str, Path], node_key: PublicKey) -> Check:
             rec = json.loads(line)
             if rec.get("event") == "run_outcome":
                 outcomes[rec["data"]["run_id"]] = rec
-    for name, stmt in _attestations(files, node_key).items():
+    for name, stmt in _attestations(files, node_keys).items():
         p = stmt["predicate"]
         rec = outcomes.get(str(p.get("run_id")))
         subj = subject_digests(stmt)
