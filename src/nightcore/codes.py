@@ -822,6 +822,21 @@ class MeshCode(Code):
         "MESH_PUBLISH_CONFLICT",
         "another publisher took that document version first: run the command again",
     )
+    MESH_WORK_REQUEST_INVALID = (
+        "MESH_WORK_REQUEST_INVALID",
+        "a work request on the bus is not strict JSON of the request schema (keys, request id, "
+        "tenant list, `Nats-Msg-Id` header): terminated, audited, answered with this code",
+    )
+    MESH_WORK_REQUEST_TOO_LARGE = (
+        "MESH_WORK_REQUEST_TOO_LARGE",
+        "a work request on the bus is above the 16 KiB cap: terminated, audited, answered with "
+        "this code",
+    )
+    MESH_WORK_RESULT_INVALID = (
+        "MESH_WORK_RESULT_INVALID",
+        "a result on the results stream does not parse as a work result (`mesh runs` shows it "
+        "with this code; a node never runs its request again)",
+    )
 
 
 class NetCode(Code):
@@ -859,6 +874,54 @@ class NetCode(Code):
     NET_HOST_ERROR = "NET_HOST_ERROR", "the host failed while handling the request (a bug)"
 
 
+class ReleaseCode(Code):
+    """Night Core's own releases (``nightcore release verify``; docs/supply-chain.md)."""
+
+    RELEASE_MALFORMED = (
+        "RELEASE_MALFORMED",
+        "the release is not a directory of regular files within the caps, or its file names "
+        "disagree on the version",
+    )
+    RELEASE_FILE_MISSING = (
+        "RELEASE_FILE_MISSING",
+        "a release file is missing (`SHA256SUMS`, a signature, the provenance, the wheel, the "
+        "sdist, the SBOM, or a file `SHA256SUMS` lists)",
+    )
+    RELEASE_FILE_UNLISTED = (
+        "RELEASE_FILE_UNLISTED",
+        "a file in the release directory is not listed in `SHA256SUMS`",
+    )
+    RELEASE_SUMS_MALFORMED = (
+        "RELEASE_SUMS_MALFORMED",
+        "`SHA256SUMS` is not lines of `<sha256>  <file name>` with unique plain names",
+    )
+    RELEASE_SUMS_MISMATCH = (
+        "RELEASE_SUMS_MISMATCH",
+        "`SHA256SUMS` is not the checksum list the release key signed",
+    )
+    RELEASE_DIGEST_MISMATCH = (
+        "RELEASE_DIGEST_MISMATCH",
+        "a release file's SHA-256 is not the one `SHA256SUMS` gives (the file is named)",
+    )
+    RELEASE_SIGNATURE_INVALID = (
+        "RELEASE_SIGNATURE_INVALID",
+        "a release envelope is malformed or not signed by the given release key",
+    )
+    RELEASE_PROVENANCE_INVALID = (
+        "RELEASE_PROVENANCE_INVALID",
+        "the signed statement is not in-toto v1 with SLSA provenance v1 naming a source commit "
+        "and a builder",
+    )
+    RELEASE_SUBJECT_MISMATCH = (
+        "RELEASE_SUBJECT_MISMATCH",
+        "the provenance subjects are not exactly the release's artifacts with their digests",
+    )
+    RELEASE_SBOM_INVALID = (
+        "RELEASE_SBOM_INVALID",
+        "the release SBOM is not valid CycloneDX 1.5 or does not describe this wheel",
+    )
+
+
 class Domain(NamedTuple):
     name: str
     title: str  # the heading of its section in docs/codes.md
@@ -888,6 +951,7 @@ DOMAINS: tuple[Domain, ...] = (
     Domain("node", "Node agent (`nightcore node`)", NodeCode),
     Domain("mesh", "Night Mesh (`nightcore node --mesh`, `nightcore mesh`)", MeshCode),
     Domain("net", "NET capability (`nightcore.http_request`, `net_request` events)", NetCode),
+    Domain("release", "Night Core releases (`nightcore release verify`)", ReleaseCode),
 )
 
 

@@ -49,6 +49,8 @@ if TYPE_CHECKING:
 SERVICES: list[str] = [
     "nightcore.mesh.trust:TrustService",
     "nightcore.mesh.heartbeat:HeartbeatService",
+    "nightcore.mesh.workqueue:WorkService",
+    "nightcore.mesh.auditrepl:AuditReplicationService",
 ]
 
 ADMIT_TIMEOUT_S = 60.0
