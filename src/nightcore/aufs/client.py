@@ -7,7 +7,13 @@ lengths and hashes) are python-tuf's ``ngclient``; this module only
   by its SHA-256, then stored as the only trust anchor),
 * gives ``Updater`` a fetcher that bounds total download time (slow retrieval) and an
   ``UpdaterConfig`` built from :class:`~nightcore.aufs.config.Limits` (endless data),
-* translates every python-tuf exception into a stable code (:func:`errors.from_tuf`).
+* translates every python-tuf exception into a stable code (:func:`errors.from_tuf`),
+* in FIPS mode (``fips=True``) makes every key whose scheme is not FIPS-approved (Ed25519, RSA;
+  :data:`nightcore.trust.keys.FIPS_SCHEMES` are ECDSA P-256/P-384) verify nothing while
+  python-tuf loads and verifies metadata: a threshold is met only by approved keys, and metadata
+  whose threshold only Ed25519 signatures meet is refused (``ALGORITHM_NOT_ALLOWED``). This is
+  done by swapping, under a process-wide lock, securesystemslib's key registry
+  (``KEY_FOR_TYPE_AND_SCHEME``) for the duration of the python-tuf calls (docs/keys.md).
 
 The metadata directory holds exactly what python-tuf keeps there: ``root.json`` (a link into
 ``root_history/``), ``root_history/N.root.json``, ``timestamp.json``, ``snapshot.json``,
@@ -16,7 +22,10 @@ The metadata directory holds exactly what python-tuf keeps there: ``root.json`` 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +39,49 @@ from nightcore.aufs.fetcher import BoundedFetcher
 from nightcore.aufs.state import is_initialized, trusted_versions
 
 PLACEHOLDER_URL = "http://127.0.0.1:9/"  # init never fetches; Updater wants some base URL
+_KEY_REGISTRY_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def approved_keys_only(enabled: bool, ignored: list[str]) -> Iterator[None]:
+    """With ``enabled`` (FIPS mode), keys python-tuf deserializes inside the block whose scheme
+    is not FIPS-approved verify no signature (their key ids are appended to ``ignored``)."""
+    if not enabled:
+        yield
+        return
+    from securesystemslib.exceptions import UnverifiedSignatureError
+    from securesystemslib.signer import KEY_FOR_TYPE_AND_SCHEME, Signature, SSlibKey
+
+    from nightcore.trust.keys import FIPS_SCHEMES
+
+    class NotApprovedKey(SSlibKey):
+        """A key python-tuf may list but whose signatures never count in FIPS mode."""
+
+        def verify_signature(self, signature: Signature, data: bytes) -> None:
+            ignored.append(self.keyid)
+            raise UnverifiedSignatureError(f"{self.scheme} is not FIPS-approved")
+
+    with _KEY_REGISTRY_LOCK:
+        saved = dict(KEY_FOR_TYPE_AND_SCHEME)
+        for pair, impl in saved.items():
+            if impl is SSlibKey and pair[1] not in FIPS_SCHEMES:
+                KEY_FOR_TYPE_AND_SCHEME[pair] = NotApprovedKey
+        try:
+            yield
+        finally:
+            KEY_FOR_TYPE_AND_SCHEME.clear()
+            KEY_FOR_TYPE_AND_SCHEME.update(saved)
+
+
+def _fips_refusal(exc: AufsError, ignored: list[str]) -> AufsError:
+    """A threshold python-tuf found unmet because only non-approved keys signed."""
+    if exc.code != "AUFS_THRESHOLD" or not ignored:
+        return exc
+    return AufsError(
+        f"FIPS mode: {exc.message}; {len(set(ignored))} signing key(s) are not FIPS-approved "
+        "(Ed25519/RSA signatures do not count towards a threshold)",
+        code="ALGORITHM_NOT_ALLOWED",
+    )
 
 
 @dataclass(frozen=True)
@@ -64,9 +116,15 @@ def root_info(data: bytes) -> RootInfo:
 
 
 def init_client(
-    metadata_dir: Path, root_data: bytes, *, expect_sha256: str | None = None, limits: Limits
+    metadata_dir: Path,
+    root_data: bytes,
+    *,
+    expect_sha256: str | None = None,
+    limits: Limits,
+    fips: bool = False,
 ) -> RootInfo:
-    """Bootstrap trust offline from ``root_data`` (verified against its own root role)."""
+    """Bootstrap trust offline from ``root_data`` (verified against its own root role; in FIPS
+    mode, by FIPS-approved keys only)."""
     if len(root_data) > limits.root_max_length:
         raise AufsError("root.json is larger than the root size limit", code="AUFS_TOO_LARGE")
     digest = hashlib.sha256(root_data).hexdigest()
@@ -80,13 +138,17 @@ def init_client(
             f"{metadata_dir} already holds a trusted root; trust moves only by root rotation",
             code="AUFS_ALREADY_INITIALIZED",
         )
-    metadata_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ignored: list[str] = []
     try:
-        Updater(
-            str(metadata_dir), PLACEHOLDER_URL, config=limits.updater_config(), bootstrap=root_data
-        )
+        with approved_keys_only(fips, ignored):
+            Updater(
+                str(metadata_dir),
+                PLACEHOLDER_URL,
+                config=limits.updater_config(),
+                bootstrap=root_data,
+            )
     except Exception as exc:  # noqa: BLE001 - python-tuf raises many types; all map to a code
-        raise from_tuf(exc, "root.json") from None
+        raise _fips_refusal(from_tuf(exc, "root.json"), ignored) from None
     return root_info(root_data)
 
 
@@ -101,6 +163,7 @@ class AufsClient:
         limits: Limits,
         target_dir: Path | None = None,
         target_base_url: str | None = None,
+        fips: bool = False,
     ) -> None:
         if not is_initialized(metadata_dir):
             raise AufsError(
@@ -109,6 +172,8 @@ class AufsClient:
             )
         self.metadata_dir = metadata_dir
         self.limits = limits
+        self.fips = fips
+        self._ignored: list[str] = []  # key ids whose signatures did not count (FIPS mode)
         fetcher = BoundedFetcher(
             download_timeout=limits.download_timeout,
             gap_timeout=limits.gap_timeout,
@@ -119,24 +184,26 @@ class AufsClient:
         try:
             # bootstrap=None: the trust anchor is the root this node already trusts (placed by
             # init_client and moved forward only by verified root rotations).
-            self.updater = Updater(
-                str(metadata_dir),
-                metadata_url,
-                str(target_dir) if target_dir is not None else None,
-                target_base_url,
-                fetcher,
-                limits.updater_config(),
-                bootstrap=None,
-            )
+            with approved_keys_only(fips, self._ignored):
+                self.updater = Updater(
+                    str(metadata_dir),
+                    metadata_url,
+                    str(target_dir) if target_dir is not None else None,
+                    target_base_url,
+                    fetcher,
+                    limits.updater_config(),
+                    bootstrap=None,
+                )
         except Exception as exc:  # noqa: BLE001
-            raise from_tuf(exc, "trusted root") from None
+            raise _fips_refusal(from_tuf(exc, "trusted root"), self._ignored) from None
         self._refreshed = False
 
     def refresh(self) -> dict[str, int]:
         try:
-            self.updater.refresh()
+            with approved_keys_only(self.fips, self._ignored):
+                self.updater.refresh()
         except Exception as exc:  # noqa: BLE001
-            raise from_tuf(exc, "refresh") from None
+            raise _fips_refusal(from_tuf(exc, "refresh"), self._ignored) from None
         self._refreshed = True
         return self.versions()
 
@@ -160,9 +227,10 @@ class AufsClient:
 
     def targetinfo(self, path: str) -> TargetFile:
         try:
-            info = self.updater.get_targetinfo(path)
+            with approved_keys_only(self.fips, self._ignored):
+                info = self.updater.get_targetinfo(path)
         except Exception as exc:  # noqa: BLE001
-            raise from_tuf(exc, "refresh") from None
+            raise _fips_refusal(from_tuf(exc, "refresh"), self._ignored) from None
         if info is None:
             raise AufsError(
                 f"target {path[:120]!r} is not in the signed targets", code="AUFS_TARGET_NOT_FOUND"

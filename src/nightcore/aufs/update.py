@@ -233,6 +233,7 @@ class Updater:
             limits=self.limits,
             target_dir=self.paths.targets,
             target_base_url=self.target_base_url,
+            fips=self.ws.policy.fips,
         )
 
     def refresh(self) -> tuple[AufsClient, dict[str, int]]:

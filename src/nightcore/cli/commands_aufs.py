@@ -252,7 +252,13 @@ def cmd_client_init(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     mdir = _metadata_dir(args, ws)
     try:
-        ri = init_client(mdir, data, expect_sha256=args.expect_sha256, limits=settings.limits)
+        ri = init_client(
+            mdir,
+            data,
+            expect_sha256=args.expect_sha256,
+            limits=settings.limits,
+            fips=_fips(args, ws),
+        )
     except NightCoreError as exc:
         if ws is not None:
             ws.audit().append(
@@ -295,7 +301,15 @@ def _client(args: argparse.Namespace, ws: Any, *, targets: bool) -> Any:
         limits=settings.limits,
         target_dir=target_dir,
         target_base_url=target_url,
+        fips=_fips(args, ws),
     )
+
+
+def _fips(args: argparse.Namespace, ws: Any) -> bool:
+    """FIPS mode: the workspace's policy (which --fips already tightened), else --fips."""
+    if ws is not None:
+        return bool(ws.policy.fips)
+    return bool(getattr(args, "fips", False))
 
 
 def _audited(ws: Any, event: str, data: dict[str, Any]) -> None:
@@ -305,9 +319,9 @@ def _audited(ws: Any, event: str, data: dict[str, Any]) -> None:
 
 def cmd_client_refresh(args: argparse.Namespace) -> int:
     ws = _ws_optional(args)
-    client = _client(args, ws, targets=False)
-    before = client.versions()
     try:
+        client = _client(args, ws, targets=False)  # FIPS: the trusted root is checked here
+        before = client.versions()
         versions = client.refresh()
     except NightCoreError as exc:
         _audited(
