@@ -353,7 +353,7 @@ def test_the_hosts_own_name_resolving_to_a_non_public_address(
     main, _ = servers
     name = socket.gethostname().lower()
     try:
-        addrs = {i[4][0] for i in socket.getaddrinfo(name, main.port, type=socket.SOCK_STREAM)}
+        addrs = {str(i[4][0]) for i in socket.getaddrinfo(name, main.port, type=socket.SOCK_STREAM)}
     except OSError:
         pytest.skip(f"the host name {name!r} does not resolve here")
     if any(ipaddress.ip_address(a.split("%")[0]).is_global for a in addrs):

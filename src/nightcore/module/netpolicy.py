@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -177,10 +177,10 @@ def _check_path(path: str, what: str) -> None:
         raise NetPolicyError(f"{what}: the path must start with '/'")
     if not _PATH_CHARS.fullmatch(path) or _PCT_RE.search(path):
         raise NetPolicyError(f"{what}: invalid characters or percent escapes in the path")
-    decoded = unquote(path, errors="strict") if "%" in path else path
-    segments = decoded.split("/")
-    if any(s in (".", "..") for s in segments) or "\\" in decoded or "\x00" in decoded:
-        raise NetPolicyError(f"{what}: '.' or '..' segments in the path")
+    decoded = unquote_to_bytes(path)  # bytes: "%80" is no UTF-8, still a path byte
+    segments = decoded.split(b"/")
+    if any(s in (b".", b"..") for s in segments) or b"\\" in decoded or b"\x00" in decoded:
+        raise NetPolicyError(f"{what}: '.' or '..' segments (or NUL, backslash) in the path")
 
 
 def parse_grant(text: str) -> tuple[NetGrant, ...]:

@@ -440,13 +440,16 @@ class Transport(Protocol):
 _tls = threading.local()
 
 
-def activate(transport: Transport) -> None:
-    """The NET transport of the run about to execute on this thread."""
+def activate(transport: Transport, charge: Callable[[float], None] | None = None) -> None:
+    """The NET transport of the run about to execute on this thread; ``charge(seconds)``
+    counts the time each request took against the run's wall-clock limit."""
     _tls.net = transport
+    _tls.charge = charge
 
 
 def deactivate() -> None:
     _tls.net = None
+    _tls.charge = None
 
 
 # Set in a strongbox worker only: makes the transport that forwards a run's requests to the
@@ -454,17 +457,19 @@ def deactivate() -> None:
 remote_transport: Callable[[RunConfig], Transport] | None = None
 
 
-def start(config: RunConfig, deadline: float) -> NetPerformer | None:
+def start(
+    config: RunConfig, deadline: float, charge: Callable[[float], None] | None = None
+) -> NetPerformer | None:
     """Activate the NET transport of a run on this thread (a no-op without a capability).
     Returns the in-process performer, whose audit events the caller emits after the run."""
     if config.net is None:
         deactivate()
         return None
     if remote_transport is not None:
-        activate(remote_transport(config))
+        activate(remote_transport(config), charge)
         return None
     performer = NetPerformer(config.net, deadline)
-    activate(performer)
+    activate(performer, charge)
     return performer
 
 
@@ -516,7 +521,11 @@ def http_request(
         url = bytes(mem.read(caller, u_ptr, u_ptr + u_len))
         # A body over the node's cap is refused from its length alone (never copied).
         body = bytes(mem.read(caller, b_ptr, b_ptr + b_len)) if b_len <= transport.body_cap else b""
+        began = time.monotonic()
         out = transport.request(method, url, body, r_cap, body_len=b_len)
+        charge = getattr(_tls, "charge", None)
+        if charge is not None:
+            charge(time.monotonic() - began)
         mem.write(caller, _u32(out.status).to_bytes(4, "little"), spans["status"][0])
         if out.err < 0:
             return out.err
