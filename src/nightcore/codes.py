@@ -403,12 +403,19 @@ class AuditCode(Code):
         "the log is shorter than a signed checkpoint (lines removed)",
     )
     MIRROR_GAP = "MIRROR_GAP", "an audit mirror is missing lines before the ones it holds"
-    MIRROR_NOT_FOUND = "MIRROR_NOT_FOUND", "no audit mirror of that name is configured"
+    MIRROR_NOT_FOUND = (
+        "MIRROR_NOT_FOUND",
+        "no audit mirror of that name is configured (or no audit stream on that NATS server)",
+    )
     MIRROR_UNAVAILABLE = "MIRROR_UNAVAILABLE", "an audit mirror cannot be read or written"
     MIRROR_ROOT_MISMATCH = (
         "MIRROR_ROOT_MISMATCH",
         "tampering: a mirror's Merkle root differs from a checkpoint the node signed (its "
         "history was rewritten)",
+    )
+    MIRROR_AHEAD = (
+        "MIRROR_AHEAD",
+        "tampering: a mirror holds lines beyond the node's log (lines the node never wrote)",
     )
     MIRROR_TRUNCATED = (
         "MIRROR_TRUNCATED",
@@ -893,7 +900,7 @@ class ReleaseCode(Code):
     )
     RELEASE_SUMS_MALFORMED = (
         "RELEASE_SUMS_MALFORMED",
-        "`SHA256SUMS` is not lines of `<sha256>  <file name>` with unique plain names",
+        "`SHA256SUMS` is not `<sha256> <file name>` lines (two spaces) with unique plain names",
     )
     RELEASE_SUMS_MISMATCH = (
         "RELEASE_SUMS_MISMATCH",

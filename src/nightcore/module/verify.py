@@ -100,6 +100,8 @@ def policy_violations(m: Manifest, policy: Policy) -> list[str]:
         out.append("environment variables are not allowed on this node")
     if caps.net and not policy.allow_net:
         out.append("network access is not allowed on this node")
+    elif caps.net and policy.net.allow is not None:
+        out.extend(_net_not_covered(caps.net, policy.net.allow))
     if m.deterministic and not policy.allow_deterministic:
         out.append("deterministic mode is not allowed on this node")
     for name, asked in m.limits.to_dict().items():
@@ -107,6 +109,18 @@ def policy_violations(m: Manifest, policy: Policy) -> list[str]:
         if asked > allowed:
             out.append(f"limits.{name} = {asked} exceeds the node maximum {allowed}")
     return out
+
+
+def _net_not_covered(asked: tuple[str, ...], allow: tuple[str, ...]) -> list[str]:
+    """The manifest's NET grants that no ``[policy.net] allow`` pattern covers."""
+    from nightcore.module.netpolicy import covers, parse_grant, parse_grants
+
+    allowed = parse_grants(allow)
+    return [
+        f"net grant {entry[:80]!r} is not covered by the node's policy.net.allow"
+        for entry in asked
+        if not all(any(covers(p, g) for p in allowed) for g in parse_grant(entry))
+    ]
 
 
 def decide(
