@@ -13,6 +13,7 @@ from typing import Any
 from nightcore.errors import ConfigError
 from nightcore.layout import CONFIG_NAME
 from nightcore.module.manifest import LIMIT_NAMES, LIMIT_RANGES
+from nightcore.module.netpolicy import NetPolicy, NetPolicyError, parse_grants
 from nightcore.policy import DEFAULT_LIMITS, DEFAULT_MAX, Policy
 from nightcore.sandbox.types import EffectiveLimits
 
@@ -46,6 +47,8 @@ allow_fs_rw = true
 allow_env = true
 allow_net = false
 allow_deterministic = true
+# With allow_net = true: [policy.net] allow = ["https://api.example.com/*"] narrows what a
+# manifest may be granted; max_request_bytes, max_response_bytes, max_requests cap each run.
 
 [policy.max_limits]
 fuel = {max.fuel}
@@ -53,6 +56,13 @@ wall_ms = {max.wall_ms}
 memory_bytes = {max.memory_bytes}
 stack_bytes = {max.stack_bytes}
 output_bytes = {max.output_bytes}
+# Resource bounds (docs/limits.md): rw-grant bytes and entries, descriptors held at once,
+# compilation wall time and address space (cache misses only).
+disk_bytes = {max.disk_bytes}
+disk_files = {max.disk_files}
+open_files = {max.open_files}
+compile_ms = {max.compile_ms}
+compile_memory_bytes = {max.compile_memory_bytes}
 
 [policy.default_limits]
 fuel = {default.fuel}
@@ -60,6 +70,11 @@ wall_ms = {default.wall_ms}
 memory_bytes = {default.memory_bytes}
 stack_bytes = {default.stack_bytes}
 output_bytes = {default.output_bytes}
+disk_bytes = {default.disk_bytes}
+disk_files = {default.disk_files}
+open_files = {default.open_files}
+compile_ms = {default.compile_ms}
+compile_memory_bytes = {default.compile_memory_bytes}
 
 [run]
 parallel = 2
@@ -114,6 +129,41 @@ def _limits(t: dict[str, Any], where: str, base: EffectiveLimits) -> EffectiveLi
     return EffectiveLimits(**vals)
 
 
+# [policy.net] caps: (lower, upper) bounds of each field.
+_NET_CAPS = {
+    "max_request_bytes": (0, 64 * 1024 * 1024),
+    "max_response_bytes": (0, 1024 * 1024 * 1024),
+    "max_requests": (0, 10_000),
+}
+
+
+def _net_policy(t: object) -> NetPolicy:
+    """``[policy.net]`` (docs/net.md): ``allow`` patterns that narrow manifest grants, caps."""
+    if not isinstance(t, dict):
+        raise ConfigError("[policy.net] must be a table")
+    unknown = sorted(set(t) - {"allow", *_NET_CAPS})
+    if unknown:
+        raise ConfigError(f"[policy.net]: unknown field {unknown[0]!r}")
+    caps: dict[str, int] = {}
+    for k, (lo, hi) in _NET_CAPS.items():
+        if k in t:
+            v = t[k]
+            if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+                raise ConfigError(f"policy.net.{k} must be an integer in [{lo}, {hi}]")
+            caps[k] = v
+    allow: tuple[str, ...] | None = None
+    if "allow" in t:
+        raw = t["allow"]
+        if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+            raise ConfigError("policy.net.allow must be a list of strings")
+        try:
+            parse_grants(raw)
+        except NetPolicyError as exc:
+            raise ConfigError(f"policy.net.allow: {exc}") from None
+        allow = tuple(raw)
+    return NetPolicy(allow=allow, **caps)
+
+
 def parse_config(data: bytes, *, fips_override: bool | None = None) -> Config:
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{CONFIG_NAME} is larger than {MAX_CONFIG_BYTES} bytes")
@@ -133,6 +183,7 @@ def parse_config(data: bytes, *, fips_override: bool | None = None) -> Config:
             "allow_fs_rw",
             "allow_env",
             "allow_net",
+            "net",
             "allow_deterministic",
             "max_limits",
             "default_limits",
@@ -177,6 +228,7 @@ def parse_config(data: bytes, *, fips_override: bool | None = None) -> Config:
         allow_fs_rw=_bool(pol, "allow_fs_rw", True, "policy"),
         allow_env=_bool(pol, "allow_env", True, "policy"),
         allow_net=_bool(pol, "allow_net", False, "policy"),
+        net=_net_policy(pol.get("net", {})),
         allow_deterministic=_bool(pol, "allow_deterministic", True, "policy"),
         max_limits=max_limits,
         default_limits=defaults,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from nightcore.module.netpolicy import NetPolicy
 from nightcore.sandbox.types import EffectiveLimits
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_MAX", "Policy"]
@@ -20,6 +21,11 @@ DEFAULT_MAX = EffectiveLimits(
     memory_bytes=256 * 1024 * 1024,
     stack_bytes=1024 * 1024,
     output_bytes=1024 * 1024,
+    disk_bytes=1024 * 1024 * 1024,
+    disk_files=100_000,
+    open_files=4096,
+    compile_ms=60_000,
+    compile_memory_bytes=4 * 1024 * 1024 * 1024,
 )
 DEFAULT_LIMITS = EffectiveLimits(
     fuel=100_000_000,
@@ -27,6 +33,11 @@ DEFAULT_LIMITS = EffectiveLimits(
     memory_bytes=32 * 1024 * 1024,
     stack_bytes=512 * 1024,
     output_bytes=64 * 1024,
+    disk_bytes=64 * 1024 * 1024,
+    disk_files=10_000,
+    open_files=256,
+    compile_ms=10_000,
+    compile_memory_bytes=1024 * 1024 * 1024,
 )
 
 
@@ -37,6 +48,7 @@ class Policy:
     allow_fs_rw: bool = True
     allow_env: bool = True
     allow_net: bool = False
+    net: NetPolicy = NetPolicy()  # [policy.net]: allowed destinations and per-run caps
     allow_deterministic: bool = True
     max_limits: EffectiveLimits = DEFAULT_MAX
     default_limits: EffectiveLimits = DEFAULT_LIMITS
@@ -48,6 +60,7 @@ class Policy:
             "allow_fs_rw": self.allow_fs_rw,
             "allow_env": self.allow_env,
             "allow_net": self.allow_net,
+            "net": self.net.to_dict(),
             "allow_deterministic": self.allow_deterministic,
             "max_limits": self.max_limits.to_dict(),
             "default_limits": self.default_limits.to_dict(),

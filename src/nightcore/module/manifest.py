@@ -21,7 +21,7 @@ Schema version 1 (docs/formats/manifest.md):
 
     [capabilities]
     env = { GREETING = "hello" }          # exact variables the guest sees
-    net = ["example.org:443"]             # host:port allow-list (no sockets in preview1)
+    net = ["https://api.example.com/v1/*"] # outbound HTTP(S) destinations (docs/net.md)
     [[capabilities.fs]]
     path = "data"                         # guest name == dir under the tenant data root
     mode = "ro"                           # "ro" | "rw"
@@ -32,6 +32,11 @@ Schema version 1 (docs/formats/manifest.md):
     memory_bytes = 16_777_216
     stack_bytes = 524_288
     output_bytes = 65_536
+    disk_bytes = 16_777_216               # bytes in the rw grants (DISK_LIMIT)
+    disk_files = 1_000                    # entries in the rw grants (DISK_LIMIT)
+    open_files = 64                       # descriptors held at once (FD_LIMIT)
+    compile_ms = 5_000                    # compilation wall time (COMPILE_LIMIT)
+    compile_memory_bytes = 536_870_912    # compilation address space (COMPILE_LIMIT)
 """
 
 from __future__ import annotations
@@ -43,13 +48,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nightcore.errors import ManifestError
+from nightcore.module.netpolicy import NetPolicyError, parse_grant
 
 SCHEMA_VERSION = 1
 SUPPORTED_ABIS = ("wasi_snapshot_preview1",)
 TENANT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 _PATH_PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$")
-_NET_RE = re.compile(r"^[A-Za-z0-9.-]{1,253}:[0-9]{1,5}$")
 _VERSION_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,63}$")
 _ENTRY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 
@@ -68,6 +73,11 @@ LIMIT_RANGES: dict[str, tuple[int, int]] = {
     "memory_bytes": (65_536, 4 * 1024**3),
     "stack_bytes": (16_384, 64 * 1024**2),
     "output_bytes": (0, 1024**3),
+    "disk_bytes": (0, 1024**4),
+    "disk_files": (0, 1_000_000),
+    "open_files": (0, 65_536),
+    "compile_ms": (1, 600_000),
+    "compile_memory_bytes": (16 * 1024**2, 16 * 1024**3),
 }
 LIMIT_NAMES = tuple(LIMIT_RANGES)
 
@@ -104,6 +114,11 @@ class Limits:
     memory_bytes: int | None = None
     stack_bytes: int | None = None
     output_bytes: int | None = None
+    disk_bytes: int | None = None
+    disk_files: int | None = None
+    open_files: int | None = None
+    compile_ms: int | None = None
+    compile_memory_bytes: int | None = None
 
     def to_dict(self) -> dict[str, int]:
         return {k: v for k in LIMIT_NAMES if (v := getattr(self, k)) is not None}
@@ -254,8 +269,10 @@ def _parse_capabilities(raw: object) -> Capabilities:
     net: list[str] = []
     for i, item in enumerate(net_raw):
         s = _expect(item, str, f"capabilities.net[{i}]")
-        if not _NET_RE.fullmatch(s) or not 0 < int(s.rsplit(":", 1)[1]) < 65536:
-            raise ManifestError(f"capabilities.net[{i}]: expected host:port")
+        try:
+            parse_grant(s)  # docs/net.md: no '*', no wildcard host, http(s) only
+        except NetPolicyError as exc:
+            raise ManifestError(f"capabilities.net[{i}]: {exc}") from None
         net.append(s)
     return Capabilities(
         env=tuple(sorted(env)), fs=tuple(sorted(fs, key=lambda g: g.path)), net=tuple(sorted(net))

@@ -112,9 +112,11 @@ import wasmtime
 from nightcore.errors import SandboxError
 from nightcore.sandbox import deterministic as deterministic_wasi
 from nightcore.sandbox import ffi
+from nightcore.sandbox import net as net_host
 from nightcore.sandbox.cache import DiskModuleCache, cache_key, wasmtime_version
 from nightcore.sandbox.types import Interrupt, Preopen, RunConfig, RunResult
-from nightcore.sandbox.watchdog import OutputSink, Ticker, install_watchdog
+from nightcore.sandbox.usage import ResourceMonitor, RunUsage, open_run
+from nightcore.sandbox.watchdog import OutputSink, Ticker, Watchdog, install_watchdog
 
 EventSink = Callable[[str, dict[str, object]], None]
 
@@ -205,12 +207,13 @@ def _make_linker(engine: wasmtime.Engine, deterministic: bool) -> wasmtime.Linke
 
 
 class _EngineEntry:
-    __slots__ = ("active", "engine", "key", "linker")
+    __slots__ = ("active", "engine", "key", "linker", "net_linker")
 
     def __init__(self, key: EngineKey) -> None:
         self.key = key
         self.engine = _make_engine(key)
         self.linker = _make_linker(self.engine, key.deterministic)
+        self.net_linker: wasmtime.Linker | None = None  # + nightcore.http_request (NET runs)
         self.active = 0  # runs using this engine (guarded by the Sandbox lock)
 
 
@@ -219,12 +222,16 @@ class _ModuleEntry:
     module: wasmtime.Module
     pre: wasmtime.InstancePre | None
     link_error: str  # why instantiate_pre failed (unknown/mistyped imports), if it did
+    # The same against the linker of NET runs (docs/net.md), made on the first NET run.
+    net_pre: wasmtime.InstancePre | None = None
+    net_link_error: str | None = None
 
 
 class _CompileFailed(Exception):
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, code: str = "COMPILE_ERROR") -> None:
         super().__init__(detail)
         self.detail = detail
+        self.code = code  # COMPILE_ERROR, or COMPILE_LIMIT (the bounded compile refused it)
 
 
 class _Refused(Exception):
@@ -398,6 +405,7 @@ class Sandbox:
         *,
         tick_ms: int = 10,
         on_event: EventSink | None = None,
+        bounded_compile: bool = True,
     ) -> None:
         if not isinstance(tick_ms, int) or isinstance(tick_ms, bool) or not 1 <= tick_ms <= 1000:
             raise SandboxError(
@@ -416,6 +424,11 @@ class Sandbox:
         self._idle = threading.Condition(self._lock)
         self._ticker = Ticker(tick_ms)
         self._finalizer = weakref.finalize(self, self._ticker.stop)
+        self._bounded_compile = bounded_compile
+        # Disk, descriptor and node-reserve bounds (nightcore.sandbox.usage); it also raises
+        # the soft RLIMIT_NOFILE to the hard limit.
+        self._monitor = ResourceMonitor(tick_ms)
+        self._monitor_finalizer = weakref.finalize(self, self._monitor.stop)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -441,6 +454,7 @@ class Sandbox:
             while self._active:
                 self._idle.wait()
         self._finalizer()
+        self._monitor_finalizer()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -561,19 +575,54 @@ class Sandbox:
                         "reason": reason,
                     },
                 )
-        try:
-            module = wasmtime.Module(entry.engine, bytes(module_bytes))
-        except wasmtime.WasmtimeError as exc:
-            raise _CompileFailed(_one_line(str(exc))) from exc
+        module, artifact = self._compile(module_bytes, config, entry)
         if self._disk is not None:
             try:
-                self._disk.store(key, bytes(module.serialize()))
+                self._disk.store(key, artifact or bytes(module.serialize()))
             except (OSError, wasmtime.WasmtimeError) as exc:
                 self._event(
                     "cache_write_failed",
                     {"tenant": config.tenant, "module_sha256": sha, "key": key, "error": str(exc)},
                 )
         return module, status
+
+    def _compile(
+        self, module_bytes: bytes, config: RunConfig, entry: _EngineEntry
+    ) -> tuple[wasmtime.Module, bytes]:
+        """Compile a cache miss: in a bounded child process (``compile_ms``,
+        ``compile_memory_bytes``: :mod:`nightcore.sandbox.compiler`), or in this process when
+        the sandbox was built with ``bounded_compile=False`` (a strongbox worker: the worker is
+        itself the bounded place). Returns the module and its serialized artifact (b"" when
+        compiled here)."""
+        if not self._bounded_compile:
+            try:
+                return wasmtime.Module(entry.engine, bytes(module_bytes)), b""
+            except wasmtime.WasmtimeError as exc:
+                raise _CompileFailed(_one_line(str(exc))) from exc
+        from nightcore.sandbox.compiler import compile_bounded
+
+        try:
+            done = compile_bounded(
+                bytes(module_bytes),
+                stack_bytes=entry.key.stack_bytes,
+                deterministic=entry.key.deterministic,
+                compile_ms=config.limits.compile_ms,
+                compile_memory_bytes=config.limits.compile_memory_bytes,
+            )
+        except OSError as exc:
+            raise SandboxError(
+                f"cannot start the compile process: {exc}", code="WORKER_START_FAILED"
+            ) from exc
+        if done.status == "error":
+            raise _CompileFailed(_one_line(done.detail))
+        if done.status != "ok":
+            raise _CompileFailed(_one_line(done.detail), "COMPILE_LIMIT")
+        try:
+            return wasmtime.Module.deserialize(entry.engine, done.artifact), done.artifact
+        except wasmtime.WasmtimeError as exc:
+            raise _CompileFailed(
+                f"the compiled artifact did not load: {_one_line(str(exc))}"
+            ) from exc
 
     # -- running -----------------------------------------------------------------------
 
@@ -595,7 +644,7 @@ class Sandbox:
             try:
                 loaded, cache_status = self._module_for(module_bytes, config, entry)
             except _CompileFailed as exc:
-                result = _failed("COMPILE_ERROR", exc.detail, "miss")
+                result = _failed(exc.code, exc.detail, "miss")
             else:
                 if config.limits.stack_bytes > INLINE_STACK_MAX:
                     result = _call_on_big_stack(
@@ -609,6 +658,43 @@ class Sandbox:
         result.wall_ms = (time.perf_counter() - started) * 1000.0
         return result
 
+    def _net_events(self, config: RunConfig, performer: net_host.NetPerformer | None) -> None:
+        """A run's NET requests (docs/net.md), audited through the runner's event sink."""
+        if performer is not None:
+            for name, data in performer.audit_events(config.run_id):
+                self._event(name, {"tenant": config.tenant, **data})
+
+    def _track(
+        self, config: RunConfig, interrupt: Interrupt | None
+    ) -> tuple[Interrupt, RunUsage | None]:
+        """Register the run with the resource monitor (when it has grants to watch); the
+        interrupt the monitor trips (the caller's kill switch, or the run's own)."""
+        if interrupt is None:
+            interrupt = Interrupt()
+        if not config.preopens:
+            return interrupt, None
+        try:
+            usage = open_run(config.limits, config.preopens, interrupt)
+        except OSError as exc:
+            raise SandboxError(
+                f"cannot open a granted directory: {exc.strerror or exc}", code="PREOPEN_INVALID"
+            ) from exc
+        self._monitor.register(usage)
+        return interrupt, usage
+
+    def _untrack(self, usage: RunUsage | None) -> str:
+        """Unregister the run; why its read-write grants are over their bounds now ("" if
+        they are not): the last sample, taken after the guest ended."""
+        if usage is None:
+            return ""
+        self._monitor.unregister(usage)
+        try:
+            if usage.interrupt.code == "DISK_LIMIT":
+                return usage.interrupt.detail
+            return usage.check_disk()
+        finally:
+            usage.close()
+
     def _execute(
         self,
         entry: _EngineEntry,
@@ -619,9 +705,11 @@ class Sandbox:
     ) -> RunResult:
         if interrupt is not None and interrupt.code:  # tripped before the guest started
             return _failed(interrupt.code, interrupt.detail, cache_status)
-        if loaded.pre is None:
-            return _failed("INSTANTIATE_ERROR", loaded.link_error, cache_status)
+        pre, link_error = _instance_pre(entry, loaded, config)
+        if pre is None:
+            return _failed("INSTANTIATE_ERROR", link_error, cache_status)
         limits = config.limits
+        interrupt, usage = self._track(config, interrupt)
         sink = OutputSink(limits.output_bytes)
         wasi = _wasi_config(config)
         released = sink.attach(wasi)
@@ -640,12 +728,17 @@ class Sandbox:
             store.set_wasi(wasi)
             if config.deterministic:
                 deterministic_wasi.activate(config.seed, limits.fuel)
+            performer = net_host.start(
+                config,
+                time.monotonic() + limits.wall_ms / 1000.0,
+                _host_time_charger(watchdog, self._tick_ms),
+            )
             instance: wasmtime.Instance | None = None
             code, detail = "OK", ""
             exit_code: int | None = 0
             fuel_exact = True  # see RunResult.fuel_exact
             try:
-                instance = loaded.pre.instantiate(store)
+                instance = pre.instantiate(store)
                 func = instance.exports(store).get(config.entrypoint)
                 if not isinstance(func, wasmtime.Func):
                     raise _Refused(
@@ -676,6 +769,7 @@ class Sandbox:
                     fuel_exact = False  # e.g. stopped by the epoch-deadline callback
             finally:
                 deterministic_wasi.deactivate()
+                net_host.deactivate()
             if watchdog.reason and code not in ("OK", "EXIT_NONZERO"):
                 code, exit_code, fuel_exact = watchdog.reason, None, False
                 detail = _stop_detail(code, config, interrupt)
@@ -692,8 +786,11 @@ class Sandbox:
             wasi.close()  # no-op once the store took it over
             for event in released:
                 event.wait(RELEASE_WAIT_S)
+            disk_over = self._untrack(usage)
+        self._net_events(config, performer)
         stdout, stderr, truncated = sink.snapshot()
         code, extra = _cap_outcome(code, at_limit, truncated)
+        code, detail = _disk_outcome(code, detail, extra, disk_over)
         return RunResult(
             code=code,
             exit_code=exit_code,
@@ -723,6 +820,37 @@ _FUEL_WRITTEN_BACK = frozenset(
 )
 
 
+def _host_time_charger(watchdog: Watchdog, tick_ms: int) -> Callable[[float], None]:
+    """Counts time spent in a host call (a NET request) against the run's wall-clock limit:
+    the watchdog counts epoch ticks seen by the guest, and none are seen during a host call."""
+
+    def charge(seconds: float) -> None:
+        watchdog.ticks_left -= int(seconds * 1000.0 // tick_ms)
+
+    return charge
+
+
+def _instance_pre(
+    entry: _EngineEntry, loaded: _ModuleEntry, config: RunConfig
+) -> tuple[wasmtime.InstancePre | None, str]:
+    """The InstancePre of this run: against the plain linker, or for a run with a NET
+    capability against the one that also defines ``nightcore.http_request``. A module that
+    imports it without the grant fails to link (INSTANTIATE_ERROR, docs/net.md)."""
+    if config.net is None:
+        return loaded.pre, loaded.link_error
+    if loaded.net_link_error is None:  # a benign race: both threads compute the same
+        if entry.net_linker is None:
+            linker = _make_linker(entry.engine, entry.key.deterministic)
+            net_host.define(linker)
+            entry.net_linker = linker
+        try:
+            loaded.net_pre = entry.net_linker.instantiate_pre(loaded.module)
+            loaded.net_link_error = ""
+        except wasmtime.WasmtimeError as exc:
+            loaded.net_link_error = _one_line(str(exc))
+    return loaded.net_pre, loaded.net_link_error
+
+
 def _cap_outcome(code: str, at_limit: bool, truncated: bool) -> tuple[str, dict[str, str]]:
     """A run that failed with its memory at the cap, or whose output was cut, reports that
     limit as its code; the guest's own outcome is kept as ``underlying_code``."""
@@ -734,6 +862,17 @@ def _cap_outcome(code: str, at_limit: bool, truncated: bool) -> tuple[str, dict[
         extra["underlying_code"] = code
         code = "OUTPUT_LIMIT"
     return code, extra
+
+
+def _disk_outcome(
+    code: str, detail: str, extra: dict[str, str], disk_over: str
+) -> tuple[str, str]:
+    """A run over its disk bound when it ended (between two samples) is ``DISK_LIMIT``: like
+    ``OUTPUT_LIMIT`` it replaces the guest's own outcome, which stays ``underlying_code``."""
+    if disk_over and code in ("OK", "EXIT_NONZERO", "TRAP", "OUTPUT_LIMIT"):
+        extra.setdefault("underlying_code", code)
+        return "DISK_LIMIT", disk_over
+    return code, detail
 
 
 def _stop_detail(code: str, config: RunConfig, interrupt: Interrupt | None) -> str:

@@ -114,7 +114,9 @@ def _build_sandbox(args: argparse.Namespace) -> Any:
     # here and builds its only Engine now (the parent only sends runs with this key).
     wasmtime.Config = _SmallConfig  # type: ignore[misc]
     try:
-        sandbox = eng.Sandbox(None, b"", tick_ms=args.tick_ms)
+        # The worker is itself the bounded place of its compilations (RLIMIT_AS, the
+        # parent's watchdog) and may not start processes: compile in-process.
+        sandbox = eng.Sandbox(None, b"", tick_ms=args.tick_ms, bounded_compile=False)
         key = eng.EngineKey(args.stack_bytes, args.deterministic)
         entry = sandbox._acquire_engine(key)
         sandbox._release_engine(entry)

@@ -17,6 +17,14 @@ class EffectiveLimits:
     memory_bytes: int
     stack_bytes: int
     output_bytes: int
+    # Resource bounds of issue 14 (docs/limits.md). Defaults: the node policy's defaults, so
+    # a RunConfig built without them (tests, attestations recorded before they existed) still
+    # runs bounded.
+    disk_bytes: int = 64 * 1024 * 1024  # bytes in the tenant's read-write grants
+    disk_files: int = 10_000  # entries (files, directories, links) in those grants
+    open_files: int = 256  # descriptors the run may hold at once
+    compile_ms: int = 10_000  # wall time of a compilation (cache misses only)
+    compile_memory_bytes: int = 1024 * 1024 * 1024  # address space of the compile process
 
     def to_dict(self) -> dict[str, int]:
         return {
@@ -25,6 +33,11 @@ class EffectiveLimits:
             "memory_bytes": self.memory_bytes,
             "stack_bytes": self.stack_bytes,
             "output_bytes": self.output_bytes,
+            "disk_bytes": self.disk_bytes,
+            "disk_files": self.disk_files,
+            "open_files": self.open_files,
+            "compile_ms": self.compile_ms,
+            "compile_memory_bytes": self.compile_memory_bytes,
         }
 
 
@@ -33,6 +46,25 @@ class Preopen:
     host_dir: Path  # absolute, already created, inside the tenant's data root
     guest_path: str  # relative name the guest sees, e.g. "data"
     writable: bool
+
+
+@dataclass(frozen=True)
+class NetAccess:
+    """A run's NET capability (docs/net.md): the signed manifest's ``capabilities.net`` entries
+    (already checked against node policy) and the node's per-run caps."""
+
+    grants: tuple[str, ...]
+    max_request_bytes: int
+    max_response_bytes: int
+    max_requests: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "grants": list(self.grants),
+            "max_request_bytes": self.max_request_bytes,
+            "max_response_bytes": self.max_response_bytes,
+            "max_requests": self.max_requests,
+        }
 
 
 @dataclass(frozen=True)
@@ -48,6 +80,9 @@ class RunConfig:
     limits: EffectiveLimits
     deterministic: bool = False
     seed: int = 0
+    # None: no NET capability (the `nightcore` host module is not even linked).
+    net: NetAccess | None = None
+    run_id: str = ""  # names the run in the sandbox's audit events (NET requests)
 
 
 class Interrupt:
