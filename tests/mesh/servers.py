@@ -59,6 +59,7 @@ class NatsServer:
     cluster_port: int | None = None  # set: part of a cluster
     routes: list[int] = field(default_factory=list)  # every cluster port (its own is fine)
     cluster_name: str = "nightcore"
+    no_advertise: bool = False  # clients learn no other server (stay on the URLs they got)
     leafnode_port: int | None = None  # set: accepts leafnode connections
     leaf_remotes: list[int] = field(default_factory=list)  # hub leafnode ports to join
     domain: str | None = None  # its JetStream domain
@@ -80,8 +81,8 @@ class NatsServer:
     def config_text(self) -> str:
         lines = [
             f"server_name: {_q(self.name)}",
-            'listen: "127.0.0.1:%d"' % self.port,
-            'http: "127.0.0.1:%d"' % self.monitor_port,
+            f'listen: "127.0.0.1:{self.port}"',
+            f'http: "127.0.0.1:{self.monitor_port}"',
             "jetstream {",
             f"  store_dir: {_q(str(self.store_dir))}",
             *([f"  domain: {_q(self.domain)}"] if self.domain else []),
@@ -92,17 +93,19 @@ class NatsServer:
             lines += [
                 "cluster {",
                 f"  name: {_q(self.cluster_name)}",
-                '  listen: "127.0.0.1:%d"' % self.cluster_port,
+                f'  listen: "127.0.0.1:{self.cluster_port}"',
                 f"  routes: [{routes}]",
+                *(["  no_advertise: true"] if self.no_advertise else []),
                 "}",
             ]
         if self.leafnode_port is not None or self.leaf_remotes:
             lines.append("leafnodes {")
             if self.leafnode_port is not None:
-                lines.append('  listen: "127.0.0.1:%d"' % self.leafnode_port)
+                lines.append(f'  listen: "127.0.0.1:{self.leafnode_port}"')
             if self.leaf_remotes:
                 remotes = ", ".join(
-                    "{ urls: [%s] }" % _q(f"nats-leaf://127.0.0.1:{p}") for p in self.leaf_remotes
+                    "{{ urls: [{}] }}".format(_q(f"nats-leaf://127.0.0.1:{p}"))
+                    for p in self.leaf_remotes
                 )
                 lines.append(f"  remotes: [{remotes}]")
             lines.append("}")
@@ -135,7 +138,7 @@ class NatsServer:
         """The monitor's /healthz status (200 healthy, 503 not yet), None if not listening."""
         url = f"http://127.0.0.1:{self.monitor_port}/healthz"
         try:
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=2) as resp:
                 return int(resp.status)
         except urllib.error.HTTPError as exc:
             return int(exc.code)
@@ -209,7 +212,9 @@ class NatsCluster:
             s.stop()
 
 
-def make_cluster(directory: Path, size: int = 3, *, extra_conf: str = "") -> NatsCluster:
+def make_cluster(
+    directory: Path, size: int = 3, *, extra_conf: str = "", no_advertise: bool = False
+) -> NatsCluster:
     """Start ``size`` servers routed into one cluster and wait until all are healthy (a lone
     clustered server stays 503: start all, then wait)."""
     routes = [free_port() for _ in range(size)]
@@ -220,6 +225,7 @@ def make_cluster(directory: Path, size: int = 3, *, extra_conf: str = "") -> Nat
             cluster_port=routes[i],
             routes=routes,
             extra_conf=extra_conf,
+            no_advertise=no_advertise,
         )
         for i in range(size)
     ]

@@ -485,6 +485,8 @@ _AUFS = "nightcore.cli.commands_aufs:register"
 _DASHBOARD = "nightcore.cli.commands_dashboard:register"
 _NODE = "nightcore.cli.commands_node:register"
 _NEW = "nightcore.cli.commands_new:register"
+_MESH = "nightcore.cli.commands_mesh:register"
+_RELEASE = "nightcore.cli.commands_release:register"
 _COMMANDS: dict[str, tuple[str, str]] = {
     "init": (_CORE, "create a workspace (node policy, node key, directories)"),
     "keygen": (_CORE, "generate a signing key (Ed25519; ECDSA P-256 with --fips)"),
@@ -512,6 +514,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "dashboard": (_DASHBOARD, "the self-contained HTML report"),
     "serve": (_DASHBOARD, "the live console: report views, JSON API, server-sent events"),
     "node": (_NODE, "the resident node agent: warm workers, local API for the CLI"),
+    "mesh": (_MESH, "Night Mesh on NATS: signed trust broadcast, node status"),
+    "release": (_RELEASE, "verify a Night Core release offline (signatures, sums, provenance)"),
 }
 
 # The "examples:" section of each top-level command's --help (1-3 realistic command lines).
@@ -571,6 +575,16 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
     "dashboard": ("nightcore dashboard build", "nightcore dashboard build --out report.html"),
     "serve": ("nightcore serve token create", "nightcore serve --port 8700"),
     "node": ("nightcore node", "nightcore node --workers 4 --http 8700", "nightcore node status"),
+    "mesh": (
+        "nightcore mesh status --mesh nats://10.0.0.1:4222,nats://10.0.0.2:4222",
+        "nightcore mesh revoke key 3f9a1c2b --key keys/ops.key --reason 'stolen laptop' "
+        "--mesh nats://10.0.0.1:4222",
+        "nightcore mesh cordon hello --key keys/ops.key --reason 'incident 42' --mesh nats://10.0.0.1:4222",
+    ),
+    "release": (
+        "nightcore release verify dist/release --key release.pub.pem",
+        "nightcore release verify dist/release --key release.pub.pem --json",
+    ),
 }
 
 

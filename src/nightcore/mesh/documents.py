@@ -72,7 +72,7 @@ class Change:
         return out
 
 
-def _check_target(op: str, target: object) -> str:
+def check_target(op: str, target: object) -> str:
     from nightcore.mesh.names import check_token
     from nightcore.module.manifest import validate_tenant_id
 
@@ -92,7 +92,7 @@ def _check_target(op: str, target: object) -> str:
     return target
 
 
-def _check_key(raw: object, target: str) -> dict[str, Any]:
+def check_key(raw: object, target: str) -> dict[str, Any]:
     from nightcore.trust.pubkey import PublicKey
     from nightcore.trust.registry import ROLES, parse_time, validate_scope
 
@@ -176,8 +176,8 @@ def parse_change(
         raise _invalid("version must be a positive integer")
     if not isinstance(doc["issued"], str) or not isinstance(doc["reason"], str):
         raise _invalid("issued and reason must be strings")
-    target = _check_target(str(op), doc["target"])
-    key = _check_key(doc["key"], target) if op == "key_add" else {}
+    target = check_target(str(op), doc["target"])
+    key = check_key(doc["key"], target) if op == "key_add" else {}
     return Change(
         version=version,
         issued=doc["issued"],

@@ -42,6 +42,7 @@ def heartbeat_value(agent: MeshAgent, *, alive: bool) -> dict[str, Any]:
         "admitted": agent.admitted.is_set(),
         "version": __version__,
         "ts": round(time.time(), 3),
+        "interval_s": agent.config.heartbeat_s,
         "started": round(agent.started, 3),
         "pid": os.getpid(),
         "trust": trust_versions(agent),
