@@ -37,7 +37,10 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("module", ("nightcore.module", "nightcore.store", "nightcore.policy")),
     ("engines", ("nightcore.sandbox", "nightcore.audit")),
     ("node state", ("nightcore.evidence", "nightcore.config", "nightcore.context")),
-    ("operations", ("nightcore.runner", "nightcore.trustops", "nightcore.aufs")),
+    (
+        "operations",
+        ("nightcore.runner", "nightcore.trustops", "nightcore.aufs", "nightcore.release"),
+    ),
     ("views", ("nightcore.dashboard",)),
     ("facade", ("nightcore.app",)),
     (

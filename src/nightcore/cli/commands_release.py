@@ -1,0 +1,54 @@
+"""CLI commands of Night Core's own releases: ``release verify``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from nightcore.cli.render import info, print_json, print_table
+from nightcore.errors import NightCoreError
+
+
+def cmd_release_verify(args: argparse.Namespace) -> int:
+    from nightcore.app.release import verify_release
+
+    try:
+        pem = Path(args.key).read_bytes()
+    except OSError as exc:
+        raise NightCoreError(f"cannot read {args.key}: {exc.strerror}", code="USAGE") from None
+    res = verify_release(Path(args.dir), pem)
+    if args.json:
+        print_json(res.to_dict())
+    else:
+        print_table(
+            "Release verification",
+            ["check", "result", "detail"],
+            [[c.check, "OK" if c.ok else c.code, c.detail] for c in res.checks],
+            code_column=1,
+        )
+    failure = res.first_failure
+    if failure is not None:
+        if not args.json:
+            info(f"error[{failure.code}]: {failure.detail}")
+        return 1
+    if not args.json:
+        info(f"release nightcore {res.version} (commit {res.commit[:12]}) verified")
+    return 0
+
+
+def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
+    from nightcore.cli.main import _need_sub
+    from nightcore.cli.main import _Parser as Parser
+
+    release = add("release", _need_sub)
+    rsub = release.add_subparsers(dest="release_cmd", metavar="ACTION", parser_class=Parser)
+    sp = add(
+        "verify",
+        cmd_release_verify,
+        "verify a release directory offline: signatures, checksums, provenance, SBOM",
+        rsub,
+    )
+    sp.add_argument("dir", help="the release directory (make release's output)")
+    sp.add_argument("--key", required=True, help="the release public key (PEM)")
