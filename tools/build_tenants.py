@@ -18,6 +18,9 @@ Usage::
     python tools/build_tenants.py --out DIR     # DIR/<tenant>/{module.wasm,manifest.toml}
     python tools/build_tenants.py --rebuild-c   # recompile every C tenant in place
     python tools/build_tenants.py --check-c     # exit 1 if a committed module.wasm is stale
+
+``--rebuild-c`` and ``--check-c`` also cover the NET samples in ``examples/net/``; ``--out``
+and ``--list`` cover them only when named with ``--tenant``.
     python tools/build_tenants.py --list        # print the tenant names
 
 ``--tenant NAME`` (repeatable) restricts any of these to some tenants.
@@ -36,6 +39,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TENANTS_DIR = REPO_ROOT / "examples" / "tenants"
+# Tenants that use the NET host API (docs/net.md): built and checked like the others, but not
+# part of the default --out / --list set (the demo and the sample tests run those).
+NET_TENANTS_DIR = REPO_ROOT / "examples" / "net"
 
 MANIFEST = "manifest.toml"
 WAT_SOURCE = "module.wat"
@@ -179,10 +185,12 @@ def check_c(tenants: Sequence[Path]) -> bool:
     return ok
 
 
-def select(names: Sequence[str] | None) -> list[Path]:
-    all_dirs = tenant_dirs()
+def select(names: Sequence[str] | None, *, every: bool = False) -> list[Path]:
+    """The named tenants (any root), or with no names the samples (and, with ``every``, the
+    NET samples of examples/net too)."""
+    all_dirs = tenant_dirs() + tenant_dirs(NET_TENANTS_DIR)
     if not names:
-        return all_dirs
+        return all_dirs if every else tenant_dirs()
     by_name = {p.name: p for p in all_dirs}
     unknown = sorted(set(names) - set(by_name))
     if unknown:
@@ -204,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        tenants = select(args.tenant)
+        tenants = select(args.tenant, every=args.rebuild_c or args.check_c)
         if args.list:
             for t in tenants:
                 print(t.name)

@@ -525,3 +525,20 @@ def test_the_sample_tenants_manifests_are_loopback_only() -> None:
             continue
         m = parse_manifest_toml((d / "manifest.toml").read_bytes())
         assert m.capabilities.net and all("127.0.0.1" in g for g in m.capabilities.net)
+
+
+def test_the_c_sample_fetches_through_the_host_api(
+    env: Env, servers: tuple[Server, Server]
+) -> None:
+    main, _ = servers
+    allow_net(env)
+    wasm = (REPO / "examples" / "net" / "http-get-c" / "module.wasm").read_bytes()
+    base = f"http://127.0.0.1:{main.port}"
+    add_net_tenant(env, "c-get", [f"{base}/hello"], [f"{base}/hello"], wasm=wasm)
+    add_net_tenant(env, "c-denied", [f"{base}/hello"], [f"{base}/huge"], wasm=wasm)
+    rows = run(env)
+    assert rows["c-get"]["code"] == "OK", rows["c-get"]
+    assert stdout_of(env, rows["c-get"]) == f"status=200 bytes={len(BODY)}\n{BODY.decode()}\n"
+    assert rows["c-denied"]["code"] == "EXIT_NONZERO"
+    assert stdout_of(env, rows["c-denied"]) == "error=-3 (NET_DENIED) status=0\n"
+    audit_verifies(env)
