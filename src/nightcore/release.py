@@ -368,7 +368,7 @@ class _Verifier:
             raise bad("not an in-toto Statement v1")
         if st.get("predicateType") != SLSA_PROVENANCE_V1:
             raise bad(f"predicateType is not {SLSA_PROVENANCE_V1}")
-        pred = st.get("predicate")
+        pred: Any = st.get("predicate")
         try:
             deps = pred["buildDefinition"]["resolvedDependencies"]
             commit = next(d["digest"]["gitCommit"] for d in deps if "gitCommit" in d["digest"])

@@ -16,6 +16,7 @@ import sys
 import tarfile
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -338,11 +339,12 @@ def test_an_invalid_sbom_fails(release: Release, copy: Path) -> None:
 
     sbom = artifact(copy, ".cdx.json")
     doc = json.loads(sbom.read_text())
-    for edit, words in (
+    edits: list[tuple[Callable[[dict[str, Any]], None], str]] = [
         (lambda d: d.update(bomFormat="SPDX"), "CycloneDX"),
         (lambda d: d["metadata"]["component"].update(version="9.9.9"), "does not describe"),
         (lambda d: d["metadata"]["component"].update(hashes=[]), "wheel's SHA-256"),
-    ):
+    ]
+    for edit, words in edits:
         bad = json.loads(json.dumps(doc))
         edit(bad)
         sbom.write_text(json.dumps(bad))
