@@ -165,6 +165,17 @@ def cmd_mesh_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mesh_init(args: argparse.Namespace) -> int:
+    from nightcore.mesh.ops import init
+
+    out = init(mesh_config(args))
+    if args.json:
+        print_json(out)
+    else:
+        info(f"mesh ready: {', '.join(out['created_or_present'])} ({out['replicas']} replica(s))")
+    return 0
+
+
 def _summary(value: Any) -> str:
     if isinstance(value, dict):
         return ", ".join(f"{k} {v}" for k, v in value.items() if not isinstance(v, dict | list))
@@ -186,6 +197,14 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         "status",
         cmd_mesh_status,
         "nodes (alive, cordoned, version, heartbeat age, trust versions) and the streams",
+        msub,
+    )
+    add_mesh_options(sp, required=True)
+
+    sp = add(
+        "init",
+        cmd_mesh_init,
+        "create the deployment's streams and buckets (for nodes that may not create them)",
         msub,
     )
     add_mesh_options(sp, required=True)

@@ -297,6 +297,33 @@ def key_fields_from_pem(
     }
 
 
+# -- init ----------------------------------------------------------------------------------------
+# More streams/buckets `mesh init` creates ("module:function"; each `async def f(js, config) ->
+# list[str]` creating what it needs, returning the names). Helpers add theirs here.
+INIT_STEPS: dict[str, str] = {}
+
+
+def init(config: MeshConfig) -> dict[str, Any]:
+    """Create (or open) every stream and bucket of the deployment, with
+    ``min(3, servers given)`` replicas: for deployments whose nodes may not create them."""
+    from nightcore.mesh.agent import default_replicas, ensure_kv
+
+    names = config.names
+
+    async def body(_nc: Client, js: JetStreamContext) -> dict[str, Any]:
+        await _ensure_trust_stream(js, config)
+        await ensure_kv(js, names.nodes_bucket, history=1, replicas=default_replicas(config))
+        created = [names.trust_stream, names.nodes_bucket]
+        for ref in INIT_STEPS.values():
+            module, _, attr = ref.partition(":")
+            step = getattr(importlib.import_module(module), attr)
+            created += list(await step(js, config))
+        return {"created_or_present": created, "replicas": default_replicas(config)}
+
+    result: dict[str, Any] = _run(_with_mesh(config, "creating the streams", body))
+    return result
+
+
 # -- status ------------------------------------------------------------------------------------
 def _node_row(key: str, raw: bytes, now: float) -> dict[str, Any]:
     try:
