@@ -168,8 +168,24 @@ def add_net_tenant(
     )
 
 
-def run(env: Env, *args: str) -> dict[str, dict[str, Any]]:
-    res = env.cli("run", "--json", "--no-dashboard", *args)
+def _strongbox_missing() -> str:
+    from nightcore.sandbox.strongbox import seccomp_available
+
+    return seccomp_available()
+
+
+# In process, and under --strongbox (the parent makes the worker's requests).
+MODES = [
+    "in-process",
+    pytest.param(
+        "strongbox", marks=pytest.mark.skipif(bool(_strongbox_missing()), reason="no strongbox")
+    ),
+]
+
+
+def run(env: Env, *args: str, mode: str = "in-process") -> dict[str, dict[str, Any]]:
+    extra = ("--strongbox",) if mode == "strongbox" else ()
+    res = env.cli("run", "--json", "--no-dashboard", *extra, *args)
     assert res.code in (0, 1), res.err
     return {r["tenant"]: r for r in res.json()}
 
@@ -191,8 +207,9 @@ def audit_verifies(env: Env) -> None:
     assert res.code == 0, res.out + res.err
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_allowed_get_returns_the_body_and_a_neighbour_completes(
-    env: Env, servers: tuple[Server, Server]
+    env: Env, servers: tuple[Server, Server], mode: str
 ) -> None:
     main, _ = servers
     allow_net(env)
@@ -203,7 +220,7 @@ def test_allowed_get_returns_the_body_and_a_neighbour_completes(
         [f"http://127.0.0.1:{main.port}/hello?q=1"],
     )
     env.add_tenant("neighbour")
-    rows = run(env)
+    rows = run(env, mode=mode)
     assert rows["fetcher"]["code"] == "OK", rows["fetcher"]
     out = stdout_of(env, rows["fetcher"])
     assert out == f"rc={len(BODY)} status=200\n{BODY.decode()}\n"
@@ -228,8 +245,9 @@ def test_allowed_get_returns_the_body_and_a_neighbour_completes(
     audit_verifies(env)
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_refusals_are_refused_audited_and_leave_the_server_untouched(
-    env: Env, servers: tuple[Server, Server]
+    env: Env, servers: tuple[Server, Server], mode: str
 ) -> None:
     main, other = servers
     allow_net(env)
@@ -248,7 +266,7 @@ def test_refusals_are_refused_audited_and_leave_the_server_untouched(
     ]
     add_net_tenant(env, "prober", [f"{base}/*"], urls)
     env.add_tenant("neighbour")
-    rows = run(env)
+    rows = run(env, mode=mode)
     assert rows["prober"]["code"] == "EXIT_NONZERO"  # the guest exits 1 when a request failed
     assert rows["neighbour"]["code"] == "OK"
     lines = rc_lines(stdout_of(env, rows["prober"]))
@@ -309,8 +327,9 @@ def test_an_ip_literal_when_only_a_name_is_granted(
     audit_verifies(env)
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_a_name_resolving_to_a_denied_address(
-    env: Env, servers: tuple[Server, Server], monkeypatch: pytest.MonkeyPatch
+    env: Env, servers: tuple[Server, Server], monkeypatch: pytest.MonkeyPatch, mode: str
 ) -> None:
     """A granted *name* that resolves to loopback is refused: only a literal grant may reach a
     non-public address. The name is made to resolve to 127.0.0.1 by replacing the resolver for
@@ -334,7 +353,7 @@ def test_a_name_resolving_to_a_denied_address(
         [f"http://rebind.nightcore.test:{main.port}/*", "http://mixed.nightcore.test/*"],
         [f"http://rebind.nightcore.test:{main.port}/hello", "http://mixed.nightcore.test/x"],
     )
-    rows = run(env)
+    rows = run(env, mode=mode)
     assert rc_lines(stdout_of(env, rows["rebinder"])) == ["rc=-4 status=0", "rc=-4 status=0"]
     evs = [e["data"] for e in net_events(env, "rebinder")]
     assert [e["code"] for e in evs] == ["NET_ADDRESS_DENIED", "NET_ADDRESS_DENIED"]
@@ -414,14 +433,17 @@ OOB_WAT = """
 """
 
 
-def test_out_of_bounds_pointers_and_lengths(env: Env, servers: tuple[Server, Server]) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_out_of_bounds_pointers_and_lengths(
+    env: Env, servers: tuple[Server, Server], mode: str
+) -> None:
     main, _ = servers
     allow_net(env)
     url = f"http://127.0.0.1:{main.port}/hello"
     wat = OOB_WAT.replace("URL_PLACEHOLDER", url).replace("URL_LEN", str(len(url)))
     add_net_tenant(env, "oob", [f"http://127.0.0.1:{main.port}/*"], [], wasm=wat_module(wat))
     env.add_tenant("neighbour")
-    rows = run(env)
+    rows = run(env, mode=mode)
     assert rows["oob"]["code"] == "OK", rows["oob"]  # no trap, no host crash
     out = stdout_of(env, rows["oob"]).encode("latin-1")
     assert out[:6] == b"B" * 6  # NC_EFAULT = -1, six times
@@ -433,11 +455,12 @@ def test_out_of_bounds_pointers_and_lengths(env: Env, servers: tuple[Server, Ser
     audit_verifies(env)
 
 
-def test_importing_the_api_without_the_grant_fails_to_link(env: Env) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_importing_the_api_without_the_grant_fails_to_link(env: Env, mode: str) -> None:
     allow_net(env)
     env.add_tenant("sneaky", "[limits]\nwall_ms = 3000\n", wasm=HTTP_GET)
     env.add_tenant("neighbour")
-    rows = run(env)
+    rows = run(env, mode=mode)
     assert rows["sneaky"]["code"] == "INSTANTIATE_ERROR"
     assert "nightcore::http_request" in rows["sneaky"]["reason"]
     assert rows["neighbour"]["code"] == "OK"
@@ -490,26 +513,28 @@ def test_a_manifest_asking_for_wildcards_is_refused_at_verification(env: Env, en
     audit_verifies(env)
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_a_stalled_server_costs_only_the_runs_wall_time(
-    env: Env, servers: tuple[Server, Server]
+    env: Env, servers: tuple[Server, Server], mode: str
 ) -> None:
     main, _ = servers
     allow_net(env)
     base = f"http://127.0.0.1:{main.port}"
     add_net_tenant(env, "staller", [f"{base}/*"], [f"{base}/stall"], wall_ms=1500)
     env.add_tenant("neighbour")
-    rows = run(env)
+    rows = run(env, mode=mode)
     assert rows["staller"]["code"] == "TIMEOUT"
     assert rows["neighbour"]["code"] == "OK"
     assert [e["data"]["code"] for e in net_events(env, "staller")] == ["NET_TIMEOUT"]
     audit_verifies(env)
 
 
-def test_request_count_cap_and_bounded_audit(env: Env) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_request_count_cap_and_bounded_audit(env: Env, mode: str) -> None:
     allow_net(env, "max_requests = 40\n")
     urls = [f"http://denied-{i}.invalid/" for i in range(45)]
     add_net_tenant(env, "chatty", ["http://granted.invalid/*"], urls)
-    rows = run(env)
+    rows = run(env, mode=mode)
     lines = rc_lines(stdout_of(env, rows["chatty"]))
     assert lines == ["rc=-3 status=0"] * 40 + ["rc=-10 status=0"] * 5
     assert len(net_events(env, "chatty")) == net_host.MAX_AUDITED
@@ -527,8 +552,9 @@ def test_the_sample_tenants_manifests_are_loopback_only() -> None:
         assert m.capabilities.net and all("127.0.0.1" in g for g in m.capabilities.net)
 
 
+@pytest.mark.parametrize("mode", MODES)
 def test_the_c_sample_fetches_through_the_host_api(
-    env: Env, servers: tuple[Server, Server]
+    env: Env, servers: tuple[Server, Server], mode: str
 ) -> None:
     main, _ = servers
     allow_net(env)
@@ -536,7 +562,7 @@ def test_the_c_sample_fetches_through_the_host_api(
     base = f"http://127.0.0.1:{main.port}"
     add_net_tenant(env, "c-get", [f"{base}/hello"], [f"{base}/hello"], wasm=wasm)
     add_net_tenant(env, "c-denied", [f"{base}/hello"], [f"{base}/huge"], wasm=wasm)
-    rows = run(env)
+    rows = run(env, mode=mode)
     assert rows["c-get"]["code"] == "OK", rows["c-get"]
     assert stdout_of(env, rows["c-get"]) == f"status=200 bytes={len(BODY)}\n{BODY.decode()}\n"
     assert rows["c-denied"]["code"] == "EXIT_NONZERO"

@@ -454,7 +454,7 @@ def deactivate() -> None:
 
 # Set in a strongbox worker only: makes the transport that forwards a run's requests to the
 # parent (which performs and audits them). None: requests are performed in this process.
-remote_transport: Callable[[RunConfig], Transport] | None = None
+remote_transport: Callable[[RunConfig, float], Transport] | None = None
 
 
 def start(
@@ -466,7 +466,7 @@ def start(
         deactivate()
         return None
     if remote_transport is not None:
-        activate(remote_transport(config), charge)
+        activate(remote_transport(config, deadline), charge)
         return None
     performer = NetPerformer(config.net, deadline)
     activate(performer, charge)
@@ -543,3 +543,76 @@ def define(linker: wasmtime.Linker) -> None:
     linker.define_func(
         MODULE, FUNC, wasmtime.FuncType([i32] * 9, [i32]), http_request, access_caller=True
     )
+
+
+# --------------------------------------------------------------------------------------
+# Under --strongbox: the parent's side of the worker's `net` frames (docs/net.md)
+
+MAX_FAULT_CHARS = 400
+
+
+def frame_blob_cap(access: NetAccess) -> int:
+    """The largest blob a worker's ``net`` frame may carry: method + URL + body."""
+    return MAX_METHOD_BYTES + MAX_URL_BYTES + access.max_request_bytes
+
+
+def request_frame(
+    seq: int,
+    method: bytes,
+    url: bytes,
+    body: bytes,
+    body_len: int,
+    resp_cap: int,
+    fault: str,
+    deadline: float,
+) -> tuple[dict[str, Any], bytes]:
+    """The worker's ``net`` frame for one guest call (``deadline``: the run's, in the
+    worker's monotonic clock; sent as the milliseconds left)."""
+    remaining = max(0.0, deadline - time.monotonic())
+    header = {
+        "op": "net",
+        "seq": seq,
+        "remaining_ms": min(int(remaining * 1000), 2**40),
+        "method_len": len(method),
+        "url_len": len(url),
+        "body_len": body_len,
+        "resp_cap": resp_cap,
+        "fault": fault[:MAX_FAULT_CHARS],
+    }
+    return header, method + url + body
+
+
+def _int(header: dict[str, Any], name: str, most: int) -> int:
+    value = header.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= most:
+        raise ValueError(f"net frame: {name} missing or out of range")
+    return value
+
+
+def serve_frame(
+    performer: NetPerformer, header: dict[str, Any], blob: bytes, seq: int, hard_deadline: float
+) -> tuple[dict[str, Any], bytes]:
+    """Perform one request a strongbox worker forwarded; the reply frame. Everything in the
+    frame is untrusted: a frame that breaks the format raises ``ValueError`` (the caller
+    kills the worker). The request's deadline is the wall time the worker says its run has
+    left, never later than ``hard_deadline`` (the parent's own deadline for the run)."""
+    fields = {"op", "seq", "remaining_ms", "method_len", "url_len", "body_len", "resp_cap", "fault"}
+    if set(header) != fields or header["seq"] != seq:
+        raise ValueError("net frame: unexpected fields or sequence number")
+    m = _int(header, "method_len", MAX_METHOD_BYTES)
+    u = _int(header, "url_len", MAX_URL_BYTES)
+    body_len = _int(header, "body_len", 0xFFFF_FFFF)
+    resp_cap = _int(header, "resp_cap", 0xFFFF_FFFF)
+    remaining_ms = _int(header, "remaining_ms", 2**40)
+    performer.deadline = min(hard_deadline, time.monotonic() + remaining_ms / 1000.0)
+    fault = header["fault"]
+    if not isinstance(fault, str) or len(fault) > MAX_FAULT_CHARS:
+        raise ValueError("net frame: bad fault")
+    copied = body_len if body_len <= performer.body_cap else 0
+    if len(blob) != m + u + copied:
+        raise ValueError("net frame: blob length does not match")
+    out = performer.request(
+        blob[:m], blob[m : m + u], blob[m + u :], resp_cap, fault, body_len=body_len
+    )
+    reply = {"op": "net_reply", "seq": seq, "err": out.err, "status": out.status}
+    return reply, out.body[:resp_cap]

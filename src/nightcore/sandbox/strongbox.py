@@ -32,6 +32,7 @@ Outcome codes added by the strongbox (besides the sandbox's own):
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -49,7 +50,15 @@ from pathlib import Path
 from typing import Any
 
 from nightcore.errors import RUN_CODES, SandboxError
-from nightcore.sandbox.types import EffectiveLimits, Interrupt, Preopen, RunConfig, RunResult
+from nightcore.sandbox import net as net_host
+from nightcore.sandbox.types import (
+    EffectiveLimits,
+    Interrupt,
+    NetAccess,
+    Preopen,
+    RunConfig,
+    RunResult,
+)
 
 MIB = 1024 * 1024
 # Wasmtime settings of every worker Engine (see docs/strongbox.md, "RLIMIT_AS"): a worker
@@ -290,6 +299,8 @@ def config_to_json(config: RunConfig) -> dict[str, Any]:
         "limits": config.limits.to_dict(),
         "deterministic": config.deterministic,
         "seed": config.seed,
+        # The worker only needs to know NET is on (the parent enforces; docs/net.md).
+        "net": config.net.to_dict() if config.net is not None else None,
     }
 
 
@@ -326,6 +337,19 @@ def config_from_json(obj: Any) -> RunConfig:
         ),
         deterministic=_typed(o.get("deterministic"), bool, "deterministic"),
         seed=_typed(o.get("seed"), int, "seed"),
+        net=_net_from_json(o.get("net")),
+    )
+
+
+def _net_from_json(obj: Any) -> NetAccess | None:
+    if obj is None:
+        return None
+    o = _typed(obj, dict, "net")
+    return NetAccess(
+        grants=tuple(_typed(g, str, "net") for g in _typed(o.get("grants"), list, "net")),
+        max_request_bytes=_typed(o.get("max_request_bytes"), int, "net"),
+        max_response_bytes=_typed(o.get("max_response_bytes"), int, "net"),
+        max_requests=_typed(o.get("max_requests"), int, "net"),
     )
 
 
@@ -548,6 +572,7 @@ class Worker:
         self.dead = False
         self.ready_ms = 0.0
         self.hello: dict[str, Any] = {}
+        self.net: net_host.NetPerformer | None = None  # the NET requests of the current run
 
     @property
     def pid(self) -> int:
@@ -797,8 +822,8 @@ class StrongboxSandbox:
     # -- pool --------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _checkout(self, key: WorkerKey) -> Iterator[Worker]:
-        worker = self._acquire(key)
+    def _checkout(self, key: WorkerKey, interrupt: Interrupt | None = None) -> Iterator[Worker]:
+        worker = self._acquire(key, interrupt)
         healthy = False
         try:
             yield worker
@@ -806,7 +831,7 @@ class StrongboxSandbox:
         finally:
             self._release(worker, healthy)
 
-    def _acquire(self, key: WorkerKey) -> Worker:
+    def _acquire(self, key: WorkerKey, interrupt: Interrupt | None = None) -> Worker:
         retire: Worker | None = None
         with self._cond:
             while True:
@@ -829,10 +854,15 @@ class StrongboxSandbox:
         if retire is not None:
             retire.stop()
         worker: Worker | None = None
+        forget: Any = None
         try:
             worker = Worker(key, self.options)
+            if interrupt is not None:  # the kill switch also stops a worker still starting
+                forget = interrupt.on_trip(functools.partial(_doom, worker))
             worker.wait_ready()
         finally:
+            if forget is not None:
+                forget()
             with self._cond:
                 st.starting -= 1
                 if worker is not None and not worker.dead:
@@ -871,13 +901,60 @@ class StrongboxSandbox:
             raise SandboxError(
                 "module bytes do not match config.module_sha256", code="DIGEST_MISMATCH"
             )
-        with self._checkout(WorkerKey.of(config)) as worker:
-            if interrupt is None:
-                result = self._run_on(worker, module_bytes, config)
-            else:
-                result = self._run_interruptible(worker, module_bytes, config, interrupt)
+        try:
+            with (
+                self._net(config) as net,
+                self._checkout(WorkerKey.of(config), interrupt) as worker,
+            ):
+                worker.net = net
+                if interrupt is None:
+                    result = self._run_on(worker, module_bytes, config)
+                else:
+                    result = self._run_interruptible(worker, module_bytes, config, interrupt)
+        except SandboxError as exc:
+            # The kill switch stopped the worker while it was starting (see _acquire).
+            if interrupt is None or not interrupt.code or exc.code != "WORKER_START_FAILED":
+                raise
+            result = RunResult.refused(interrupt.code, interrupt.detail)
         result.wall_ms = (time.perf_counter() - started) * 1000.0
         return result
+
+    @contextlib.contextmanager
+    def _net(self, config: RunConfig) -> Iterator[net_host.NetPerformer | None]:
+        """The run's NET performer: the parent makes the worker's requests (the worker has no
+        network) and audits them after the run, however it ended (docs/net.md)."""
+        if config.net is None:
+            yield None
+            return
+        # Each request's deadline comes from the worker's frame, bounded by the parent's
+        # own deadline for the run (net_host.serve_frame).
+        performer = net_host.NetPerformer(config.net, time.monotonic())
+        try:
+            yield performer
+        finally:
+            if self._on_event is not None:
+                for name, data in performer.audit_events(config.run_id):
+                    self._on_event(name, {"tenant": config.tenant, **data})
+
+    def _receive(
+        self, worker: Worker, limits: EffectiveLimits, seq: int, deadline: float
+    ) -> tuple[dict[str, Any], bytes]:
+        """The run's reply frame, serving the worker's ``net`` frames until it comes."""
+        net = worker.net
+        cap = limits.output_bytes
+        if net is not None:
+            cap = max(cap, net_host.frame_blob_cap(net.access))
+        while True:
+            header, blob = worker.receive(deadline, max_blob=cap)
+            if header.get("op") != "net":
+                return header, blob
+            if net is None:
+                raise FrameError("a net frame from a run without NET")
+            try:
+                reply, body = net_host.serve_frame(net, header, blob, seq, deadline)
+            except ValueError as exc:
+                raise FrameError(str(exc)) from exc
+            worker.send(reply, body)
 
     def _run_interruptible(
         self, worker: Worker, module_bytes: bytes, config: RunConfig, interrupt: Interrupt
@@ -921,7 +998,7 @@ class StrongboxSandbox:
         seq = worker.seq
         try:
             worker.send({"op": "run", "seq": seq, "config": config_to_json(config)}, module_bytes)
-            header, blob = worker.receive(deadline, max_blob=limits.output_bytes)
+            header, blob = self._receive(worker, limits, seq, deadline)
         except (FrameError, OSError) as exc:
             if interrupted is not None and interrupted.is_set():
                 # The kill switch killed the worker (see _run_interruptible): not a crash.
@@ -994,6 +1071,14 @@ class StrongboxSandbox:
                 },
             )
         return RunResult.refused(code, detail, extra=extra)
+
+
+def _doom(worker: Worker) -> None:
+    """The kill switch tripped while ``worker`` was starting for its run: kill it, and mark it
+    dead so the pool never hands it out (it is reaped when released)."""
+    worker.dead = True
+    with contextlib.suppress(ProcessLookupError, OSError):
+        worker.proc.kill()
 
 
 def seccomp_available() -> str:

@@ -46,6 +46,7 @@ import wasmtime
 
 from nightcore.errors import NightCoreError
 from nightcore.sandbox import engine as eng
+from nightcore.sandbox import net as net_host
 from nightcore.sandbox import strongbox as sb
 from nightcore.sandbox.cache import wasmtime_version
 from nightcore.sandbox.types import EffectiveLimits, RunConfig, RunResult
@@ -292,6 +293,44 @@ def _selftest_request(header: dict[str, Any], out_fd: int) -> bool:
     return True
 
 
+class _ParentTransport:
+    """NET in a worker (docs/net.md): the worker has no network, so each guest call goes to
+    the parent as a ``net`` frame and the parent's ``net_reply`` is the answer."""
+
+    def __init__(self, in_fd: int, out_fd: int, seq: Any, access: Any, deadline: float) -> None:
+        self.in_fd, self.out_fd, self.seq, self.access = in_fd, out_fd, seq, access
+        self.deadline = deadline
+
+    @property
+    def body_cap(self) -> int:
+        return int(self.access.max_request_bytes)
+
+    def request(
+        self,
+        method: bytes,
+        url: bytes,
+        body: bytes,
+        resp_cap: int,
+        fault: str = "",
+        body_len: int | None = None,
+    ) -> net_host.Outcome:
+        size = len(body) if body_len is None else body_len
+        header, blob = net_host.request_frame(
+            self.seq, method, url, body, size, resp_cap, fault, self.deadline
+        )
+        sb.write_frame(self.out_fd, header, blob)
+        reply, data = sb.read_frame(self.in_fd, max_json=sb.MAX_REPLY_JSON, max_blob=resp_cap)
+        err, status = reply.get("err"), reply.get("status")
+        if (
+            reply.get("op") != "net_reply"
+            or reply.get("seq") != self.seq
+            or not isinstance(err, int)
+            or not isinstance(status, int)
+        ):
+            return net_host.Outcome(net_host.NC_EIO)
+        return net_host.Outcome(err, status, data)
+
+
 def _serve(sandbox: Any, args: argparse.Namespace) -> None:
     while True:
         try:
@@ -325,6 +364,9 @@ def _serve(sandbox: Any, args: argparse.Namespace) -> None:
                         f"worker (uid {os.getuid()}): {exc.strerror}",
                         code="PREOPEN_INVALID",
                     ) from exc
+            net_host.remote_transport = lambda cfg, deadline, seq=seq: _ParentTransport(
+                args.in_fd, args.out_fd, seq, cfg.net, deadline
+            )
             result: RunResult = sandbox.run(blob, config)
         except NightCoreError as exc:
             reply = {"op": "error", "code": exc.code, "message": exc.message, "seq": seq}
