@@ -31,7 +31,14 @@ from nightcore.evidence.attestation import (
 )
 from nightcore.fsio import atomic_write
 from nightcore.module.manifest import LIMIT_NAMES, Manifest
-from nightcore.sandbox.types import EffectiveLimits, Interrupt, Preopen, RunConfig, RunResult
+from nightcore.sandbox.types import (
+    EffectiveLimits,
+    Interrupt,
+    NetAccess,
+    Preopen,
+    RunConfig,
+    RunResult,
+)
 
 if TYPE_CHECKING:
     from nightcore.config import Policy
@@ -96,6 +103,21 @@ def effective_limits(m: Manifest, policy: Policy) -> EffectiveLimits:
         value = asked.get(name, getattr(policy.default_limits, name))
         vals[name] = min(value, getattr(policy.max_limits, name))
     return EffectiveLimits(**vals)
+
+
+def net_access(m: Manifest, policy: Policy) -> NetAccess | None:
+    """The run's NET capability (docs/net.md): the signed grants, which verification already
+    checked against ``allow_net`` and ``[policy.net] allow``, with the node's per-run caps;
+    None (no ``nightcore`` host module at all) without grants or when the node forbids NET."""
+    if not m.capabilities.net or not policy.allow_net:
+        return None
+    caps = policy.net
+    return NetAccess(
+        grants=m.capabilities.net,
+        max_request_bytes=caps.max_request_bytes,
+        max_response_bytes=caps.max_response_bytes,
+        max_requests=caps.max_requests,
+    )
 
 
 def prepare_preopens(layout: Layout, m: Manifest) -> tuple[Preopen, ...]:
@@ -416,6 +438,8 @@ class Runner:
                 deterministic=m.deterministic,
                 # 53 bits: the seed is logged as a JSON integer, exact below 2**53.
                 seed=_random_seed() if m.deterministic else 0,
+                net=net_access(m, ctx.policy),
+                run_id=tr.run_id,
             )
             events.append(
                 Event(
