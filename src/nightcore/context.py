@@ -132,6 +132,19 @@ class NodeContext:
                 self._node_signer = signer
             return self._node_signer
 
+    def forget_node_key(self) -> None:
+        """Drop the cached node key, signer and transparency log, and read ``[node] key``
+        again (after a key rotation); a ``--fips`` tightening is kept."""
+        with self.layout.config_path.open("rb") as fh:
+            data = fh.read(MAX_CONFIG_READ)
+        self.config = parse_config(data, fips_override=True if self.policy.fips else None)
+        with self._lock:
+            self._node_signer = None
+            self._node_pub_pem = None
+            self._node_key_id = None
+            self._tlog = None
+            self._audit = None
+
     # -- audit -----------------------------------------------------------------------------
     def audit(self) -> AuditLog:
         """The workspace's audit log (one instance, so its tail cursor stays warm).

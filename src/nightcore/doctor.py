@@ -17,8 +17,38 @@ def _version(dist: str) -> str:
         return "missing"
 
 
-def openssl_fips_status() -> tuple[str, str]:
-    """Whether the OpenSSL backend *itself* runs in FIPS mode. Never claims validation."""
+# Where an OpenSSL 3 FIPS provider module (fips.so) is installed on common Linux hosts;
+# ``OPENSSL_MODULES`` names the directory OpenSSL itself is told to load modules from.
+FIPS_MODULE_DIRS = (
+    "/usr/lib/x86_64-linux-gnu/ossl-modules",
+    "/usr/lib/aarch64-linux-gnu/ossl-modules",
+    "/usr/lib64/ossl-modules",
+    "/usr/lib/ossl-modules",
+    "/usr/local/lib64/ossl-modules",
+    "/usr/local/lib/ossl-modules",
+)
+
+
+def fips_provider_module() -> str | None:
+    """The path of an OpenSSL FIPS provider module on this host, or None."""
+    import os
+
+    dirs = [os.environ["OPENSSL_MODULES"]] if os.environ.get("OPENSSL_MODULES") else []
+    for d in [*dirs, *FIPS_MODULE_DIRS]:
+        path = os.path.join(d, "fips.so")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def openssl_fips_status(fips_mode: bool = False) -> tuple[str, str]:
+    """Whether cryptography's OpenSSL runs with the FIPS provider active, and whether the host
+    has one at all. Never claims validation.
+
+    cryptography's wheel links its own OpenSSL: a host ``fips.so`` is used only when
+    cryptography is built against the host OpenSSL and ``OPENSSL_CONF`` activates the provider
+    (docs/keys.md); Night Core does not load it through cryptography's private bindings.
+    """
     from cryptography.hazmat.backends.openssl.backend import backend
 
     enabled = bool(getattr(backend, "_fips_enabled", False))
@@ -26,11 +56,19 @@ def openssl_fips_status() -> tuple[str, str]:
     if enabled:
         return (
             "OK",
-            f"{version}: the OpenSSL FIPS provider is active (this is not a validation claim)",
+            f"{version}: FIPS provider: active (this is not a validation claim)",
         )
+    module = fips_provider_module()
+    restricts = (
+        "FIPS mode restricts algorithms only (ECDSA P-256/P-384, SHA-2)"
+        if fips_mode
+        else "fips = true would restrict algorithms only"
+    )
+    if module is None:
+        return "INFO", f"{version}: FIPS provider: absent; {restricts}"
     return "INFO", (
-        f"{version}: FIPS provider NOT active; fips = true restricts algorithms to "
-        "the FIPS allow-list but the crypto module is not FIPS-validated"
+        f"{version}: FIPS provider: installed at {module} but not active in cryptography's "
+        f"OpenSSL (set OPENSSL_CONF to activate it; docs/keys.md); {restricts}"
     )
 
 
@@ -48,7 +86,7 @@ def run_checks(ws: Any | None) -> list[dict[str, str]]:
     for dist in ("wasmtime", "cryptography", "securesystemslib", "rfc8785", "rich"):
         v = _version(dist)
         add(dist, "OK" if v != "missing" else "FAIL", v)
-    status, detail = openssl_fips_status()
+    status, detail = openssl_fips_status(bool(ws is not None and ws.policy.fips))
     add("openssl fips", status, detail)
     from nightcore.sandbox.strongbox import seccomp_available
 

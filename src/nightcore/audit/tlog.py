@@ -269,19 +269,23 @@ class TransparencyLog:
         """The active node key as a note signer: a local key file (read with cryptography) or
         any securesystemslib signer (KMS/HSM) behind the node signer's ``sign(bytes)``."""
         current = self.history().current
+        rotated = False
         if self._signing_key is not None:
-            if self._signing_key_id != current.key_id:
-                raise AuditError(
-                    "the node key was rotated after this process loaded it; restart it",
-                    code="NODE_KEY_ROTATED",
-                )
-            return self._signing_key
+            if self._signing_key_id == current.key_id:
+                return self._signing_key
+            # The node key was rotated since: load the signer again (it must be the new key).
+            self._signing_key, rotated = None, True
         if self._load_signer is None:
             raise AuditError(
                 "this transparency log is read-only (no node signer was given)", code="INTERNAL"
             )
         signer = self._load_signer()
         if getattr(signer, "key_id", None) != current.key_id:
+            if rotated:
+                raise AuditError(
+                    "the node key was rotated after this process loaded it; restart it",
+                    code="NODE_KEY_ROTATED",
+                )
             raise AuditError(
                 "the node signer is not the active key of the node-key history",
                 code="NODE_KEY_MISMATCH",

@@ -487,6 +487,7 @@ _NODE = "nightcore.cli.commands_node:register"
 _NEW = "nightcore.cli.commands_new:register"
 _MESH = "nightcore.cli.commands_mesh:register"
 _RELEASE = "nightcore.cli.commands_release:register"
+_NODEKEY = "nightcore.cli.commands_nodekey:register"
 _COMMANDS: dict[str, tuple[str, str]] = {
     "init": (_CORE, "create a workspace (node policy, node key, directories)"),
     "keygen": (_CORE, "generate a signing key (Ed25519; ECDSA P-256 with --fips)"),
@@ -506,6 +507,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "logs": (_RUN, "print what a run wrote to stdout (or --stderr)"),
     "state": (_RUN, "maintain derived state"),
     "audit": (_AUDIT, "inspect, checkpoint, prove and verify the audit log"),
+    "node-key": (_NODEKEY, "rotate or revoke the node key; one audit log spans key generations"),
     "sbom": (_EVIDENCE, "write the node's CycloneDX SBOM (runtime + admitted tenants)"),
     "replay": (_EVIDENCE, "re-run a recorded run and compare it with its attestation"),
     "proof": (_EVIDENCE, "export and verify offline proof bundles"),
@@ -515,7 +517,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "serve": (_DASHBOARD, "the live console: report views, JSON API, server-sent events"),
     "node": (_NODE, "the resident node agent: warm workers, local API for the CLI"),
     "mesh": (_MESH, "Night Mesh on NATS: signed trust broadcast, node status"),
-    "release": (_RELEASE, "verify a Night Core release offline (signatures, sums, provenance)"),
+    "release": (_RELEASE, "verify a Night Core release offline; stage it as an AUFS runtime"),
 }
 
 # The "examples:" section of each top-level command's --help (1-3 realistic command lines).
@@ -557,6 +559,11 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
         "nightcore audit show --tenant hello --limit 20",
         "nightcore audit prove 3 --out p.proof --entry-out e.json",
     ),
+    "node-key": (
+        "nightcore node-key rotate",
+        "nightcore node-key list --json",
+        "nightcore node-key revoke 3f9a1c2b --last-trusted-size 120",
+    ),
     "sbom": ("nightcore sbom --out sbom.cdx.json",),
     "replay": ("nightcore replay RUN_ID",),
     "proof": (
@@ -584,6 +591,7 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
     "release": (
         "nightcore release verify dist/release --key release.pub.pem",
         "nightcore release verify dist/release --key release.pub.pem --json",
+        "nightcore release stage dist/release --key release.pub.pem --repo aufs-repo",
     ),
 }
 
