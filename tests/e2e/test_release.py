@@ -448,3 +448,51 @@ def test_normalizing_removes_order_time_and_mode_differences(tmp_path: Path) -> 
     for s in (s1, s2):
         tool.normalize_sdist(s, 1_700_000_000)
     assert s1.read_bytes() == s2.read_bytes()
+
+
+# -- AUFS -----------------------------------------------------------------------------------
+
+
+def test_a_verified_release_is_staged_as_the_aufs_runtime_target(
+    release: Release, copy: Path, tmp_path: Path
+) -> None:
+    from nightcore.aufs.repo import AufsRepo, init_repo
+
+    keys = [app.keygen(f"m{i}", tmp_path / "keys", PASSPHRASE.encode()) for i in (1, 2)]
+    init_repo(tmp_path / "repo", [str(k.private_path) for k in keys], threshold=2)
+    wheel = artifact(release.dir, ".whl")
+    r = run_cli_subprocess(
+        "release",
+        "stage",
+        str(release.dir),
+        "--key",
+        str(release.key.public_path),
+        "--repo",
+        str(tmp_path / "repo"),
+        "--json",
+    )
+    assert r.code == 0, r.err
+    out = r.json()
+    assert out["target"] == f"runtime/{wheel.name}" and out["version"] == __version__
+    staged = AufsRepo(tmp_path / "repo").listed_target(out["target"])
+    assert staged is not None
+    assert staged.hashes["sha256"] == out["sha256"] == tool.sha256(wheel)
+    assert staged.custom["nightcore"]["kind"] == "runtime"
+    # A release that does not verify stages nothing.
+    (tmp_path / "repo2").mkdir()
+    init_repo(tmp_path / "repo2" / "r", [str(k.private_path) for k in keys], threshold=2)
+    w = artifact(copy, ".whl")
+    data = bytearray(w.read_bytes())
+    data[100] ^= 0xFF
+    w.write_bytes(bytes(data))
+    r = run_cli_subprocess(
+        "release",
+        "stage",
+        str(copy),
+        "--key",
+        str(release.key.public_path),
+        "--repo",
+        str(tmp_path / "repo2" / "r"),
+    )
+    assert r.code == 2 and "error[RELEASE_DIGEST_MISMATCH]" in r.err
+    assert AufsRepo(tmp_path / "repo2" / "r").listed_target(f"runtime/{w.name}") is None

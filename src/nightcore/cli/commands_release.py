@@ -38,6 +38,27 @@ def cmd_release_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_release_stage(args: argparse.Namespace) -> int:
+    import os
+
+    from nightcore.app.release import stage_release_in_aufs
+
+    try:
+        pem = Path(args.key).read_bytes()
+    except OSError as exc:
+        raise NightCoreError(f"cannot read {args.key}: {exc.strerror}", code="USAGE") from None
+    repo = Path(args.repo or os.environ.get("NIGHTCORE_AUFS_REPO") or ".")
+    out = stage_release_in_aufs(repo, Path(args.dir), pem, min_runtime=args.min_runtime or "")
+    if args.json:
+        print_json(out)
+    else:
+        info(
+            f"staged {out['target']} (nightcore {out['version']}, commit {out['commit'][:12]}, "
+            f"sha256 {out['sha256'][:16]}); targets must now be signed by a threshold"
+        )
+    return 0
+
+
 def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     from nightcore.cli.main import _need_sub
     from nightcore.cli.main import _Parser as Parser
@@ -52,3 +73,13 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     )
     sp.add_argument("dir", help="the release directory (make release's output)")
     sp.add_argument("--key", required=True, help="the release public key (PEM)")
+    sp = add(
+        "stage",
+        cmd_release_stage,
+        "verify a release, then stage its wheel as an AUFS repository's runtime target",
+        rsub,
+    )
+    sp.add_argument("dir", help="the release directory (make release's output)")
+    sp.add_argument("--key", required=True, help="the release public key (PEM)")
+    sp.add_argument("--repo", help="AUFS repository directory (default $NIGHTCORE_AUFS_REPO or .)")
+    sp.add_argument("--min-runtime", help="the lowest runtime version that may apply it")
