@@ -568,3 +568,16 @@ def test_the_c_sample_fetches_through_the_host_api(
     assert rows["c-denied"]["code"] == "EXIT_NONZERO"
     assert stdout_of(env, rows["c-denied"]) == "error=-3 (NET_DENIED) status=0\n"
     audit_verifies(env)
+
+
+def test_replay_of_a_net_run_makes_no_request(env: Env, servers: tuple[Server, Server]) -> None:
+    main, _ = servers
+    allow_net(env)
+    base = f"http://127.0.0.1:{main.port}"
+    add_net_tenant(env, "fetcher", [f"{base}/*"], [f"{base}/hello"])
+    row = run(env)["fetcher"]
+    assert row["code"] == "OK" and len(main.requests) == 1
+    res = env.cli("replay", str(row["run_id"]), "--json")
+    # The replayed guest got NC_ELIMIT instead of a response: its output differs.
+    assert res.code == 1 and res.json()["code"] == "REPLAY_DIVERGED"
+    assert len(main.requests) == 1

@@ -24,7 +24,7 @@ from nightcore.errors import NightCoreError
 from nightcore.evidence.attestation import ATTESTATION_FILE, open_attestation, subject_digests
 from nightcore.module.manifest import manifest_from_dict
 from nightcore.module.package import read_capped
-from nightcore.sandbox.types import EffectiveLimits, Preopen, RunConfig
+from nightcore.sandbox.types import EffectiveLimits, NetAccess, Preopen, RunConfig
 from nightcore.trust.pubkey import PublicKey
 
 _RUN_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
@@ -61,6 +61,28 @@ def _content(ws: NodeContext, sub: str, digest: str, ext: str, cap: int) -> byte
     return data
 
 
+def _open_attestation(ws: NodeContext, data: bytes) -> dict[str, Any]:
+    """The attestation, signed by the node key, or (a run before a node-key rotation) by the
+    key of the node-key history that was active then and is not revoked for its audit line."""
+    node_key = PublicKey.from_pem(ws.layout.node_pub_path.read_bytes())
+    try:
+        return open_attestation(data, node_key)
+    except NightCoreError as exc:
+        if exc.code != "ATTESTATION_SIGNATURE_INVALID":
+            raise
+        history = ws.transparency_log().history()
+        for k in history.keys[:-1]:
+            key = PublicKey.from_pem(k.public_pem)
+            try:
+                stmt = open_attestation(data, key)
+            except NightCoreError:
+                continue
+            seq = stmt["predicate"].get("audit_seq")
+            if history.signer_allowed(key.keyid, seq if type(seq) is int else None):
+                return stmt
+        raise
+
+
 def replay(ws: NodeContext, run_id: str) -> ReplayResult:
     from nightcore.sandbox.engine import Sandbox
 
@@ -69,10 +91,7 @@ def replay(ws: NodeContext, run_id: str) -> ReplayResult:
     run_dir = ws.layout.run_dir(run_id)
     if not run_dir.is_dir():
         raise NightCoreError(f"run {run_id} not found", code="RUN_NOT_FOUND")
-    node_key = PublicKey.from_pem(ws.layout.node_pub_path.read_bytes())
-    stmt = open_attestation(
-        read_capped(run_dir / ATTESTATION_FILE, 1 << 20, "attestation"), node_key
-    )
+    stmt = _open_attestation(ws, read_capped(run_dir / ATTESTATION_FILE, 1 << 20, "attestation"))
     pred = stmt["predicate"]
     subjects = subject_digests(stmt)
     module = _content(ws, "modules", subjects["module.wasm"], "wasm", 64 << 20)
@@ -103,6 +122,11 @@ def replay(ws: NodeContext, run_id: str) -> ReplayResult:
             limits=limits,
             deterministic=bool(pred["deterministic"]),
             seed=int(pred.get("seed", 0)),
+            # A replay makes no network request: the NET API links, and every call returns
+            # NC_ELIMIT (-10), as with max_requests = 0 (docs/net.md, "Replay").
+            net=NetAccess(manifest.capabilities.net, 0, 0, 0)
+            if manifest.capabilities.net
+            else None,
         )
         with Sandbox(None, b"") as sandbox:
             result = sandbox.run(module, cfg)
