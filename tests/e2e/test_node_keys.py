@@ -197,6 +197,10 @@ def test_rotation_one_log_spans_both_keys(rotated: dict[str, Any]) -> None:
     proof2, entry2 = prove(ws, 0, tmp / "after")
     assert verify_proof(proof2, entry2, new_pub, "--key-history", str(history)).code == 0
 
+    # A run attested by the old key replays after the rotation (the history names its key).
+    res = run_cli_subprocess("-w", str(ws), "replay", rotated["before"]["run_id"], "--json")
+    assert res.code == 0 and "Traceback" not in res.err, res.err
+
     # One proof bundle spanning both keys: attestations by the old and the new key.
     bundle = tmp / "proof.tar.gz"
     nc("-w", str(ws), "proof", "export", "--out", str(bundle))
