@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from typing import TYPE_CHECKING, Any
 
 from nightcore.errors import NightCoreError
@@ -34,8 +35,10 @@ if TYPE_CHECKING:
     from nightcore.mesh.state import MeshState
 
 POLL_S = 1.0
-NUDGE_RETRIES = 25  # a nudge that arrives before the stream shows the document: re-read
-NUDGE_RETRY_S = 0.02
+# A nudge (the core-NATS copy of a publish) can arrive before the stream shows the document:
+# read again after 1, 2, 4, ... ms (about 1 s in all).
+NUDGE_RETRIES = 10
+NUDGE_RETRY_S = 0.001
 
 
 def trust_stream_config(names: Names) -> Any:
@@ -280,8 +283,8 @@ class TrustService:
             retries = 0
             # A nudge that came before the stream showed its document: read again shortly.
             while nudged and not found and retries < NUDGE_RETRIES and gen == agent.generation:
+                await asyncio.sleep(NUDGE_RETRY_S * 2**retries)
                 retries += 1
-                await asyncio.sleep(NUDGE_RETRY_S)
                 found = await self.catch_up(agent)
         except (NatsError, TimeoutError, OSError) as exc:
             # Not admitted-clearing: the connection is up (a disconnect clears it) and nothing
@@ -318,6 +321,7 @@ class TrustService:
                 seq += 1
                 continue
             found += 1
+            t0 = time.perf_counter()
             result = await asyncio.to_thread(
                 apply_document,
                 ctx,
@@ -328,6 +332,7 @@ class TrustService:
                 msg.data or b"",
             )
             what = "applied" if result["applied"] else f"refused[{result['code']}]"
-            agent.log(f"mesh: trust document {seq} ({result['kind']}) {what}")
+            ms = (time.perf_counter() - t0) * 1000
+            agent.log(f"mesh: trust document {seq} ({result['kind']}) {what} in {ms:.1f} ms")
             seq += 1
         return found
