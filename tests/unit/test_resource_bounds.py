@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import os
 import resource
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -243,3 +244,70 @@ def test_invalid_webassembly_stays_compile_error(sandbox: Sandbox) -> None:
     module = b"\x00asm\x01\x00\x00\x00\x05"
     res = sandbox.run(module, _config(module, None))
     assert res.code == "COMPILE_ERROR"
+
+
+# -- under --strongbox --------------------------------------------------------------------------
+
+_NO_STRONGBOX = ""
+try:
+    from nightcore.sandbox.strongbox import StrongboxSandbox, seccomp_available
+
+    _NO_STRONGBOX = seccomp_available() or (
+        "" if os.geteuid() == 0 else "strongbox workers need root (unshare(CLONE_NEWNET), setuid)"
+    )
+except ImportError as exc:  # pragma: no cover - pyseccomp is a Linux dependency
+    _NO_STRONGBOX = str(exc)
+needs_strongbox = pytest.mark.skipif(bool(_NO_STRONGBOX), reason=_NO_STRONGBOX or "available")
+
+
+@pytest.fixture(scope="module")
+def strongbox() -> Iterator[StrongboxSandbox]:
+    with StrongboxSandbox(workers=1) as sb:
+        yield sb
+
+
+@pytest.fixture
+def sb_tmp() -> Iterator[Path]:
+    """A directory the worker uid can traverse (pytest's own tmp root is 0700 root)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        os.chmod(tmp, 0o755)  # noqa: S103 - the worker uid must traverse it
+        yield Path(tmp)
+
+
+def _strongbox_grant(strongbox: StrongboxSandbox, tmp: Path) -> Path:
+    grant = _grant(tmp)
+    strongbox.grant_access(grant)
+    return grant
+
+
+@needs_strongbox
+def test_strongbox_fd_bomb_is_fd_limit(strongbox: StrongboxSandbox, sb_tmp: Path) -> None:
+    # Below the worker's RLIMIT_NOFILE (128), the declared limit is what stops it.
+    module = _wasm(fd_bomb(20_000))
+    grant = _strongbox_grant(strongbox, sb_tmp)
+    res = strongbox.run(module, _config(module, grant, open_files=32))
+    assert res.code == "FD_LIMIT", (res.code, res.detail)
+
+
+@needs_strongbox
+def test_strongbox_2_gib_writer_is_disk_limit(strongbox: StrongboxSandbox, sb_tmp: Path) -> None:
+    module = _wasm(big_writer(2 << 30))
+    grant = _strongbox_grant(strongbox, sb_tmp)
+    res = strongbox.run(module, _config(module, grant, disk_bytes=MIB))
+    assert res.code == "DISK_LIMIT", (res.code, res.detail)
+    assert _bytes_under(grant) < 512 * MIB
+
+
+@needs_strongbox
+def test_strongbox_inode_bomb_is_disk_limit(strongbox: StrongboxSandbox, sb_tmp: Path) -> None:
+    module = _wasm(inode_bomb(100_000))
+    grant = _strongbox_grant(strongbox, sb_tmp)
+    res = strongbox.run(module, _config(module, grant, disk_files=200))
+    assert res.code == "DISK_LIMIT", (res.code, res.detail)
+
+
+@needs_strongbox
+def test_strongbox_compile_bomb_is_compile_limit(strongbox: StrongboxSandbox) -> None:
+    module = compile_bomb(200_000)
+    res = strongbox.run(module, _config(module, None, compile_ms=500))
+    assert res.code == "COMPILE_LIMIT", (res.code, res.detail)

@@ -425,6 +425,9 @@ class Sandbox:
         self._ticker = Ticker(tick_ms)
         self._finalizer = weakref.finalize(self, self._ticker.stop)
         self._bounded_compile = bounded_compile
+        # Called with "compiling" / "compiled" around an in-process compilation (the
+        # strongbox worker's phase frames); None elsewhere.
+        self.on_compile: Callable[[str], None] | None = None
         # Disk, descriptor and node-reserve bounds (nightcore.sandbox.usage); it also raises
         # the soft RLIMIT_NOFILE to the hard limit.
         self._monitor = ResourceMonitor(tick_ms)
@@ -595,10 +598,16 @@ class Sandbox:
         itself the bounded place). Returns the module and its serialized artifact (b"" when
         compiled here)."""
         if not self._bounded_compile:
+            hook = self.on_compile  # a strongbox worker tells its parent (phase frames)
+            if hook is not None:
+                hook("compiling")
             try:
-                return wasmtime.Module(entry.engine, bytes(module_bytes)), b""
+                module = wasmtime.Module(entry.engine, bytes(module_bytes))
             except wasmtime.WasmtimeError as exc:
                 raise _CompileFailed(_one_line(str(exc))) from exc
+            if hook is not None:
+                hook("compiled")
+            return module, b""
         from nightcore.sandbox.compiler import compile_bounded
 
         try:

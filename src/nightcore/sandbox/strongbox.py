@@ -570,6 +570,7 @@ class Worker:
         self._req = req_w
         self._rep = rep_r
         self.dead = False
+        self.phase = ""  # "compile" between the worker's "compiling" and "compiled" frames
         self.ready_ms = 0.0
         self.hello: dict[str, Any] = {}
         self.net: net_host.NetPerformer | None = None  # the NET requests of the current run
@@ -946,7 +947,20 @@ class StrongboxSandbox:
             cap = max(cap, net_host.frame_blob_cap(net.access))
         while True:
             header, blob = worker.receive(deadline, max_blob=cap)
-            if header.get("op") != "net":
+            op = header.get("op")
+            if op in ("compiling", "compiled") and header.get("seq") == seq:
+                # The worker compiles a cache miss in-process: from its "compiling" frame the
+                # run has compile_ms (COMPILE_LIMIT past it, or if the worker dies under its
+                # RLIMIT_AS); from "compiled" on, its wall time (docs/limits.md).
+                worker.phase = "compile" if op == "compiling" else ""
+                budget = (
+                    limits.compile_ms
+                    if op == "compiling"
+                    else limits.wall_ms + self.options.grace_ms
+                )
+                deadline = time.monotonic() + budget / 1000.0
+                continue
+            if op != "net":
                 return header, blob
             if net is None:
                 raise FrameError("a net frame from a run without NET")
@@ -996,6 +1010,7 @@ class StrongboxSandbox:
         deadline = time.monotonic() + (limits.wall_ms + self.options.grace_ms) / 1000.0
         worker.seq += 1
         seq = worker.seq
+        worker.phase = ""
         try:
             worker.send({"op": "run", "seq": seq, "config": config_to_json(config)}, module_bytes)
             header, blob = self._receive(worker, limits, seq, deadline)
@@ -1008,6 +1023,8 @@ class StrongboxSandbox:
                 return RunResult.refused("", "", extra=extra)
             timed_out = isinstance(exc, FrameError) and exc.timeout
             eof = (isinstance(exc, FrameError) and exc.eof) or isinstance(exc, BrokenPipeError)
+            if worker.phase == "compile" and (timed_out or eof):
+                return self._compile_limit(config, worker, timed_out)
             if timed_out:
                 status = worker.kill()
                 return self._died(config, status, "TIMEOUT", watchdog=True)
@@ -1032,6 +1049,33 @@ class StrongboxSandbox:
         except ReplyInvalid as exc:
             status = worker.kill()
             return self._died(config, status, "WORKER_REPLY_INVALID", watchdog=False, why=exc)
+
+    def _compile_limit(self, config: RunConfig, worker: Worker, timed_out: bool) -> RunResult:
+        """A worker killed (or dead) while compiling: ``COMPILE_LIMIT``; it is replaced."""
+        status = worker.kill() if timed_out else worker.wait_dead()
+        sig = -status if status < 0 else 0
+        extra = {"worker_status": str(status)}
+        if sig:
+            extra["worker_signal"] = _signal_name(sig)
+        limits = config.limits
+        detail = (
+            f"compilation took more than compile_ms = {limits.compile_ms} ms: worker killed"
+            if timed_out
+            else f"the worker died while compiling "
+            f"({_signal_name(sig) if sig else f'exit status {status}'}): "
+            "over its address-space limit"
+        )
+        if self._on_event is not None:
+            self._on_event(
+                "strongbox_worker_died",
+                {
+                    "tenant": config.tenant,
+                    "module_sha256": config.module_sha256,
+                    "code": "COMPILE_LIMIT",
+                    "status": status,
+                },
+            )
+        return RunResult.refused("COMPILE_LIMIT", detail, extra=extra)
 
     def _died(
         self,

@@ -367,6 +367,9 @@ def _serve(sandbox: Any, args: argparse.Namespace) -> None:
             net_host.remote_transport = lambda cfg, deadline, seq=seq: _ParentTransport(
                 args.in_fd, args.out_fd, seq, cfg.net, deadline
             )
+            sandbox.on_compile = lambda op, seq=seq: sb.write_frame(
+                args.out_fd, {"op": op, "seq": seq}
+            )
             result: RunResult = sandbox.run(blob, config)
         except NightCoreError as exc:
             reply = {"op": "error", "code": exc.code, "message": exc.message, "seq": seq}

@@ -49,7 +49,7 @@ MAX_SCAN_DEPTH = 128
 FD_RECHECK_STEP = 16
 # ... or this long after the last attribution (a tenant opening while a neighbour closes).
 FD_RECHECK_S = 0.25
-# The node keeps max(RESERVE_MIN, soft limit / RESERVE_DIVISOR) descriptors for itself.
+# The node keeps soft limit / RESERVE_DIVISOR descriptors for itself, at least RESERVE_MIN.
 RESERVE_MIN = 256
 RESERVE_DIVISOR = 4
 # A disk scan runs again at most every SCAN_COST_FACTOR x its own duration.
@@ -84,8 +84,10 @@ def raise_nofile() -> tuple[int, int]:
 
 
 def node_reserve(soft: int) -> int:
-    """Descriptors a node keeps for itself (audit log, index, sockets, neighbours' output)."""
-    return max(RESERVE_MIN, soft // RESERVE_DIVISOR)
+    """Descriptors a node keeps for itself (audit log, index, sockets, neighbours' output):
+    a quarter of the soft limit, at least RESERVE_MIN (but never more than half of a small
+    limit, e.g. a strongbox worker's 128)."""
+    return max(min(RESERVE_MIN, soft // 2), soft // RESERVE_DIVISOR)
 
 
 def process_fd_count() -> int:
@@ -94,16 +96,30 @@ def process_fd_count() -> int:
     return n if n > 0 else len(os.listdir(PROC_FD))
 
 
-def fd_targets() -> list[str]:
-    """Where each descriptor of this process points (``readlinkat`` on ``/proc/self/fd``)."""
+def fd_targets() -> list[str] | None:
+    """Where each descriptor of this process points (``readlinkat`` on ``/proc/self/fd``);
+    None when the process may not read its own links (a strongbox worker after ``setuid`` is
+    not dumpable, so ``/proc/self/fd`` is root's) or has no descriptor left to look."""
     out: list[str] = []
-    dfd = os.open(PROC_FD, _DIR_FLAGS)
     try:
-        for name in os.listdir(dfd):
+        dfd = os.open(PROC_FD, _DIR_FLAGS)
+    except OSError as exc:
+        if isinstance(exc, PermissionError) or exc.errno in (errno.EMFILE, errno.ENFILE):
+            return None
+        raise
+    try:
+        names = os.listdir(dfd)  # dups dfd
+        for name in names:
             try:
                 out.append(os.readlink(name, dir_fd=dfd))
+            except PermissionError:
+                return None
             except OSError:
                 continue  # closed meanwhile
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            return None
+        raise
     finally:
         os.close(dfd)
     return out
@@ -210,6 +226,7 @@ class RunUsage:
     interrupt: Interrupt
     prefixes: tuple[str, ...]  # every granted host directory (descriptor attribution)
     roots: list[int] = field(default_factory=list)  # read-write grants, open for the run
+    baseline: int = 0  # the process's descriptors when the run registered
     fds: int = 0  # descriptors attributed at the last look
     peak_fds: int = 0
     disk: DiskUsage = field(default_factory=DiskUsage)
@@ -240,6 +257,7 @@ def open_run(
 ) -> RunUsage:
     """The usage record of a run (opens its read-write grant roots; close it when done)."""
     use = RunUsage(limits, interrupt, tuple(str(p.host_dir) for p in preopens))
+    use.baseline = process_fd_count()
     try:
         for p in preopens:
             if p.writable:
@@ -326,11 +344,18 @@ class ResourceMonitor:
 
     def _attribute(self, runs: list[RunUsage], count: int) -> None:
         held = dict.fromkeys(runs, 0)
-        for target in fd_targets():
+        targets = fd_targets()
+        if targets is None:
+            # Links unreadable (a strongbox worker: one run at a time) or no descriptor left:
+            # every descriptor opened since the run registered counts as its own.
             for run in runs:
-                if run.owns(target):
-                    held[run] += 1
-                    break
+                held[run] = max(0, count - run.baseline)
+        else:
+            for target in targets:
+                for run in runs:
+                    if run.owns(target):
+                        held[run] += 1
+                        break
         for run, n in held.items():
             run.fds = n
             run.peak_fds = max(run.peak_fds, n)
