@@ -138,7 +138,7 @@ def make_workspaces(root: Path, count: int) -> tuple[list[Path], Any, Any]:
         ctx = app.init_workspace(root / f"ws{i}")
         app.trust_add_key(ctx, maint.public_path, scope="*", role="maintainer")
         out.append(ctx.root)
-    ctx0 = app.open_context(out[0])
+    ctx0 = app.open_context(str(out[0]))
     return out, maint, ctx0
 
 
