@@ -17,15 +17,17 @@ Verdicts, first match wins (``anchor.status`` in ``--json``):
 
 1. ``tampered`` / ``MIRROR_ROOT_MISMATCH``: a node checkpoint of size ``S`` <= the mirror's
    length whose root is not the mirror's Merkle root at ``S`` (the mirror's history differs).
-2. ``tampered`` / ``MIRROR_TRUNCATED``: the mirror holds fewer lines than it acknowledged.
-3. ``tampered`` / ``MIRROR_CHECKPOINT_MISSING``: a checkpoint the mirror acknowledged is gone,
+2. ``tampered`` / ``MIRROR_AHEAD``: the mirror holds more lines than the node's log (lines the
+   node never wrote; the node's lines are counted after the mirror was read).
+3. ``tampered`` / ``MIRROR_TRUNCATED``: the mirror holds fewer lines than it acknowledged.
+4. ``tampered`` / ``MIRROR_CHECKPOINT_MISSING``: a checkpoint the mirror acknowledged is gone,
    or a node checkpoint is missing below a larger one the mirror holds (checkpoints are sent in
    order, so a hole is a removal).
-4. ``lag`` / ``MIRROR_LAG``: none of the above, but the node signed a checkpoint larger than the
+5. ``lag`` / ``MIRROR_LAG``: none of the above, but the node signed a checkpoint larger than the
    mirror (or one the mirror has not received yet): the mirror is behind, consistent with
    everything it holds. Not tampering: ``nightcore audit mirror sync`` (or the mesh's
    replication) catches it up.
-5. ``consistent``: every node checkpoint the mirror covers has its root, and none is newer.
+6. ``consistent``: every node checkpoint the mirror covers has its root, and none is newer.
    Unsigned lines the mirror has not received yet are a warning, not a failure.
 """
 
@@ -37,14 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nightcore.audit.checkpoint import (
-    SignedCheckpoint,
-    load_node_public_key,
-    open_node_checkpoint,
-    stored_checkpoints,
-)
+from nightcore.audit.checkpoint import SignedCheckpoint, stored_checkpoints
+from nightcore.audit.keyhistory import load_history
 from nightcore.audit.verify import VerifyReport
-from nightcore.errors import AuditError
+from nightcore.errors import AuditError, NightCoreError
 
 __all__ = ["Acknowledged", "anchor_to_node", "node_checkpoints"]
 
@@ -67,15 +65,16 @@ class Acknowledged:
 
 
 def node_checkpoints(audit_dir: Path, public_key_pem: bytes) -> dict[int, SignedCheckpoint]:
-    """The node's own stored checkpoints by size, each verified with the node key.
+    """The node's own stored checkpoints by size, each verified with the node key (or the key of
+    its node-key history whose range covers it).
 
     A local checkpoint that does not verify is the node's own problem, reported with its code
     (``CHECKPOINT_FORGED`` ...): a mirror is never judged against an unverified anchor.
     """
-    key, origin = load_node_public_key(public_key_pem)
+    history = load_history(audit_dir, public_key_pem)
     out: dict[int, SignedCheckpoint] = {}
     for label, _named, data in stored_checkpoints(audit_dir):
-        cp = open_node_checkpoint(data, key, origin, what=f"the node's own {label}")
+        cp = history.open_checkpoint(data, what=f"the node's own {label}")
         prior = out.get(cp.size)
         if prior is not None and not hmac.compare_digest(prior.root, cp.root):
             raise AuditError(
@@ -86,10 +85,10 @@ def node_checkpoints(audit_dir: Path, public_key_pem: bytes) -> dict[int, Signed
     return out
 
 
-def _mirror_sizes(mirror_dir: Path, public_key_pem: bytes) -> set[int]:
-    key, origin = load_node_public_key(public_key_pem)
+def _mirror_sizes(mirror_dir: Path, node_audit_dir: Path, public_key_pem: bytes) -> set[int]:
+    history = load_history(node_audit_dir, public_key_pem)  # the node's history is the anchor
     return {
-        open_node_checkpoint(data, key, origin, what=label).size
+        history.open_checkpoint(data, what=label).size
         for label, _named, data in stored_checkpoints(mirror_dir)
     }
 
@@ -113,8 +112,8 @@ def anchor_to_node(
         return report
     try:
         node = node_checkpoints(node_audit_dir, public_key_pem)
-        held = _mirror_sizes(mirror_dir, public_key_pem)
-    except AuditError as exc:
+        held = _mirror_sizes(mirror_dir, node_audit_dir, public_key_pem)
+    except NightCoreError as exc:
         report.anchor = {"status": "invalid"}
         return report.fail(exc.code, exc.message, None)
     size = report.entries
@@ -143,6 +142,13 @@ def anchor_to_node(
                 "rewritten (tampering)",
                 None,
             )
+    if node_lines is not None and size > node_lines:
+        return tampered(
+            "MIRROR_AHEAD",
+            f"the mirror holds {size} lines but the node's log has {node_lines}: lines "
+            f"{node_lines}..{size - 1} were never written by the node (forged; tampering)",
+            node_lines,
+        )
     if ack.lines > size:
         return tampered(
             "MIRROR_TRUNCATED",

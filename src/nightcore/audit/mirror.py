@@ -443,10 +443,10 @@ def verify_source(layout: Layout, configured: Sequence[MirrorConfig], name: str)
     ack = Acknowledged()
     ack.claim_lines(cur.lines, f"the node's cursor for mirror {cfg.name}")
     ack.claim_checkpoints(cur.checkpoints, f"the node's cursor for mirror {cfg.name}")
-    node_lines = _line_count(layout.audit_log)
     sink = sink_for(layout, cfg)
     if isinstance(sink, DirSink):
         report = verify_log(sink.root, pem)
+        node_lines = _line_count(layout.audit_log)  # after the mirror was read: never behind it
         return anchor_to_node(report, sink.root, layout.audit_dir, pem, ack, node_lines=node_lines)
     import tempfile
 
@@ -462,4 +462,5 @@ def verify_source(layout: Layout, configured: Sequence[MirrorConfig], name: str)
             ) from None
         report = verify_log(Path(tmp), pem)
         report.warnings.extend(warnings)
+        node_lines = _line_count(layout.audit_log)
         return anchor_to_node(report, Path(tmp), layout.audit_dir, pem, ack, node_lines=node_lines)

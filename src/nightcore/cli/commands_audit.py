@@ -59,8 +59,20 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     source = getattr(args, "source", None)
     client = node_client(args)
-    if client is not None:
-        report: dict[str, Any] = client.call("audit_verify", {"source": source})
+    if source is not None and source.startswith(("nats://", "tls://")):
+        # A Night Mesh audit stream (or a region's mirror of it): read here, not by the node.
+        from nightcore.mesh.auditrepl import verify_stream
+
+        report: dict[str, Any] = verify_stream(
+            _ws(args),
+            source,
+            prefix=args.mesh_prefix,
+            node=args.node,
+            domain=args.domain,
+            creds=args.mesh_creds,
+        ).to_dict()
+    elif client is not None:
+        report = client.call("audit_verify", {"source": source})
     else:
         from nightcore.app import audit
 
@@ -123,6 +135,36 @@ def cmd_mirror_sync(args: argparse.Namespace) -> int:
     else:
         _mirror_table(rows, "Audit mirrors after sync")
     return EXIT_OK if all(m.ok for m in rows) else EXIT_FAILED
+
+
+def cmd_mirror_region(args: argparse.Namespace) -> int:
+    from nightcore.mesh.auditrepl import create_region_mirror
+
+    row = create_region_mirror(
+        args.server,
+        region=args.domain,
+        source_domain=args.source_domain,
+        prefix=args.mesh_prefix,
+        creds=args.mesh_creds,
+    )
+    if args.json:
+        print_json(row)
+    else:
+        print_table(
+            "Audit mirror (second region)",
+            ["stream", "domain", "mirrors", "from domain", "messages", "lag"],
+            [
+                [
+                    row["stream"],
+                    row["region"],
+                    row["source"],
+                    row["source_domain"],
+                    row["messages"],
+                    "-" if row["lag"] is None else row["lag"],
+                ]
+            ],
+        )
+    return EXIT_OK
 
 
 def cmd_heartbeat(args: argparse.Namespace) -> int:
@@ -366,11 +408,45 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         "verify the hash chain, the Merkle tree and every signed checkpoint",
         asub,
     )
-    sp.add_argument("--source", help="verify the named audit mirror on its own instead")
+    sp.add_argument(
+        "--source",
+        metavar="MIRROR|nats://HOST:PORT",
+        help="verify a mirror instead, held to this node's own signed checkpoints: a configured "
+        "mirror's name, or a Night Mesh audit stream (a region's mirror of it) at that server",
+    )
+    sp.add_argument(
+        "--mesh-prefix",
+        default=None,
+        help="with nats://: the deployment prefix (default nightcore)",
+    )
+    sp.add_argument(
+        "--node", default=None, help="with nats://: whose log (default: this workspace's node)"
+    )
+    sp.add_argument(
+        "--domain", default=None, help="with nats://: the JetStream domain to read (a region)"
+    )
+    sp.add_argument("--mesh-creds", default=None, help="with nats://: NATS credentials file")
     mirror = add("mirror", _need_sub, "audit mirrors: status and catch-up", asub)
     msub = mirror.add_subparsers(dest="mirror_cmd", metavar="ACTION", parser_class=Parser)
     add("status", cmd_mirror_status, "each mirror's position and lag", msub)
     add("sync", cmd_mirror_sync, "copy what each mirror is missing", msub)
+    sp = add(
+        "region",
+        cmd_mirror_region,
+        "create (or show) a second region's mirror of the Night Mesh audit stream",
+        msub,
+    )
+    sp.add_argument("server", metavar="nats://HOST:PORT", help="a server of the second region")
+    sp.add_argument(
+        "--domain", required=True, help="the region's JetStream domain (names the mirror stream)"
+    )
+    sp.add_argument(
+        "--source-domain",
+        required=True,
+        help="the JetStream domain of the servers holding the audit stream",
+    )
+    sp.add_argument("--mesh-prefix", default=None, help="the deployment prefix (default nightcore)")
+    sp.add_argument("--mesh-creds", default=None, help="NATS credentials file")
     sp = add(
         "heartbeat",
         cmd_heartbeat,

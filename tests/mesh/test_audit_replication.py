@@ -1,0 +1,293 @@
+"""Audit replication through Night Mesh: a real ``nightcore node --mesh`` process publishes its
+audit lines and checkpoints to the JetStream audit stream on a real ``nats-server`` (JetStream
+domain ``hub``); a second region (its own domain ``west``, joined as a leafnode) holds a mirror
+stream; ``nightcore audit verify --source nats://...`` rebuilds the log from either stream and
+holds it to the node's own signed checkpoints.
+
+Waiting is polling a condition with a deadline (the stream holding every local line), never a
+sleep for readiness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nightcore.canonical import canonical
+from tests.conftest import Env
+from tests.mesh.servers import NatsServer
+from tests.node.test_node import NodeProcess
+
+WAIT_S = 90.0
+PREFIX = "nightcore"
+NODE = "n1"
+STREAM = f"{PREFIX}-audit"
+MIRROR = f"{PREFIX}-audit-west"
+LINE_SUBJECT = f"{PREFIX}.audit.{NODE}.line"
+
+
+def _local_lines(env: Env) -> list[bytes]:
+    return (env.ws / "state/audit/audit.jsonl").read_bytes().splitlines(keepends=True)
+
+
+def _js_call(url: str, fn: Any, domain: str | None = None) -> Any:
+    """Run ``await fn(js)`` on a fresh nats-py connection (the test's own view of the server)."""
+    import nats
+
+    async def main() -> Any:
+        nc = await nats.connect(url, max_reconnect_attempts=0, connect_timeout=5)
+        try:
+            js = nc.jetstream(domain=domain) if domain else nc.jetstream()
+            return await fn(js)
+        finally:
+            await nc.close()
+
+    return asyncio.run(main())
+
+
+def _line_count(url: str, stream: str, domain: str | None = None) -> int:
+    from nats.js.errors import NotFoundError
+
+    async def count(js: Any) -> int:
+        try:
+            info = await js.stream_info(stream, subjects_filter=LINE_SUBJECT)
+        except NotFoundError:
+            return -1
+        return int((info.state.subjects or {}).get(LINE_SUBJECT, 0))
+
+    return int(_js_call(url, count, domain))
+
+
+def _wait_replicated(env: Env, url: str, stream: str, domain: str | None = None) -> int:
+    """Until ``stream`` holds exactly as many line messages as the node's log has lines."""
+    deadline = time.monotonic() + WAIT_S
+    seen = -1
+    while time.monotonic() < deadline:
+        local = len(_local_lines(env))
+        seen = _line_count(url, stream, domain)
+        if seen == local:
+            return local
+        time.sleep(0.05)  # polling a condition with a deadline
+    info = _js_call(url, lambda js: js.stream_info(stream), domain)
+
+    raise AssertionError(
+        f"{stream} holds {seen} lines, the node {len(_local_lines(env))}: {info.state} "
+        f"{info.mirror}"
+    )
+
+
+def _verify(env: Env, url: str, *extra: str) -> tuple[int, dict[str, Any], str]:
+    res = env.cli("audit", "verify", "--source", url, "--json", *extra)
+    return res.code, dict(res.json()) if res.out.strip() else {}, res.err
+
+
+@pytest.fixture
+def mesh_node(env: Env, nats_server: NatsServer) -> Iterator[NodeProcess]:
+    env.add_tenant("hello")
+    node = NodeProcess(env.ws, workers=1, extra=("--mesh", nats_server.url, "--node-name", NODE))
+    node._await_line("caught up")
+    yield node
+    if node.proc.poll() is None:
+        node.stop()
+
+
+def _run(env: Env, times: int = 1) -> None:
+    for _ in range(times):
+        res = env.cli("run")
+        assert res.code == 0, res.err
+
+
+def _region_mirror(env: Env, region: NatsServer) -> dict[str, Any]:
+    res = env.cli(
+        "audit", "mirror", "region", region.url, "--domain", "west", "--source-domain", "hub",
+        "--json",
+    )  # fmt: skip
+    assert res.code == 0, res.err
+    return dict(res.json())
+
+
+def test_second_region_holds_every_line_and_verifies_against_the_node(
+    env: Env, nats_server: NatsServer, region_west: NatsServer, mesh_node: NodeProcess
+) -> None:
+    _run(env, 3)
+    row = _region_mirror(env, region_west)
+    assert row["stream"] == MIRROR and row["source_domain"] == "hub"
+    lines = _wait_replicated(env, nats_server.url, STREAM)
+    assert _wait_replicated(env, region_west.url, MIRROR) == lines
+
+    for url in (nats_server.url, region_west.url):
+        code, report, err = _verify(env, url, "--node", NODE)
+        assert code == 0 and report["ok"], (url, report, err)
+        assert report["entries"] == lines and report["checkpoints"] >= 3
+        assert report["anchor"]["status"] == "consistent"
+    # Addressed through the hub by the region's JetStream domain: the same mirror.
+    code, report, _ = _verify(env, nats_server.url, "--node", NODE, "--domain", "west")
+    assert code == 0 and report["entries"] == lines
+
+    # Lag in `mesh status` terms: the node's heartbeat carries replicated vs local lines.
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        status = mesh_node.status()
+        beat = _heartbeat(nats_server.url)
+        if beat.get("audit", {}).get("lag") == 0:
+            break
+        time.sleep(0.05)  # polling a condition with a deadline
+    assert beat["audit"]["replicated"] == len(_local_lines(env)), (beat, status)
+
+    # The stream is append-only: the server itself refuses a delete.
+    with pytest.raises(Exception, match=r"(?i)delete"):
+        _js_call(region_west.url, lambda js: js.delete_msg(MIRROR, 2))
+
+
+def _heartbeat(url: str) -> dict[str, Any]:
+    async def get(js: Any) -> dict[str, Any]:
+        kv = await js.key_value(f"{PREFIX}-nodes")
+        entry = await kv.get(NODE)
+        return dict(json.loads(entry.value))
+
+    return dict(_js_call(url, get))
+
+
+def _forged_after(last: bytes) -> bytes:
+    """A line that extends ``last`` correctly (seq + 1, prev = its hash): it chains."""
+    rec = json.loads(last)
+    rec["seq"] += 1
+    rec["prev"] = hashlib.sha256(last.rstrip(b"\n")).hexdigest()
+    rec["event"] = "forged"
+    rec["data"] = {"by": "someone with publish rights on the bus"}
+    return canonical(rec) + b"\n"
+
+
+def test_a_forged_line_on_the_stream_is_caught(
+    env: Env, nats_server: NatsServer, region_west: NatsServer, mesh_node: NodeProcess
+) -> None:
+    _run(env)
+    _region_mirror(env, region_west)
+    _wait_replicated(env, region_west.url, MIRROR)
+    mesh_node.stop()  # the node is idle from here: its log does not move
+    lines = _local_lines(env)
+    forged = _forged_after(lines[-1])
+
+    async def publish(js: Any) -> None:
+        await js.publish(
+            LINE_SUBJECT, forged, headers={"Nats-Msg-Id": "forged-1", "Nightcore-Audit-Seq": "x"}
+        )
+
+    _js_call(nats_server.url, publish)
+    deadline = time.monotonic() + WAIT_S
+    while _line_count(region_west.url, MIRROR) != len(lines) + 1:
+        assert time.monotonic() < deadline, "the forged line never reached the mirror"
+        time.sleep(0.05)  # polling a condition with a deadline
+    for url in (nats_server.url, region_west.url):
+        code, report, err = _verify(env, url, "--node", NODE)
+        assert code == 1 and report["code"] == "MIRROR_AHEAD", (url, report)
+        assert "error[MIRROR_AHEAD]" in err
+
+    # A forged line that does not chain is caught by the log's own rules.
+    broken = json.loads(lines[1])
+    broken["data"] = {"rewritten": True}
+
+    async def publish_broken(js: Any) -> None:
+        await js.publish(LINE_SUBJECT, canonical(broken) + b"\n", headers={"Nats-Msg-Id": "f2"})
+
+    _js_call(nats_server.url, publish_broken)
+    code, report, _ = _verify(env, nats_server.url, "--node", NODE)
+    assert code == 1 and report["code"] in ("AUDIT_SEQ_GAP", "AUDIT_CHAIN_BROKEN"), report
+
+
+def test_a_deleted_message_is_caught(
+    env: Env, nats_server: NatsServer, region_west: NatsServer, mesh_node: NodeProcess
+) -> None:
+    """deny_delete stops a plain delete; someone with stream-admin rights can lift it first.
+    Deleting the last line then leaves a shorter log that is self-consistent: the stream's own
+    record of a deleted message (and, on the hub, the node's cursor) convicts it."""
+    _run(env, 2)
+    _region_mirror(env, region_west)
+    _wait_replicated(env, region_west.url, MIRROR)
+    mesh_node.stop()
+    lines = len(_local_lines(env))
+
+    for url, stream in ((region_west.url, MIRROR), (nats_server.url, STREAM)):
+
+        async def tamper(js: Any, stream: str = stream) -> int:
+            info = await js.stream_info(stream)
+            await js.update_stream(info.config.evolve(deny_delete=False))
+            last = await js.get_last_msg(stream, LINE_SUBJECT)
+            await js.delete_msg(stream, last.seq)
+            return int(last.seq)
+
+        _js_call(url, tamper)
+        code, report, err = _verify(env, url, "--node", NODE)
+        assert code == 1 and report["code"] == "MIRROR_TRUNCATED", (stream, report)
+        assert report["entries"] == lines - 1 and "tampering" in err
+
+
+def test_second_region_offline_then_back_catches_up(
+    env: Env, nats_server: NatsServer, region_west: NatsServer, mesh_node: NodeProcess
+) -> None:
+    _run(env)
+    _region_mirror(env, region_west)
+    _wait_replicated(env, region_west.url, MIRROR)
+    assert region_west.stop() == 0  # the second region goes away
+    _run(env, 2)  # the node keeps working and replicating to the hub
+    lines = _wait_replicated(env, nats_server.url, STREAM)
+    code, report, _ = _verify(env, nats_server.url, "--node", NODE)
+    assert code == 0 and report["entries"] == lines
+    region_west.restart()  # same ports, same store: it rejoins the hub and resumes the mirror
+    assert _wait_replicated(env, region_west.url, MIRROR) == lines
+    code, report, err = _verify(env, region_west.url, "--node", NODE)
+    assert code == 0 and report["entries"] == lines, (report, err)
+
+
+def test_node_restart_neither_duplicates_nor_loses_lines(
+    env: Env, nats_server: NatsServer, mesh_node: NodeProcess
+) -> None:
+    _run(env, 2)
+    _wait_replicated(env, nats_server.url, STREAM)
+    mesh_node.stop()
+    _run(env)  # in-process while the node is down: lines the stream has not seen
+    assert _line_count(nats_server.url, STREAM) < len(_local_lines(env))
+    node = NodeProcess(env.ws, workers=1, extra=("--mesh", nats_server.url, "--node-name", NODE))
+    try:
+        node._await_line("caught up")
+        _run(env)
+        lines = _wait_replicated(env, nats_server.url, STREAM)
+    finally:
+        node.stop()
+    code, report, err = _verify(env, nats_server.url, "--node", NODE)
+    assert code == 0 and report["entries"] == lines, (report, err)
+    assert not any("twice" in w for w in report["warnings"])
+
+    # A SIGKILL between a publication and the cursor's update: the stream, not the cursor,
+    # says where to resume (the msg-id would drop a re-publication inside the window anyway).
+    cursor = env.ws / f"state/audit/mirrors/mesh-{PREFIX}.json"
+    saved = json.loads(cursor.read_text())
+    saved.update(lines=1, offset=len(_local_lines(env)[0]))
+    cursor.write_text(json.dumps(saved))
+    node = NodeProcess(env.ws, workers=1, extra=("--mesh", nats_server.url, "--node-name", NODE))
+    try:
+        node._await_line("caught up")
+        _run(env)
+        lines = _wait_replicated(env, nats_server.url, STREAM)
+    finally:
+        node.kill()
+    code, report, err = _verify(env, nats_server.url, "--node", NODE)
+    assert code == 0 and report["entries"] == lines, (report, err)
+
+
+def test_verify_from_a_stream_that_does_not_exist_or_cannot_be_reached(
+    env: Env, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    res = env.cli("audit", "verify", "--source", nats_server.url, "--node", NODE)
+    assert res.code == 2 and "error[MIRROR_NOT_FOUND]" in res.err
+    from tests.mesh.servers import free_port
+
+    res = env.cli("audit", "verify", "--source", f"nats://127.0.0.1:{free_port()}")
+    assert res.code == 2 and "error[MESH_UNREACHABLE]" in res.err
