@@ -90,10 +90,17 @@ def copy(release: Release, tmp_path: Path) -> Path:
     return d
 
 
+SCHEMA = json.loads((REPO / "docs" / "schemas" / "release-verify.schema.json").read_text())
+
+
 def verify(d: Path, key: Path) -> dict[str, Any]:
+    from jsonschema import Draft202012Validator  # type: ignore[import-untyped]
+
     r = run_cli_subprocess("release", "verify", str(d), "--key", str(key), "--json")
     assert "Traceback" not in r.err
     doc: dict[str, Any] = r.json()
+    errors = [e.message for e in Draft202012Validator(SCHEMA).iter_errors(doc)]
+    assert not errors, errors  # docs/schemas/release-verify.schema.json, pass or fail
     assert r.code == (0 if doc["ok"] else 1), (r.code, doc)
     return doc
 
