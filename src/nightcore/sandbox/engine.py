@@ -873,9 +873,7 @@ def _cap_outcome(code: str, at_limit: bool, truncated: bool) -> tuple[str, dict[
     return code, extra
 
 
-def _disk_outcome(
-    code: str, detail: str, extra: dict[str, str], disk_over: str
-) -> tuple[str, str]:
+def _disk_outcome(code: str, detail: str, extra: dict[str, str], disk_over: str) -> tuple[str, str]:
     """A run over its disk bound when it ended (between two samples) is ``DISK_LIMIT``: like
     ``OUTPUT_LIMIT`` it replaces the guest's own outcome, which stays ``underlying_code``."""
     if disk_over and code in ("OK", "EXIT_NONZERO", "TRAP", "OUTPUT_LIMIT"):

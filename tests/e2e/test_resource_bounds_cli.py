@@ -1,0 +1,119 @@
+"""Hostile tenants of issue 14 through ``nightcore run`` beside neighbours: a descriptor bomb
+(20,000 opens: as many as this machine's whole RLIMIT_NOFILE), a 2 GiB writer and a compile
+bomb each end with their own code, the neighbours in the same run complete and are recorded,
+``runs`` shows the codes, and ``audit verify`` passes. And the symlink swap race: the file a
+tenant wrote is replaced by a link to /dev/zero between the tenant's end and the host's
+hashing; the host neither follows it nor reads forever."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nightcore.runner import pipeline
+from tests.conftest import Env, wat_module
+from tests.hostile_tenants import big_writer, compile_bomb, fd_bomb
+
+MIB = 1024 * 1024
+RW = '[capabilities]\n[[capabilities.fs]]\npath = "data"\nmode = "rw"\n'
+
+
+def _by_tenant(res: Any) -> dict[str, dict[str, Any]]:
+    data = res.json()
+    runs = data["runs"] if isinstance(data, dict) else data
+    return {r["tenant"]: r for r in runs}
+
+
+def test_hostile_tenants_beside_neighbours(env: Env) -> None:
+    env.add_tenant(
+        "fdbomb", RW + "[limits]\nopen_files = 64\nwall_ms = 10000\n", wat_module(fd_bomb(20_000))
+    )
+    env.add_tenant(
+        "writer",
+        RW + f"[limits]\ndisk_bytes = {MIB}\nwall_ms = 10000\n",
+        wat_module(big_writer(2 << 30)),
+    )
+    env.add_tenant("cbomb", "[limits]\ncompile_ms = 500\n", compile_bomb(200_000))
+    for name in ("alpha", "omega"):
+        env.add_tenant(name)
+    res = env.cli("run", "--json")
+    runs = _by_tenant(res)
+    assert runs["fdbomb"]["code"] == "FD_LIMIT", runs["fdbomb"]
+    assert runs["writer"]["code"] == "DISK_LIMIT", runs["writer"]
+    assert runs["cbomb"]["code"] == "COMPILE_LIMIT", runs["cbomb"]
+    for name in ("alpha", "omega"):
+        assert runs[name]["code"] == "OK", runs[name]
+        assert runs[name]["audit_seq"] is not None
+    written = env.ws / "state" / "tenants" / "writer" / "data" / "big"
+    assert written.stat().st_size < 512 * MIB
+    # Every run started got its outcome, and the log verifies.
+    lines = env.audit_lines()
+    started = {r["data"]["run_id"] for r in lines if r["event"] == "run_start"}
+    finished = {r["data"]["run_id"] for r in lines if r["event"] == "run_outcome"}
+    assert started == finished and len(started) == 5
+    assert env.cli("audit", "verify").code == 0
+    table = env.cli("runs", "--json").json()
+    codes = {r["tenant"]: r["code"] for r in table}
+    assert codes["fdbomb"] == "FD_LIMIT" and codes["writer"] == "DISK_LIMIT"
+    assert codes["cbomb"] == "COMPILE_LIMIT"
+    shown = env.cli("runs", "show", runs["writer"]["run_id"], "--json").json()
+    assert shown["code"] == "DISK_LIMIT"
+
+
+WRITE_OUT = """
+(module
+ (import "wasi_snapshot_preview1" "path_open"
+   (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+ (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+ (memory (export "memory") 1)
+ (data (i32.const 100) "out.bin")
+ (data (i32.const 16) "written\\n")
+ (func (export "_start")
+  (if (call $open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 7) (i32.const 9)
+        (i64.const 0x1fffffff) (i64.const 0x1fffffff) (i32.const 0) (i32.const 200))
+    (then unreachable))
+  (i32.store (i32.const 0) (i32.const 16))
+  (i32.store (i32.const 4) (i32.const 8))
+  (drop (call $write (i32.load (i32.const 200)) (i32.const 0) (i32.const 1) (i32.const 8)))))
+"""
+
+
+def test_a_written_file_swapped_for_dev_zero_is_not_read(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env.add_tenant("swapper", RW, wat_module(WRITE_OUT))
+    victim = env.ws / "state" / "tenants" / "swapper" / "data" / "out.bin"
+    swapped: list[bool] = []
+    real = pipeline.written_files
+
+    def swap_then_hash(before: Any, rw: Any, **kw: Any) -> Any:
+        # What a concurrent run of the same tenant could do between this run's end and the
+        # host's hashing: replace the file it wrote by a link to /dev/zero.
+        victim.unlink()
+        os.symlink("/dev/zero", victim)
+        swapped.append(True)
+        return real(before, rw, **kw)
+
+    monkeypatch.setattr(pipeline, "written_files", swap_then_hash)
+    out: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: out.update(res=env.cli("run", "--json")))
+    worker.start()
+    worker.join(300)  # a guard, not a measurement: a host reading /dev/zero never returns
+    assert not worker.is_alive(), "the host followed the link and read /dev/zero"
+    assert swapped
+    run = _by_tenant(out["res"])["swapper"]
+    assert run["code"] == "OK"
+    envelope = json.loads(
+        (env.ws / "state" / "runs" / run["run_id"] / "attestation.intoto.dsse.json").read_text()
+    )
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    names = {s["name"] for s in statement["subject"]}
+    assert "fs/data/out.bin" not in names  # neither hashed through the link nor invented
+    assert victim.is_symlink() and Path(os.readlink(victim)) == Path("/dev/zero")
+    assert env.cli("audit", "verify").code == 0
