@@ -125,4 +125,26 @@ def run_checks(ws: Any | None) -> list[dict[str, str]]:
         add("trust", "OK", f"{len(registry.keys)} trusted keys, revocation list v{rl.version}")
     except NightCoreError as exc:
         add("trust", "FAIL", str(exc))
+    else:
+        from nightcore.trustops import KEY_AGE_WARN_DAYS, key_age_warnings
+
+        for w in key_age_warnings(ws):
+            add(
+                f"{w['role']} key age",
+                "WARN",
+                f"{w['name']} ({w['key_id'][:16]}) was trusted {w['age_days']} days ago: rotate "
+                f"every {KEY_AGE_WARN_DAYS} days (nightcore trust rotate-key)",
+            )
+    try:
+        history = ws.transparency_log().history()
+    except NightCoreError as exc:
+        add("node key history", "FAIL", str(exc))
+    else:
+        revoked = sum(1 for k in history.keys if k.revoked is not None)
+        add(
+            "node key history",
+            "OK",
+            f"{len(history.keys)} node key(s) for log {history.origin}"
+            + (f", {revoked} revoked" if revoked else ""),
+        )
     return checks

@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nightcore.errors import NightCoreError, TrustError, UsageError
 from nightcore.fsio import atomic_write
@@ -78,6 +78,71 @@ def trust_add_key(
     )
     atomic_write(ctx.layout.registry_path, new.to_bytes())
     return tk
+
+
+KEY_AGE_WARN_DAYS = 90  # as AUFS's maintainer keys: threat model section 11, quarterly rotation
+
+
+def key_age_warnings(
+    ctx: NodeContext, *, now: dt.datetime | None = None, days: int = KEY_AGE_WARN_DAYS
+) -> list[dict[str, Any]]:
+    """Trusted publisher and maintainer keys added more than ``days`` days ago (oldest first):
+    ``{key_id, name, role, age_days}``. Shown by ``doctor`` and the dashboard."""
+    now = now or utcnow()
+    aged = sorted(
+        (
+            ((now - k.added).days, k)
+            for k in ctx.load_registry().keys
+            if (now - k.added).days > days
+        ),
+        key=lambda pair: pair[0],
+    )
+    return [
+        {"key_id": k.key_id, "name": k.name, "role": k.role, "age_days": age}
+        for age, k in reversed(aged)
+    ]
+
+
+def trust_rotate_key(
+    ctx: NodeContext, old_key_id: str, new_public_pem: Path, *, grace_days: int = 30
+) -> tuple[TrustedKey, TrustedKey]:
+    """Publisher-key rotation: trust ``new_public_pem`` with the old key's role, scope and name,
+    and let the old key expire after ``grace_days`` (tenants are re-signed with the new key in
+    between; nothing signed by the old key is accepted after that). Returns (old, new)."""
+    import dataclasses
+
+    if isinstance(grace_days, bool) or not 0 <= grace_days <= 365:
+        raise UsageError("--grace-days is 0..365")
+    registry = ctx.load_registry()
+    old = registry.get(resolve_key_id(ctx, old_key_id))
+    if old is None:
+        raise TrustError(f"no registry key {old_key_id[:64]!r}", code="KEY_NOT_FOUND")
+    new = trust_add_key(
+        ctx,
+        new_public_pem,
+        scope=old.scope,
+        role=old.role,
+        expires=None,
+    )
+    until = utcnow().replace(microsecond=0) + dt.timedelta(days=grace_days, seconds=1)
+    if old.expires is None or old.expires > until:
+        registry = ctx.load_registry()
+        retiring = dataclasses.replace(old, expires=until)
+        keys = tuple(retiring if k.key_id == old.key_id else k for k in registry.keys)
+        atomic_write(ctx.layout.registry_path, type(registry)(keys).to_bytes())
+        old = retiring
+    ctx.audit().append(
+        "trust_key_rotated",
+        {
+            "old_key_id": old.key_id,
+            "new_key_id": new.key_id,
+            "role": old.role,
+            "scope": old.scope,
+            "old_expires": old.to_dict().get("expires"),
+        },
+    )
+    _trust_changed(ctx)
+    return old, new
 
 
 def trust_remove_key(ctx: NodeContext, key_id: str) -> str:

@@ -314,3 +314,39 @@ def test_node_key_behind_a_signer_uri(tmp_path: Path) -> None:
     nc_kms("-w", str(ws), "proof", "export", "--out", str(bundle))
     code, out = bundle_verify(bundle, kms.public_path)
     assert code == 0 and out["ok"], out
+
+
+# -- publisher keys: age warnings and rotation ---------------------------------------------
+
+
+def test_publisher_key_age_warning_and_rotation(tmp_path: Path) -> None:
+    ws = workspace(tmp_path)
+    reg_path = ws / "trust" / "registry.json"
+    reg = json.loads(reg_path.read_bytes())
+    old_id = reg["keys"][0]["keyid"]
+    reg["keys"][0]["added"] = "2026-01-02T03:04:05Z"  # long before now: due for rotation
+    reg_path.write_text(json.dumps(reg))
+    res = nc("-w", str(ws), "doctor", "--json")  # a WARN is advice: doctor still exits 0
+    warns = [c for c in json.loads(res.out) if c["status"] == "WARN"]
+    assert warns and warns[0]["check"] == "publisher key age", warns
+    assert old_id[:16] in warns[0]["detail"] and "rotate-key" in warns[0]["detail"]
+    report = tmp_path / "report.html"
+    nc("-w", str(ws), "dashboard", "build", "--out", str(report))
+    assert "trusted for more than 90 days" in report.read_text()
+
+    new = app.keygen("pub-2027", tmp_path / "keys", PASSPHRASE.encode())
+    out = json.loads(
+        nc("-w", str(ws), "trust", "rotate-key", old_id[:12], str(new.public_path),
+           "--grace-days", "7", "--json").out
+    )  # fmt: skip
+    assert out["new"]["key_id"] == new.key_id and out["new"]["scope"] == out["old"]["scope"]
+    assert out["old"]["expires"]  # the old key expires after the grace period
+    nc("sign", str(ws / "modules" / "hello"), "--key", str(new.private_path))
+    rows = json.loads(nc("-w", str(ws), "verify", "--json").out)
+    assert rows[0]["code"] == "OK" and rows[0]["key_id"] == new.key_id, rows
+    warns = [
+        c for c in json.loads(nc("-w", str(ws), "doctor", "--json").out) if c["status"] == "WARN"
+    ]
+    assert len(warns) == 1 and old_id[:16] in warns[0]["detail"]  # until the old key goes
+    lines = (ws / "state" / "audit" / "audit.jsonl").read_text()
+    assert '"event":"trust_key_rotated"' in lines

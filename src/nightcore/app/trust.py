@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from nightcore.trustops import (
     import_revocations,
+    key_age_warnings,
     resolve_key_id,
     revocations_list,
     revoke,
@@ -11,10 +12,12 @@ from nightcore.trustops import (
     trust_list,
     trust_list_states,
     trust_remove_key,
+    trust_rotate_key,
 )
 
 __all__ = [
     "import_revocations",
+    "key_age_warnings",
     "resolve_key_id",
     "revocations_list",
     "revoke",
@@ -22,4 +25,5 @@ __all__ = [
     "trust_list",
     "trust_list_states",
     "trust_remove_key",
+    "trust_rotate_key",
 ]

@@ -284,8 +284,14 @@ def _trust(ws: NodeContext) -> TrustView:
     keys_error = None
     registry: Any = None
     try:
+        import datetime as dt
+
+        from nightcore.trustops import KEY_AGE_WARN_DAYS
+
+        now = dt.datetime.now(dt.UTC)
         registry = ws.load_registry()
         for k in registry.keys:
+            age = max((now - k.added).days, 0)
             keys.append(
                 KeyView(
                     key_id=k.key_id,
@@ -294,6 +300,8 @@ def _trust(ws: NodeContext) -> TrustView:
                     scope=k.scope,
                     scheme=str(k.key.scheme),
                     expires=k.expires.strftime("%Y-%m-%d %H:%M:%SZ") if k.expires else "",
+                    age_days=age,
+                    age_warn=age > KEY_AGE_WARN_DAYS,
                 )
             )
     except NightCoreError as exc:

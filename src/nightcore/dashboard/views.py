@@ -280,6 +280,8 @@ class KeyView:
     scope: str
     scheme: str
     expires: str
+    age_days: int = 0
+    age_warn: bool = False  # trusted longer than the rotation period (90 days, as AUFS)
 
 
 @dataclass
