@@ -9,7 +9,7 @@ Gates (docs/supply-chain.md says what each checks and how to update its reviewed
                  that nothing needs, every dev-lock entry is installed at its pinned version,
                  nothing is installed that no lock names.
 ``sbom``         a CycloneDX SBOM of this environment (the product's own ``nightcore sbom``
-                 code) validates, and names every runtime-lock pin at the same version.
+                 code) validates, and names every runtime- and dev-lock pin at its version.
 ``licences``     every installed distribution's licence (License-Expression, License, or the
                  classifiers) is on ``supply-chain/licences.toml``'s allow-list, or has a
                  reviewed, unexpired exception there.
@@ -353,8 +353,8 @@ def check_consistency(
 # -- SBOM -----------------------------------------------------------------------------------
 
 
-def check_sbom(sbom_text: str, runtime: Mapping[str, Pin], validate: bool = True) -> list[Finding]:
-    """The SBOM names every (applicable) runtime pin at its pinned version."""
+def check_sbom(sbom_text: str, pins: Mapping[str, Pin], validate: bool = True) -> list[Finding]:
+    """The SBOM names every (applicable) pin of ``pins`` at its pinned version."""
     out: list[Finding] = []
     if validate:
         from nightcore.errors import NightCoreError
@@ -373,7 +373,7 @@ def check_sbom(sbom_text: str, runtime: Mapping[str, Pin], validate: bool = True
         }
     except (ValueError, TypeError, KeyError, AttributeError):
         return [Finding("sbom", "SBOM_INVALID", "the SBOM is not CycloneDX JSON with components")]
-    for name, pin in sorted(runtime.items()):
+    for name, pin in sorted(pins.items()):
         if not pin.applies():
             continue
         got = comps.get(name)
@@ -813,7 +813,7 @@ def run_gates(root: Path, gates: Iterable[str], today: dt.date) -> list[Finding]
         pyproject = tomllib.loads((root / "pyproject.toml").read_text())
         findings += check_consistency(pyproject, locks, installed_distributions())
     if "sbom" in gates:
-        findings += check_sbom(environment_sbom(), locks.runtime)
+        findings += check_sbom(environment_sbom(), {**locks.dev, **locks.runtime})
     if "licences" in gates:
         policy, bad = load_licence_policy(root / LICENCES_FILE, today)
         findings += bad + check_licences(installed_metadata(), policy)
