@@ -581,3 +581,66 @@ def test_replay_of_a_net_run_makes_no_request(env: Env, servers: tuple[Server, S
     # The replayed guest got NC_ELIMIT instead of a response: its output differs.
     assert res.code == 1 and res.json()["code"] == "REPLAY_DIVERGED"
     assert len(main.requests) == 1
+
+
+def _self_signed(tmp: Any) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 that no trust store knows (made here, at test time)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nightcore-test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_https_verifies_the_certificate(env: Env, mode: str) -> None:
+    """https uses the default trust store and host check: a self-signed server is refused
+    (NET_CONNECT_FAILED), nothing is sent to it."""
+    import ssl
+
+    srv, state = _start({"/hello": _hello})
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*_self_signed(env.root))
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    try:
+        allow_net(env)
+        base = f"https://127.0.0.1:{state.port}"
+        add_net_tenant(env, "tls", [f"{base}/*"], [f"{base}/hello"])
+        rows = run(env, mode=mode)
+        assert rc_lines(stdout_of(env, rows["tls"])) == ["rc=-6 status=0"]
+        (ev,) = net_events(env, "tls")
+        assert ev["data"]["code"] == "NET_CONNECT_FAILED" and "TLS" in ev["data"]["reason"]
+        assert state.requests == []
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -266,15 +266,15 @@ class NetPerformer:
         grant = next((g for g in self.grants if g.allows(target)), None)
         if grant is None:
             raise _Refused(NC_EACCES, "no granted destination matches the URL")
-        address = self._address(target, grant)
-        record["address"] = address
+        addresses = self._addresses(target, grant)
+        sock = self._connect(addresses, target.port, record)
         cap = max(0, min(resp_cap, self.access.max_response_bytes))
-        status, data = self._exchange(target, address, method, body, cap)
+        status, data = self._exchange(target, sock, method, body, cap)
         return Outcome(len(data), status, data)
 
-    def _address(self, target: RequestTarget, grant: NetGrant) -> str:
-        """The one address to connect to: the literal, or the name resolved once, every
-        address it resolves to checked (one refused address refuses the request)."""
+    def _addresses(self, target: RequestTarget, grant: NetGrant) -> list[str]:
+        """The addresses to connect to: the literal, or the name resolved once, every address
+        it resolves to checked (one refused address refuses the request)."""
         if target.ip:
             addresses = [target.ip]
         else:
@@ -293,21 +293,36 @@ class NetPerformer:
             ok, why = address_allowed(address, grant)
             if not ok:
                 raise _Refused(NC_EADDR, why)
-        return addresses[0]
+        return addresses
+
+    def _connect(self, addresses: list[str], port: int, record: dict[str, Any]) -> socket.socket:
+        """A connection to the first checked address that accepts one (in resolver order)."""
+        failure = ""
+        for address in addresses:
+            try:
+                sock = socket.create_connection((address, port), timeout=self._remaining())
+            except TimeoutError:
+                raise _Refused(NC_ETIMEDOUT, "connect timed out") from None
+            except OSError as exc:
+                failure = f"connect to {address}: {exc.strerror or exc}"
+                continue
+            record["address"] = address
+            return sock
+        raise _Refused(NC_ECONNECT, failure)
 
     def _exchange(
-        self, target: RequestTarget, address: str, method: str, body: bytes, cap: int
+        self, target: RequestTarget, sock: socket.socket, method: str, body: bytes, cap: int
     ) -> tuple[int, bytes]:
-        """One HTTP/1.1 exchange with ``address``; the whole of it within the run's wall
-        time (a timer shuts the socket at the deadline, every blocking call also has the
-        remaining time as its timeout)."""
+        """One HTTP/1.1 exchange on ``sock``; the whole of it within the run's wall time (a
+        timer shuts the socket at the deadline, every blocking call also has the remaining
+        time as its timeout)."""
         try:
-            sock = socket.create_connection((address, target.port), timeout=self._remaining())
-        except TimeoutError:
-            raise _Refused(NC_ETIMEDOUT, "connect timed out") from None
-        except OSError as exc:
-            raise _Refused(NC_ECONNECT, f"connect to {address}: {exc.strerror or exc}") from None
-        timer = threading.Timer(self._remaining(), _shutdown, (sock,))
+            left = self._remaining()
+        except _Refused:
+            sock.close()
+            raise
+        current = [sock]  # what the timer shuts: the TLS socket once it wraps the plain one
+        timer = threading.Timer(left, lambda: _shutdown(current[0]))
         timer.daemon = True
         timer.start()
         conn: http.client.HTTPConnection | None = None
@@ -315,7 +330,7 @@ class NetPerformer:
             if target.scheme == "https":
                 ctx = ssl.create_default_context()
                 try:
-                    sock = ctx.wrap_socket(sock, server_hostname=target.host)
+                    sock = current[0] = ctx.wrap_socket(sock, server_hostname=target.host)
                 except ssl.SSLError as exc:
                     raise _Refused(NC_ECONNECT, f"TLS: {exc.reason or exc}") from None
             conn = http.client.HTTPConnection(target.host, target.port)
