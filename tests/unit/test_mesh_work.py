@@ -157,3 +157,26 @@ def test_hostile_results_are_refused(mutate: object) -> None:
     with pytest.raises(NightCoreError) as exc:
         work.parse_result(json.dumps(d).encode())
     assert exc.value.code == "MESH_WORK_RESULT_INVALID"
+
+
+def test_open_requests_are_starts_without_a_closing_line() -> None:
+    from nightcore.mesh.workqueue import open_requests
+
+    def line(seq: int, event: str, rid: str, **data: object) -> bytes:
+        return json.dumps(
+            {"seq": seq, "event": event, "data": {"request_id": rid, **data}}
+        ).encode()
+
+    lines = [
+        line(1, "mesh_work_start", "aaaaaaaa", delivery=1),
+        line(2, "mesh_work_start", "bbbbbbbb", delivery=2),
+        line(3, "run_outcome", "aaaaaaaa"),
+        line(4, "mesh_work_result", "aaaaaaaa", recorded=True),
+        line(5, "mesh_work_start", "cccccccc", delivery=1),
+        line(6, "mesh_work_abandoned", "cccccccc"),
+        line(7, "mesh_work_start", "cccccccc", delivery=3),  # redelivered to it again
+    ]
+    assert open_requests(lines) == {
+        "bbbbbbbb": {"seq": 2, "delivery": 2},
+        "cccccccc": {"seq": 7, "delivery": 3},
+    }

@@ -35,7 +35,9 @@ if TYPE_CHECKING:
 
 # More sections of `mesh status` ("module:function"; each `async def f(nc, js, config) ->
 # dict` of plain data, shown under the function's key). Helpers add theirs here.
-STATUS_SECTIONS: dict[str, str] = {}
+STATUS_SECTIONS: dict[str, str] = {
+    "work_queue": "nightcore.mesh.workqueue:status_section",
+}
 
 MAX_VERSION = 2**53
 MAX_HEARTBEAT_BYTES = 64 * 1024

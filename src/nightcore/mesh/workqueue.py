@@ -62,6 +62,7 @@ WORK_MAX_MSGS = 1_000_000
 MAX_ATTESTATION_BYTES = 256 * 1024
 PUBLISH_RETRY_S = 20.0
 FETCH_TIMEOUT_S = 1.0
+SETTINGS_REFRESH_S = 30.0
 ERR_PER_SUBJECT_LIMIT = 10077  # JetStream: "maximum messages per subject exceeded"
 
 
@@ -242,18 +243,25 @@ class WorkService:
             await self._reconcile()
             self._reconciled = True
         sub = await agent.js.pull_subscribe_bind(durable=CONSUMER, stream=agent.names.work_stream)
+        refresh_at = time.monotonic() + SETTINGS_REFRESH_S
         try:
             while not agent.stopping.is_set():
-                self._publish_fields()
                 if not agent.admitted.is_set():
                     self.state = "catching up"
+                    self._publish_fields()
                     await agent.wait_admitted()
                     continue
                 if agent.node_cordoned():
                     self.state = "cordoned"
+                    self._publish_fields()
                     await _wait(agent.stopping, 0.25)
                     continue
                 self.state = "pulling"
+                self._publish_fields()
+                if time.monotonic() > refresh_at:  # an operator may change ack_wait
+                    refresh_at = time.monotonic() + SETTINGS_REFRESH_S
+                    info = await agent.js.consumer_info(agent.names.work_stream, CONSUMER)
+                    self.ack_wait_s = float(info.config.ack_wait or DEFAULT_ACK_WAIT_S)
                 free = self.concurrency - len(self._inflight)
                 if free <= 0:
                     await asyncio.wait(set(self._inflight), return_when=asyncio.FIRST_COMPLETED)
@@ -388,6 +396,7 @@ class WorkService:
         finally:
             keepalive.cancel()
             self.running -= 1
+            self._publish_fields()
 
     async def _keep_alive(self, msg: Msg) -> None:
         """+WPI every third of ack_wait while this node works on the request."""
@@ -733,3 +742,12 @@ def runs(config: MeshConfig, limit: int = 50) -> dict[str, Any]:
 def queue(config: MeshConfig, settings: QueueSettings | None = None) -> dict[str, Any]:
     """``nightcore mesh queue``: the queue's configuration and depth."""
     return asyncio.run(queue_async(config, settings))
+
+
+async def status_section(nc: Any, js: JetStreamContext, config: MeshConfig) -> dict[str, Any]:
+    """``mesh status``'s ``work_queue`` section (:data:`nightcore.mesh.ops.STATUS_SECTIONS`):
+    the queue's depth and consumer settings, ``{"exists": false}`` before any work."""
+    depth = await queue_depth(js, config.names)
+    if depth is None:
+        return {"exists": False}
+    return {"exists": True, **depth}
