@@ -28,7 +28,7 @@ class SoftKmsSigner(CryptoSigner):
 
         path = Path(priv_key_uri.partition(":")[2])
         private = load_pem_private_key(path.read_bytes(), None)
-        return CryptoSigner(private, public_key)  # type: ignore[arg-type]
+        return CryptoSigner(private, public_key)
 
 
 def register() -> None:
