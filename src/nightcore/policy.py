@@ -7,7 +7,7 @@ read from ``nightcore.toml`` by :mod:`nightcore.config`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from nightcore.module.netpolicy import NetPolicy
@@ -48,7 +48,7 @@ class Policy:
     allow_fs_rw: bool = True
     allow_env: bool = True
     allow_net: bool = False
-    net: NetPolicy = NetPolicy()  # [policy.net]: allowed destinations and per-run caps
+    net: NetPolicy = field(default_factory=NetPolicy)  # [policy.net]: destinations, caps
     allow_deterministic: bool = True
     max_limits: EffectiveLimits = DEFAULT_MAX
     default_limits: EffectiveLimits = DEFAULT_LIMITS
