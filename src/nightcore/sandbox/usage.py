@@ -286,6 +286,9 @@ class ResourceMonitor:
         self._thread.start()
 
     def register(self, run: RunUsage) -> None:
+        # First looked at one interval from now: a run shorter than that costs the monitor
+        # nothing but the check at its end (Sandbox._untrack).
+        run.next_scan = time.monotonic() + self._interval
         with self._cond:
             self._runs.append(run)
             self._last_count = -1  # attribute at the next sample
@@ -308,6 +311,7 @@ class ResourceMonitor:
             with self._cond:
                 while not self._runs and not self._stopped:
                     self._cond.wait()
+                    self._cond.wait(self._interval)  # a new run's first look: one interval
                 if self._stopped:
                     return
                 runs = [r for r in self._runs if not r.interrupt.code]
