@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -377,3 +378,108 @@ def test_user_password_auth_is_required_and_plumbed_through(
         if node is not None:
             node.kill()
         server.stop()
+
+
+def test_key_registry_changes_and_a_node_cordon_travel_signed(
+    nodes: list[MeshNode], nats_server: NatsServer, keys_dir: dict[str, GeneratedKey]
+) -> None:
+    from tests.conftest import HELLO_WAT, simple_manifest, wat_module, write_tenant
+
+    url = nats_server.url
+    maint = str(keys_dir["maint"].private_path)
+    bob = keys_dir["bob"]
+    for n in nodes:
+        d = write_tenant(n.ws, "bobs", simple_manifest("bobs"), wat_module(HELLO_WAT))
+        from nightcore import app
+
+        app.sign_tenant(d, str(bob.private_path))
+        assert n.run_codes("bobs") == ["KEY_UNTRUSTED"]
+    added = mesh_cli(
+        nodes[0].ws,
+        url,
+        *("add-key", str(bob.public_path), "--scope", "bob*", "--key", maint),
+    )
+    for n in nodes:
+        assert applied(n, added["seq"])[0]["data"]["op"] == "key_add"
+        assert mesh_events(n.ws, "trust_key_added")[-1]["data"]["key_id"] == bob.key_id
+        assert n.run_codes("bobs") == ["OK"]
+    removed = mesh_cli(nodes[0].ws, url, "remove-key", bob.key_id[:12], "--key", maint)
+    for n in nodes:
+        applied(n, removed["seq"])
+        assert n.run_codes("bobs") == ["KEY_UNTRUSTED"]
+    # A node cordon changes only the node it names; both audit it.
+    cordon = mesh_cli(
+        nodes[0].ws, url, "cordon", "--node", "n2", "--key", maint, "--reason", "disk"
+    )
+    effects = {n.name: applied(n, cordon["seq"])[0]["data"]["effect"] for n in nodes}
+    assert effects == {"n1": "other node", "n2": "applied"}
+
+    def cordoned() -> dict[str, bool]:
+        res = mesh_cli(nodes[0].ws, url, "status")
+        return {r["node"]: r["cordoned"] for r in res["nodes"]}
+
+    deadline = time.monotonic() + 60
+    while cordoned() != {"n1": False, "n2": True}:  # the next heartbeat says so
+        assert time.monotonic() < deadline, cordoned()
+        time.sleep(0.2)  # polling a condition with a deadline
+    # A node cordon is about mesh work: local runs on n2 still go.
+    assert nodes[1].run_codes("hello") == ["OK"]
+
+
+LOOP_WAT = '(module (func (export "_start") (loop $l (br $l))))'
+
+
+def test_a_broadcast_revocation_interrupts_in_flight_runs_on_every_node(
+    nats_server: NatsServer, tmp_path: Path, keys_dir: dict[str, GeneratedKey]
+) -> None:
+    import subprocess
+    import sys
+
+    from nightcore import app
+    from tests.conftest import simple_manifest, wat_module, write_tenant
+
+    # Long enough to act on mid-run (the policy's wall cap is 10 s); the run would end by
+    # itself with TIMEOUT.
+    limits = "[limits]\nfuel = 1000000000000\nwall_ms = 9000\n"
+    started: list[MeshNode] = []
+    clients: list[subprocess.Popen[str]] = []
+    try:
+        for i in (1, 2):
+            ws = make_workspace(tmp_path / f"ws{i}", keys_dir)
+            d = write_tenant(ws, "looper", simple_manifest("looper", limits), wat_module(LOOP_WAT))
+            app.sign_tenant(d, str(keys_dir["alice"].private_path))
+            node = MeshNode(ws, nats_server.url, f"n{i}")
+            node.wait_caught_up()
+            started.append(node)
+        for n in started:
+            clients.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "nightcore", "-w", str(n.ws), "run", "looper", "--json"],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+        for n, c in zip(started, clients, strict=True):
+            deadline = time.monotonic() + 90
+            while not n.status()["pool"]["running"].get("looper"):
+                if c.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"looper never started on {n.name}: {c.communicate()}")
+                time.sleep(0.02)  # polling a condition with a deadline
+        mesh_cli(
+            started[0].ws,
+            nats_server.url,
+            *("revoke", "key", keys_dir["alice"].key_id),
+            *("--key", str(keys_dir["maint"].private_path), "--reason", "stolen"),
+        )
+        for c in clients:
+            out, err = c.communicate(timeout=120)
+            assert "Traceback" not in err
+            rows = {r["tenant"]: r for r in json.loads(out)}
+            assert rows["looper"]["code"] == "REVOKED_IN_FLIGHT", rows
+    finally:
+        for c in clients:
+            if c.poll() is None:
+                c.kill()
+        for n in started:
+            n.kill()
