@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from nightcore.evidence import attestation
 from nightcore.runner import pipeline
 from tests.conftest import Env, wat_module
 from tests.hostile_tenants import big_writer, compile_bomb, fd_bomb
@@ -90,7 +91,7 @@ def test_a_written_file_swapped_for_dev_zero_is_not_read(
     env.add_tenant("swapper", RW, wat_module(WRITE_OUT))
     victim = env.ws / "state" / "tenants" / "swapper" / "data" / "out.bin"
     swapped: list[bool] = []
-    real = pipeline.written_files
+    real = attestation.written_files  # what the pipeline imported by name
 
     def swap_then_hash(before: Any, rw: Any, **kw: Any) -> Any:
         # What a concurrent run of the same tenant could do between this run's end and the
