@@ -644,3 +644,26 @@ def test_https_verifies_the_certificate(env: Env, mode: str) -> None:
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_a_net_run_through_the_node_agent(env: Env, servers: tuple[Server, Server]) -> None:
+    """The same through `nightcore node` (its worker processes run the tenants)."""
+    from tests.conftest import run_cli_subprocess
+    from tests.node.test_node import NodeProcess
+
+    main, _ = servers
+    allow_net(env)
+    base = f"http://127.0.0.1:{main.port}"
+    add_net_tenant(env, "fetcher", [f"{base}/*"], [f"{base}/hello", "http://elsewhere.invalid/"])
+    node = NodeProcess(env.ws)
+    try:
+        res = run_cli_subprocess("-w", str(env.ws), "run", "--json", "--no-dashboard")
+        assert res.code == 1, res.err  # the guest exits 1: one request was refused
+        (row,) = res.json()
+        assert rc_lines(stdout_of(env, row)) == [f"rc={len(BODY)} status=200", "rc=-3 status=0"]
+        assert [e["data"]["code"] for e in net_events(env, "fetcher")] == ["OK", "NET_DENIED"]
+        assert node.stop() == 0
+    finally:
+        if node.proc.poll() is None:
+            node.kill()
+    audit_verifies(env)
