@@ -560,10 +560,7 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
     "revocations": ("nightcore revocations list", "nightcore revocations list --json"),
     "verify": ("nightcore verify", "nightcore verify hello --json"),
     "doctor": ("nightcore doctor", "nightcore doctor --json"),
-    "completion": (
-        "nightcore completion bash > ~/.local/share/bash-completion/completions/nightcore",
-        "nightcore completion zsh > ~/.zfunc/_nightcore",
-    ),
+    "completion": ("nightcore completion bash", "nightcore completion zsh"),
     "run": ("nightcore run", "nightcore run hello --strongbox", "nightcore run --parallel 4"),
     "cordon": ("nightcore cordon hello --reason 'incident 42'",),
     "uncordon": ("nightcore uncordon hello --reason 'incident 42 closed'",),
@@ -571,7 +568,6 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
         "nightcore runs",
         "nightcore runs --tenant hello --limit 10 --json",
         "nightcore runs --denied",
-        "nightcore runs show 20261205T0750",
     ),
     "logs": ("nightcore logs 20261205T0750", "nightcore logs 20261205T0750 --stderr"),
     "state": ("nightcore state rebuild",),
@@ -698,7 +694,12 @@ def _register_core(add: Callable[..., argparse.ArgumentParser], sub: Any) -> Non
     add("doctor", cmd_doctor)
 
     sp = add("completion", cmd_completion)
-    sp.add_argument("shell", choices=SHELLS, help="the shell to print the script for")
+    sp.add_argument(
+        "shell",
+        choices=SHELLS,
+        help="the shell to print the script for (bash: save it as "
+        "~/.local/share/bash-completion/completions/nightcore)",
+    )
 
 
 SHELLS = ("bash", "zsh", "fish", "tcsh", "powershell")
