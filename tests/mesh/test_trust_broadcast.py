@@ -483,3 +483,25 @@ def test_a_broadcast_revocation_interrupts_in_flight_runs_on_every_node(
                 c.kill()
         for n in started:
             n.kill()
+
+
+def test_a_node_that_cannot_reach_the_mesh_admits_no_run_until_it_has_caught_up(
+    tmp_path: Path, keys_dir: dict[str, GeneratedKey]
+) -> None:
+    from nightcore.errors import NightCoreError
+
+    server = NatsServer(tmp_path / "nats")  # its ports are chosen; not started yet
+    ws = make_workspace(tmp_path / "ws", keys_dir)
+    node = MeshNode(ws, server.url, "n1", extra=("--mesh-admit-timeout", "1"))
+    try:
+        node.await_line("MESH_UNREACHABLE")
+        with pytest.raises(NightCoreError) as exc:
+            node.run_codes("hello")
+        assert exc.value.code == "MESH_NOT_CAUGHT_UP", exc.value
+        assert not [r for r in node.audit() if r["event"] == "run_start"]
+        server.start()
+        node.wait_caught_up()
+        assert node.run_codes("hello") == ["OK"]
+    finally:
+        node.kill()
+        server.stop()

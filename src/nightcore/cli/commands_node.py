@@ -40,6 +40,7 @@ def mesh_config(args: argparse.Namespace) -> Any:
         tls_cert=args.mesh_tls_cert,
         tls_key=args.mesh_tls_key,
         js_domain=getattr(args, "mesh_domain", None),
+        admit_timeout_s=getattr(args, "mesh_admit_timeout", None),
     )
 
 
@@ -57,8 +58,7 @@ def add_mesh_options(sp: argparse.ArgumentParser, *, required: bool) -> None:
         "--mesh-prefix",
         metavar="P",
         default=None,
-        help="deployment prefix of every subject, stream and bucket ([a-z0-9-], default "
-        "nightcore)",
+        help="deployment prefix of every subject, stream and bucket ([a-z0-9-], default nightcore)",
     )
     sp.add_argument(
         "--mesh-creds",
@@ -71,9 +71,7 @@ def add_mesh_options(sp: argparse.ArgumentParser, *, required: bool) -> None:
     sp.add_argument(
         "--mesh-tls-cert", metavar="FILE", default=None, help="client certificate (mutual TLS)"
     )
-    sp.add_argument(
-        "--mesh-tls-key", metavar="FILE", default=None, help="client certificate's key"
-    )
+    sp.add_argument("--mesh-tls-key", metavar="FILE", default=None, help="client certificate's key")
     sp.add_argument(
         "--node-name",
         metavar="N",
@@ -154,3 +152,11 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         help="most workers one tenant may hold at once (default: all but one)",
     )
     add_mesh_options(sp, required=False)
+    sp.add_argument(
+        "--mesh-admit-timeout",
+        metavar="S",
+        type=float,
+        default=None,
+        help="how long a run waits for the node to catch up with the mesh's trust changes "
+        "before it is refused with MESH_NOT_CAUGHT_UP (default 60)",
+    )

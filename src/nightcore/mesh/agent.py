@@ -53,7 +53,6 @@ SERVICES: list[str] = [
     "nightcore.mesh.auditrepl:AuditReplicationService",
 ]
 
-ADMIT_TIMEOUT_S = 60.0
 RESTART_BACKOFF_S = 1.0
 CONNECT_RETRY_S = 1.0
 
@@ -214,10 +213,11 @@ class MeshAgent:
         if not self._ready.wait(timeout=30):
             raise NightCoreError("the mesh agent did not start", code="MESH_ERROR")
 
-    def admit(self, timeout_s: float = ADMIT_TIMEOUT_S) -> None:
+    def admit(self, timeout_s: float | None = None) -> None:
         """Block a run until the node has caught up with the bus; MESH_NOT_CAUGHT_UP after
-        ``timeout_s``."""
-        if self.admitted.wait(timeout=timeout_s):
+        ``timeout_s`` (default: the config's ``admit_timeout_s``)."""
+        wait = self.config.admit_timeout_s if timeout_s is None else timeout_s
+        if self.admitted.wait(timeout=wait):
             return
         why = (
             "not connected to any NATS server"

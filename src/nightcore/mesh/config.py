@@ -142,6 +142,7 @@ class MeshConfig:
     js_domain: str | None = None  # the JetStream domain to address (None: the local one)
     connect_timeout_s: float = 5.0
     heartbeat_s: float = 2.0
+    admit_timeout_s: float = 60.0  # how long a run waits for the node to catch up
 
     def __post_init__(self) -> None:
         check_token(self.prefix, "the mesh prefix")
@@ -150,6 +151,8 @@ class MeshConfig:
             check_token(self.js_domain, "the JetStream domain")
         if (self.tls.cert is None) != (self.tls.key is None):
             raise _bad("--mesh-tls-cert and --mesh-tls-key go together")
+        if not 0 <= self.admit_timeout_s <= 3600:
+            raise _bad("--mesh-admit-timeout must be between 0 and 3600 seconds")
 
     @property
     def names(self) -> Names:
@@ -167,6 +170,7 @@ class MeshConfig:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         js_domain: str | None = None,
+        admit_timeout_s: float | None = None,
     ) -> MeshConfig:
         """From the CLI options (``--mesh``, ``--mesh-prefix``, ``--node-name``,
         ``--mesh-creds``, ``--mesh-tls-ca/-cert/-key``)."""
@@ -182,6 +186,7 @@ class MeshConfig:
                 _file(tls_key, "TLS key file"),
             ),
             js_domain=js_domain,
+            admit_timeout_s=60.0 if admit_timeout_s is None else admit_timeout_s,
         )
 
     def describe(self) -> dict[str, object]:
