@@ -118,3 +118,30 @@ def test_a_written_file_swapped_for_dev_zero_is_not_read(
     assert "fs/data/out.bin" not in names  # neither hashed through the link nor invented
     assert victim.is_symlink() and Path(os.readlink(victim)) == Path("/dev/zero")
     assert env.cli("audit", "verify").code == 0
+
+
+def test_replay_copies_tenant_data_without_following_or_blocking(env: Env) -> None:
+    """``replay`` copies the tenant's current data for the re-run: a FIFO (which a path-based
+    copy would block on forever), a link to /dev/zero and a link out of the grant are never
+    read through; data over the run's disk limits is refused with DISK_LIMIT."""
+    env.add_tenant("replayed", RW + "[limits]\ndisk_bytes = 65536\n", wat_module(WRITE_OUT))
+    run = _by_tenant(env.cli("run", "--json"))["replayed"]
+    assert run["code"] == "OK"
+    grant = env.ws / "state" / "tenants" / "replayed" / "data"
+    os.mkfifo(grant / "fifo")
+    (grant / "zero").symlink_to("/dev/zero")
+    (grant / "up").symlink_to("/etc")
+    (grant / "sub").mkdir()
+    (grant / "sub" / "kept.txt").write_text("kept")
+    out: dict[str, Any] = {}
+    worker = threading.Thread(
+        target=lambda: out.update(res=env.cli("replay", run["run_id"], "--json"))
+    )
+    worker.start()
+    worker.join(300)  # a guard, not a measurement: a copy that opens the FIFO never returns
+    assert not worker.is_alive(), "the replay copy blocked on the FIFO"
+    assert out["res"].code == 0, out["res"].err
+    assert out["res"].json()["code"] == "REPLAY_MATCH"
+    (grant / "big.bin").write_bytes(b"x" * (1024 * 1024))
+    res = env.cli("replay", run["run_id"])
+    assert res.code == 2 and "error[DISK_LIMIT]" in res.err

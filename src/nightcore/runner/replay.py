@@ -5,15 +5,21 @@ Inputs come from evidence only: the run's node-signed attestation (verified with
 ``state/content/`` at admission, the recorded limits, argv and determinism seed. Preopened
 directories are copies of the tenant's *current* data directories in a scratch dir, so a
 replay never changes tenant state (and a tenant whose inputs changed since can diverge).
+The copy reads tenant files like every other host-side read (docs/limits.md): descriptor-
+relative opens with ``O_NOFOLLOW``, never a path resolved again, regular files only (links
+are re-created as links, FIFOs and devices skipped), capped by the run's ``disk_files`` and
+``disk_bytes`` (``DISK_LIMIT`` past them) and 128 directories deep.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
+import os
 import re
-import shutil
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +34,95 @@ from nightcore.sandbox.types import EffectiveLimits, NetAccess, Preopen, RunConf
 from nightcore.trust.pubkey import PublicKey
 
 _RUN_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,127}$")
+MAX_COPY_DEPTH = 128
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# An entry changed or vanished under the copy (the tenant's own doing): skipped.
+_RACED = frozenset({errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.ENXIO, errno.EACCES})
+
+
+class _Budget:
+    def __init__(self, limits: EffectiveLimits) -> None:
+        self.entries = limits.disk_files
+        self.bytes = limits.disk_bytes
+
+    def take(self, entries: int = 0, nbytes: int = 0) -> None:
+        self.entries -= entries
+        self.bytes -= nbytes
+        if self.entries < 0 or self.bytes < 0:
+            raise NightCoreError(
+                "the tenant's data is over the run's disk_files / disk_bytes: not copied "
+                "for the replay",
+                code="DISK_LIMIT",
+            )
+
+
+def _copy_file(name: str, dir_fd: int, dst: Path, budget: _Budget) -> None:
+    try:
+        fd = os.open(name, _FILE_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in _RACED:
+            return
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return  # swapped for something else meanwhile
+        budget.take(nbytes=st.st_size)
+        left = st.st_size
+        with open(dst, "xb") as out:
+            while left > 0:  # never more than it claimed: a growing file is cut there
+                chunk = os.read(fd, min(left, 1 << 20))
+                if not chunk:
+                    break
+                out.write(chunk)
+                left -= len(chunk)
+    finally:
+        os.close(fd)
+
+
+def copy_grant(src: Path, dst: Path, limits: EffectiveLimits) -> None:
+    """Copy the grant directory ``src`` (absent: empty) to the new directory ``dst``."""
+    dst.mkdir(parents=True)
+    budget = _Budget(limits)
+    try:
+        root = os.open(src, _DIR_FLAGS)
+    except FileNotFoundError:
+        return
+    stack: list[tuple[int, Path, int]] = [(root, dst, 0)]
+    try:
+        while stack:
+            fd, out, depth = stack[-1]
+            stack.pop()
+            try:
+                with os.scandir(fd) as it:
+                    entries = [(e.name, e.stat(follow_symlinks=False).st_mode) for e in it]
+                budget.take(entries=len(entries))
+                for name, mode in entries:
+                    if stat.S_ISREG(mode):
+                        _copy_file(name, fd, out / name, budget)
+                    elif stat.S_ISLNK(mode):
+                        os.symlink(os.readlink(name, dir_fd=fd), out / name)
+                    elif stat.S_ISDIR(mode):
+                        if depth + 1 > MAX_COPY_DEPTH:
+                            raise NightCoreError(
+                                f"the tenant's data is deeper than {MAX_COPY_DEPTH} "
+                                "directories: not copied for the replay",
+                                code="TREE_LIMIT",
+                            )
+                        try:
+                            child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                        except OSError as exc:
+                            if exc.errno in _RACED:
+                                continue
+                            raise
+                        (out / name).mkdir()
+                        stack.append((child, out / name, depth + 1))
+            finally:
+                os.close(fd)
+    finally:
+        for fd, _out, _depth in stack:
+            os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -105,10 +200,7 @@ def replay(ws: NodeContext, run_id: str) -> ReplayResult:
         for grant in manifest.capabilities.fs:
             src = ws.layout.tenant_data_root(manifest.tenant) / grant.path
             dst = Path(scratch) / grant.path
-            if src.is_dir():
-                shutil.copytree(src, dst, symlinks=True)
-            else:
-                dst.mkdir(parents=True)
+            copy_grant(src, dst, limits)
             preopens.append(
                 Preopen(host_dir=dst, guest_path=grant.path, writable=grant.mode == "rw")
             )
