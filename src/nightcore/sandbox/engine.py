@@ -22,7 +22,12 @@ Lifecycle (mirrors Wasmtime's own):
 
 Outcome codes (``RunResult.code``) and their precedence
 --------------------------------------------------------
-``COMPILE_ERROR`` and ``INSTANTIATE_ERROR`` mean the entrypoint never ran. Once it runs, at
+``COMPILE_ERROR``, ``COMPILE_LIMIT`` (the bounded compile process refused the module:
+:mod:`nightcore.sandbox.compiler`) and ``INSTANTIATE_ERROR`` mean the entrypoint never ran.
+``DISK_LIMIT`` and ``FD_LIMIT`` come from the resource monitor (:mod:`nightcore.sandbox.usage`,
+docs/limits.md): it trips the run's interrupt and the watchdog stops the run at the next tick
+with that code; a run that ended over its disk bounds is ``DISK_LIMIT`` like ``OUTPUT_LIMIT``
+below (its own outcome kept as ``underlying_code``). Once it runs, at
 most one trap ends it, so ``TIMEOUT`` (epoch interrupt), ``FUEL_EXHAUSTED`` and
 ``STACK_OVERFLOW`` exclude each other. When several conditions hold, the most severe wins::
 
