@@ -11,6 +11,7 @@ import hashlib
 import os
 import resource
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -135,6 +136,31 @@ def test_the_node_reserve_stops_the_run_holding_the_most(tmp_path: Path) -> None
             os.close(fd)
         for run in runs:
             run.close()
+
+
+def test_a_monitor_that_cannot_measure_stops_the_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fail closed. Mocked: /proc failing under a running node cannot be caused for real."""
+    from nightcore.sandbox import usage
+
+    def broken() -> int:
+        raise OSError(5, "Input/output error")
+
+    grant = _grant(tmp_path)
+    run = open_run(LIMITS, (Preopen(grant, "data", True),), Interrupt())
+    monkeypatch.setattr(usage, "process_fd_count", broken)
+    monitor = ResourceMonitor(1)
+    try:
+        monitor.register(run)
+        deadline = time.monotonic() + 60
+        while not run.interrupt.code and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert run.interrupt.code == "DISK_LIMIT"
+        assert "could not measure" in run.interrupt.detail
+    finally:
+        monitor.stop()
+        run.close()
 
 
 # -- disk ------------------------------------------------------------------------------------

@@ -54,6 +54,8 @@ RESERVE_MIN = 256
 RESERVE_DIVISOR = 4
 # A disk scan runs again at most every SCAN_COST_FACTOR x its own duration.
 SCAN_COST_FACTOR = 4
+# Samples failing in a row before the runs being sampled are stopped (fail closed).
+MAX_SAMPLE_FAILURES = 5
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # The tenant changed or removed an entry while the scan looked: skip it.
@@ -268,6 +270,19 @@ def open_run(
     return use
 
 
+def _fail_closed(runs: list[RunUsage], exc: BaseException) -> None:
+    out_of_fds = isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE)
+    code = "FD_LIMIT" if out_of_fds else "DISK_LIMIT"
+    text = " ".join(str(exc).split())[:160]
+    for run in runs:
+        run.interrupt.trip(
+            code,
+            f"the host could not measure the run's descriptors and grants: "
+            f"{type(exc).__name__}: {text}",
+            {"limit": "monitor"},
+        )
+
+
 class ResourceMonitor:
     """One daemon thread per sandbox sampling every registered run (see the module doc)."""
 
@@ -307,6 +322,7 @@ class ResourceMonitor:
             self._thread.join()
 
     def _loop(self) -> None:
+        failures = 0
         while True:
             with self._cond:
                 while not self._runs and not self._stopped:
@@ -317,8 +333,13 @@ class ResourceMonitor:
                 runs = [r for r in self._runs if not r.interrupt.code]
             try:
                 self.sample(runs)
-            except OSError:
+                failures = 0
+            except Exception as exc:  # noqa: BLE001 - counted, and fails closed below
                 self.errors += 1
+                failures += 1
+                if failures >= MAX_SAMPLE_FAILURES:
+                    # Bounds that cannot be measured are not enforced: stop the runs.
+                    _fail_closed(runs, exc)
             with self._cond:
                 if self._stopped:
                     return
