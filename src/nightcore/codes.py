@@ -349,6 +349,11 @@ class WorkspaceCode(Code):
         "`nightcore build` of C needs the ziglang package (`pip install ziglang`)",
     )
     BUILD_FAILED = "BUILD_FAILED", "`nightcore build`: the WAT or C source did not compile"
+    DEV_MODE_DISABLED = (
+        "DEV_MODE_DISABLED",
+        "`run --dev-limits` on a node whose policy is not in development mode "
+        "(`[policy] development = true`); audited as `dev_override_refused`",
+    )
 
 
 class CliCode(Code):

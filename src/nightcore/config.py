@@ -185,6 +185,7 @@ def parse_config(data: bytes, *, fips_override: bool | None = None) -> Config:
             "allow_net",
             "net",
             "allow_deterministic",
+            "development",
             "max_limits",
             "default_limits",
         },
@@ -230,6 +231,7 @@ def parse_config(data: bytes, *, fips_override: bool | None = None) -> Config:
         allow_net=_bool(pol, "allow_net", False, "policy"),
         net=_net_policy(pol.get("net", {})),
         allow_deterministic=_bool(pol, "allow_deterministic", True, "policy"),
+        development=_bool(pol, "development", False, "policy"),
         max_limits=max_limits,
         default_limits=defaults,
     )

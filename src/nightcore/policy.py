@@ -13,7 +13,7 @@ from typing import Any
 from nightcore.module.netpolicy import NetPolicy
 from nightcore.sandbox.types import EffectiveLimits
 
-__all__ = ["DEFAULT_LIMITS", "DEFAULT_MAX", "Policy"]
+__all__ = ["DEFAULT_LIMITS", "DEFAULT_MAX", "Policy", "parse_dev_limits"]
 
 DEFAULT_MAX = EffectiveLimits(
     fuel=1_000_000_000_000,
@@ -50,6 +50,9 @@ class Policy:
     allow_net: bool = False
     net: NetPolicy = field(default_factory=NetPolicy)  # [policy.net]: destinations, caps
     allow_deterministic: bool = True
+    # Development mode: `nightcore run --dev-limits` may override a manifest's signed limits
+    # (still capped by max_limits; every override audited). Never on in production policy.
+    development: bool = False
     max_limits: EffectiveLimits = DEFAULT_MAX
     default_limits: EffectiveLimits = DEFAULT_LIMITS
 
@@ -62,6 +65,33 @@ class Policy:
             "allow_net": self.allow_net,
             "net": self.net.to_dict(),
             "allow_deterministic": self.allow_deterministic,
+            "development": self.development,
             "max_limits": self.max_limits.to_dict(),
             "default_limits": self.default_limits.to_dict(),
         }
+
+
+MAX_DEV_LIMIT = 10**15
+
+
+def parse_dev_limits(text: str, names: tuple[str, ...]) -> dict[str, int]:
+    """``fuel=1000,wall_ms=50`` (the value of ``run --dev-limits``) as ``{name: value}``: each
+    name one of ``names`` (the manifest's limit names), at most once, each value a positive
+    decimal integer. Raises ``UsageError`` naming what is wrong."""
+    from nightcore.errors import UsageError
+
+    out: dict[str, int] = {}
+    for item in text.split(","):
+        name, sep, value = item.strip().partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise UsageError(f"--dev-limits: {item.strip()!r} is not NAME=VALUE")
+        if name not in names:
+            raise UsageError(f"--dev-limits: no limit {name!r} (one of: {', '.join(names)})")
+        if name in out:
+            raise UsageError(f"--dev-limits: {name} given twice")
+        value = value.strip()
+        if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_DEV_LIMIT:
+            raise UsageError(f"--dev-limits: {name} must be an integer in [1, {MAX_DEV_LIMIT}]")
+        out[name] = int(value)
+    return out

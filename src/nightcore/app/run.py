@@ -46,6 +46,7 @@ def run(
     progress: Callable[[TenantRun], None] | None = None,
     checkpoint: bool = True,
     runner: Runner | None = None,
+    dev_limits: dict[str, int] | None = None,
 ) -> RunReport:
     """Verify, admit, run and record tenants; sign a checkpoint over what was logged.
 
@@ -53,13 +54,32 @@ def run(
     first to size its progress bar), so ``modules/`` is scanned once per command. A long-lived
     caller passes its own warm ``runner`` (engines and caches stay compiled between calls).
     """
+    from nightcore.errors import NightCoreError
     from nightcore.runner.pipeline import Runner
 
+    if dev_limits and not ctx.policy.development:
+        # A request to run outside the signed limits is a security decision: audited.
+        ctx.audit().append(
+            "dev_override_refused",
+            {"code": "DEV_MODE_DISABLED", "dev_limits": dict(dev_limits)},
+            None,
+        )
+        raise NightCoreError(
+            "--dev-limits needs [policy] development = true in nightcore.toml "
+            "(never in production policy)",
+            code="DEV_MODE_DISABLED",
+        )
     names = tenants if selected and tenants is not None else select_tenants(ctx, tenants)
     own = runner is None
     r = runner if runner is not None else Runner(ctx, strongbox=strongbox)
     try:
-        return r.run(names, parallel=parallel, progress=progress, checkpoint=checkpoint)
+        return r.run(
+            names,
+            parallel=parallel,
+            progress=progress,
+            checkpoint=checkpoint,
+            dev_limits=dev_limits,
+        )
     finally:
         if own:
             r.close()
@@ -320,8 +340,8 @@ def checkpoint_if_due(ctx: NodeContext) -> None:
     """Sign a checkpoint when ``[audit] checkpoint_every`` lines went by without one.
 
     Cheap when nothing is due (it counts new lines). A node whose key cannot sign C2SP notes
-    (ECDSA in FIPS mode) keeps its hash chain and Merkle tree and skips this; any other
-    failure (a tampered log) is raised.
+    (only Ed25519 and ECDSA P-256 can: a P-384 key) keeps its hash chain and Merkle tree and
+    skips this; any other failure (a tampered log) is raised.
     """
     from nightcore.errors import NightCoreError
 

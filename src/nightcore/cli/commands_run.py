@@ -36,7 +36,13 @@ def _fmt_fuel(fuel: int | None) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     if args.parallel is not None and not 1 <= args.parallel <= 256:
         raise UsageError("--parallel must be between 1 and 256")
-    client = node_client(args)
+    if args.dev_limits is not None:
+        from nightcore.module.manifest import LIMIT_NAMES
+        from nightcore.policy import parse_dev_limits
+
+        args.dev_limits = parse_dev_limits(args.dev_limits, LIMIT_NAMES)
+    # A development override runs in this process: the node serves production requests only.
+    client = node_client(args) if args.dev_limits is None else None
     report = _run_through_node(client, args) if client is not None else _run_local(args)
     return _render_run(args, report)
 
@@ -83,6 +89,7 @@ def _run_local(args: argparse.Namespace) -> dict[str, Any]:
             parallel=args.parallel,
             progress=progress.advance if progress.bar is not None else None,
             strongbox=args.strongbox,
+            dev_limits=args.dev_limits,
         ).to_dict()
     finally:
         progress.stop()
@@ -248,7 +255,7 @@ def _render_run(args: argparse.Namespace, report: dict[str, Any]) -> int:
     if report.get("checkpoint_error") is not None:
         code, message = report["checkpoint_error"]
         info(f"warning[{code}]: no checkpoint was signed after this run: {message}")
-        # An ECDSA (FIPS) node cannot sign C2SP notes: that is a known gap, not a failure.
+        # A node key that cannot sign C2SP notes (P-384): a known gap, not a failure.
         if code != "CHECKPOINT_UNSUPPORTED_KEY":
             return 1
     return 0 if runs and all(r["code"] == "OK" for r in runs) else 1
@@ -467,6 +474,14 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
 
     sp = add("run", cmd_run)
     sp.add_argument("tenants", nargs="*", help="tenant ids to run (default: every tenant)")
+    sp.add_argument(
+        "--dev-limits",
+        metavar="NAME=VALUE,...",
+        help="development only: replace the manifests' signed limits for this run (e.g. "
+        "fuel=1000,wall_ms=50; still capped by policy maxima; audited); refused "
+        "DEV_MODE_DISABLED unless nightcore.toml has [policy] development = true; runs in "
+        "this process even when a node serves the workspace",
+    )
     sp.add_argument(
         "--strongbox",
         action="store_true",

@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -91,8 +91,11 @@ class TenantRun:
         }
 
 
-def effective_limits(m: Manifest, policy: Policy) -> EffectiveLimits:
+def effective_limits(
+    m: Manifest, policy: Policy, dev_limits: Mapping[str, int] | None = None
+) -> EffectiveLimits:
     """Manifest limits, or the node default where the manifest is silent, never above the max.
+    ``dev_limits`` (development mode only: ``run --dev-limits``) replace the manifest's values.
 
     Verification already denied any request above the node maximum (CAPABILITY_DENIED); the
     min() is a second line of defence, not the rule.
@@ -101,6 +104,8 @@ def effective_limits(m: Manifest, policy: Policy) -> EffectiveLimits:
     vals = {}
     for name in LIMIT_NAMES:
         value = asked.get(name, getattr(policy.default_limits, name))
+        if dev_limits and name in dev_limits:
+            value = dev_limits[name]
         vals[name] = min(value, getattr(policy.max_limits, name))
     return EffectiveLimits(**vals)
 
@@ -357,6 +362,7 @@ class Runner:
         progress: ProgressFn | None = None,
         checkpoint: bool | None = True,
         run_ids: dict[str, str] | None = None,
+        dev_limits: Mapping[str, int] | None = None,
     ) -> RunReport:
         """Verify, admit, run and record ``tenants``: names already selected by the caller
         (:func:`nightcore.runner.admission.select_tenants`), or every tenant when None.
@@ -366,7 +372,8 @@ class Runner:
         ``[audit] checkpoint_every`` entries instead (plus heartbeats when idle); ``None``
         signs none (a node worker: the node signs once its request is done). ``run_ids``
         assigns the run id of each tenant (the node names runs before a worker starts them, so
-        it can close them if that worker dies).
+        it can close them if that worker dies). ``dev_limits`` override the manifests' limits
+        (development policy only; the facade audits a refusal; each admit records them).
         """
         from nightcore.runner.admission import (
             decision_data,
@@ -377,6 +384,10 @@ class Runner:
         from nightcore.runner.cordon import load_cordons
 
         ctx = self.ctx
+        if dev_limits and not ctx.policy.development:
+            raise NightCoreError(
+                "--dev-limits needs [policy] development = true", code="DEV_MODE_DISABLED"
+            )
         names = select_tenants(ctx.layout, None) if tenants is None else tenants
         verified = verify_packages(ctx, names)
         cordons = load_cordons(ctx.layout)
@@ -423,7 +434,7 @@ class Runner:
                     )
                 )
                 continue
-            limits = effective_limits(m, ctx.policy)
+            limits = effective_limits(m, ctx.policy, dev_limits)
             tr.limits = limits.to_dict()
             tr.capabilities = m.capabilities.to_dict()
             tr.run_id = (run_ids or {}).get(d.tenant) or new_run_id(d.tenant)
@@ -451,6 +462,7 @@ class Runner:
                         "capabilities": m.capabilities.to_dict(),
                         "deterministic": m.deterministic,
                         "seed": cfg.seed,
+                        **({"dev_limits": dict(dev_limits)} if dev_limits else {}),
                     },
                     d.tenant,
                 )
