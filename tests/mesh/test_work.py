@@ -71,8 +71,10 @@ def make_workspaces(
 class MeshNode:
     """``nightcore node --mesh ...`` in its own process; its log in a file."""
 
-    def __init__(self, ws: Path, name: str, urls: str, workers: int = 2) -> None:
-        self.ws, self.name, self.urls, self.workers = ws, name, urls, workers
+    def __init__(
+        self, ws: Path, name: str, urls: str, workers: int = 2, extra: tuple[str, ...] = ()
+    ) -> None:
+        self.ws, self.name, self.urls, self.workers, self.extra = ws, name, urls, workers, extra
         self.log_path = ws.parent / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
@@ -85,6 +87,7 @@ class MeshNode:
                     *("-m", "nightcore", "-w", str(self.ws), "node"),
                     *("--workers", str(self.workers), "--mesh", self.urls),
                     *("--node-name", self.name),
+                    *self.extra,
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -182,8 +185,8 @@ def recorded_in_audit(all_nodes: list[MeshNode]) -> Counter[str]:
     return c
 
 
-def queue_empty(urls: str) -> bool:
-    q = mesh(urls, "queue")
+def queue_empty(urls: str, *args: str) -> bool:
+    q = mesh(urls, "queue", *args)
     return bool(q["waiting"] == 0 and q["in_flight"] == 0)
 
 
@@ -399,3 +402,30 @@ def _check_attestation(url: str, rid: str, ws: Path) -> None:
     node_key = PublicKey.from_pem((ws / "node.pub.pem").read_bytes())
     statement = open_attestation(json.dumps(att["envelope"]).encode(), node_key)
     assert statement["predicate"]["run_id"] == att["run_id"]
+
+
+def test_a_node_with_only_the_documented_permissions_takes_work(
+    tmp_path: Path, keys_dir: dict[str, GeneratedKey], nodes: list[MeshNode]
+) -> None:
+    from tests.mesh.test_permissions import _creds, _doc_authorization
+
+    server = NatsServer(tmp_path / "nats", extra_conf=_doc_authorization()).start()
+    try:
+        ops = _creds(tmp_path / "ops.creds", "ops:ops-pw")
+        edge = _creds(tmp_path / "edge.creds", "edge-1:edge-pw")
+        (ws,) = make_workspaces(tmp_path, keys_dir, 1, {"hello": HELLO_WAT})
+        created = mesh(server.url, "init", "--mesh-creds", ops, ws=ws)["created_or_present"]
+        assert "nightcore-work" in created and "nightcore-results" in created
+        nodes.append(MeshNode(ws, "edge-1", server.url, extra=("--mesh-creds", edge)))
+        out = mesh(
+            server.url, "submit", "hello", "--count", "3", "--wait", "120", "--mesh-creds", ops
+        )
+        assert out["results"] == {"done": 3, "pending": [], "codes": {"OK": 3}}
+        rows = mesh(server.url, "runs", "--mesh-creds", ops)["rows"]
+        assert {(r["node"], r["code"]) for r in rows} == {("edge-1", "OK")}
+        assert wait_for(lambda: queue_empty(server.url, "--mesh-creds", ops), "acks")
+        assert nodes[0].stop() == 0
+        warnings = [line for line in nodes[0].log().splitlines() if "warning[" in line]
+        assert not [w for w in warnings if "service work" in w or "work request" in w], warnings
+    finally:
+        server.stop()

@@ -302,7 +302,9 @@ def key_fields_from_pem(
 # -- init ----------------------------------------------------------------------------------------
 # More streams/buckets `mesh init` creates ("module:function"; each `async def f(js, config) ->
 # list[str]` creating what it needs, returning the names). Helpers add theirs here.
-INIT_STEPS: dict[str, str] = {}
+INIT_STEPS: dict[str, str] = {
+    "work_queue": "nightcore.mesh.workqueue:init_step",
+}
 
 
 def init(config: MeshConfig) -> dict[str, Any]:

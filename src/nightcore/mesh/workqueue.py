@@ -751,3 +751,13 @@ async def status_section(nc: Any, js: JetStreamContext, config: MeshConfig) -> d
     if depth is None:
         return {"exists": False}
     return {"exists": True, **depth}
+
+
+async def init_step(js: JetStreamContext, config: MeshConfig) -> list[str]:
+    """``mesh init``'s step (:data:`nightcore.mesh.ops.INIT_STEPS`): the work and results
+    streams and the shared consumer (default settings unless it exists)."""
+    from nightcore.mesh.agent import default_replicas
+
+    await ensure_queue(js, config.names, default_replicas(config))
+    names = config.names
+    return [names.work_stream, names.results_stream, f"{names.work_stream}/{CONSUMER}"]
