@@ -47,7 +47,8 @@ def approved_keys_only(enabled: bool, ignored: list[str]) -> Iterator[None]:
     """With ``enabled`` (FIPS mode), keys python-tuf deserializes inside the block whose scheme
     is not FIPS-approved verify no signature (their key ids are appended to ``ignored``)."""
     if not enabled:
-        yield
+        with _KEY_REGISTRY_LOCK:  # never while another thread's FIPS swap is in effect
+            yield
         return
     from securesystemslib.exceptions import UnverifiedSignatureError
     from securesystemslib.signer import KEY_FOR_TYPE_AND_SCHEME, Signature, SSlibKey
