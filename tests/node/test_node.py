@@ -192,17 +192,25 @@ def test_worker_killed_mid_run_ends_that_run_worker_crashed(node_env: Env) -> No
         # Which worker holds looper: the only busy one.
         pids = set(busy["worker_pids"])
         idle_before = set(pids)
-        for pid in list(pids):
-            try:
-                with open(f"/proc/{pid}/stat") as fh:
-                    state = fh.read().split()[2]
-            except FileNotFoundError:
-                continue
-            if state == "R":  # running the guest's loop
-                os.kill(pid, signal.SIGKILL)
-                idle_before.discard(pid)
-                break
-        else:
+        # Poll: the worker first waits for its bounded compile process (docs/limits.md),
+        # then runs the guest's loop (state R).
+        deadline = time.monotonic() + WAIT_S
+        killed = False
+        while not killed and time.monotonic() < deadline:
+            for pid in list(pids):
+                try:
+                    with open(f"/proc/{pid}/stat") as fh:
+                        state = fh.read().split()[2]
+                except FileNotFoundError:
+                    continue
+                if state == "R":  # running the guest's loop
+                    os.kill(pid, signal.SIGKILL)
+                    idle_before.discard(pid)
+                    killed = True
+                    break
+            else:
+                time.sleep(0.02)
+        if not killed:
             pytest.fail("no worker was running the loop")
         out, err = client.communicate(timeout=WAIT_S)
         assert client.returncode == 1, err
