@@ -16,7 +16,10 @@ figures are for comparing within one run.
 
     .venv/bin/python benchmarks/mesh.py [--quick] [--cluster]
 
-Other parts (work-queue throughput, audit mirror lag) are added below by their owners.
+(4) work-queue throughput: ``mesh submit`` of N requests (a tiny tenant) until the results
+    stream holds every result, with 1, 2 and 3 node processes of one worker each.
+
+Other parts (audit mirror lag) are added below by their owners.
 """
 
 from __future__ import annotations
@@ -196,6 +199,98 @@ def propagation_ms(
         return asyncio.run(go())
 
 
+# -- (4) work-queue throughput ----------------------------------------------------------------
+def work_throughput(root: Path, urls: str, node_counts: tuple[int, ...], n: int) -> None:
+    """Runs per second through the work queue with 1, 2, 3 node processes (one worker each;
+    a tiny tenant), from the first publish of ``mesh submit`` until the results stream holds
+    every result. Each count gets its own deployment prefix, so the queues never mix."""
+    from tests.conftest import HELLO_WAT, simple_manifest, wat_module, write_tenant
+
+    from nightcore.mesh import workqueue
+    from nightcore.mesh.config import MeshConfig
+
+    pub = app.keygen("pub", root / "work-keys", b"bench-passphrase")
+    os.environ["NIGHTCORE_KEY_PASSPHRASE"] = "bench-passphrase"  # noqa: S105 - throwaway key
+    wasm = wat_module(HELLO_WAT)
+    base: float | None = None
+    for k in node_counts:
+        prefix = f"bench-work{k}"
+        wss = []
+        for i in range(k):
+            ctx = app.init_workspace(root / f"work{k}-ws{i}")
+            app.trust_add_key(ctx, pub.public_path, scope="*")
+            d = write_tenant(ctx.root, "hello", simple_manifest("hello"), wasm)
+            app.sign_tenant(d, str(pub.private_path))
+            wss.append(ctx.root)
+        config = MeshConfig.from_options(urls, prefix=prefix, node_name="bench-client")
+        workqueue.queue(config, workqueue.QueueSettings(ack_wait_s=15))
+        procs = [
+            subprocess.Popen(
+                [
+                    *NC,
+                    *("-w", str(ws), "node", "--workers", "1", "--mesh", urls),
+                    *("--mesh-prefix", prefix, "--node-name", f"w{i}"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            for i, ws in enumerate(wss)
+        ]
+        try:
+            _wait_admitted(config, k)
+            warm = workqueue.submit(config, ["hello"], 10 * k, wait_s=120)  # every node warm
+            if warm["results"]["pending"]:
+                raise RuntimeError(f"{k} node(s): warm-up requests got no result")
+            elapsed = asyncio.run(_timed_work(config, n, 10 * k + n))
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=60)
+                if p.poll() is None:
+                    p.kill()
+        rate = n / elapsed
+        base = base or rate
+        print(
+            f"(4) work queue, {k} node(s) x 1 worker, {n} runs{'':<14} "
+            f"{rate:8.1f} runs/s  {elapsed * 1000 / n:7.2f} ms/run  ({rate / base:.2f}x 1 node)"
+        )
+
+
+def _wait_admitted(config: Any, k: int) -> None:
+    from nightcore.mesh.ops import status
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        nodes_ = status(config)["nodes"]
+        if sum(1 for x in nodes_ if x.get("alive") and x.get("admitted")) >= k:
+            return
+        time.sleep(0.2)  # polling a condition with a deadline
+    raise RuntimeError(f"{k} node(s) never caught up")
+
+
+async def _timed_work(config: Any, n: int, total: int) -> float:
+    """Seconds from the first publish of ``n`` requests until the results stream holds
+    ``total`` results (polled every 5 ms)."""
+    from nightcore.mesh import workqueue
+
+    nc = await workqueue._client(config)
+    try:
+        js = workqueue._js(nc, config)
+        t0 = time.perf_counter()
+        await workqueue.submit_async(config, ["hello"], n)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            info = await js.stream_info(config.names.results_stream)
+            if int(info.state.messages or 0) >= total:
+                return time.perf_counter() - t0
+            await asyncio.sleep(0.005)
+        raise RuntimeError("the work queue did not drain in 600 s")
+    finally:
+        await nc.close()
+
+
 def main() -> None:
     if nats_server_binary() is None:
         sys.exit("nats-server is not installed (tools/system_deps.py installs it)")
@@ -213,6 +308,7 @@ def main() -> None:
             total, apply = propagation_ms(server.url, workspaces, docs)
             show("(2) revocation publish -> applied on 3 nodes", total, floor_p50)
             show("    of which one node's verify + apply + audit", apply)
+            work_throughput(root, server.url, (1, 2, 3), 200 if quick else 1000)
         finally:
             server.stop()
         if "--cluster" in sys.argv:
