@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from nightcore.errors import NightCoreError
 from nightcore.evidence import attestation
 from nightcore.runner import pipeline
 from tests.conftest import Env, wat_module
@@ -145,3 +146,32 @@ def test_replay_copies_tenant_data_without_following_or_blocking(env: Env) -> No
     (grant / "big.bin").write_bytes(b"x" * (1024 * 1024))
     res = env.cli("replay", run["run_id"])
     assert res.code == 2 and "error[DISK_LIMIT]" in res.err
+
+
+def test_limits_above_policy_or_out_of_range_are_refused(env: Env) -> None:
+    """The new limits are declared like the others: above the node maximum is denied at
+    verification (audited), out of the schema's range or unknown is refused at signing, and
+    a lower node maximum in nightcore.toml narrows what a manifest may ask."""
+    env.add_tenant("greedy", "[limits]\nopen_files = 5000\n")  # node max 4096
+    env.add_tenant("modest", "[limits]\ndisk_files = 50\ncompile_ms = 2000\n")
+    rows = _by_tenant(env.cli("run", "--json"))
+    assert rows["greedy"]["code"] == "CAPABILITY_DENIED"
+    assert "open_files" in rows["greedy"]["reason"]
+    assert rows["modest"]["code"] == "OK"
+    denied = [r for r in env.audit_lines() if r["event"] == "verify"]
+    assert any(r["data"]["code"] == "CAPABILITY_DENIED" for r in denied)
+    admitted = [r for r in env.audit_lines() if r["event"] == "admit"]
+    (limits,) = [r["data"]["limits"] for r in admitted if r["tenant"] == "modest"]
+    assert (limits["disk_files"], limits["compile_ms"], limits["open_files"]) == (50, 2000, 256)
+    for bad in ("compile_ms = 0", "disk_files = -1", "inodes = 5"):
+        with pytest.raises(NightCoreError) as err:
+            env.add_tenant("bad", f"[limits]\n{bad}\n")
+        assert err.value.code == "MANIFEST_INVALID", bad
+    toml = env.ws / "nightcore.toml"
+    text = toml.read_text()
+    for line in ("disk_files = 100000\n", "disk_files = 10000\n"):  # max, default
+        assert line in text
+        text = text.replace(line, "disk_files = 20\n")
+    toml.write_text(text)
+    rows = _by_tenant(env.cli("run", "--json", "modest"))
+    assert rows["modest"]["code"] == "CAPABILITY_DENIED"
