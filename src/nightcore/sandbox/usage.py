@@ -258,7 +258,8 @@ def open_run(
     limits: EffectiveLimits, preopens: tuple[Preopen, ...], interrupt: Interrupt
 ) -> RunUsage:
     """The usage record of a run (opens its read-write grant roots; close it when done)."""
-    use = RunUsage(limits, interrupt, tuple(str(p.host_dir) for p in preopens))
+    # Canonical paths: /proc/self/fd links name the real path.
+    use = RunUsage(limits, interrupt, tuple(os.path.realpath(p.host_dir) for p in preopens))
     use.baseline = process_fd_count()
     try:
         for p in preopens:
