@@ -11,6 +11,7 @@ import hashlib
 import os
 import resource
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,6 +94,26 @@ def test_fd_bomb_is_stopped_with_fd_limit_and_its_descriptors_are_freed(
     # The sandbox keeps serving runs.
     again = sandbox.run(module, _config(module, _grant(tmp_path, "again"), open_files=64))
     assert again.code == "FD_LIMIT"
+
+
+def test_the_monitor_never_trips_the_callers_interrupt_but_relays_it(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """The kill switch reads a tripped interrupt as its own doing: a resource stop uses the
+    run's own interrupt; a kill-switch trip still stops a run that has grants."""
+    module = _wasm(fd_bomb(20_000))
+    caller = Interrupt()
+    res = sandbox.run(module, _config(module, _grant(tmp_path), open_files=64), caller)
+    assert res.code == "FD_LIMIT" and caller.code == ""
+    spin = _wasm(fd_bomb(1))
+    caller = Interrupt()
+    timer = threading.Timer(0.3, caller.trip, ("CORDONED_IN_FLIGHT", "cordoned: test", {}))
+    timer.start()
+    try:
+        res = sandbox.run(spin, _config(spin, _grant(tmp_path, "spin")), caller)
+    finally:
+        timer.cancel()
+    assert (res.code, res.detail) == ("CORDONED_IN_FLIGHT", "cordoned: test")
 
 
 def test_a_tenant_within_its_descriptor_limit_is_not_stopped(
@@ -302,7 +323,7 @@ def sb_tmp() -> Iterator[Path]:
 
 def _strongbox_grant(strongbox: StrongboxSandbox, tmp: Path) -> Path:
     grant = _grant(tmp)
-    strongbox.grant_access(grant)
+    strongbox.grant_access(grant, "tenant-a")  # owned by that tenant's worker uid
     return grant
 
 

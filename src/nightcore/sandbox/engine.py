@@ -682,19 +682,27 @@ class Sandbox:
         self, config: RunConfig, interrupt: Interrupt | None
     ) -> tuple[Interrupt, RunUsage | None]:
         """Register the run with the resource monitor (when it has grants to watch); the
-        interrupt the monitor trips (the caller's kill switch, or the run's own)."""
-        if interrupt is None:
-            interrupt = Interrupt()
+        interrupt the watchdog reads. The monitor trips the run's own interrupt, never the
+        caller's (the kill switch reads a tripped one as its own doing); a tripped caller's
+        interrupt trips the run's own with its code, detail and cause."""
         if not config.preopens:
-            return interrupt, None
+            return interrupt or Interrupt(), None
+        own = Interrupt()
         try:
-            usage = open_run(config.limits, config.preopens, interrupt)
+            usage = open_run(config.limits, config.preopens, own)
         except OSError as exc:
             raise SandboxError(
                 f"cannot open a granted directory: {exc.strerror or exc}", code="PREOPEN_INVALID"
             ) from exc
+        if interrupt is not None:
+            outer = interrupt
+
+            def relay() -> None:
+                own.trip(outer.code, outer.detail, outer.cause)
+
+            usage.unlink = outer.on_trip(relay)
         self._monitor.register(usage)
-        return interrupt, usage
+        return own, usage
 
     def _untrack(self, usage: RunUsage | None) -> str:
         """Unregister the run; why its read-write grants are over their bounds now ("" if
@@ -702,6 +710,8 @@ class Sandbox:
         if usage is None:
             return ""
         self._monitor.unregister(usage)
+        if usage.unlink is not None:
+            usage.unlink()
         try:
             if usage.interrupt.code == "DISK_LIMIT":
                 return usage.interrupt.detail

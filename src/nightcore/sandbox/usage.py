@@ -38,6 +38,7 @@ import resource
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nightcore.sandbox.types import EffectiveLimits, Interrupt, Preopen
@@ -233,6 +234,7 @@ class RunUsage:
     peak_fds: int = 0
     disk: DiskUsage = field(default_factory=DiskUsage)
     next_scan: float = 0.0
+    unlink: Callable[[], None] | None = None  # removes the link from a caller's interrupt
 
     @property
     def fd_allowance(self) -> int:
