@@ -159,7 +159,9 @@ class RunCode(Code):
     )
     STRONGBOX_UNAVAILABLE = (
         "STRONGBOX_UNAVAILABLE",
-        "`--strongbox` was asked for where seccomp/root/Linux is not available",
+        "`--strongbox` was asked for, or node policy requires it for the tenant "
+        "(`[policy] isolation`, `strongbox_tenants`), where seccomp/root/Linux is not "
+        "available: the tenant is not run",
     )
     FFI_UNAVAILABLE = (
         "FFI_UNAVAILABLE",
@@ -251,6 +253,16 @@ class SandboxCode(Code):
     WORKER_KEY_MISMATCH = (
         "WORKER_KEY_MISMATCH",
         "a run was sent to a strongbox worker started for another tenant or other limits",
+    )
+    UID_MAP_INVALID = (
+        "UID_MAP_INVALID",
+        "`state/strongbox/ids.json` (tenant uids of the strongbox) is unreadable or malformed "
+        "(two tenants with one id, unknown version): the tenant is not run",
+    )
+    UID_RANGE_EXHAUSTED = (
+        "UID_RANGE_EXHAUSTED",
+        "every uid of `[run] strongbox_uid_base` .. `+ strongbox_uid_count` is taken: a new "
+        "tenant gets none and is not run confined",
     )
 
 
@@ -417,6 +429,10 @@ class AuditCode(Code):
         "MIRROR_ROOT_MISMATCH",
         "tampering: a mirror's Merkle root differs from a checkpoint the node signed (its "
         "history was rewritten)",
+    )
+    MIRROR_DIVERGED = (
+        "MIRROR_DIVERGED",
+        "tampering: a mirror's line differs from the node's own line at that position",
     )
     MIRROR_AHEAD = (
         "MIRROR_AHEAD",
@@ -848,6 +864,11 @@ class MeshCode(Code):
         "MESH_WORK_RESULT_INVALID",
         "a result on the results stream does not parse as a work result (`mesh runs` shows it "
         "with this code; a node never runs its request again)",
+    )
+    MESH_PACKAGE_INVALID = (
+        "MESH_PACKAGE_INVALID",
+        "a tenant package in the mesh object store is not a package object for that tenant "
+        "(schema, files, base64) or cannot be read whole: not installed, its run gets this code",
     )
 
 

@@ -31,6 +31,7 @@ NODE = "n1"
 STREAM = f"{PREFIX}-audit"
 MIRROR = f"{PREFIX}-audit-west"
 LINE_SUBJECT = f"{PREFIX}.audit.{NODE}.line"
+CP_SUBJECT = f"{PREFIX}.audit.{NODE}.checkpoint"
 
 
 def _local_lines(env: Env) -> list[bytes]:
@@ -52,34 +53,43 @@ def _js_call(url: str, fn: Any, domain: str | None = None) -> Any:
     return asyncio.run(main())
 
 
-def _line_count(url: str, stream: str, domain: str | None = None) -> int:
+def _counts(url: str, stream: str, domain: str | None = None) -> tuple[int, int]:
+    """(line messages, checkpoint messages) of node NODE in ``stream`` ((-1, -1): no stream)."""
     from nats.js.errors import NotFoundError
 
-    async def count(js: Any) -> int:
+    async def count(js: Any) -> tuple[int, int]:
         try:
-            info = await js.stream_info(stream, subjects_filter=LINE_SUBJECT)
+            info = await js.stream_info(stream, subjects_filter=f"{PREFIX}.audit.{NODE}.>")
         except NotFoundError:
-            return -1
-        return int((info.state.subjects or {}).get(LINE_SUBJECT, 0))
+            return -1, -1
+        subjects = info.state.subjects or {}
+        return int(subjects.get(LINE_SUBJECT, 0)), int(subjects.get(CP_SUBJECT, 0))
 
-    return int(_js_call(url, count, domain))
+    got: tuple[int, int] = _js_call(url, count, domain)
+    return got
+
+
+def _line_count(url: str, stream: str, domain: str | None = None) -> int:
+    return _counts(url, stream, domain)[0]
+
+
+def _local_checkpoints(env: Env) -> int:
+    return len(list((env.ws / "state/audit/checkpoints").glob("*.note")))
 
 
 def _wait_replicated(env: Env, url: str, stream: str, domain: str | None = None) -> int:
-    """Until ``stream`` holds exactly as many line messages as the node's log has lines."""
+    """Until ``stream`` holds exactly the node's lines and checkpoints; the number of lines."""
     deadline = time.monotonic() + WAIT_S
-    seen = -1
+    seen = (-1, -1)
     while time.monotonic() < deadline:
-        local = len(_local_lines(env))
-        seen = _line_count(url, stream, domain)
+        local = (len(_local_lines(env)), _local_checkpoints(env))
+        seen = _counts(url, stream, domain)
         if seen == local:
-            return local
+            return local[0]
         time.sleep(0.05)  # polling a condition with a deadline
     info = _js_call(url, lambda js: js.stream_info(stream), domain)
-
     raise AssertionError(
-        f"{stream} holds {seen} lines, the node {len(_local_lines(env))}: {info.state} "
-        f"{info.mirror}"
+        f"{stream} holds {seen} (lines, checkpoints), the node {local}: {info.state} {info.mirror}"
     )
 
 
@@ -101,7 +111,7 @@ def mesh_node(env: Env, nats_server: NatsServer) -> Iterator[NodeProcess]:
 def _run(env: Env, times: int = 1) -> None:
     for _ in range(times):
         res = env.cli("run")
-        assert res.code == 0, res.err
+        assert res.code == 0, (res.out, res.err)
 
 
 def _region_mirror(env: Env, region: NatsServer) -> dict[str, Any]:
@@ -168,19 +178,18 @@ def _forged_after(last: bytes) -> bytes:
 def test_a_forged_line_on_the_stream_is_caught(
     env: Env, nats_server: NatsServer, region_west: NatsServer, mesh_node: NodeProcess
 ) -> None:
+    """Someone with publish rights on the audit subjects (not the node's key) appends a line
+    that chains correctly: it verifies on its own; the node's log says it never wrote it."""
     _run(env)
     _region_mirror(env, region_west)
-    _wait_replicated(env, region_west.url, MIRROR)
-    mesh_node.stop()  # the node is idle from here: its log does not move
     lines = _local_lines(env)
+    _wait_replicated(env, region_west.url, MIRROR)
     forged = _forged_after(lines[-1])
 
-    async def publish(js: Any) -> None:
-        await js.publish(
-            LINE_SUBJECT, forged, headers={"Nats-Msg-Id": "forged-1", "Nightcore-Audit-Seq": "x"}
-        )
+    async def publish(js: Any, data: bytes, msg_id: str) -> None:
+        await js.publish(LINE_SUBJECT, data, headers={"Nats-Msg-Id": msg_id})
 
-    _js_call(nats_server.url, publish)
+    _js_call(nats_server.url, lambda js: publish(js, forged, "forged-1"))
     deadline = time.monotonic() + WAIT_S
     while _line_count(region_west.url, MIRROR) != len(lines) + 1:
         assert time.monotonic() < deadline, "the forged line never reached the mirror"
@@ -188,45 +197,75 @@ def test_a_forged_line_on_the_stream_is_caught(
     for url in (nats_server.url, region_west.url):
         code, report, err = _verify(env, url, "--node", NODE)
         assert code == 1 and report["code"] == "MIRROR_AHEAD", (url, report)
-        assert "error[MIRROR_AHEAD]" in err
+        assert "error[MIRROR_AHEAD]" in err and report["anchor"]["status"] == "tampered"
+
+    # The node writes its next line: now the forged one sits where the node's own line is.
+    _run(env)
+    _wait_until(lambda: _line_count(nats_server.url, STREAM) == len(_local_lines(env)) + 1)
+    code, report, _ = _verify(env, nats_server.url, "--node", NODE)
+    assert code == 1 and report["code"] in ("AUDIT_SEQ_GAP", "AUDIT_CHAIN_BROKEN"), report
 
     # A forged line that does not chain is caught by the log's own rules.
     broken = json.loads(lines[1])
     broken["data"] = {"rewritten": True}
-
-    async def publish_broken(js: Any) -> None:
-        await js.publish(LINE_SUBJECT, canonical(broken) + b"\n", headers={"Nats-Msg-Id": "f2"})
-
-    _js_call(nats_server.url, publish_broken)
+    _js_call(nats_server.url, lambda js: publish(js, canonical(broken) + b"\n", "forged-2"))
     code, report, _ = _verify(env, nats_server.url, "--node", NODE)
     assert code == 1 and report["code"] in ("AUDIT_SEQ_GAP", "AUDIT_CHAIN_BROKEN"), report
 
 
-def test_a_deleted_message_is_caught(
+def _wait_until(condition: Any) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.05)  # polling a condition with a deadline
+
+
+def test_a_deleted_message_is_refused_or_caught(
     env: Env, nats_server: NatsServer, region_west: NatsServer, mesh_node: NodeProcess
 ) -> None:
-    """deny_delete stops a plain delete; someone with stream-admin rights can lift it first.
-    Deleting the last line then leaves a shorter log that is self-consistent: the stream's own
-    record of a deleted message (and, on the hub, the node's cursor) convicts it."""
+    """The audit stream and its mirror are created with deny_delete (nats-server refuses to lift
+    it). Someone with stream-admin rights in the region can still re-create the mirror without
+    it and delete from it: the stream's own record of deleted messages convicts it."""
+    from nats.js.errors import APIError
+
     _run(env, 2)
     _region_mirror(env, region_west)
-    _wait_replicated(env, region_west.url, MIRROR)
-    mesh_node.stop()
-    lines = len(_local_lines(env))
+    lines = _wait_replicated(env, region_west.url, MIRROR)
+    for url, stream in ((nats_server.url, STREAM), (region_west.url, MIRROR)):
+        with pytest.raises(APIError):
+            _js_call(url, lambda js, stream=stream: js.delete_msg(stream, 2))
 
-    for url, stream in ((region_west.url, MIRROR), (nats_server.url, STREAM)):
-
-        async def tamper(js: Any, stream: str = stream) -> int:
+        async def lift(js: Any, stream: str = stream) -> None:
             info = await js.stream_info(stream)
             await js.update_stream(info.config.evolve(deny_delete=False))
-            last = await js.get_last_msg(stream, LINE_SUBJECT)
-            await js.delete_msg(stream, last.seq)
-            return int(last.seq)
 
-        _js_call(url, tamper)
-        code, report, err = _verify(env, url, "--node", NODE)
-        assert code == 1 and report["code"] == "MIRROR_TRUNCATED", (stream, report)
-        assert report["entries"] == lines - 1 and "tampering" in err
+        with pytest.raises(APIError, match="deny message deletes"):
+            _js_call(url, lift)
+
+    async def recreate(js: Any) -> None:
+        info = await js.stream_info(MIRROR)
+        await js.delete_stream(MIRROR)
+        await js.add_stream(info.config.evolve(deny_delete=False))
+
+    _js_call(region_west.url, recreate)
+    _wait_replicated(env, region_west.url, MIRROR)
+
+    async def delete_last_line(js: Any) -> None:
+        last = await js.get_last_msg(MIRROR, LINE_SUBJECT)
+        await js.delete_msg(MIRROR, last.seq)
+
+    _js_call(region_west.url, delete_last_line)
+    code, report, err = _verify(env, region_west.url, "--node", NODE)
+    assert code == 1 and report["code"] == "MIRROR_TRUNCATED", report
+    assert report["entries"] == lines - 1 and "tampering" in err
+
+    async def delete_a_middle_line(js: Any) -> None:
+        msg = await js.get_msg(MIRROR, 5)
+        await js.delete_msg(MIRROR, msg.seq)
+
+    _js_call(region_west.url, delete_a_middle_line)
+    code, report, _ = _verify(env, region_west.url, "--node", NODE)
+    assert code == 1 and report["code"] == "AUDIT_SEQ_GAP", report
 
 
 def test_second_region_offline_then_back_catches_up(
@@ -252,21 +291,25 @@ def test_node_restart_neither_duplicates_nor_loses_lines(
     _run(env, 2)
     _wait_replicated(env, nats_server.url, STREAM)
     mesh_node.stop()
+    # The node's last lines (node_stop, its final checkpoint) were sent at its stop.
+    assert _counts(nats_server.url, STREAM) == (len(_local_lines(env)), _local_checkpoints(env))
     _run(env)  # in-process while the node is down: lines the stream has not seen
     assert _line_count(nats_server.url, STREAM) < len(_local_lines(env))
     node = NodeProcess(env.ws, workers=1, extra=("--mesh", nats_server.url, "--node-name", NODE))
     try:
         node._await_line("caught up")
         _run(env)
-        lines = _wait_replicated(env, nats_server.url, STREAM)
+        _wait_replicated(env, nats_server.url, STREAM)
     finally:
         node.stop()
+    lines = _wait_replicated(env, nats_server.url, STREAM)  # exactly: none twice, none lost
     code, report, err = _verify(env, nats_server.url, "--node", NODE)
     assert code == 0 and report["entries"] == lines, (report, err)
+    assert report["anchor"]["status"] == "consistent"
     assert not any("twice" in w for w in report["warnings"])
 
-    # A SIGKILL between a publication and the cursor's update: the stream, not the cursor,
-    # says where to resume (the msg-id would drop a re-publication inside the window anyway).
+    # SIGKILLed after publishing but before saving its cursor: the stream, not the cursor, says
+    # where to resume (and the msg-id drops a re-publication inside the window anyway).
     cursor = env.ws / f"state/audit/mirrors/mesh-{PREFIX}.json"
     saved = json.loads(cursor.read_text())
     saved.update(lines=1, offset=len(_local_lines(env)[0]))
@@ -275,11 +318,20 @@ def test_node_restart_neither_duplicates_nor_loses_lines(
     try:
         node._await_line("caught up")
         _run(env)
+        _wait_replicated(env, nats_server.url, STREAM)
+    finally:
+        node.kill()  # SIGKILL: no flush at stop
+    assert _line_count(nats_server.url, STREAM) <= len(_local_lines(env))
+    node = NodeProcess(env.ws, workers=1, extra=("--mesh", nats_server.url, "--node-name", NODE))
+    try:
+        node._await_line("caught up")
         lines = _wait_replicated(env, nats_server.url, STREAM)
     finally:
-        node.kill()
+        node.stop()
+    lines = _wait_replicated(env, nats_server.url, STREAM)
     code, report, err = _verify(env, nats_server.url, "--node", NODE)
     assert code == 0 and report["entries"] == lines, (report, err)
+    assert not any("twice" in w for w in report["warnings"])
 
 
 def test_verify_from_a_stream_that_does_not_exist_or_cannot_be_reached(

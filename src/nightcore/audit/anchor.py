@@ -17,17 +17,20 @@ Verdicts, first match wins (``anchor.status`` in ``--json``):
 
 1. ``tampered`` / ``MIRROR_ROOT_MISMATCH``: a node checkpoint of size ``S`` <= the mirror's
    length whose root is not the mirror's Merkle root at ``S`` (the mirror's history differs).
-2. ``tampered`` / ``MIRROR_AHEAD``: the mirror holds more lines than the node's log (lines the
+2. ``tampered`` / ``MIRROR_DIVERGED``: a mirror line is not the node's own line at that
+   position (lines past the node's last checkpoint, which no signature covers yet, compared
+   byte for byte with the node's ``audit.jsonl``).
+3. ``tampered`` / ``MIRROR_AHEAD``: the mirror holds more lines than the node's log (lines the
    node never wrote; the node's lines are counted after the mirror was read).
-3. ``tampered`` / ``MIRROR_TRUNCATED``: the mirror holds fewer lines than it acknowledged.
-4. ``tampered`` / ``MIRROR_CHECKPOINT_MISSING``: a checkpoint the mirror acknowledged is gone,
+4. ``tampered`` / ``MIRROR_TRUNCATED``: the mirror holds fewer lines than it acknowledged.
+5. ``tampered`` / ``MIRROR_CHECKPOINT_MISSING``: a checkpoint the mirror acknowledged is gone,
    or a node checkpoint is missing below a larger one the mirror holds (checkpoints are sent in
    order, so a hole is a removal).
-5. ``lag`` / ``MIRROR_LAG``: none of the above, but the node signed a checkpoint larger than the
+6. ``lag`` / ``MIRROR_LAG``: none of the above, but the node signed a checkpoint larger than the
    mirror (or one the mirror has not received yet): the mirror is behind, consistent with
    everything it holds. Not tampering: ``nightcore audit mirror sync`` (or the mesh's
    replication) catches it up.
-6. ``consistent``: every node checkpoint the mirror covers has its root, and none is newer.
+7. ``consistent``: every node checkpoint the mirror covers has its root, and none is newer.
    Unsigned lines the mirror has not received yet are a warning, not a failure.
 """
 
@@ -43,6 +46,7 @@ from nightcore.audit.checkpoint import SignedCheckpoint, stored_checkpoints
 from nightcore.audit.keyhistory import load_history
 from nightcore.audit.verify import VerifyReport
 from nightcore.errors import AuditError, NightCoreError
+from nightcore.layout import AUDIT_LOG_NAME
 
 __all__ = ["Acknowledged", "anchor_to_node", "node_checkpoints"]
 
@@ -93,6 +97,93 @@ def _mirror_sizes(mirror_dir: Path, node_audit_dir: Path, public_key_pem: bytes)
     }
 
 
+Problem = tuple[str, str, int | None]  # code, message, seq
+
+
+def _root_problem(tree: Any, node: dict[int, SignedCheckpoint], size: int) -> Problem | None:
+    for cp_size in sorted(node):
+        if cp_size > size:
+            break
+        if not hmac.compare_digest(tree.root(cp_size), node[cp_size].root):
+            return (
+                "MIRROR_ROOT_MISMATCH",
+                f"the mirror's first {cp_size} lines have another Merkle root than the "
+                f"checkpoint of size {cp_size} the node signed: the mirror's history was "
+                "rewritten (tampering)",
+                None,
+            )
+    return None
+
+
+def _line_problem(size: int, node_lines: int, differs: int | None) -> Problem | None:
+    if differs is not None:
+        return (
+            "MIRROR_DIVERGED",
+            f"the mirror's line {differs} is not the node's line {differs} (a line beyond "
+            "the node's checkpoints was forged or altered in the mirror: tampering)",
+            differs,
+        )
+    if size > node_lines:
+        return (
+            "MIRROR_AHEAD",
+            f"the mirror holds {size} lines but the node's log has {node_lines}: lines "
+            f"{node_lines}..{size - 1} were never written by the node (forged; tampering)",
+            node_lines,
+        )
+    return None
+
+
+def _ack_problem(ack: Acknowledged, size: int, held: set[int]) -> Problem | None:
+    if ack.lines > size:
+        return (
+            "MIRROR_TRUNCATED",
+            f"the mirror holds {size} lines but acknowledged {ack.lines} ({ack.lines_source}): "
+            f"lines {size}..{ack.lines - 1} were removed from it (tampering, not lag)",
+            size,
+        )
+    for cp_size, source in sorted(ack.checkpoints.items()):
+        if cp_size not in held:
+            return (
+                "MIRROR_CHECKPOINT_MISSING",
+                f"the checkpoint of size {cp_size} is missing from the mirror, which had "
+                f"received it ({source}): it was removed (tampering, not lag)",
+                None,
+            )
+    return None
+
+
+def _order_problem(node: dict[int, SignedCheckpoint], held: set[int]) -> Problem | None:
+    top_held = max(held) if held else -1
+    for cp_size in sorted(node):
+        if cp_size < top_held and cp_size not in held:
+            return (
+                "MIRROR_CHECKPOINT_MISSING",
+                f"the mirror holds the checkpoint of size {top_held} but not the node's "
+                f"earlier one of size {cp_size}: checkpoints are sent in order, so it was "
+                "removed (tampering, not lag)",
+                None,
+            )
+    return None
+
+
+def _compare_logs(mirror_log: Path, node_audit_dir: Path) -> tuple[int, int | None]:
+    """(whole lines of the node's log, the first line where the mirror's differs or None)."""
+    node_log = node_audit_dir / AUDIT_LOG_NAME
+    if not node_log.exists():
+        return 0, None
+    differs: int | None = None
+    n = 0
+    with node_log.open("rb") as mine, mirror_log.open("rb") as theirs:
+        for line in mine:
+            if not line.endswith(b"\n"):
+                break  # a torn tail is not a line
+            other = theirs.readline() if differs is None else b""
+            if differs is None and other and other != line:
+                differs = n
+            n += 1
+    return n, differs
+
+
 def anchor_to_node(
     report: VerifyReport,
     mirror_dir: Path,
@@ -100,7 +191,7 @@ def anchor_to_node(
     public_key_pem: bytes,
     ack: Acknowledged,
     *,
-    node_lines: int | None = None,
+    compare_lines: bool = True,
 ) -> VerifyReport:
     """Judge a mirror that verified on its own against the node's checkpoints (see module doc).
 
@@ -127,53 +218,16 @@ def anchor_to_node(
     }
     report.anchor = anchor
 
-    def tampered(code: str, message: str, seq: int | None) -> VerifyReport:
+    node_lines: int | None = None
+    problem = _root_problem(report.tree, node, size)
+    if problem is None and compare_lines:
+        # The node's own lines, read now (after the mirror was read: never behind it).
+        node_lines, differs = _compare_logs(mirror_dir / AUDIT_LOG_NAME, node_audit_dir)
+        problem = _line_problem(size, node_lines, differs)
+    problem = problem or _ack_problem(ack, size, held) or _order_problem(node, held)
+    if problem is not None:
         anchor["status"] = "tampered"
-        return report.fail(code, message, seq)
-
-    for cp_size in sorted(node):
-        if cp_size > size:
-            break
-        if not hmac.compare_digest(report.tree.root(cp_size), node[cp_size].root):
-            return tampered(
-                "MIRROR_ROOT_MISMATCH",
-                f"the mirror's first {cp_size} lines have another Merkle root than the "
-                f"checkpoint of size {cp_size} the node signed: the mirror's history was "
-                "rewritten (tampering)",
-                None,
-            )
-    if node_lines is not None and size > node_lines:
-        return tampered(
-            "MIRROR_AHEAD",
-            f"the mirror holds {size} lines but the node's log has {node_lines}: lines "
-            f"{node_lines}..{size - 1} were never written by the node (forged; tampering)",
-            node_lines,
-        )
-    if ack.lines > size:
-        return tampered(
-            "MIRROR_TRUNCATED",
-            f"the mirror holds {size} lines but acknowledged {ack.lines} ({ack.lines_source}): "
-            f"lines {size}..{ack.lines - 1} were removed from it (tampering, not lag)",
-            size,
-        )
-    for cp_size, source in sorted(ack.checkpoints.items()):
-        if cp_size not in held:
-            return tampered(
-                "MIRROR_CHECKPOINT_MISSING",
-                f"the checkpoint of size {cp_size} is missing from the mirror, which had "
-                f"received it ({source}): it was removed (tampering, not lag)",
-                None,
-            )
-    top_held = max(held) if held else -1
-    for cp_size in sorted(node):
-        if cp_size < top_held and cp_size not in held:
-            return tampered(
-                "MIRROR_CHECKPOINT_MISSING",
-                f"the mirror holds the checkpoint of size {top_held} but not the node's "
-                f"earlier one of size {cp_size}: checkpoints are sent in order, so it was "
-                "removed (tampering, not lag)",
-                None,
-            )
+        return report.fail(*problem)
     missing = [s for s in node if s not in held]
     if missing:
         newest = max(missing)

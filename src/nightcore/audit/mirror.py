@@ -446,8 +446,7 @@ def verify_source(layout: Layout, configured: Sequence[MirrorConfig], name: str)
     sink = sink_for(layout, cfg)
     if isinstance(sink, DirSink):
         report = verify_log(sink.root, pem)
-        node_lines = _line_count(layout.audit_log)  # after the mirror was read: never behind it
-        return anchor_to_node(report, sink.root, layout.audit_dir, pem, ack, node_lines=node_lines)
+        return anchor_to_node(report, sink.root, layout.audit_dir, pem, ack)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="nightcore-mirror-") as tmp:
@@ -462,5 +461,4 @@ def verify_source(layout: Layout, configured: Sequence[MirrorConfig], name: str)
             ) from None
         report = verify_log(Path(tmp), pem)
         report.warnings.extend(warnings)
-        node_lines = _line_count(layout.audit_log)
-        return anchor_to_node(report, Path(tmp), layout.audit_dir, pem, ack, node_lines=node_lines)
+        return anchor_to_node(report, Path(tmp), layout.audit_dir, pem, ack)

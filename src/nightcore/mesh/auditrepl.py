@@ -342,6 +342,58 @@ class AuditReplicationService:
         }
 
 
+@dataclass
+class _OneShot:
+    """What the service needs of an agent, for :func:`flush` (a connection of its own)."""
+
+    js: Any
+    config: MeshConfig
+    ctx: NodeContext
+    log: Any
+    heartbeat_fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def names(self) -> Names:
+        return self.config.names
+
+
+FLUSH_CONNECT_S = 2.0
+
+
+async def _flush(config: MeshConfig, ctx: NodeContext, log: Any) -> int:
+    import dataclasses
+
+    from nightcore.mesh.connect import connect
+
+    quick = dataclasses.replace(config, connect_timeout_s=FLUSH_CONNECT_S)
+    nc = await connect(quick, client_name=f"nightcore-{config.node_name}-stop", reconnect=False)
+    try:
+        js = nc.jetstream(domain=config.js_domain) if config.js_domain else nc.jetstream()
+        service = AuditReplicationService(_OneShot(js, config, ctx, log))  # type: ignore[arg-type]
+        before = load_cursor(ctx.layout, config.prefix).lines
+        await service._resume()
+        while await service._publish_lines() == BATCH_LINES:
+            pass
+        await service._publish_checkpoints()
+        return max(0, service.cur.lines - before)
+    except NightCoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one line with a code for the node's log
+        from nightcore.mesh.agent import mesh_error
+
+        raise mesh_error(exc, "replicating the last audit lines") from None
+    finally:
+        with contextlib.suppress(Exception):  # closing a one-shot connection
+            await nc.close()
+
+
+def flush(config: MeshConfig, ctx: NodeContext, log: Any = print) -> int:
+    """Publish what the node logged after its mesh agent stopped (its ``node_stop`` line and
+    final checkpoint), on a connection of its own; the number of lines published. Called by the
+    node at the end of its shutdown; a failure only delays them to the next start."""
+    return asyncio.run(_flush(config, ctx, log))
+
+
 def _count_lines(path: Path, offset: int = 0) -> int:
     """Whole lines of ``path`` after byte ``offset``."""
     if not path.exists():
@@ -545,7 +597,7 @@ def verify_stream(
         if anchored:
             assert ctx is not None and own_pem is not None and cur is not None
             pem = own_pem
-            if not copy.is_mirror:
+            if copy.stream == config.names.audit_stream and not copy.is_mirror:
                 # The stream the node publishes to: it acknowledged what the cursor says.
                 ack.claim_lines(cur.lines, f"the node's replication cursor for {copy.stream}")
                 ack.claim_checkpoints(
@@ -585,14 +637,7 @@ def verify_stream(
             )
         if anchored and report.ok:
             assert ctx is not None
-            report = anchor_to_node(
-                report,
-                dest,
-                ctx.layout.audit_dir,
-                pem,
-                ack,
-                node_lines=_count_lines(ctx.layout.audit_log),
-            )
+            report = anchor_to_node(report, dest, ctx.layout.audit_dir, pem, ack)
         return report
 
 

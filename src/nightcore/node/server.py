@@ -321,8 +321,24 @@ class Node:
             checkpoint = {"size": cp.size, "root": cp.root.hex()}
         except NightCoreError as exc:
             log(f"warning[{exc.code}]: no final checkpoint: {exc.message}")
+        if self.mesh_config is not None:
+            self._replicate_last_audit_lines(self.mesh_config)
         self._cleanup()
         log(f"stopped (final checkpoint {checkpoint})")
+
+    def _replicate_last_audit_lines(self, config: MeshConfig) -> None:
+        """The mesh agent stopped before the node's last lines (node_stop, the final
+        checkpoint): send them to the audit stream now; if that fails, the next start does."""
+        from nightcore.mesh.auditrepl import flush
+
+        try:
+            sent = flush(config, self.ctx, log)
+            log(f"mesh: audit stream up to date ({sent} line(s) sent at stop)")
+        except NightCoreError as exc:
+            log(
+                f"warning[{exc.code}]: audit lines not replicated at stop (sent at the next "
+                f"start): {exc.message}"
+            )
 
     def _cleanup(self) -> None:
         if self.mesh is not None:
