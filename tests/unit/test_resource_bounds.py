@@ -287,6 +287,22 @@ def test_an_ordinary_module_compiles_in_the_child_and_is_cached(
         assert two.run(module, _config(module, None)).cache == "hit"
 
 
+def test_the_compile_process_is_kept_and_replaced_after_a_limit() -> None:
+    with Sandbox(None, b"") as sb:
+        first, second = compile_bomb(10), compile_bomb(11)
+        assert sb.run(first, _config(first, None)).code == "OK"
+        pid = sb._compiler.pid
+        assert pid is not None
+        assert sb.run(second, _config(second, None)).code == "OK"
+        assert sb._compiler.pid == pid  # one child serves every miss
+        bomb = compile_bomb(200_000)
+        assert sb.run(bomb, _config(bomb, None, compile_ms=300)).code == "COMPILE_LIMIT"
+        assert sb._compiler.pid is None  # killed; the next miss starts another
+        third = compile_bomb(12)
+        assert sb.run(third, _config(third, None)).code == "OK"
+        assert sb._compiler.pid not in (None, pid)
+
+
 def test_invalid_webassembly_stays_compile_error(sandbox: Sandbox) -> None:
     module = b"\x00asm\x01\x00\x00\x00\x05"
     res = sandbox.run(module, _config(module, None))

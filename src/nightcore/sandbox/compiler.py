@@ -4,44 +4,51 @@ A module's compilation is not covered by its run's limits (fuel, wall time and m
 when the guest does), and Cranelift's time and memory grow with the module: 300,000 empty
 functions in 1.8 MB took 32 s and 1.9 GB in-process. So the in-process sandbox compiles
 every module it does not have compiled (a cache miss) in a child process
-(``python -I -m nightcore.sandbox.compile_child``), never a fork of the node:
+(``python -I -m nightcore.sandbox.compile_child``), never a fork of the node. One child per
+sandbox, started on the first miss and kept for the next ones (one compilation at a time):
 
-1. the child imports Wasmtime, builds an Engine with exactly the run's engine settings
-   (:func:`nightcore.sandbox.engine._make_engine`), then sets ``RLIMIT_AS`` to what it has
-   mapped plus ``compile_memory_bytes``, ``RLIMIT_CPU`` as a backstop and ``RLIMIT_CORE=0``,
-   and says it is ready (its start-up is not counted against ``compile_ms``);
-2. the parent sends the module and starts the clock: past ``compile_ms`` of wall time the
-   child is killed; a child that dies (Rust aborts when an allocation fails under
-   ``RLIMIT_AS``) or is killed by ``SIGXCPU`` is a ``COMPILE_LIMIT`` too;
-3. the child answers with Wasmtime's serialized artifact (or the compile error: invalid
-   WebAssembly stays ``COMPILE_ERROR``), which the parent deserializes into its own Engine
-   and stores in the authenticated disk cache (:mod:`nightcore.sandbox.cache`). Later runs
-   of the module load it from the memory or disk cache and pay nothing.
+1. the child imports Wasmtime, sets ``RLIMIT_CORE=0`` and says it is ready (its start-up is
+   not counted against ``compile_ms``);
+2. for each module the parent sets the child's soft ``RLIMIT_AS`` (``prlimit``) to what the
+   child has mapped now plus ``compile_memory_bytes``, sends the module with its engine
+   settings, and starts the clock: past ``compile_ms`` of wall time the child is killed
+   (``COMPILE_LIMIT``; the next miss starts a new one); a child that dies (Rust aborts when an
+   allocation fails under ``RLIMIT_AS``) is ``COMPILE_LIMIT`` too;
+3. the child compiles with an Engine built exactly like the run's
+   (:func:`nightcore.sandbox.engine._make_engine`, one per engine configuration) and answers
+   with Wasmtime's serialized artifact (or the compile error: invalid WebAssembly stays
+   ``COMPILE_ERROR``), which the parent deserializes into its own Engine and stores in the
+   authenticated disk cache (:mod:`nightcore.sandbox.cache`). Later runs of the module load it
+   from the memory or disk cache and pay nothing.
 
-Frames on the child's stdout: ``R`` (ready), then ``O`` + 8-byte length + artifact, or ``E``
-+ 4-byte length + UTF-8 message. The artifact is native code the parent will execute: it
-is trusted exactly as much as an in-process compile of the same module would be (the child
-runs Night Core's code on the tenant's bytes, as the parent did before); the child is a
-resource bound, not an isolation layer.
+Requests on the child's stdin: ``>QQB`` (module length, ``stack_bytes``, deterministic) then
+the module. Replies on its stdout: ``R`` once (ready), then per request ``O`` + 8-byte length
++ artifact, or ``E`` + 4-byte length + UTF-8 message. The artifact is native code the parent
+will execute: it is trusted exactly as much as an in-process compile of the same module would
+be (the child runs Night Core's code on the tenant's bytes, as the parent did before); the
+child is a resource bound, not an isolation layer.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
+import resource
 import select
 import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-# Time the child may take to start (import Wasmtime, build its Engine): generous, because a
-# loaded node's interpreter start is slow, and not counted against compile_ms.
+# Time the child may take to start (import Wasmtime): generous, because a loaded node's
+# interpreter start is slow, and not counted against compile_ms.
 START_TIMEOUT_S = 60.0
 CHILD_ENV = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=1"}
+REQUEST = struct.Struct(">QQB")
 LEN8 = struct.Struct(">Q")
 LEN4 = struct.Struct(">I")
 MAX_MESSAGE = 64 * 1024
@@ -80,7 +87,7 @@ def _read(fd: int, n: int, deadline: float) -> bytes:
     return b"".join(chunks)
 
 
-def _signal_name(status: int) -> str:
+def _status_text(status: int) -> str:
     if status >= 0:
         return f"exit status {status}"
     try:
@@ -89,60 +96,122 @@ def _signal_name(status: int) -> str:
         return f"signal {-status}"
 
 
-def compile_bounded(
-    module_bytes: bytes,
-    *,
-    stack_bytes: int,
-    deterministic: bool,
-    compile_ms: int,
-    compile_memory_bytes: int,
-) -> Compiled:
-    """Compile ``module_bytes`` in a child bounded by ``compile_ms`` and
-    ``compile_memory_bytes``. Raises ``OSError`` only when the child cannot be started."""
-    cpu_s = max(1, math.ceil(compile_ms / 1000)) * max(1, os.cpu_count() or 1) + 1
-    argv = [
-        sys.executable,
-        "-I",
-        "-m",
-        "nightcore.sandbox.compile_child",
-        "--stack-bytes",
-        str(stack_bytes),
-        "--deterministic",
-        str(int(deterministic)),
-        "--memory-bytes",
-        str(compile_memory_bytes),
-        "--cpu-s",
-        str(cpu_s),
-    ]
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=dict(CHILD_ENV),
-        close_fds=True,
-        start_new_session=True,
-    )
-    assert proc.stdin is not None and proc.stdout is not None
-    out = proc.stdout.fileno()
-    started = 0.0
-    try:
+def _vm_size(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"no VmSize in /proc/{pid}/status")
+
+
+class CompileProcess:
+    """The sandbox's compile-only child (started on first use, replaced after a limit).
+
+    Thread-safe: compilations are serialised (a queued one's clock starts when it is sent).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._closed = False
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-m", "nightcore.sandbox.compile_child"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=dict(CHILD_ENV),
+            close_fds=True,
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
         try:
-            if _read(out, 1, time.monotonic() + START_TIMEOUT_S) != b"R":
+            if _read(proc.stdout.fileno(), 1, time.monotonic() + START_TIMEOUT_S) != b"R":
                 raise EOFError
         except (_Timeout, EOFError):
-            proc.kill()
-            status = proc.wait()
-            raise OSError(f"the compile process did not start ({_signal_name(status)})") from None
+            status = self._kill(proc)
+            raise OSError(f"the compile process did not start ({_status_text(status)})") from None
+        return proc
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[bytes]) -> int:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        status = proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        return status
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._proc is not None:
+                self._kill(self._proc)
+                self._proc = None
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id (None before the first compilation or after a limit)."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def compile(
+        self,
+        module_bytes: bytes,
+        *,
+        stack_bytes: int,
+        deterministic: bool,
+        compile_ms: int,
+        compile_memory_bytes: int,
+    ) -> Compiled:
+        """Compile ``module_bytes`` bounded by ``compile_ms`` and ``compile_memory_bytes``.
+        Raises ``OSError`` only when no child can be started."""
+        with self._lock:
+            if self._closed:
+                raise OSError("the compile process is closed")
+            if self._proc is None or self._proc.poll() is not None:
+                self._proc = self._start()
+            proc = self._proc
+            try:
+                done = self._compile(
+                    proc, module_bytes, stack_bytes, deterministic, compile_ms, compile_memory_bytes
+                )
+            except BaseException:
+                self._kill(proc)
+                self._proc = None
+                raise
+            if done.status == "limit":
+                self._kill(proc)
+                self._proc = None
+            return done
+
+    @staticmethod
+    def _compile(
+        proc: subprocess.Popen[bytes],
+        module_bytes: bytes,
+        stack_bytes: int,
+        deterministic: bool,
+        compile_ms: int,
+        memory: int,
+    ) -> Compiled:
+        assert proc.stdin is not None and proc.stdout is not None
+        out = proc.stdout.fileno()
+        limit = _vm_size(proc.pid) + memory
+        resource.prlimit(proc.pid, resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
         started = time.monotonic()
         deadline = started + compile_ms / 1000.0
         try:
-            proc.stdin.write(LEN8.pack(len(module_bytes)) + module_bytes)
-            proc.stdin.close()
+            proc.stdin.write(
+                REQUEST.pack(len(module_bytes), stack_bytes, int(deterministic)) + module_bytes
+            )
+            proc.stdin.flush()
             kind = _read(out, 1, deadline)
             if kind == b"O":
                 (n,) = LEN8.unpack(_read(out, LEN8.size, deadline))
-                if n > compile_memory_bytes:
+                if n > memory:
                     return Compiled("limit", detail="the compile process answered too much")
                 artifact = _read(out, n, deadline)
                 return Compiled("ok", artifact, compile_ms=(time.monotonic() - started) * 1000)
@@ -157,19 +226,8 @@ def compile_bounded(
             )
         except (EOFError, BrokenPipeError):
             status = proc.wait()
-            if status == -signal.SIGXCPU:
-                why = f"compilation used more CPU than compile_ms = {compile_ms} ms allows"
-            else:
-                why = (
-                    f"the compile process died ({_signal_name(status)}) within "
-                    f"compile_memory_bytes = {compile_memory_bytes}"
-                )
-            return Compiled("limit", detail=why)
-    finally:
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            with contextlib.suppress(OSError):
-                stream.close()
+            return Compiled(
+                "limit",
+                detail=f"the compile process died ({_status_text(status)}) within "
+                f"compile_memory_bytes = {memory}",
+            )

@@ -119,6 +119,7 @@ from nightcore.sandbox import deterministic as deterministic_wasi
 from nightcore.sandbox import ffi
 from nightcore.sandbox import net as net_host
 from nightcore.sandbox.cache import DiskModuleCache, cache_key, wasmtime_version
+from nightcore.sandbox.compiler import CompileProcess
 from nightcore.sandbox.types import Interrupt, Preopen, RunConfig, RunResult
 from nightcore.sandbox.usage import ResourceMonitor, RunUsage, open_run
 from nightcore.sandbox.watchdog import OutputSink, Ticker, Watchdog, install_watchdog
@@ -430,6 +431,8 @@ class Sandbox:
         self._ticker = Ticker(tick_ms)
         self._finalizer = weakref.finalize(self, self._ticker.stop)
         self._bounded_compile = bounded_compile
+        self._compiler = CompileProcess()  # started on the first cache miss
+        self._compiler_finalizer = weakref.finalize(self, self._compiler.close)
         # Called with "compiling" / "compiled" around an in-process compilation (the
         # strongbox worker's phase frames); None elsewhere.
         self.on_compile: Callable[[str], None] | None = None
@@ -463,6 +466,7 @@ class Sandbox:
                 self._idle.wait()
         self._finalizer()
         self._monitor_finalizer()
+        self._compiler_finalizer()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -613,10 +617,8 @@ class Sandbox:
             if hook is not None:
                 hook("compiled")
             return module, b""
-        from nightcore.sandbox.compiler import compile_bounded
-
         try:
-            done = compile_bounded(
+            done = self._compiler.compile(
                 bytes(module_bytes),
                 stack_bytes=entry.key.stack_bytes,
                 deterministic=entry.key.deterministic,
