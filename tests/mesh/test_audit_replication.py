@@ -141,28 +141,24 @@ def test_second_region_holds_every_line_and_verifies_against_the_node(
     code, report, _ = _verify(env, nats_server.url, "--node", NODE, "--domain", "west")
     assert code == 0 and report["entries"] == lines
 
-    # Lag in `mesh status` terms: the node's heartbeat carries replicated vs local lines.
+    # `mesh status`: per node, lines logged (its heartbeat) vs lines the stream holds.
     deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
-        status = mesh_node.status()
-        beat = _heartbeat(nats_server.url)
-        if beat.get("audit", {}).get("lag") == 0:
+    while True:
+        res = env.cli("mesh", "status", "--mesh", nats_server.url, "--json")
+        assert res.code == 0, res.err
+        audit = res.json()["audit"]
+        row = audit["nodes"].get(NODE, {})
+        if row.get("lag") == 0 and row.get("lines") == len(_local_lines(env)):
             break
-        time.sleep(0.05)  # polling a condition with a deadline
-    assert beat["audit"]["replicated"] == len(_local_lines(env)), (beat, status)
+        assert time.monotonic() < deadline, audit
+        time.sleep(0.05)  # polling a condition with a deadline (heartbeats every 2 s)
+    assert audit["exists"] and row["replicated"] == len(_local_lines(env))
+    res = env.cli("mesh", "status", "--mesh", nats_server.url)
+    assert res.code == 0 and "audit:" in res.err + res.out
 
     # The stream is append-only: the server itself refuses a delete.
     with pytest.raises(Exception, match=r"(?i)delete"):
         _js_call(region_west.url, lambda js: js.delete_msg(MIRROR, 2))
-
-
-def _heartbeat(url: str) -> dict[str, Any]:
-    async def get(js: Any) -> dict[str, Any]:
-        kv = await js.key_value(f"{PREFIX}-nodes")
-        entry = await kv.get(NODE)
-        return dict(json.loads(entry.value))
-
-    return dict(_js_call(url, get))
 
 
 def _forged_after(last: bytes) -> bytes:

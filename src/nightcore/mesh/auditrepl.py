@@ -421,6 +421,65 @@ def _header_int(headers: dict[str, str] | None, name: str) -> int | None:
     return int(value)
 
 
+# -- `mesh init` and `mesh status` ------------------------------------------------------------
+
+
+async def init_step(js: JetStreamContext, config: MeshConfig) -> list[str]:
+    """``mesh init``'s step (:data:`nightcore.mesh.ops.INIT_STEPS`): the audit stream."""
+    from nightcore.mesh.agent import default_replicas, ensure_stream
+
+    await ensure_stream(js, stream_config(config.names), num_replicas=default_replicas(config))
+    return [config.names.audit_stream]
+
+
+async def status_section(nc: Any, js: JetStreamContext, config: MeshConfig) -> dict[str, Any]:
+    """``mesh status``'s ``audit`` section (:data:`nightcore.mesh.ops.STATUS_SECTIONS`): per
+    node, the lines the audit stream holds, the lines the node's heartbeat says it logged, and
+    the lag between them; ``{"exists": false}`` before any node replicated."""
+    from nats.js.errors import BucketNotFoundError, NoKeysError, NotFoundError
+
+    names = config.names
+    try:
+        info = await js.stream_info(
+            names.audit_stream, subjects_filter=f"{names.prefix}.audit.*.line"
+        )
+    except NotFoundError:
+        return {"exists": False, "stream": names.audit_stream}
+    replicated = {
+        subject.split(".")[-2]: int(count) for subject, count in (info.state.subjects or {}).items()
+    }
+    logged: dict[str, int] = {}
+    try:
+        kv = await js.key_value(names.nodes_bucket)
+        with contextlib.suppress(NoKeysError):
+            for key in await kv.keys():
+                entry = await kv.get(key)
+                try:
+                    beat = json.loads((entry.value or b"")[:65536])
+                    lines = beat["audit"]["lines"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if isinstance(lines, int) and not isinstance(lines, bool) and lines >= 0:
+                    logged[key] = lines
+    except (BucketNotFoundError, NotFoundError):
+        pass
+    nodes = {}
+    for node in sorted(set(replicated) | set(logged)):
+        have, local = replicated.get(node, 0), logged.get(node)
+        nodes[node] = {
+            "replicated": have,
+            "lines": local,
+            "lag": None if local is None else max(0, local - have),
+        }
+    return {
+        "exists": True,
+        "stream": names.audit_stream,
+        "messages": int(info.state.messages),
+        "replicas": int(info.config.num_replicas or 1),
+        "nodes": nodes,
+    }
+
+
 # -- reading a node's log back from a stream -------------------------------------------------
 
 

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 # dict` of plain data, shown under the function's key). Helpers add theirs here.
 STATUS_SECTIONS: dict[str, str] = {
     "work_queue": "nightcore.mesh.workqueue:status_section",
+    "audit": "nightcore.mesh.auditrepl:status_section",
 }
 
 MAX_VERSION = 2**53
@@ -304,6 +305,7 @@ def key_fields_from_pem(
 # list[str]` creating what it needs, returning the names). Helpers add theirs here.
 INIT_STEPS: dict[str, str] = {
     "work_queue": "nightcore.mesh.workqueue:init_step",
+    "audit": "nightcore.mesh.auditrepl:init_step",
 }
 
 
