@@ -47,10 +47,13 @@ def _audit(ws: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in complete.splitlines()]
 
 
-def _wait_started(ws: Path, tenant: str, after: int = 0) -> str:
+def _wait_started(ws: Path, tenant: str, client: subprocess.Popen[str], after: int = 0) -> str:
     """The run id of ``tenant``'s first run_start at or after audit line ``after``."""
     deadline = time.monotonic() + WAIT_S
     while time.monotonic() < deadline:
+        if client.poll() is not None:
+            out, err = client.communicate()
+            raise AssertionError(f"the run ended before {tenant} started: {out} {err}")
         for r in _audit(ws)[after:]:
             if r["event"] == "run_start" and r.get("tenant") == tenant:
                 return str(r["data"]["run_id"])
@@ -85,7 +88,10 @@ def _finish(client: subprocess.Popen[str]) -> dict[str, dict[str, Any]]:
         ) from None
     assert client.returncode == 1, err  # not every tenant OK
     assert "Traceback" not in err
-    return {r["tenant"]: r for r in json.loads(out)}
+    rows = {r["tenant"]: r for r in json.loads(out)}
+    for row in rows.values():  # the reason of an unexpected code, in the failure message
+        assert row["code"] in ("OK", "CORDONED_IN_FLIGHT", "REVOKED_IN_FLIGHT"), row
+    return rows
 
 
 def _audit_ok(ws: Path) -> None:
@@ -110,7 +116,7 @@ def ks_env(env: Env) -> Iterator[Env]:
 def test_cordon_mid_run_in_process_stops_that_run_and_spares_its_neighbour(ks_env: Env) -> None:
     ws = ks_env.ws
     client = _start_run(ws, "looper", "hello", "--local", "--no-dashboard")
-    run_id = _wait_started(ws, "looper")
+    run_id = _wait_started(ws, "looper", client)
     res = run_cli_subprocess("-w", str(ws), "cordon", "looper", "--reason", "incident 7")
     assert res.code == 0, res.err
     rows = _finish(client)
@@ -123,7 +129,8 @@ def test_cordon_mid_run_in_process_stops_that_run_and_spares_its_neighbour(ks_en
     assert data["interrupted_by"]["reason"] == "incident 7"
     # The cordon also stops admission: the next run is refused before it starts.
     again = run_cli_subprocess("-w", str(ws), "run", "looper", "--local", "--json")
-    assert again.code == 1 and again.json()[0]["code"] == "CORDONED"
+    assert again.code == 1, again.out + again.err
+    assert again.json()[0]["code"] == "CORDONED"
     _audit_ok(ws)
 
 
@@ -140,7 +147,7 @@ def test_revoke_key_mid_run_stops_runs_signed_by_it_only(
     ks_env.add_tenant("steady", FOREVER, wasm=wat_module(COUNT_WAT), key=bob)
     alice = ks_env.publisher.key_id
     client = _start_run(ws, "looper", "steady", "--local", "--no-dashboard")
-    run_id = _wait_started(ws, "looper")
+    run_id = _wait_started(ws, "looper", client)
     res = run_cli_subprocess(
         "-w",
         str(ws),
@@ -166,7 +173,7 @@ def test_revoke_module_mid_run_stops_that_module(ks_env: Env) -> None:
     ws = ks_env.ws
     digest = hashlib.sha256((ws / "modules" / "looper" / "module.wasm").read_bytes()).hexdigest()
     client = _start_run(ws, "looper", "hello", "--local", "--no-dashboard")
-    run_id = _wait_started(ws, "looper")
+    run_id = _wait_started(ws, "looper", client)
     res = run_cli_subprocess(
         "-w",
         str(ws),
@@ -195,7 +202,7 @@ def test_revoke_module_mid_run_stops_that_module(ks_env: Env) -> None:
 def test_cordon_mid_run_with_strongbox_kills_the_worker(ks_env: Env) -> None:
     ws = ks_env.ws
     client = _start_run(ws, "looper", "hello", "--local", "--strongbox", "--no-dashboard")
-    run_id = _wait_started(ws, "looper")
+    run_id = _wait_started(ws, "looper", client)
     res = run_cli_subprocess("-w", str(ws), "cordon", "looper", "--reason", "incident 8")
     assert res.code == 0, res.err
     rows = _finish(client)
@@ -212,7 +219,7 @@ def test_through_a_running_node(ks_env: Env) -> None:
     try:
         # 1. cordon through the node (its `cordon` op): the node nudges its workers.
         client = _start_run(ws, "looper", "hello", "--no-dashboard")
-        run_id = _wait_started(ws, "looper")
+        run_id = _wait_started(ws, "looper", client)
         res = run_cli_subprocess("-w", str(ws), "cordon", "looper", "--reason", "incident 9")
         assert res.code == 0, res.err
         rows = _finish(client)
@@ -225,7 +232,7 @@ def test_through_a_running_node(ks_env: Env) -> None:
         assert run_cli_subprocess("-w", str(ws), "uncordon", "looper").code == 0
         after = len(_audit(ws))
         client = _start_run(ws, "looper", "--no-dashboard")
-        run_id = _wait_started(ws, "looper", after)
+        run_id = _wait_started(ws, "looper", client, after)
         digest = hashlib.sha256((ws / "modules" / "looper" / "module.wasm").read_bytes())
         res = run_cli_subprocess(
             "-w",

@@ -116,8 +116,12 @@ class KillSwitch:
                 )
                 self._thread.start()
             self._cond.notify_all()
-        state, _changed = self._refresh()
-        self._evaluate(watched, state)
+        try:
+            state, _changed = self._refresh()
+            self._evaluate(watched, state)
+        except BaseException:
+            self.release(watched.interrupt)
+            raise
         return watched.interrupt
 
     def release(self, interrupt: Interrupt) -> None:
@@ -170,7 +174,14 @@ class KillSwitch:
                     return
             if self._wake.wait(self._poll_s):
                 self._wake.clear()
-            self._check()
+            try:
+                self._check()
+            except Exception as exc:  # noqa: BLE001 - fail closed, and keep watching
+                failed = _State({}, {}, {}, frozenset(), 0, ("HOST_ERROR", type(exc).__name__))
+                with self._cond:
+                    runs = list(self._runs.values())
+                for watched in runs:
+                    self._evaluate(watched, failed)
 
     def _check(self) -> None:
         state, changed = self._refresh()
@@ -206,6 +217,8 @@ class KillSwitch:
             return _State({}, {}, {}, frozenset(), 0, (exc.code, exc.message))
         except OSError as exc:
             return _State({}, {}, {}, frozenset(), 0, ("IO_ERROR", str(exc)))
+        except Exception as exc:  # noqa: BLE001 - fail closed: every watched run is stopped
+            return _State({}, {}, {}, frozenset(), 0, ("HOST_ERROR", f"{type(exc).__name__}"))
         return _State(
             cordons=cordons,
             revoked_keys={r.subject: r.reason for r in rl.keys},
