@@ -291,16 +291,41 @@ def test_the_compile_process_is_kept_and_replaced_after_a_limit() -> None:
     with Sandbox(None, b"") as sb:
         first, second = compile_bomb(10), compile_bomb(11)
         assert sb.run(first, _config(first, None)).code == "OK"
-        pid = sb._compiler.pid
-        assert pid is not None
+        (pid,) = sb._compiler.pids
         assert sb.run(second, _config(second, None)).code == "OK"
-        assert sb._compiler.pid == pid  # one child serves every miss
+        assert sb._compiler.pids == [pid]  # one child serves misses one after another
         bomb = compile_bomb(200_000)
         assert sb.run(bomb, _config(bomb, None, compile_ms=300)).code == "COMPILE_LIMIT"
-        assert sb._compiler.pid is None  # killed; the next miss starts another
+        assert sb._compiler.pids == []  # killed; the next miss starts another
         third = compile_bomb(12)
         assert sb.run(third, _config(third, None)).code == "OK"
-        assert sb._compiler.pid not in (None, pid)
+        assert sb._compiler.pids not in ([], [pid])
+
+
+def test_a_slow_compilation_does_not_queue_a_neighbours(tmp_path: Path) -> None:
+    """Each concurrent miss gets its own compile process: a neighbour's module compiles and
+    runs while a compile bomb is still inside its (generous) compile_ms."""
+    with Sandbox(None, b"") as sb:
+        bomb = compile_bomb(300_000)
+        out: dict[str, str] = {}
+        slow = threading.Thread(
+            target=lambda: out.update(
+                bomb=sb.run(
+                    bomb, _config(bomb, None, compile_ms=600_000, compile_memory_bytes=4 << 30)
+                ).code
+            )
+        )
+        slow.start()
+        try:
+            neighbour = compile_bomb(13)
+            res = sb.run(neighbour, _config(neighbour, None, tenant="tenant-b"))
+            assert res.code == "OK"
+            assert "bomb" not in out  # the bomb was still compiling when the neighbour ran
+        finally:
+            sb._compiler.close()  # kills the bomb's compile process; its run ends
+            slow.join(120)
+        assert not slow.is_alive()
+        assert out["bomb"] == "COMPILE_LIMIT"
 
 
 def test_invalid_webassembly_stays_compile_error(sandbox: Sandbox) -> None:

@@ -4,8 +4,9 @@ A module's compilation is not covered by its run's limits (fuel, wall time and m
 when the guest does), and Cranelift's time and memory grow with the module: 300,000 empty
 functions in 1.8 MB took 32 s and 1.9 GB in-process. So the in-process sandbox compiles
 every module it does not have compiled (a cache miss) in a child process
-(``python -I -m nightcore.sandbox.compile_child``), never a fork of the node. One child per
-sandbox, started on the first miss and kept for the next ones (one compilation at a time):
+(``python -I -m nightcore.sandbox.compile_child``), never a fork of the node. Each
+compilation takes an idle child of its sandbox's :class:`CompilePool` or starts one (a slow
+compilation never queues a neighbour's); two idle children are kept for later misses:
 
 1. the child imports Wasmtime, sets ``RLIMIT_CORE=0`` and says it is ready (its start-up is
    not counted against ``compile_ms``);
@@ -152,6 +153,14 @@ class CompileProcess:
                 self._kill(self._proc)
                 self._proc = None
 
+    def kill(self) -> None:
+        """SIGKILL the child now, even mid-compilation (that compilation then ends as a
+        ``COMPILE_LIMIT``); the lock is not taken."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
     @property
     def pid(self) -> int | None:
         """The child's process id (None before the first compilation or after a limit)."""
@@ -231,3 +240,64 @@ class CompileProcess:
                 detail=f"the compile process died ({_status_text(status)}) within "
                 f"compile_memory_bytes = {memory}",
             )
+
+
+class CompilePool:
+    """Compile processes for one sandbox: each compilation takes an idle one or starts one,
+    so a neighbour's slow (bounded) compilation never queues another tenant's; at most
+    ``keep`` idle processes are kept between misses."""
+
+    def __init__(self, keep: int = 2) -> None:
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._idle: list[CompileProcess] = []
+        self._busy: set[CompileProcess] = set()
+        self._closed = False
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the idle compile processes."""
+        with self._lock:
+            return [pid for p in self._idle if (pid := p.pid) is not None]
+
+    def compile(
+        self,
+        module_bytes: bytes,
+        *,
+        stack_bytes: int,
+        deterministic: bool,
+        compile_ms: int,
+        compile_memory_bytes: int,
+    ) -> Compiled:
+        """See :meth:`CompileProcess.compile`."""
+        with self._lock:
+            if self._closed:
+                raise OSError("the compile processes are closed")
+            proc = self._idle.pop() if self._idle else CompileProcess()
+            self._busy.add(proc)
+        try:
+            return proc.compile(
+                module_bytes,
+                stack_bytes=stack_bytes,
+                deterministic=deterministic,
+                compile_ms=compile_ms,
+                compile_memory_bytes=compile_memory_bytes,
+            )
+        finally:
+            with self._lock:
+                self._busy.discard(proc)
+                if self._closed or len(self._idle) >= self._keep:
+                    proc.close()
+                else:
+                    self._idle.append(proc)
+
+    def close(self) -> None:
+        """Stop every compile process; compilations in progress end as ``COMPILE_LIMIT``."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            busy = list(self._busy)
+        for proc in busy:
+            proc.kill()
+        for proc in idle:
+            proc.close()

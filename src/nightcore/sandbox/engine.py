@@ -119,7 +119,7 @@ from nightcore.sandbox import deterministic as deterministic_wasi
 from nightcore.sandbox import ffi
 from nightcore.sandbox import net as net_host
 from nightcore.sandbox.cache import DiskModuleCache, cache_key, wasmtime_version
-from nightcore.sandbox.compiler import CompileProcess
+from nightcore.sandbox.compiler import CompilePool
 from nightcore.sandbox.types import Interrupt, Preopen, RunConfig, RunResult
 from nightcore.sandbox.usage import ResourceMonitor, RunUsage, open_run
 from nightcore.sandbox.watchdog import OutputSink, Ticker, Watchdog, install_watchdog
@@ -431,7 +431,7 @@ class Sandbox:
         self._ticker = Ticker(tick_ms)
         self._finalizer = weakref.finalize(self, self._ticker.stop)
         self._bounded_compile = bounded_compile
-        self._compiler = CompileProcess()  # started on the first cache miss
+        self._compiler = CompilePool()  # compile processes start on cache misses
         self._compiler_finalizer = weakref.finalize(self, self._compiler.close)
         # Called with "compiling" / "compiled" around an in-process compilation (the
         # strongbox worker's phase frames); None elsewhere.
