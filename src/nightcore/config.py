@@ -14,7 +14,14 @@ from nightcore.errors import ConfigError
 from nightcore.layout import CONFIG_NAME
 from nightcore.module.manifest import LIMIT_NAMES, LIMIT_RANGES
 from nightcore.module.netpolicy import NetPolicy, NetPolicyError, parse_grants
-from nightcore.policy import DEFAULT_LIMITS, DEFAULT_MAX, Policy
+from nightcore.policy import (
+    DEFAULT_LIMITS,
+    DEFAULT_MAX,
+    DEFAULT_UID_BASE,
+    DEFAULT_UID_COUNT,
+    ISOLATION_MODES,
+    Policy,
+)
 from nightcore.sandbox.types import EffectiveLimits
 
 __all__ = [
@@ -49,6 +56,9 @@ allow_net = false
 allow_deterministic = true
 # With allow_net = true: [policy.net] allow = ["https://api.example.com/*"] narrows what a
 # manifest may be granted; max_request_bytes, max_response_bytes, max_requests cap each run.
+# Isolation: "strongbox" runs every tenant in a confined worker (Linux, root; refused with
+# STRONGBOX_UNAVAILABLE where it cannot); strongbox_tenants = ["bank-*"] confines only those.
+isolation = "in-process"
 
 [policy.max_limits]
 fuel = {max.fuel}
@@ -89,6 +99,10 @@ class Config:
     parallel: int = 2
     checkpoint_every: int = 1000
     heartbeat_idle_seconds: int = 300
+    # [run] strongbox_uid_base / strongbox_uid_count: the uids (and gids) of strongbox
+    # tenants, one per tenant (docs/strongbox.md, "Tenant uids").
+    strongbox_uid_base: int = DEFAULT_UID_BASE
+    strongbox_uid_count: int = DEFAULT_UID_COUNT
     raw: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -164,6 +178,36 @@ def _net_policy(t: object) -> NetPolicy:
     return NetPolicy(allow=allow, **caps)
 
 
+def _uid_range(run: dict[str, Any]) -> tuple[int, int]:
+    base = run.get("strongbox_uid_base", DEFAULT_UID_BASE)
+    count = run.get("strongbox_uid_count", DEFAULT_UID_COUNT)
+    for key, value, lo, hi in (
+        ("strongbox_uid_base", base, 1000, 2**32 - 2),
+        ("strongbox_uid_count", count, 1, 2**24),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ConfigError(f"run.{key} must be an integer in [{lo}, {hi}]")
+    if base + count > 2**32 - 2:
+        raise ConfigError("run.strongbox_uid_base + strongbox_uid_count must stay below 2**32 - 2")
+    return base, count
+
+
+def _isolation(pol: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """``[policy] isolation`` ("in-process" or "strongbox": every tenant confined) and
+    ``strongbox_tenants`` (globs of tenants confined whatever ``isolation`` says)."""
+    mode = pol.get("isolation", "in-process")
+    if mode not in ISOLATION_MODES:
+        raise ConfigError(f"policy.isolation must be one of: {', '.join(ISOLATION_MODES)}")
+    globs = pol.get("strongbox_tenants", [])
+    if (
+        not isinstance(globs, list)
+        or len(globs) > 1000
+        or not all(isinstance(g, str) and 0 < len(g) <= 128 for g in globs)
+    ):
+        raise ConfigError("policy.strongbox_tenants must be a list of tenant name globs")
+    return mode, tuple(globs)
+
+
 def parse_config(data: bytes, *, fips_override: bool | None = None) -> Config:
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{CONFIG_NAME} is larger than {MAX_CONFIG_BYTES} bytes")
@@ -186,11 +230,13 @@ def parse_config(data: bytes, *, fips_override: bool | None = None) -> Config:
             "net",
             "allow_deterministic",
             "development",
+            "isolation",
+            "strongbox_tenants",
             "max_limits",
             "default_limits",
         },
     )
-    run = _table(doc, "run", {"parallel"})
+    run = _table(doc, "run", {"parallel", "strongbox_uid_base", "strongbox_uid_count"})
     audit = _table(doc, "audit", {"checkpoint_every", "heartbeat_idle_seconds", "mirror"})
     checkpoint_every = audit.get("checkpoint_every", 1000)
     heartbeat_idle = audit.get("heartbeat_idle_seconds", 300)
@@ -223,6 +269,8 @@ def parse_config(data: bytes, *, fips_override: bool | None = None) -> Config:
     parallel = run.get("parallel", 2)
     if not isinstance(parallel, int) or isinstance(parallel, bool) or not 1 <= parallel <= 256:
         raise ConfigError("run.parallel must be an integer in [1, 256]")
+    uid_base, uid_count = _uid_range(run)
+    isolation, strongbox_tenants = _isolation(pol)
     policy = Policy(
         fips=fips,
         allow_fs=_bool(pol, "allow_fs", True, "policy"),
@@ -232,6 +280,8 @@ def parse_config(data: bytes, *, fips_override: bool | None = None) -> Config:
         net=_net_policy(pol.get("net", {})),
         allow_deterministic=_bool(pol, "allow_deterministic", True, "policy"),
         development=_bool(pol, "development", False, "policy"),
+        isolation=isolation,
+        strongbox_tenants=strongbox_tenants,
         max_limits=max_limits,
         default_limits=defaults,
     )
@@ -242,5 +292,7 @@ def parse_config(data: bytes, *, fips_override: bool | None = None) -> Config:
         parallel=parallel,
         checkpoint_every=checkpoint_every,
         heartbeat_idle_seconds=heartbeat_idle,
+        strongbox_uid_base=uid_base,
+        strongbox_uid_count=uid_count,
         raw=doc,
     )

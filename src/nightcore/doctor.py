@@ -96,6 +96,17 @@ def run_checks(ws: Any | None) -> list[dict[str, str]]:
         "OK" if not why else "INFO",
         why if why else "seccomp worker isolation available (nightcore run --strongbox)",
     )
+    from nightcore.sandbox.landlock import abi_version
+
+    abi = abi_version()
+    add(
+        "landlock",
+        "OK" if abi else "WARN",
+        f"ABI {abi}: strongbox workers see only their tenant's granted directories"
+        if abi
+        else "not available in this kernel: strongbox workers fall back to the per-tenant "
+        "uid wall and the mount namespace (docs/strongbox.md)",
+    )
     from nightcore.sandbox.ffi import fence_status
 
     # The FFI fence: private wasmtime-py bindings the sandbox's limits depend on. A missing
@@ -106,6 +117,21 @@ def run_checks(ws: Any | None) -> list[dict[str, str]]:
         add("workspace", "INFO", "no workspace here (nightcore init, -w DIR or NIGHTCORE_HOME)")
         return checks
     add("workspace", "OK", str(ws.root))
+    if ws.policy.isolation == "strongbox" or ws.policy.strongbox_tenants:
+        from nightcore.sandbox.isolation import strongbox_unavailable
+
+        needed = strongbox_unavailable()
+        which = (
+            "every tenant"
+            if ws.policy.isolation == "strongbox"
+            else ", ".join(ws.policy.strongbox_tenants)
+        )
+        add(
+            "isolation policy",
+            "FAIL" if needed else "OK",
+            f"strongbox required for {which}"
+            + (f", not available: {needed} (those tenants are refused)" if needed else ""),
+        )
     add(
         "policy fips",
         "INFO",

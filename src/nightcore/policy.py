@@ -15,6 +15,12 @@ from nightcore.sandbox.types import EffectiveLimits
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_MAX", "Policy", "parse_dev_limits"]
 
+ISOLATION_MODES = ("in-process", "strongbox")
+# The uid/gid range of strongbox tenants ([run] strongbox_uid_base / strongbox_uid_count):
+# one id per tenant, allocated on first use and kept (docs/strongbox.md, "Tenant uids").
+DEFAULT_UID_BASE = 1_500_000_000
+DEFAULT_UID_COUNT = 65_536
+
 DEFAULT_MAX = EffectiveLimits(
     fuel=1_000_000_000_000,
     wall_ms=10_000,
@@ -53,6 +59,10 @@ class Policy:
     # Development mode: `nightcore run --dev-limits` may override a manifest's signed limits
     # (still capped by max_limits; every override audited). Never on in production policy.
     development: bool = False
+    # Isolation (docs/strongbox.md, "Policy"): "strongbox" confines every tenant;
+    # strongbox_tenants (globs) confines those tenants whatever isolation says.
+    isolation: str = "in-process"
+    strongbox_tenants: tuple[str, ...] = ()
     max_limits: EffectiveLimits = DEFAULT_MAX
     default_limits: EffectiveLimits = DEFAULT_LIMITS
 
@@ -66,9 +76,19 @@ class Policy:
             "net": self.net.to_dict(),
             "allow_deterministic": self.allow_deterministic,
             "development": self.development,
+            "isolation": self.isolation,
+            "strongbox_tenants": list(self.strongbox_tenants),
             "max_limits": self.max_limits.to_dict(),
             "default_limits": self.default_limits.to_dict(),
         }
+
+    def requires_strongbox(self, tenant: str) -> bool:
+        """Whether node policy requires ``tenant`` to run confined (``--strongbox``)."""
+        if self.isolation == "strongbox":
+            return True
+        from fnmatch import fnmatchcase
+
+        return any(fnmatchcase(tenant, g) for g in self.strongbox_tenants)
 
 
 MAX_DEV_LIMIT = 10**15

@@ -214,7 +214,7 @@ def test_writable_preopen_owned_by_the_worker_uid(strongbox: StrongboxSandbox) -
         data = Path(tmp) / "data"
         data.mkdir()
         os.chmod(tmp, 0o755)  # noqa: S103 - the worker uid must traverse it
-        strongbox.grant_access(data)
+        strongbox.grant_access(data, "tenant-a")
         cfg = config(WRITE_FILE, preopens=(Preopen(data, "data", writable=True),))
         result = strongbox.run(WRITE_FILE, cfg)
         assert result.code == "OK", result.detail
@@ -404,7 +404,7 @@ def test_a_tree_1000_levels_deep_is_refused_with_tree_limit(strongbox: Strongbox
             # The sandbox is unharmed: a neighbour with an ordinary tree still runs.
             data = Path(tmp) / "data"
             data.mkdir()
-            strongbox.grant_access(data)
+            strongbox.grant_access(data, "tenant-a")
             cfg = config(WRITE_FILE, preopens=(Preopen(data, "data", writable=True),))
             assert strongbox.run(WRITE_FILE, cfg).code == "OK"
         finally:

@@ -73,9 +73,10 @@ def write_sbom(ctx: NodeContext | None, out: Path) -> str:
     return str(write(ctx.audit().iter_lines() if ctx is not None else None, out))
 
 
-def replay(ctx: NodeContext, run_id: str) -> ReplayResult:
+def replay(ctx: NodeContext, run_id: str, *, strongbox: bool = False) -> ReplayResult:
     """Re-run a recorded run from its stored module and manifest; compare with its
-    attestation (a deterministic tenant replays exactly)."""
+    attestation (a deterministic tenant replays exactly, in either isolation mode).
+    ``strongbox`` confines the replay (node policy may require it anyway)."""
     from nightcore.runner.replay import replay as do_replay
 
-    return do_replay(ctx, run_id)
+    return do_replay(ctx, run_id, strongbox=strongbox)

@@ -288,6 +288,8 @@ def run_details(ctx: NodeContext, run: str, *, tail_lines: int = TAIL_LINES) -> 
             "output_bytes": r.get("output_bytes", pred.get("output_bytes")),
         },
         "grants": pred.get("capabilities"),
+        # None for a run attested before the isolation was recorded (or unverified).
+        "isolation": _dict(pred.get("isolation")) or None,
         "streams": streams,
         "attestation": att,
         "indexed": row is not None,

@@ -36,7 +36,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     ws = _ws(args)
     run_id = resolve_run_id(ws, args.run_id)  # a unique prefix names its run
-    res = replay(ws, run_id)
+    res = replay(ws, run_id, strongbox=args.strongbox)
     if args.json:
         print_json(res.to_dict())
     else:
@@ -138,6 +138,11 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     sp.add_argument("--out", default="sbom.cdx.json", help="output file (default sbom.cdx.json)")
     sp = add("replay", cmd_replay)
     sp.add_argument("run_id", help="the run to replay (see nightcore runs)")
+    sp.add_argument(
+        "--strongbox",
+        action="store_true",
+        help="replay in a confined worker (Linux, root; node policy may require it anyway)",
+    )
     proof = add("proof", _need_sub)
     psub = proof.add_subparsers(dest="proof_cmd", metavar="ACTION", parser_class=Parser)
     sp = add("export", cmd_proof_export, "export a signed proof bundle", psub)

@@ -338,6 +338,21 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _isolation_text(layers: Any) -> str:
+    """``strongbox (seccomp, no_new_privs, uid 1500000002, landlock ABI 7, netns, mountns)``."""
+    if not isinstance(layers, dict):
+        return "unknown (not attested)"
+    if layers.get("mode") != "strongbox":
+        return str(layers.get("mode") or "unknown")
+    on = [k for k in ("seccomp", "no_new_privs") if layers.get(k) is True]
+    if layers.get("uid") is not None:
+        on.append(f"uid {layers['uid']}")
+    if layers.get("landlock_abi"):
+        on.append(f"landlock ABI {layers['landlock_abi']}")
+    on += [k for k in ("netns", "mountns") if layers.get(k) is True]
+    return f"strongbox ({', '.join(on) or 'no layer'})"
+
+
 def _runs_show(args: argparse.Namespace) -> int:
     from nightcore.app.run import run_details
     from nightcore.cli.render import clean
@@ -355,6 +370,7 @@ def _runs_show(args: argparse.Namespace) -> int:
         ["audit seq", d["audit_seq"]],
         ["time", d["ts"] or "-"],
         ["key id", d["key_id"] or "-"],
+        ["isolation", _isolation_text(d.get("isolation"))],
         ["attestation", att["path"]],
         ["sha256", att["sha256"] or "-"],
         ["verified", "yes (node.pub.pem)" if att["verified"] else f"NO: {att['error']}"],

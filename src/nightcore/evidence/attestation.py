@@ -15,7 +15,7 @@ import hashlib
 import os
 import stat
 from collections.abc import Generator, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -268,6 +268,10 @@ class RunFacts:
     node_name: str
     written: list[tuple[str, str]]
     written_truncated: bool
+    # How the run was isolated (docs/strongbox.md, "Layers"): {"mode": "in-process"} or
+    # {"mode": "strongbox", "seccomp", "no_new_privs", "uid", "gid", "landlock_abi", "netns",
+    # "mountns"} as observed by the parent.
+    isolation: dict[str, Any] = field(default_factory=lambda: {"mode": "in-process"})
 
 
 _VERSIONS: dict[str, str] | None = None
@@ -303,6 +307,7 @@ def build_statement(f: RunFacts) -> dict[str, Any]:
         "node": {"id": f.node_id, "name": f.node_name},
         "runtime": dict(_VERSIONS),
         "written_files_truncated": f.written_truncated,
+        "isolation": dict(f.isolation),
     }
     if f.deterministic:
         predicate["seed"] = f.seed

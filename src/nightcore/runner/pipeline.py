@@ -299,6 +299,10 @@ class Runner:
         self.strongbox = strongbox
         self._sandbox: SandboxLike | None = sandbox
         self._owns_sandbox = sandbox is None
+        # Tenants that node policy requires confined ([policy] isolation / strongbox_tenants)
+        # run here when this runner's own sandbox is not a strongbox (docs/strongbox.md).
+        self._confined: Any = None
+        self._strongbox_why: str | None = None
         self._run_index: Any = None
         self._lock = threading.Lock()
         self._index_lock = threading.Lock()
@@ -307,16 +311,7 @@ class Runner:
     def sandbox(self) -> SandboxLike:
         with self._lock:
             if self._sandbox is None and self.strongbox:
-                from nightcore.sandbox.strongbox import StrongboxSandbox, seccomp_available
-
-                why = seccomp_available()
-                if why:
-                    raise NightCoreError(
-                        f"--strongbox is not available here: {why}", code="STRONGBOX_UNAVAILABLE"
-                    )
-                self._sandbox = StrongboxSandbox(
-                    workers=self.ctx.config.parallel, on_event=self._on_sandbox_event
-                )
+                self._sandbox = self._new_strongbox()
             if self._sandbox is None:
                 from nightcore.sandbox.engine import Sandbox
 
@@ -325,6 +320,65 @@ class Runner:
                     self.ctx.layout.cache_dir, secret, on_event=self._on_sandbox_event
                 )
             return self._sandbox
+
+    def strongbox_unavailable(self) -> str:
+        """Why confined runs cannot work here ("" when they can); computed once."""
+        if self._strongbox_why is None:
+            from nightcore.sandbox.isolation import strongbox_unavailable
+
+            self._strongbox_why = strongbox_unavailable()
+        return self._strongbox_why
+
+    def _new_strongbox(self) -> Any:
+        """A strongbox pool for this workspace: per-tenant uids from its map, the node's
+        state and keys out of the workers' reach (modes, mount namespace, Landlock)."""
+        from nightcore.sandbox.isolation import TenantIds, harden_workspace
+        from nightcore.sandbox.strongbox import StrongboxSandbox
+
+        why = self.strongbox_unavailable()
+        if why:
+            raise NightCoreError(
+                f"--strongbox is not available here: {why}", code="STRONGBOX_UNAVAILABLE"
+            )
+        layout, config = self.ctx.layout, self.ctx.config
+        harden_workspace(layout.state_dir, layout.tenants_data_dir)
+        ids = TenantIds(
+            layout.state_dir / "strongbox" / "ids.json",
+            config.strongbox_uid_base,
+            config.strongbox_uid_count,
+        )
+        return StrongboxSandbox(
+            workers=config.parallel,
+            on_event=self._on_sandbox_event,
+            ids=ids,
+            hide=(layout.private_dir.resolve(), layout.state_dir.resolve()),
+        )
+
+    def _held_back(self, tenant: str, cordons: Mapping[str, Any]) -> tuple[str, str] | None:
+        """(code, reason) when a verified tenant may not run now: it is cordoned, or node
+        policy requires it confined where confinement cannot work (it is then not run at
+        all, never run unconfined: docs/strongbox.md, "Policy")."""
+        if tenant in cordons:
+            return "CORDONED", f"cordoned: {cordons[tenant].get('reason', '')}"
+        why = self.strongbox_unavailable() if self.ctx.policy.requires_strongbox(tenant) else ""
+        if why:
+            return (
+                "STRONGBOX_UNAVAILABLE",
+                f"node policy requires strongbox isolation for this tenant: {why}",
+            )
+        return None
+
+    def _sandbox_for(self, sandbox: SandboxLike, tenant: str) -> tuple[SandboxLike, bool]:
+        """The sandbox ``tenant`` runs in, and whether it is a strongbox: node policy may
+        require confinement where this runner's own sandbox is not one."""
+        if self.strongbox:
+            return sandbox, True
+        if not self.ctx.policy.requires_strongbox(tenant):
+            return sandbox, False
+        with self._lock:
+            if self._confined is None:
+                self._confined = self._new_strongbox()
+            return self._confined, True
 
     def killswitch(self) -> Any:
         """The kill switch watching this runner's in-flight runs (docs/security.md)."""
@@ -345,6 +399,9 @@ class Runner:
         if self._sandbox is not None and self._owns_sandbox:
             self._sandbox.close()
             self._sandbox = None
+        if self._confined is not None:
+            self._confined.close()
+            self._confined = None
 
     def _on_sandbox_event(self, event: str, data: dict[str, object]) -> None:
         tenant = data.get("tenant")
@@ -410,12 +467,13 @@ class Runner:
                 events.append(verify_event(d))
                 continue
             data = decision_data(d)
-            if d.tenant in cordons:
-                tr.code, tr.reason = "CORDONED", f"cordoned: {cordons[d.tenant].get('reason', '')}"
+            denied = self._held_back(d.tenant, cordons)
+            if denied:
+                tr.code, tr.reason = denied
                 events.append(
                     Event(
                         "admission_denied",
-                        {**data, "code": "CORDONED", "reason": tr.reason},
+                        {**data, "code": tr.code, "reason": tr.reason},
                         d.tenant,
                     )
                 )
@@ -599,11 +657,13 @@ class Runner:
         result: RunResult | None = None
         interrupted_by: dict[str, object] = {}
         snapped = False
+        confined = self.strongbox
         try:
-            if self.strongbox:
-                # Workers run as an unprivileged uid: hand them this tenant's data directories.
-                for p in cfg.preopens:
-                    sandbox.grant_access(p.host_dir)  # type: ignore[attr-defined]
+            sandbox, confined = self._sandbox_for(sandbox, cfg.tenant)
+            if confined:
+                # Workers run as the tenant's own uid: hand it its data root (0700).
+                root = ctx.layout.tenant_data_root(cfg.tenant)
+                sandbox.grant_access(root, cfg.tenant)  # type: ignore[attr-defined]
             before = snapshot(rw) if rw else {}
             snapped = True
         except Exception as exc:  # noqa: BLE001 - recorded as this tenant's outcome
@@ -624,6 +684,8 @@ class Runner:
                 # A sandbox refusal (e.g. a preopen a strongbox worker cannot reach) ends this
                 # tenant's run with its code; the run_start already logged gets its outcome.
                 result = RunResult.refused(*host_error(exc, "in the sandbox"))
+        if not result.isolation:  # in process, or refused before a worker took it
+            result.isolation = {"mode": "strongbox" if confined else "in-process"}
         run_dir = ctx.layout.run_dir(tr.run_id)
         try:
             run_dir.mkdir(parents=True)
@@ -705,6 +767,7 @@ class Runner:
             node_name=ctx.config.node_name,
             written=x.written,
             written_truncated=x.written_truncated,
+            isolation=result.isolation,
         )
         _write_output(
             x.run_dir / ATTESTATION_FILE,

@@ -133,6 +133,11 @@ class ReplayResult:
     deterministic: bool
     original: dict[str, str]
     replayed: dict[str, str]
+    # How the replay ran and how the run was attested ("in-process" / "strongbox"; "" for
+    # an attestation from before the isolation was recorded). Fuel, and so a deterministic
+    # run's clocks, is the same in both modes (docs/strongbox.md, "Fuel").
+    isolation: str = "in-process"
+    attested_isolation: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -142,6 +147,8 @@ class ReplayResult:
             "deterministic": self.deterministic,
             "original": self.original,
             "replayed": self.replayed,
+            "isolation": self.isolation,
+            "attested_isolation": self.attested_isolation,
         }
 
 
@@ -178,7 +185,41 @@ def _open_attestation(ws: NodeContext, data: bytes) -> dict[str, Any]:
         raise
 
 
-def replay(ws: NodeContext, run_id: str) -> ReplayResult:
+def _replay_sandbox(ws: NodeContext, tenant: str, preopens: list[Preopen], scratch: str) -> Any:
+    """A one-worker strongbox for a confined replay: the tenant's own uid owns the scratch
+    copies of its grants; the workspace's keys and state stay out of reach."""
+    from nightcore.sandbox.isolation import TenantIds, strongbox_unavailable
+    from nightcore.sandbox.strongbox import StrongboxSandbox
+
+    why = strongbox_unavailable()
+    if why:
+        raise NightCoreError(
+            f"this replay must run confined (strongbox), which is not available here: {why}",
+            code="STRONGBOX_UNAVAILABLE",
+        )
+    layout, config = ws.layout, ws.config
+    ids = TenantIds(
+        layout.state_dir / "strongbox" / "ids.json",
+        config.strongbox_uid_base,
+        config.strongbox_uid_count,
+    )
+    box = StrongboxSandbox(
+        workers=1, ids=ids, hide=(layout.private_dir.resolve(), layout.state_dir.resolve())
+    )
+    try:
+        os.chmod(scratch, 0o711)  # noqa: S103 - the tenant's uid reaches its copies only
+        for p in preopens:
+            box.grant_access(p.host_dir, tenant)
+    except BaseException:
+        box.close()
+        raise
+    return box
+
+
+def replay(ws: NodeContext, run_id: str, *, strongbox: bool = False) -> ReplayResult:
+    """Re-run ``run_id`` and compare with its attestation. In process, or confined when
+    ``strongbox`` is asked or node policy requires it for the tenant (``[policy]
+    isolation`` / ``strongbox_tenants``): a replay runs tenant code like any run."""
     from nightcore.sandbox.engine import Sandbox
 
     if not _RUN_ID.fullmatch(run_id):
@@ -220,8 +261,16 @@ def replay(ws: NodeContext, run_id: str) -> ReplayResult:
             if manifest.capabilities.net
             else None,
         )
-        with Sandbox(None, b"") as sandbox:
+        confined = strongbox or ws.policy.requires_strongbox(manifest.tenant)
+        sandbox: Any = (
+            _replay_sandbox(ws, manifest.tenant, preopens, scratch)
+            if confined
+            else Sandbox(None, b"")
+        )
+        with sandbox:
             result = sandbox.run(module, cfg)
+    attested = pred.get("isolation")
+    attested_mode = str(attested.get("mode", "")) if isinstance(attested, dict) else ""
     original = {
         "outcome": str(pred["outcome"]["code"]),
         "stdout": subjects["stdout"],
@@ -240,10 +289,18 @@ def replay(ws: NodeContext, run_id: str) -> ReplayResult:
         bool(pred["deterministic"]),
         original,
         replayed,
+        "strongbox" if confined else "in-process",
+        attested_mode,
     )
     ws.audit().append(
         "replay",
-        {"run_id": run_id, "code": res.code, "diverged": diverged, "replayed": replayed},
+        {
+            "run_id": run_id,
+            "code": res.code,
+            "diverged": diverged,
+            "replayed": replayed,
+            "isolation": res.isolation,
+        },
         manifest.tenant,
     )
     return res

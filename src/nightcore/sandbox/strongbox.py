@@ -32,6 +32,7 @@ Outcome codes added by the strongbox (besides the sandbox's own):
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -51,6 +52,7 @@ from typing import Any
 
 from nightcore.errors import RUN_CODES, SandboxError
 from nightcore.sandbox import net as net_host
+from nightcore.sandbox.isolation import TenantIds, observed_layers, seccomp_available
 from nightcore.sandbox.types import (
     EffectiveLimits,
     Interrupt,
@@ -168,6 +170,8 @@ ALLOWED_SYSCALLS: tuple[str, ...] = (
     "epoll_wait",
     "epoll_pwait",
     "eventfd2",
+    # copy-on-write memory images (memory_init_cow, as in process: identical fuel)
+    "memfd_create",
     # files: WASI preopens, through cap-std's *at calls
     "openat",
     "openat2",
@@ -474,11 +478,17 @@ class WorkerKey:
     stack_bytes: int
     deterministic: bool
     memory_bytes: int
+    # The run's granted directories (host path, writable): the worker's Landlock rules and
+    # the directories bound back into its mount namespace are fixed when it starts.
+    grants: tuple[tuple[str, bool], ...] = ()
 
     @staticmethod
     def of(config: RunConfig) -> WorkerKey:
         lim = config.limits
-        return WorkerKey(config.tenant, lim.stack_bytes, config.deterministic, lim.memory_bytes)
+        grants = tuple(sorted((str(p.host_dir), p.writable) for p in config.preopens))
+        return WorkerKey(
+            config.tenant, lim.stack_bytes, config.deterministic, lim.memory_bytes, grants
+        )
 
 
 @dataclass(frozen=True)
@@ -493,6 +503,10 @@ class WorkerOptions:
     grace_ms: int = 5_000  # watchdog: wall_ms + grace (compilation is not in wall_ms)
     stderr_to_parent: bool = False  # debugging only
     selftest: bool = False  # tests only: workers that report and misbehave on request
+    landlock: bool = True  # restrict each worker to its grants where the kernel can
+    mount_ns: bool = True  # a private mount namespace hiding ``hide`` (root only)
+    hide: tuple[str, ...] = ()  # e.g. the workspace's private/ and state/
+    probe: tuple[str, ...] = ()  # selftest only: paths the worker tries to read
 
 
 def _signal_name(num: int) -> str:
@@ -549,8 +563,15 @@ class Worker:
             "--cpu-s",
             str(options.cpu_seconds),
         ]
+        argv.append("--grants=" + json.dumps([[d, w] for d, w in key.grants]))
+        argv += [f"--hide={h}" for h in options.hide]
+        if not options.landlock:
+            argv.append("--no-landlock")
+        if not options.mount_ns:
+            argv.append("--no-mountns")
         if selftest or options.selftest:
             argv.append("--selftest")
+            argv += [f"--probe={p}" for p in options.probe]
         if trace_to:  # benchmarks/strongbox.py --trace: derive ALLOWED_SYSCALLS
             argv = ["strace", "-f", "-qq", "-o", trace_to, *argv, "--no-filter"]
         try:
@@ -573,6 +594,7 @@ class Worker:
         self.phase = ""  # "compile" between the worker's "compiling" and "compiled" frames
         self.ready_ms = 0.0
         self.hello: dict[str, Any] = {}
+        self.layers: dict[str, Any] = {"mode": "strongbox"}  # set by wait_ready
         self.net: net_host.NetPerformer | None = None  # the NET requests of the current run
 
     @property
@@ -595,6 +617,17 @@ class Worker:
             raise SandboxError(f"strongbox worker did not start: {msg}", code="WORKER_START_FAILED")
         self.ready_ms = (time.perf_counter() - self.started) * 1000.0
         self.hello = hello
+        reported = hello.get("layers")
+        reported = reported if isinstance(reported, dict) else {}
+        try:
+            # Seen from outside (/proc): the seccomp filter, no_new_privs, the ids and the
+            # namespaces; the Landlock ABI as the worker reported it.
+            self.layers = {"mode": "strongbox", **observed_layers(self.pid, reported)}
+        except OSError as exc:
+            self.kill()
+            raise SandboxError(
+                f"strongbox worker vanished after start-up ({exc})", code="WORKER_START_FAILED"
+            ) from exc
         return hello
 
     def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
@@ -752,6 +785,8 @@ class StrongboxSandbox:
         gid: int = 65534,
         max_runs_per_worker: int = 1000,
         options: WorkerOptions | None = None,
+        ids: TenantIds | None = None,
+        hide: tuple[Path, ...] = (),
     ) -> None:
         del cache_dir, cache_secret
         if sys.platform != "linux":
@@ -770,7 +805,14 @@ class StrongboxSandbox:
             grace_ms=base.grace_ms,
             stderr_to_parent=base.stderr_to_parent,
             selftest=base.selftest,
+            landlock=base.landlock,
+            mount_ns=base.mount_ns,
+            hide=base.hide + tuple(str(h) for h in hide),
+            probe=base.probe,
         )
+        # One uid/gid per tenant (docs/strongbox.md, "Tenant uids"): the node's persistent
+        # map, or a map of this process over the default range.
+        self.ids = ids if ids is not None else TenantIds(None)
         self._on_event = on_event
         self._max_workers = workers
         self._max_runs = max_runs_per_worker
@@ -810,15 +852,22 @@ class StrongboxSandbox:
                 ws += self._state.idle
             return [w.pid for w in ws]
 
-    def grant_access(self, path: Path) -> None:
-        """Make ``path`` (a tenant data directory tree) owned by the worker uid/gid.
+    def grant_access(self, path: Path, tenant: str | None = None) -> None:
+        """Make ``path`` (a tenant data directory tree) owned by ``tenant``'s uid/gid (or, with
+        no tenant, by the sandbox's ``uid``/``gid``), the top mode 0700.
 
-        Only needed (and only done) when running as root; the runner calls it once when it
-        creates a tenant's data directory for strongbox runs.
+        Only needed (and only done) when running as root; the runner calls it with the
+        tenant's data root before each of its strongbox runs.
         """
         if os.geteuid() != 0:
             return
-        chown_tree(path, self.options.uid, self.options.gid)
+        uid, gid = (self.options.uid, self.options.gid) if tenant is None else self.ids_for(tenant)
+        chown_tree(path, uid, gid)
+        os.chmod(path, 0o700)
+
+    def ids_for(self, tenant: str) -> tuple[int, int]:
+        """The uid/gid ``tenant``'s workers run as (allocated on first use)."""
+        return self.ids.ids_for(tenant)
 
     # -- pool --------------------------------------------------------------------------
 
@@ -857,7 +906,8 @@ class StrongboxSandbox:
         worker: Worker | None = None
         forget: Any = None
         try:
-            worker = Worker(key, self.options)
+            uid, gid = self.ids_for(key.tenant)
+            worker = Worker(key, dataclasses.replace(self.options, uid=uid, gid=gid))
             if interrupt is not None:  # the kill switch also stops a worker still starting
                 forget = interrupt.on_trip(functools.partial(_doom, worker))
             worker.wait_ready()
@@ -912,6 +962,7 @@ class StrongboxSandbox:
                     result = self._run_on(worker, module_bytes, config)
                 else:
                     result = self._run_interruptible(worker, module_bytes, config, interrupt)
+                result.isolation = dict(worker.layers)
         except SandboxError as exc:
             # The kill switch stopped the worker while it was starting (see _acquire).
             if interrupt is None or not interrupt.code or exc.code != "WORKER_START_FAILED":
@@ -1123,23 +1174,6 @@ def _doom(worker: Worker) -> None:
     worker.dead = True
     with contextlib.suppress(ProcessLookupError, OSError):
         worker.proc.kill()
-
-
-def seccomp_available() -> str:
-    """Empty if strongbox can work here, else why not (for skips and ``doctor``)."""
-    if sys.platform != "linux":
-        return "strongbox needs Linux"
-    try:
-        status = Path("/proc/self/status").read_text()
-    except OSError as exc:
-        return f"cannot read /proc/self/status: {exc}"
-    if "Seccomp:" not in status:
-        return "the kernel has no seccomp support"
-    try:
-        import pyseccomp  # type: ignore[import-untyped]  # noqa: F401
-    except (ImportError, OSError) as exc:
-        return f"pyseccomp/libseccomp unavailable: {exc}"
-    return ""
 
 
 __all__ = [

@@ -35,6 +35,7 @@ import contextlib
 import ctypes
 import errno
 import hashlib
+import json
 import os
 import resource
 import socket
@@ -46,6 +47,7 @@ import wasmtime
 
 from nightcore.errors import NightCoreError
 from nightcore.sandbox import engine as eng
+from nightcore.sandbox import isolation, landlock
 from nightcore.sandbox import net as net_host
 from nightcore.sandbox import strongbox as sb
 from nightcore.sandbox.cache import wasmtime_version
@@ -97,9 +99,11 @@ def _apply_small_reservations(cfg: Any, memory_bytes: int) -> None:
     cfg.memory_reservation = sb.memory_reservation(memory_bytes)
     cfg.memory_guard_size = sb.MEMORY_GUARD
     cfg.memory_reservation_for_growth = 0
-    # Copy-on-write initialisation needs a memfd sized like the memory image, which
-    # RLIMIT_FSIZE would refuse (and which holds a descriptor per cached module).
-    cfg.memory_init_cow = False
+    # memory_init_cow stays at Wasmtime's default (True), as in process: without it every
+    # data segment's offset is evaluated at instantiation and charged as fuel, so a
+    # deterministic run (whose clocks count fuel) would differ across modes and not replay
+    # (docs/strongbox.md, "Fuel"). The memory image is a memfd (one per cached module,
+    # bounded by RLIMIT_NOFILE); an image above RLIMIT_FSIZE ends that tenant's worker.
 
 
 def _build_sandbox(args: argparse.Namespace) -> Any:
@@ -193,14 +197,33 @@ def _lockdown(args: argparse.Namespace, keep: set[int]) -> dict[str, str]:
     wasmtime_version()  # imports importlib.metadata's lazy dependencies (email.*)
     libc = _libc()
     _check(libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+    grants: list[tuple[str, bool]] = [(str(p), bool(w)) for p, w in json.loads(args.grants)]
+    args.layers = {"landlock": 0, "mountns": False, "warnings": []}
+    if args.mount_ns and os.geteuid() == 0:
+        # A private mount namespace, still single-threaded: the workspace's private/ and
+        # state/ are covered by an empty tmpfs, the tenant's granted directories bound back.
+        try:
+            isolation.private_mounts(list(args.hide), [g for g, _w in grants])
+            args.layers["mountns"] = True
+        except OSError as exc:
+            args.layers["warnings"].append(f"no mount namespace: {exc}")
     if os.geteuid() == 0:
         os.setgroups([])
         os.setresgid(args.gid, args.gid, args.gid)
         os.setresuid(args.uid, args.uid, args.uid)
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
-
-    if args.selftest:
+    if args.selftest:  # the network namespace alone (Landlock would refuse it too: EACCES)
         probes["net_before_filter"] = _net_probe()
+    if args.landlock:
+        # Before any thread exists (a Landlock domain covers the calling thread and the
+        # threads it creates later): only the granted directories, and the worker's own
+        # /proc entry read-only (its status, limits and descriptors).
+        try:
+            rules = [*grants, (f"/proc/{os.getpid()}", False)]
+            args.layers["landlock"] = landlock.restrict(rules)
+        except landlock.LandlockError as exc:
+            args.layers["warnings"].append(f"no Landlock: {exc.strerror or exc}")
+
     return probes
 
 
@@ -216,7 +239,7 @@ def _read_text(path: str) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
-def _selftest(probes: dict[str, str]) -> dict[str, Any]:
+def _selftest(probes: dict[str, str], args_probe: list[str]) -> dict[str, Any]:
     """Test-only (``--selftest``): what a tenant that escaped Wasmtime could see and do."""
     threads: list[dict[str, str]] = []
     for tid in sorted(os.listdir("/proc/self/task")):
@@ -234,6 +257,19 @@ def _selftest(probes: dict[str, str]) -> dict[str, Any]:
         shadow = f"read {len(_read_text('/etc/shadow'))} chars"
     except OSError as exc:
         shadow = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    # What a tenant that escaped Wasmtime could reach (tests pass another tenant's data
+    # directory, a key file, ...): each path listed or read, or the errno name.
+    reach: dict[str, str] = {}
+    for path in args_probe:
+        try:
+            reach[path] = f"listed {len(os.listdir(path))}"
+        except NotADirectoryError:
+            try:
+                reach[path] = f"read {len(_read_text(path))} chars"
+            except OSError as exc:
+                reach[path] = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+        except OSError as exc:
+            reach[path] = errno.errorcode.get(exc.errno or 0, str(exc.errno))
     report: dict[str, Any] = {
         "op": "selftest",
         "uid": os.getuid(),
@@ -242,6 +278,7 @@ def _selftest(probes: dict[str, str]) -> dict[str, Any]:
         "groups": os.getgroups(),
         "threads": threads,
         "shadow": shadow,
+        "reach": reach,
         "environ": sorted(os.environ),
         "fds": sorted(int(n) for n in os.listdir("/proc/self/fd")),
         "limits": [
@@ -399,6 +436,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--nofile", type=int, default=128)
     p.add_argument("--fsize", type=int, default=64 << 20)
     p.add_argument("--cpu-s", type=int, default=3600)
+    p.add_argument("--grants", default="[]", help="JSON [[dir, writable], ...] (Landlock)")
+    p.add_argument("--hide", action="append", default=[], help="covered in the mount ns")
+    p.add_argument("--no-landlock", dest="landlock", action="store_false")
+    p.add_argument("--no-mountns", dest="mount_ns", action="store_false")
+    p.add_argument("--probe", action="append", default=[], help="selftest: paths to try")
     p.add_argument("--selftest", action="store_true")
     p.add_argument("--no-filter", action="store_true", help="tracing only (strace -f)")
     args = p.parse_args(argv)
@@ -412,9 +454,9 @@ def main(argv: list[str] | None = None) -> None:
         else:
             _load_filter()
         if args.selftest:
-            sb.write_frame(args.out_fd, _selftest(probes))
+            sb.write_frame(args.out_fd, {**_selftest(probes, args.probe), "layers": args.layers})
         else:
-            sb.write_frame(args.out_fd, {"op": "ready"})
+            sb.write_frame(args.out_fd, {"op": "ready", "layers": args.layers})
         _serve(sandbox, args)
     except BaseException as exc:  # noqa: BLE001 - a worker never unwinds into the interpreter
         status = 3

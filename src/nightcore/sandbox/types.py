@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,10 @@ class RunResult:
     # deadline: TIMEOUT, the output-limit stop; most wasm traps) loses the fuel burnt since
     # the last write-back -- all of it for a loop without calls. See :attr:`fuel_reported`.
     fuel_exact: bool = True
+    # The isolation the run had (docs/strongbox.md, "Layers"): {"mode": "strongbox",
+    # "seccomp", "no_new_privs", "uid", "gid", "landlock_abi", "netns", "mountns"} from a
+    # strongbox worker; empty in process (the runner records {"mode": "in-process"}).
+    isolation: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def refused(
