@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from nightcore.canonical import canonical
+from nightcore.trust.keys import GeneratedKey
 from tests.conftest import Env
 from tests.mesh.servers import NatsServer
 from tests.node.test_node import NodeProcess
@@ -339,3 +340,76 @@ def test_verify_from_a_stream_that_does_not_exist_or_cannot_be_reached(
 
     res = env.cli("audit", "verify", "--source", f"nats://127.0.0.1:{free_port()}")
     assert res.code == 2 and "error[MESH_UNREACHABLE]" in res.err
+
+
+def test_node_with_the_documented_permissions_replicates_only_its_own_log(
+    tmp_path: Path, keys_dir: dict[str, GeneratedKey]
+) -> None:
+    """docs/mesh.md's authorization block in a real server: edge-1 replicates its audit log
+    with only those rights, and cannot publish on another node's audit subject."""
+    import nats
+    import nats.errors
+
+    from tests.conftest import run_cli_subprocess
+    from tests.mesh.nodes import MeshNode, make_workspace
+    from tests.mesh.test_permissions import _creds, _doc_authorization
+
+    server = NatsServer(tmp_path / "nats", extra_conf=_doc_authorization()).start()
+    node: MeshNode | None = None
+    try:
+        ops = _creds(tmp_path / "ops.creds", "ops:ops-pw")
+        edge = _creds(tmp_path / "edge.creds", "edge-1:edge-pw")
+        operator = make_workspace(tmp_path / "operator", keys_dir)
+        res = run_cli_subprocess("-w", str(operator), "mesh", "init", "--mesh", server.url,
+                                 "--mesh-creds", ops)  # fmt: skip
+        assert res.code == 0 and STREAM in res.err + res.out, res.err
+        ws = make_workspace(tmp_path / "edge", keys_dir)
+        node = MeshNode(ws, server.url, "edge-1", extra=("--mesh-creds", edge))
+        node.wait_caught_up()
+        assert node.run_codes("hello") == ["OK"]
+        lines = len((ws / "state/audit/audit.jsonl").read_bytes().splitlines())
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            res = run_cli_subprocess(
+                *("-w", str(ws), "audit", "verify", "--source", server.url),
+                *("--node", "edge-1", "--mesh-creds", ops, "--json"),
+            )
+            report = json.loads(res.out) if res.out.strip() else {}
+            if res.code == 0 and report["entries"] >= lines:
+                break
+            assert time.monotonic() < deadline, (res.out, res.err)
+            time.sleep(0.1)  # polling a condition with a deadline
+        assert report["anchor"]["status"] == "consistent"
+        assert "Permissions Violation" not in "".join(node.log)
+    finally:
+        if node is not None:
+            node.kill()
+
+    async def attempt() -> list[str]:
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        nc = await nats.connect(
+            server.url,
+            user="edge-1",
+            password="edge-pw",
+            error_cb=on_error,
+            inbox_prefix="_INBOX.nightcore.edge-1",
+        )
+        js = nc.jetstream(timeout=2)
+        try:
+            await js.publish(f"{PREFIX}.audit.edge-2.line", b"{}\n", timeout=2)
+            errors.append("accepted")
+        except (nats.errors.Error, TimeoutError) as exc:
+            errors.append(f"refused {type(exc).__name__}")
+        await nc.close()
+        return errors
+
+    try:
+        results = asyncio.run(attempt())
+        assert "accepted" not in results, results
+        assert any("permissions violation" in r.lower() for r in results), results
+    finally:
+        server.stop()
