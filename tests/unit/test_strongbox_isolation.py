@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from nightcore.config import ConfigError, parse_config
-from nightcore.errors import SandboxError
+from nightcore.config import parse_config
+from nightcore.errors import ConfigError, SandboxError
 from nightcore.policy import Policy
 from nightcore.sandbox import landlock
 from nightcore.sandbox.engine import Sandbox
