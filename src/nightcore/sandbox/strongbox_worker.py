@@ -12,10 +12,14 @@ order:
    (a lifetime backstop) and ``RLIMIT_AS`` (what is mapped now + the run's memory limit
    twice + fixed headroom for the engine, compiler and threads);
 4. ``unshare(CLONE_NEWNET)``: an empty network namespace (only a down loopback), done while
-   the process still has one thread;
-5. when started as root: ``setgroups([])``, ``setresgid``, ``setresuid`` to the unprivileged
+   the process still has one thread; as root also ``unshare(CLONE_NEWNS)``: a private mount
+   namespace where ``--hide`` directories (the workspace's private/ and state/) are covered
+   by an empty tmpfs and the granted directories bound back
+   (:func:`nightcore.sandbox.isolation.private_mounts`);
+5. when started as root: ``setgroups([])``, ``setresgid``, ``setresuid`` to the tenant's own
    ids the parent chose (capabilities are dropped with uid 0);
-6. ``PR_SET_NO_NEW_PRIVS``;
+6. ``PR_SET_NO_NEW_PRIVS``, then Landlock (:mod:`nightcore.sandbox.landlock`): only the
+   granted directories (``--grants``) and the worker's own /proc entry, before any thread;
 7. ``import pyseccomp`` (it runs ``ldconfig -p`` at import, which needs ``execve``);
 8. one in-process :class:`~nightcore.sandbox.engine.Sandbox` (memory cache only) whose
    single Engine has small memory reservations, and a warm-up run so Wasmtime's threads
