@@ -80,9 +80,11 @@ async def connect(
             nats.connect(
                 servers=list(config.servers),
                 name=client_name or f"nightcore-{config.node_name}",
-                max_reconnect_attempts=-1 if reconnect else 0,
+                # nats-py retries the first connection too: forever for -1 (a node), twice per
+                # server for 1 (a one-shot command fails fast with NoServersError).
+                max_reconnect_attempts=-1 if reconnect else 1,
                 allow_reconnect=reconnect,
-                reconnect_time_wait=1 if reconnect else 0,
+                reconnect_time_wait=1 if reconnect else 0.1,
                 connect_timeout=max(1, int(config.connect_timeout_s)),
                 inbox_prefix=config.names.inbox_prefix(config.node_name),
                 disconnected_cb=disconnected_cb or nothing,
