@@ -1,7 +1,10 @@
 """``--strongbox`` cost, all in one run of this script (root, Linux).
 
-(a) cold confined worker: spawn -> locked down and ready (median, max)
-(b) per-run cost of the hello module: warm strongbox worker vs the in-process Sandbox
+(a) cold confined worker: spawn -> locked down and ready (median, max), with every layer and
+    without the issue-14 layers (Landlock, mount namespace)
+(b) per-run cost of the hello module: warm strongbox worker (every layer; and without Landlock
+    and the mount namespace, as before issue 14) vs the in-process Sandbox
+(c) the runner's per-run hand-over of a tenant's (small) data root to its uid (grant_access)
 
     .venv/bin/python benchmarks/strongbox.py [--quick]
     .venv/bin/python benchmarks/strongbox.py --trace   # re-derive ALLOWED_SYSCALLS (strace -f)
@@ -57,10 +60,13 @@ CONFIG = RunConfig(
 )
 
 
-def cold_starts(n: int) -> list[float]:
+OLD_LAYERS = WorkerOptions(landlock=False, mount_ns=False)
+
+
+def cold_starts(n: int, options: WorkerOptions | None = None) -> list[float]:
     out = []
     for _ in range(n):
-        w = Worker(WorkerKey.of(CONFIG), WorkerOptions())
+        w = Worker(WorkerKey.of(CONFIG), options or WorkerOptions())
         w.wait_ready()
         out.append(w.ready_ms)
         w.stop()
@@ -109,21 +115,46 @@ def main() -> None:
         trace()
         return
     quick = "--quick" in sys.argv
-    cold = cold_starts(3 if quick else 10)
-    print(
-        f"(a) cold confined worker ready: median {statistics.median(cold):.1f} ms, "
-        f"max {max(cold):.1f} ms (n={len(cold)})"
-    )
+    for label, options in (("every layer", None), ("no Landlock/mountns", OLD_LAYERS)):
+        cold = cold_starts(3 if quick else 10, options)
+        print(
+            f"(a) cold confined worker ready, {label:19s}: median {statistics.median(cold):.1f} "
+            f"ms, max {max(cold):.1f} ms (n={len(cold)})"
+        )
     n = 200 if quick else 2000
     with Sandbox(None, b"") as sb:
         local = per_run_ms(sb.run, n)
     with StrongboxSandbox(workers=1) as box:
         confined = per_run_ms(box.run, n)
-    for name, s in (("in-process Sandbox", local), ("strongbox warm worker", confined)):
+    with StrongboxSandbox(workers=1, options=OLD_LAYERS) as box:
+        old = per_run_ms(box.run, n)
+    for name, s in (
+        ("in-process Sandbox", local),
+        ("strongbox, every layer", confined),
+        ("strongbox, no LL/mntns", old),
+    ):
         q = statistics.quantiles(s, n=20)
         print(f"(b) {name:22s}: median {statistics.median(s):.3f} ms, p95 {q[18]:.3f} ms (n={n})")
     extra = statistics.median(confined) - statistics.median(local)
-    print(f"    strongbox overhead per run: {extra:.3f} ms")
+    print(f"    strongbox overhead per run (every layer): {extra:.3f} ms")
+    print(
+        "    Landlock + mount namespace per run: "
+        f"{statistics.median(confined) - statistics.median(old):+.3f} ms"
+    )
+    with tempfile.TemporaryDirectory() as tmp, StrongboxSandbox(workers=1) as box:
+        root = Path(tmp) / "tenant"
+        (root / "data").mkdir(parents=True)
+        for i in range(10):
+            (root / "data" / f"f{i}").write_bytes(b"x")
+        grants = []
+        for _ in range(n):
+            t = time.perf_counter()
+            box.grant_access(root, "bench")
+            grants.append((time.perf_counter() - t) * 1000)
+    print(
+        f"(c) grant_access of a 12-entry data root: median {statistics.median(grants):.3f} ms "
+        f"(n={n})"
+    )
 
 
 if __name__ == "__main__":
