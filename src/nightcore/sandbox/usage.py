@@ -395,11 +395,15 @@ class ResourceMonitor:
                     {"limit": "open_files"},
                 )
         if count >= self.danger:
+            # The node's reserve is reached: stop the run holding the most, and every run
+            # holding more than an equal share of what tenants may hold.
             top = max(runs, key=lambda r: held[r])
-            if held[top] > 0:
-                top.interrupt.trip(
-                    "FD_LIMIT",
-                    f"the node's descriptor reserve was reached ({count} open of "
-                    f"{self.soft_limit}); this run held the most ({held[top]})",
-                    {"limit": "node_reserve"},
-                )
+            share = max(1, self.danger // len(runs))
+            for run in runs:
+                if held[run] > 0 and (run is top or held[run] > share):
+                    run.interrupt.trip(
+                        "FD_LIMIT",
+                        f"the node's descriptor reserve was reached ({count} open of "
+                        f"{self.soft_limit}); this run held {held[run]}",
+                        {"limit": "node_reserve"},
+                    )
