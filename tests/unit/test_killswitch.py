@@ -114,6 +114,12 @@ def test_a_cordon_in_this_process_trips_only_that_tenant_at_once(
     # A run registered after the change is tripped at registration (queued behind others).
     late = switch.watch("hello", env.publisher.key_id, _digest(env.ws, "hello"))
     assert late.code == "CORDONED_IN_FLIGHT"
+    switch.release(late)
+    # Never tripped on a stale view: after an uncordon made while nothing was in flight (the
+    # watcher idle), a new run is evaluated against the files as they are now.
+    app.uncordon(ctx, "hello")
+    again = switch.watch("hello", env.publisher.key_id, _digest(env.ws, "hello"))
+    assert not again.code
 
 
 def test_a_nudge_makes_the_watcher_see_a_change_written_by_another_process(
