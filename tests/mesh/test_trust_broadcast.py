@@ -110,6 +110,12 @@ def test_revocation_reaches_every_node_and_their_next_runs_are_refused(
     rows = {r["node"]: r for r in status["nodes"]}
     assert set(rows) == {"n1", "n2"}
     assert status["trust"]["revocations_version"] == 1
+    # A node that stops says so in its last heartbeat.
+    assert nodes[1].stop() == 0
+    rows = {r["node"]: r for r in mesh_cli(nodes[0].ws, nats_server.url, "status")["nodes"]}
+    assert rows["n2"]["alive"] is False and rows["n2"]["stopped"] is True
+    assert rows["n2"]["trust"]["revocations_version"] == 1
+    assert rows["n1"]["alive"] is True
 
 
 def _maint_signer(keys: dict[str, GeneratedKey], who: str) -> Any:
