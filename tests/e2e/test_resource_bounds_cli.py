@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,8 @@ import pytest
 from nightcore.errors import NightCoreError
 from nightcore.evidence import attestation
 from nightcore.runner import pipeline
-from tests.conftest import Env, wat_module
-from tests.hostile_tenants import big_writer, compile_bomb, fd_bomb
+from tests.conftest import HELLO_WAT, Env, simple_manifest, wat_module, write_tenant
+from tests.hostile_tenants import big_writer, compile_bomb, fd_bomb, inode_bomb
 
 MIB = 1024 * 1024
 RW = '[capabilities]\n[[capabilities.fs]]\npath = "data"\nmode = "rw"\n'
@@ -175,3 +177,55 @@ def test_limits_above_policy_or_out_of_range_are_refused(env: Env) -> None:
     toml.write_text(text)
     rows = _by_tenant(env.cli("run", "--json", "modest"))
     assert rows["modest"]["code"] == "CAPABILITY_DENIED"
+
+
+def test_hostile_tenants_beside_neighbours_under_strongbox(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The same attacks through ``nightcore run --strongbox`` (root, seccomp): each ends with
+    its own code inside its confined worker, the neighbour completes, the log verifies."""
+    from nightcore import app
+    from nightcore.cli.main import main as cli_main
+    from tests.e2e.test_strongbox_cli import _why_skip
+
+    why = _why_skip(capsys)
+    if why:
+        pytest.skip(why)
+    open_dir = Path(tempfile.mkdtemp(prefix="nightcore-bounds-", dir="/tmp"))
+    try:
+        open_dir.chmod(0o755)  # the worker uid must reach the data root
+        ws = app.init_workspace(open_dir / "ws")
+        app.trust_add_key(ws, env.publisher.public_path, scope="*")
+        tenants = {
+            "fdbomb": (RW + "[limits]\nopen_files = 32\nwall_ms = 10000\n", fd_bomb(20_000)),
+            "writer": (
+                RW + f"[limits]\ndisk_bytes = {MIB}\nwall_ms = 10000\n",
+                big_writer(2 << 30),
+            ),
+            "inodes": (RW + "[limits]\ndisk_files = 200\nwall_ms = 10000\n", inode_bomb()),
+            "alpha": ("", None),
+        }
+        for name, (extra, wat) in tenants.items():
+            d = write_tenant(
+                ws.root,
+                name,
+                simple_manifest(name, extra),
+                wat_module(wat) if wat is not None else wat_module(HELLO_WAT),
+            )
+            app.sign_tenant(d, str(env.publisher.private_path))
+        bomb = write_tenant(
+            ws.root, "cbomb", simple_manifest("cbomb", "[limits]\ncompile_ms = 500\n"), b""
+        )
+        (bomb / "module.wasm").write_bytes(compile_bomb(200_000))
+        app.sign_tenant(bomb, str(env.publisher.private_path))
+        capsys.readouterr()
+        cli_main(["-w", str(ws.root), "run", "--json", "--strongbox", "--no-dashboard"])
+        rows = {r["tenant"]: r for r in json.loads(capsys.readouterr().out)}
+        assert rows["fdbomb"]["code"] == "FD_LIMIT", rows["fdbomb"]
+        assert rows["writer"]["code"] == "DISK_LIMIT", rows["writer"]
+        assert rows["inodes"]["code"] == "DISK_LIMIT", rows["inodes"]
+        assert rows["cbomb"]["code"] == "COMPILE_LIMIT", rows["cbomb"]
+        assert rows["alpha"]["code"] == "OK", rows["alpha"]
+        assert cli_main(["-w", str(ws.root), "audit", "verify"]) == 0
+    finally:
+        shutil.rmtree(open_dir)
