@@ -502,7 +502,8 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
         "--strongbox",
         action="store_true",
         help="run each tenant in a confined worker process: seccomp allow-list, no network, "
-        "unprivileged uid, rlimits (Linux, root; docs/strongbox.md)",
+        "the tenant's own uid, Landlock, a private mount namespace, rlimits (Linux, root; "
+        "node policy [policy] isolation may require it; docs/strongbox.md)",
     )
     sp.add_argument(
         "--no-dashboard",
