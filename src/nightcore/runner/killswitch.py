@@ -63,6 +63,7 @@ class _Watched:
     key_id: str
     module_sha256: str
     interrupt: Interrupt
+    seq: int  # registration order: which states may judge it (see KillSwitch._judge)
 
 
 def _identity(path: Path) -> tuple[int, int, int, int] | None:
@@ -94,6 +95,7 @@ class KillSwitch:
         self._poll_s = poll_s
         self._cond = threading.Condition()
         self._runs: dict[int, _Watched] = {}  # id(interrupt) -> run
+        self._seq = 0  # runs registered so far
         self._check_lock = threading.Lock()
         self._signature: Signature | None = None
         self._state: _State | None = None
@@ -107,8 +109,9 @@ class KillSwitch:
     def watch(self, tenant: str, key_id: str, module_sha256: str) -> Interrupt:
         """Register a run about to start; its interrupt (already tripped if the trust state
         changed against it since admission)."""
-        watched = _Watched(tenant, key_id, module_sha256.lower(), Interrupt())
         with self._cond:
+            self._seq += 1
+            watched = _Watched(tenant, key_id, module_sha256.lower(), Interrupt(), self._seq)
             self._runs[id(watched.interrupt)] = watched
             if self._thread is None and not self._closed:
                 self._thread = threading.Thread(
@@ -117,8 +120,7 @@ class KillSwitch:
                 self._thread.start()
             self._cond.notify_all()
         try:
-            state, _changed = self._refresh()
-            self._evaluate(watched, state)
+            self._judge(watched)
         except BaseException:
             self.release(watched.interrupt)
             raise
@@ -175,7 +177,7 @@ class KillSwitch:
             if self._wake.wait(self._poll_s):
                 self._wake.clear()
             try:
-                self._check()
+                self._judge(None)
             except Exception as exc:  # noqa: BLE001 - fail closed, and keep watching
                 failed = _State({}, {}, {}, frozenset(), 0, ("HOST_ERROR", type(exc).__name__))
                 with self._cond:
@@ -183,27 +185,33 @@ class KillSwitch:
                 for watched in runs:
                     self._evaluate(watched, failed)
 
-    def _check(self) -> None:
-        state, changed = self._refresh()
-        if not changed:
-            return
-        with self._cond:
-            runs = list(self._runs.values())
-        for watched in runs:
-            self._evaluate(watched, state)
+    def _judge(self, own: _Watched | None) -> None:
+        """stat() the trust files; parse them again only when one changed identity (inode,
+        size, mtime, ctime) since the last parse, and then judge every run registered before
+        the stat by the new state. With nothing changed, judge only ``own`` (a run registering
+        now) by the state held, which is then the files' current content.
 
-    def _refresh(self) -> tuple[_State, bool]:
-        """The current state, and whether it was parsed again now: only when one of the files
-        changed identity (inode, size, mtime, ctime) since the last parse."""
+        Why "registered before the stat": a run is admitted before it registers, so a state
+        read after its registration is never older than its admission (no run is stopped on
+        a stale view, e.g. just after an uncordon); and a run registering after the stat is
+        judged by its own call, which comes after this one (the lock) and sees this state or
+        a newer one (no run is missed)."""
         with self._check_lock:
+            with self._cond:
+                horizon = self._seq
             signature = tuple(_identity(p) for p in self._paths)
             if signature == self._signature and self._state is not None:
-                return self._state, False
-            # stat() before reading: a change after the stat is seen at the next poll.
-            self._state = self._load()
+                if own is not None:
+                    self._evaluate(own, self._state)
+                return
+            # stat() before reading: a change after the stat is seen at the next call.
+            state = self._state = self._load()
             self._signature = signature
             self.reloads += 1
-            return self._state, True
+            with self._cond:
+                runs = [w for w in self._runs.values() if w.seq <= horizon]
+            for watched in runs:
+                self._evaluate(watched, state)
 
     def _load(self) -> _State:
         from nightcore.runner.cordon import load_cordons
