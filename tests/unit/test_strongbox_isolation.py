@@ -395,3 +395,51 @@ def test_config_isolation_settings() -> None:
     ):
         with pytest.raises(ConfigError):
             parse_config(bad)
+
+
+@needs_strongbox
+@pytest.mark.parametrize("layers", [{}, {"mount_ns": False}], ids=["all-layers", "landlock"])
+def test_a_grant_swapped_for_a_link_is_not_followed(
+    tree: dict[str, Path], layers: dict[str, object]
+) -> None:
+    # tenant-a (owner of its data root) replaced its granted directory with a link to
+    # tenant-b's: neither the mount namespace nor Landlock follows it when the worker starts.
+    ids = TenantIds(None)
+    box = StrongboxSandbox(workers=1, ids=ids)
+    try:
+        for t in ("tenant-a", "tenant-b"):
+            box.grant_access(tree[t], t)
+    finally:
+        box.close()
+    own = tree["tenant-a"] / "data"
+    own.rmdir()
+    own.symlink_to(tree["tenant-b"] / "data")
+    uid, gid = ids.ids_for("tenant-a")
+    worker = Worker(
+        WorkerKey("tenant-a", 512 * 1024, False, 4 * MIB, ((str(own), True),)),
+        WorkerOptions(
+            uid=uid,
+            gid=gid,
+            hide=(str(tree["private"]), str(tree["state"])),
+            probe=(str(own / "secret.txt"), str(tree["tenant-b"] / "data" / "secret.txt")),
+            **layers,  # type: ignore[arg-type]
+        ),
+        selftest=True,
+    )
+    try:
+        report = worker.wait_ready()
+    finally:
+        worker.stop()
+    assert all(not v.startswith("read") for v in report["reach"].values()), report["reach"]
+
+
+def test_open_dir_nofollow_refuses_a_link_on_the_way(tmp_path: Path) -> None:
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    fd = landlock.open_dir_nofollow(tmp_path / "real" / "sub")
+    os.close(fd)
+    for path in (tmp_path / "link" / "sub", tmp_path / "link"):
+        with pytest.raises(OSError):
+            landlock.open_dir_nofollow(path)
+    with pytest.raises(OSError):
+        landlock.open_dir_nofollow("relative/path")

@@ -30,6 +30,7 @@ from typing import Any
 
 from nightcore.errors import SandboxError
 from nightcore.policy import DEFAULT_UID_BASE, DEFAULT_UID_COUNT
+from nightcore.sandbox.landlock import open_dir_nofollow
 
 IDS_FILE_VERSION = 1
 MAX_IDS_FILE_BYTES = 16 * 1024 * 1024
@@ -218,9 +219,17 @@ def private_mounts(hide: list[str], keep: list[str]) -> None:
     for top in hide:
         if not os.path.isdir(top):
             continue
-        inside = [k for k in keep if k == top or k.startswith(top.rstrip("/") + "/")]
-        fds = [os.open(k, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for k in inside]
+        fds: list[int] = []
+        inside: list[str] = []
         try:
+            for k in keep:
+                if k != top and not k.startswith(top.rstrip("/") + "/"):
+                    continue
+                try:  # never through a link a tenant put in place of its grant
+                    fds.append(open_dir_nofollow(k))
+                except OSError:
+                    continue  # left covered: the run is refused PREOPEN_INVALID
+                inside.append(k)
             flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
             _mount(libc, "nightcore-hidden", top, "tmpfs", flags, "size=64k,mode=0711")
             for k, fd in zip(inside, fds, strict=True):

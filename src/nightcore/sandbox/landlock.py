@@ -108,6 +108,27 @@ def _ruleset_attr(abi: int) -> bytes:
     return struct.pack("=Q", fs)
 
 
+def open_dir_nofollow(path: Path | str) -> int:
+    """An ``O_PATH`` descriptor of the directory ``path`` (absolute, already resolved), opened
+    one component at a time with ``O_NOFOLLOW``: a symbolic link anywhere on the way (a tenant
+    that swapped its granted directory for a link to someone else's) fails instead of being
+    followed."""
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    parts = Path(path).parts
+    if not parts or parts[0] != "/":
+        raise OSError(22, f"not an absolute path: {path}")
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[1:]:
+            child = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _call(libc: ctypes.CDLL, what: str, *args: object) -> int:
     rc = int(libc.syscall(*args))
     if rc < 0:
@@ -139,7 +160,7 @@ def restrict(rules: Iterable[tuple[Path | str, bool]], abi: int | None = None) -
     try:
         for path, writable in rules:
             try:
-                fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                fd = open_dir_nofollow(path)
             except OSError:
                 continue  # never reachable then (the run itself is refused later)
             try:
@@ -168,4 +189,4 @@ def restrict(rules: Iterable[tuple[Path | str, bool]], abi: int | None = None) -
     return version
 
 
-__all__ = ["LandlockError", "abi_version", "handled_fs", "restrict"]
+__all__ = ["LandlockError", "abi_version", "handled_fs", "open_dir_nofollow", "restrict"]
