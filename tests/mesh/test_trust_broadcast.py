@@ -505,9 +505,14 @@ def test_a_node_that_cannot_reach_the_mesh_admits_no_run_until_it_has_caught_up(
             node.run_codes("hello")
         assert exc.value.code == "MESH_NOT_CAUGHT_UP", exc.value
         assert not [r for r in node.audit() if r["event"] == "run_start"]
+        assert node.status()["mesh"]["admitted"] is False
         server.start()
         node.wait_caught_up()
         assert node.run_codes("hello") == ["OK"]
+        from tests.e2e.test_json_schemas import check
+
+        status = check("node-status", node.status())  # the documented shape, with a mesh
+        assert status["mesh"]["connected"] is True and status["mesh"]["admitted"] is True
     finally:
         node.kill()
         server.stop()
