@@ -813,6 +813,7 @@ class StrongboxSandbox:
         # One uid/gid per tenant (docs/strongbox.md, "Tenant uids"): the node's persistent
         # map, or a map of this process over the default range.
         self.ids = ids if ids is not None else TenantIds(None)
+        self._degraded_noted = False
         self._on_event = on_event
         self._max_workers = workers
         self._max_runs = max_runs_per_worker
@@ -919,7 +920,27 @@ class StrongboxSandbox:
                 if worker is not None and not worker.dead:
                     st.busy.add(worker)
                 self._cond.notify_all()
+        self._note_degraded(worker)
         return worker
+
+    def _note_degraded(self, worker: Worker) -> None:
+        """A layer the worker could not set up (no Landlock in this kernel, no mount
+        namespace) is a warning, audited once per pool as ``strongbox_degraded``; the worker
+        still runs behind its uid wall and the other layers (docs/strongbox.md)."""
+        layers = worker.hello.get("layers")
+        warnings = layers.get("warnings") if isinstance(layers, dict) else None
+        if not warnings or not isinstance(warnings, list) or self._degraded_noted:
+            return
+        self._degraded_noted = True
+        if self._on_event is not None:
+            self._on_event(
+                "strongbox_degraded",
+                {
+                    "tenant": worker.key.tenant,
+                    "warnings": [_clean_text(str(w)) for w in warnings[:4]],
+                    "layers": {k: v for k, v in worker.layers.items() if k != "mode"},
+                },
+            )
 
     def _release(self, worker: Worker, healthy: bool) -> None:
         worker.runs += 1
