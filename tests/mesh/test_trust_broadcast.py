@@ -193,6 +193,23 @@ def test_unsigned_and_wrongly_signed_documents_are_refused_and_audited_by_every_
         assert not mesh_events(n.ws, "cordon")
         # Nothing changed: the tenant still runs.
         assert n.run_codes("hello") == ["OK"]
+    # An honest publish after the forgeries: numbered above every claimed version, carrying no
+    # entry of a document that does not verify (alice stays trusted).
+    module = hashlib.sha256(b"bad module").hexdigest()
+    out = mesh_cli(
+        nodes[0].ws,
+        url,
+        *("revoke", "module", module, "--key", str(keys_dir["maint"].private_path)),
+        *("--reason", "CVE"),
+    )
+    assert out["version"] == 8
+    for n in nodes:
+        applied(n, out["seq"])
+        listed = run_cli_subprocess("-w", str(n.ws), "--local", "revocations", "list", "--json")
+        assert listed.code == 0, listed.err
+        doc = listed.json()
+        assert [m["sha256"] for m in doc["modules"]] == [module] and doc["keys"] == []
+        assert n.run_codes("hello") == ["OK"]
 
 
 def test_replayed_documents_are_refused_and_a_cordon_broadcast_applies(

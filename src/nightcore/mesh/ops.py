@@ -41,6 +41,7 @@ STATUS_SECTIONS: dict[str, str] = {
 }
 
 MAX_VERSION = 2**53
+MAX_SCAN = 100_000  # trust-stream messages read back looking for the newest verified list
 MAX_HEARTBEAT_BYTES = 64 * 1024
 EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 Section = Callable[["Client", "JetStreamContext", "MeshConfig"], Awaitable[dict[str, Any]]]
@@ -149,7 +150,7 @@ def publish_revocation(
     import re
 
     from nightcore.trust.keys import check_scheme, load_signer
-    from nightcore.trust.registry import parse_revocations, sign_revocations
+    from nightcore.trust.registry import sign_revocations
     from nightcore.trustops import resolve_key_id
 
     if kind not in ("key", "module"):
@@ -172,17 +173,15 @@ def publish_revocation(
         last_seq, data = await _last_on_subject(
             js, names.trust_stream, names.trust_revocations_subject
         )
-        current: RevocationList = local
-        if data:
-            try:
-                on_bus = parse_revocations(data, registry, fips=ctx.policy.fips)
-            except NightCoreError:
-                on_bus = None  # not trusted here: build on ours, above its claimed version
-            if on_bus is not None and on_bus.version > current.version:
-                current = on_bus
-        floor = max(_unverified_version(data), ctx.revocation_mark())
-        if floor > current.version:
-            current = dataclasses.replace(current, version=floor)
+        on_bus = await _newest_verified_revocations(
+            js, names.trust_stream, names.trust_revocations_subject, registry, ctx.policy.fips
+        )
+        # Whole lists replace each other: the next one keeps every entry of the newest list on
+        # the bus that verifies here AND of this workspace's own list (a forged or foreign
+        # newest document neither drops entries nor adds any), above every version claimed.
+        current = _union(local, on_bus) if on_bus is not None else local
+        floor = max(_unverified_version(data), ctx.revocation_mark(), current.version)
+        current = dataclasses.replace(current, version=floor)
         new = sign_revocations(
             current,
             signer,
@@ -206,6 +205,43 @@ def publish_revocation(
 
     result: dict[str, Any] = _run(_with_mesh(config, "publishing a revocation", body))
     return result
+
+
+async def _newest_verified_revocations(
+    js: JetStreamContext, stream: str, subject: str, registry: Any, fips: bool
+) -> RevocationList | None:
+    """The newest revocation list on the stream that verifies with ``registry`` (reading back
+    from the last message; at most MAX_SCAN messages)."""
+    from nats.js.errors import NotFoundError
+
+    from nightcore.trust.registry import parse_revocations
+
+    info = await js.stream_info(stream)
+    seq = info.state.last_seq
+    stop = max(info.state.first_seq, seq - MAX_SCAN)
+    while seq >= stop and seq > 0:
+        try:
+            msg = await js.get_msg(stream, seq)
+        except NotFoundError:
+            seq -= 1
+            continue
+        if msg.subject == subject:
+            with contextlib.suppress(NightCoreError):
+                return parse_revocations(msg.data or b"", registry, fips=fips)
+        seq -= 1
+    return None
+
+
+def _union(a: RevocationList, b: RevocationList) -> RevocationList:
+    """``a``'s entries, then ``b``'s entries ``a`` lacks; the higher version."""
+    keys = {r.subject for r in a.keys}
+    modules = {r.subject for r in a.modules}
+    return dataclasses.replace(
+        a,
+        version=max(a.version, b.version),
+        keys=(*a.keys, *(r for r in b.keys if r.subject not in keys)),
+        modules=(*a.modules, *(r for r in b.modules if r.subject not in modules)),
+    )
 
 
 # -- change documents ---------------------------------------------------------------------------
