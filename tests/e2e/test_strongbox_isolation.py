@@ -215,3 +215,19 @@ def test_a_deterministic_run_replays_across_modes_both_ways(open_env: Env) -> No
         assert body["isolation"] == mode
     replays = [e for e in env.audit_lines() if e["event"] == "replay"]
     assert [e["data"]["isolation"] for e in replays] == ["strongbox", "in-process"]
+
+
+def test_a_malformed_uid_map_ends_the_confined_runs_with_a_code(open_env: Env) -> None:
+    env = open_env
+    install(env, "hello")
+    set_policy(env, 'isolation = "in-process"\nstrongbox_tenants = ["hello"]')
+    ids = env.ws / "state" / "strongbox" / "ids.json"
+    ids.parent.mkdir(mode=0o700)
+    hostile = b'{"version": 1, "tenants": {"hello": 1500000000, "other": 1500000000}}'
+    ids.write_bytes(hostile)
+    rows = run_rows(env)
+    assert rows["hello"]["code"] == "UID_MAP_INVALID"
+    assert ids.read_bytes() == hostile  # left as it was
+    outcomes = [e for e in env.audit_lines() if e["event"] == "run_outcome"]
+    assert [e["data"]["code"] for e in outcomes] == ["UID_MAP_INVALID"]
+    assert env.cli("audit", "verify").code == 0
