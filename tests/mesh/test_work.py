@@ -429,3 +429,72 @@ def test_a_node_with_only_the_documented_permissions_takes_work(
         assert not [w for w in warnings if "service work" in w or "work request" in w], warnings
     finally:
         server.stop()
+
+
+def test_tenant_packages_from_the_object_store_are_verified_before_install(
+    tmp_path: Path,
+    keys_dir: dict[str, GeneratedKey],
+    nats_server: NatsServer,
+    nodes: list[MeshNode],
+) -> None:
+    url = nats_server.url
+    (ws,) = make_workspaces(tmp_path, keys_dir, 1, {})  # the node has no tenant of its own
+    pub = tmp_path / "publisher"
+    good = write_tenant(pub, "hello", simple_manifest("hello"), wat_module(HELLO_WAT))
+    app.sign_tenant(good, str(keys_dir["alice"].private_path))
+    tampered = tmp_path / "tampered" / "hello"
+    shutil.copytree(good, tampered)
+    (tampered / "module.wasm").write_bytes((good / "module.wasm").read_bytes() + b"\x00")
+    nodes.append(MeshNode(ws, "p", url))
+    node = nodes[0]
+    installed = ws / "modules" / "hello" / "module.wasm"
+
+    def run_once() -> dict[str, Any]:
+        out = mesh(url, "submit", "hello", "--wait", "120")
+        (rid,) = out["request_ids"]
+        (row,) = results_by_request(url)[rid]
+        return row
+
+    assert run_once()["code"] == "TENANT_NOT_FOUND"  # nothing deployed, nothing published
+
+    published = mesh(url, "publish-tenant", str(good))
+    assert published["tenant"] == "hello" and published["store"] == "nightcore-packages"
+    row = run_once()
+    assert (row["code"], row["exit_code"]) == ("OK", 0)
+    assert installed.read_bytes() == (good / "module.wasm").read_bytes()
+
+    # A tampered package on the bus: refused with the verifier's code, the node's copy kept.
+    mesh(url, "publish-tenant", str(tampered))
+    assert run_once()["code"] == "DIGEST_MISMATCH"
+    assert installed.read_bytes() == (good / "module.wasm").read_bytes()
+    # Not a package object at all (written by anyone with object-store rights).
+    asyncio.run(_put_object(url, "hello", b'{"schema": 1, "tenant": "other", "files": {}}'))
+    assert run_once()["code"] == "MESH_PACKAGE_INVALID"
+    assert installed.read_bytes() == (good / "module.wasm").read_bytes()
+
+    mesh(url, "publish-tenant", str(good))
+    assert run_once()["code"] == "OK"
+    assert node.stop() == 0
+    events = [
+        (r["event"], r["data"]["code"])
+        for r in node.audit()
+        if r["event"].startswith("mesh_package_")
+    ]
+    assert events == [
+        ("mesh_package_installed", "OK"),
+        ("mesh_package_refused", "DIGEST_MISMATCH"),
+        ("mesh_package_refused", "MESH_PACKAGE_INVALID"),
+        ("mesh_package_installed", "OK"),
+    ]
+    assert not list((ws / "state" / "mesh" / "staging").iterdir())  # nothing left staged
+
+
+async def _put_object(url: str, name: str, data: bytes) -> None:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        store = await nc.jetstream().object_store("nightcore-packages")
+        await store.put(name, data)
+    finally:
+        await nc.close()

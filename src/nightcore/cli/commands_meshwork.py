@@ -1,5 +1,6 @@
-"""CLI of work across nodes: ``nightcore mesh submit``, ``mesh runs``, ``mesh queue``
-(registered under ``nightcore mesh`` by :mod:`nightcore.cli.commands_mesh`)."""
+"""CLI of work across nodes: ``nightcore mesh submit``, ``mesh runs``, ``mesh queue``,
+``mesh publish-tenant`` (registered under ``nightcore mesh`` by
+:mod:`nightcore.cli.commands_mesh`)."""
 
 from __future__ import annotations
 
@@ -113,6 +114,22 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish_tenant(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from nightcore.mesh import packages
+
+    out = packages.publish_tenant(_config(args), Path(args.dir))
+    if args.json:
+        print_json(out)
+        return 0
+    info(
+        f"published {out['tenant']} ({out['bytes']} bytes) to {out['store']}; each node "
+        "verifies it with its own trust before installing it"
+    )
+    return 0
+
+
 def register_work(add: Callable[..., argparse.ArgumentParser], msub: Any) -> None:
     """Add ``submit``, ``runs`` and ``queue`` to the ``mesh`` subcommands ``msub``."""
     from nightcore.cli.commands_node import add_mesh_options
@@ -145,6 +162,17 @@ def register_work(add: Callable[..., argparse.ArgumentParser], msub: Any) -> Non
         msub,
     )
     sp.add_argument("--limit", type=int, default=50, help="last N results (default 50)")
+    add_mesh_options(sp, required=True)
+
+    sp = add(
+        "publish-tenant",
+        cmd_publish_tenant,
+        "put a signed tenant package in the mesh object store; nodes fetch it, verify it with "
+        "their own trust and install it before running it (e.g. nightcore mesh publish-tenant "
+        "ws/modules/hello --mesh nats://10.0.0.1:4222)",
+        msub,
+    )
+    sp.add_argument("dir", metavar="DIR", help="the signed tenant directory (modules/<tenant>)")
     add_mesh_options(sp, required=True)
 
     sp = add(

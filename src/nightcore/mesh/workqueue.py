@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from nightcore.errors import NightCoreError
 from nightcore.mesh import work
+from nightcore.mesh.packages import PackageSync
 
 if TYPE_CHECKING:
     from nats.aio.msg import Msg
@@ -63,6 +64,9 @@ MAX_ATTESTATION_BYTES = 256 * 1024
 PUBLISH_RETRY_S = 20.0
 FETCH_TIMEOUT_S = 1.0
 SETTINGS_REFRESH_S = 30.0
+PER_WORKER = 2
+"""Requests a node holds per worker: while one runs, others are audited, looked up and
+published (each holds in-progress, so holding them costs other nodes nothing but balance)."""
 ERR_PER_SUBJECT_LIMIT = 10077  # JetStream: "maximum messages per subject exceeded"
 
 
@@ -216,7 +220,7 @@ class WorkService:
         self.agent = agent
         node = agent.node
         workers = int(getattr(node, "workers", 1) or 1)
-        self.concurrency = max(1, 2 * workers)  # keep the pool's queue fed, no more
+        self.concurrency = PER_WORKER * workers  # overlap audit and publish with runs
         self.ack_wait_s = DEFAULT_ACK_WAIT_S
         self.taken = 0
         self.skipped = 0
@@ -225,6 +229,7 @@ class WorkService:
         self.state = "starting"
         self._inflight: set[asyncio.Task[None]] = set()
         self._reconciled = False
+        self.packages = PackageSync(agent)
 
     # -- the loop -----------------------------------------------------------------------------
     async def run(self, agent: MeshAgent) -> None:
@@ -378,8 +383,19 @@ class WorkService:
                 "mesh_work_start",
                 {"request_id": rid, "tenants": list(req.tenants), "delivery": delivery},
             )
-            result = await asyncio.to_thread(self._run, req, delivery)
-            recorded, res_seq, by = await self._publish(result)
+            try:
+                refused = await self.packages.prepare(list(req.tenants))
+                result = await asyncio.to_thread(self._run, req, delivery, refused)
+                recorded, res_seq, by = await self._publish(result)
+            except Exception as exc:
+                # No result: the request is redelivered after ack_wait. Close the start line
+                # now (a later delivery, here or elsewhere, writes its own).
+                err = _mesh_error(exc, "work request")
+                await self._audit(
+                    "mesh_work_abandoned",
+                    {"request_id": rid, "code": err.code, "reason": err.message[:500]},
+                )
+                raise
             await self._audit(
                 "mesh_work_result",
                 {
@@ -462,18 +478,26 @@ class WorkService:
         await asyncio.to_thread(audit.append, event, data)
 
     # -- the run (in a thread: the pool blocks) ---------------------------------------------------
-    def _run(self, req: work.WorkRequest, delivery: int) -> work.WorkResult:
+    def _run(
+        self, req: work.WorkRequest, delivery: int, refused: dict[str, tuple[str, str]]
+    ) -> work.WorkResult:
+        """Run the request's tenants on the pool; a tenant whose object-store package was
+        refused, or that is not deployed here, gets that code without running."""
         agent = self.agent
         node = agent.node
         assert node is not None
         layout = agent.ctx.layout
-        present = [t for t in req.tenants if layout.tenant_dir(t).is_dir()]
+        present = [t for t in req.tenants if t not in refused and layout.tenant_dir(t).is_dir()]
         runs_by_tenant: dict[str, dict[str, Any]] = {}
         if present:
             report = node.run_tenants(present, checkpoint=False)
             for run in report.get("runs", []):
                 runs_by_tenant[str(run.get("tenant"))] = run
-        runs = [runs_by_tenant.get(t) or _not_found(t) for t in req.tenants]
+        runs = [
+            runs_by_tenant.get(t)
+            or (_not_run(t, *refused[t]) if t in refused else _not_run(t, *_NOT_FOUND))
+            for t in req.tenants
+        ]
         return work.WorkResult(
             request_id=req.request_id,
             node=agent.config.node_name,
@@ -507,11 +531,15 @@ def open_requests(lines: Iterable[bytes]) -> dict[str, dict[str, Any]]:
     return started
 
 
-def _not_found(tenant: str) -> dict[str, Any]:
+_NOT_FOUND = ("TENANT_NOT_FOUND", "the tenant is not deployed on this node (modules/)")
+
+
+def _not_run(tenant: str, code: str, reason: str) -> dict[str, Any]:
+    """A run object for a tenant that was not run (the shape of a denied run)."""
     return {
         "tenant": tenant,
-        "code": "TENANT_NOT_FOUND",
-        "reason": f"tenant {tenant} is not deployed on this node (modules/)",
+        "code": code,
+        "reason": reason,
         "exit_code": None,
         "fuel_used": None,
         "wall_ms": None,
@@ -755,9 +783,16 @@ async def status_section(nc: Any, js: JetStreamContext, config: MeshConfig) -> d
 
 async def init_step(js: JetStreamContext, config: MeshConfig) -> list[str]:
     """``mesh init``'s step (:data:`nightcore.mesh.ops.INIT_STEPS`): the work and results
-    streams and the shared consumer (default settings unless it exists)."""
+    streams, the shared consumer (default settings unless it exists), the packages store."""
     from nightcore.mesh.agent import default_replicas
+    from nightcore.mesh.packages import open_store
 
     await ensure_queue(js, config.names, default_replicas(config))
     names = config.names
-    return [names.work_stream, names.results_stream, f"{names.work_stream}/{CONSUMER}"]
+    await open_store(js, names.packages_store, default_replicas(config))
+    return [
+        names.work_stream,
+        names.results_stream,
+        f"{names.work_stream}/{CONSUMER}",
+        names.packages_store,
+    ]
