@@ -270,7 +270,9 @@ class MeshAgent:
                 await asyncio.wait(pending, timeout=5)
         finally:
             if self.nc is not None:
-                with contextlib.suppress(Exception):  # closing: nothing left to report to
+                from nats.errors import Error as NatsError
+
+                with contextlib.suppress(NatsError, TimeoutError, OSError):  # closing anyway
                     await asyncio.wait_for(self.nc.drain(), timeout=5)
             self.admitted.clear()
             self.connected.clear()

@@ -70,7 +70,10 @@ class HeartbeatService:
         finally:
             if agent.stopping.is_set() and agent.connected.is_set():
                 final = heartbeat_value(agent, alive=False)
-                with contextlib.suppress(Exception):  # best effort: status ages it out anyway
+                from nats.errors import Error as NatsError
+
+                # Best effort: `mesh status` ages a silent node out anyway.
+                with contextlib.suppress(NatsError, TimeoutError, OSError):
                     await asyncio.wait_for(
                         kv.put(key, json.dumps(final, sort_keys=True).encode()), timeout=3
                     )

@@ -244,9 +244,12 @@ class TrustService:
 
     def __init__(self, agent: MeshAgent) -> None:
         self.agent = agent
-        self.nudged = 0
+        self.nudged = 0  # core-NATS copies of trust documents received
+        self.handled = 0  # of those, how many a read of the stream has followed
 
     async def run(self, agent: MeshAgent) -> None:
+        from nats.errors import Error as NatsError
+
         assert agent.stopping is not None and agent.wake is not None and agent.nc is not None
         names = agent.names
         await agent.ensure_stream(trust_stream_config(names))
@@ -260,17 +263,18 @@ class TrustService:
         try:
             while not agent.stopping.is_set():
                 agent.wake.clear()
-                nudged = self.nudged
+                nudged = self.nudged > self.handled
+                self.handled = self.nudged
                 await self._catch_up_once(agent, nudged)
                 if agent.wake.is_set():
                     continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(agent.wake.wait(), timeout=POLL_S)
         finally:
-            with contextlib.suppress(Exception):  # the connection may be gone already
+            with contextlib.suppress(NatsError, TimeoutError, OSError):  # connection gone
                 await sub.unsubscribe()
 
-    async def _catch_up_once(self, agent: MeshAgent, nudged: int) -> None:
+    async def _catch_up_once(self, agent: MeshAgent, nudged: bool) -> None:
         from nats.errors import Error as NatsError
 
         from nightcore.mesh.agent import mesh_error
