@@ -452,8 +452,12 @@ def test_key_registry_changes_and_a_node_cordon_travel_signed(
 LOOP_WAT = '(module (func (export "_start") (loop $l (br $l))))'
 
 
+@pytest.mark.parametrize("topology", ["one server, two nodes", "three-server cluster, three nodes"])
 def test_a_broadcast_revocation_interrupts_in_flight_runs_on_every_node(
-    nats_server: NatsServer, tmp_path: Path, keys_dir: dict[str, GeneratedKey]
+    topology: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    keys_dir: dict[str, GeneratedKey],
 ) -> None:
     import subprocess
     import sys
@@ -464,14 +468,18 @@ def test_a_broadcast_revocation_interrupts_in_flight_runs_on_every_node(
     # Long enough to act on mid-run (the policy's wall cap is 10 s); the run would end by
     # itself with TIMEOUT.
     limits = "[limits]\nfuel = 1000000000000\nwall_ms = 9000\n"
+    if topology.startswith("one"):
+        urls, count = request.getfixturevalue("nats_server").url, 2
+    else:
+        urls, count = request.getfixturevalue("nats_cluster").url_list, 3
     started: list[MeshNode] = []
     clients: list[subprocess.Popen[str]] = []
     try:
-        for i in (1, 2):
+        for i in range(1, count + 1):
             ws = make_workspace(tmp_path / f"ws{i}", keys_dir)
             d = write_tenant(ws, "looper", simple_manifest("looper", limits), wat_module(LOOP_WAT))
             app.sign_tenant(d, str(keys_dir["alice"].private_path))
-            node = MeshNode(ws, nats_server.url, f"n{i}")
+            node = MeshNode(ws, urls, f"n{i}")
             node.wait_caught_up()
             started.append(node)
         for n in started:
@@ -489,17 +497,20 @@ def test_a_broadcast_revocation_interrupts_in_flight_runs_on_every_node(
                 if c.poll() is not None or time.monotonic() > deadline:
                     raise AssertionError(f"looper never started on {n.name}: {c.communicate()}")
                 time.sleep(0.02)  # polling a condition with a deadline
-        mesh_cli(
+        out = mesh_cli(
             started[0].ws,
-            nats_server.url,
+            urls,
             *("revoke", "key", keys_dir["alice"].key_id),
             *("--key", str(keys_dir["maint"].private_path), "--reason", "stolen"),
         )
         for c in clients:
-            out, err = c.communicate(timeout=120)
+            stdout, err = c.communicate(timeout=120)
             assert "Traceback" not in err
-            rows = {r["tenant"]: r for r in json.loads(out)}
+            rows = {r["tenant"]: r for r in json.loads(stdout)}
             assert rows["looper"]["code"] == "REVOKED_IN_FLIGHT", rows
+        for n in started:
+            applied(n, out["seq"])
+            assert n.run_codes("hello") == ["KEY_REVOKED"]
     finally:
         for c in clients:
             if c.poll() is None:
