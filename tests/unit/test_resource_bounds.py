@@ -306,7 +306,7 @@ def test_a_slow_compilation_does_not_queue_a_neighbours(tmp_path: Path) -> None:
     """Each concurrent miss gets its own compile process: a neighbour's module compiles and
     runs while a compile bomb is still inside its (generous) compile_ms."""
     with Sandbox(None, b"") as sb:
-        bomb = compile_bomb(300_000)
+        bomb = compile_bomb(900_000)  # minutes of compilation: killed below
         out: dict[str, str] = {}
         slow = threading.Thread(
             target=lambda: out.update(

@@ -48,7 +48,8 @@ def main() -> None:
         try:
             engine = engines.get(key)
             if engine is None:
-                engine = engines[key] = _make_engine(key)
+                # One core per compilation: a compile bomb cannot take a neighbour's CPU.
+                engine = engines[key] = _make_engine(key, parallel_compilation=False)
             artifact = bytes(wasmtime.Module(engine, data).serialize())
         except wasmtime.WasmtimeError as exc:
             message = _one_line(str(exc)).encode("utf-8")[:MAX_MESSAGE]

@@ -187,8 +187,11 @@ def _async_stack_size(stack_bytes: int) -> int:
     return max(DEFAULT_ASYNC_STACK_BYTES, stack_bytes + ASYNC_STACK_HEADROOM)
 
 
-def _make_engine(key: EngineKey) -> wasmtime.Engine:
+def _make_engine(key: EngineKey, *, parallel_compilation: bool = True) -> wasmtime.Engine:
+    """The Engine for ``key``. ``parallel_compilation=False`` (the bounded compile process:
+    one tenant's compilation uses one core) does not change the compiled artifact."""
     cfg = wasmtime.Config()
+    cfg.parallel_compilation = parallel_compilation
     cfg.consume_fuel = True
     cfg.epoch_interruption = True
     # Wasmtime (built with async support) refuses a max_wasm_stack above its async stack
@@ -718,6 +721,8 @@ class Sandbox:
             if usage.interrupt.code == "DISK_LIMIT":
                 return usage.interrupt.detail
             return usage.check_disk()
+        except OSError as exc:  # fail closed: grants that cannot be measured are over
+            return f"the host could not measure the read-write grants: {exc.strerror or exc}"
         finally:
             usage.close()
 
@@ -735,12 +740,13 @@ class Sandbox:
         if pre is None:
             return _failed("INSTANTIATE_ERROR", link_error, cache_status)
         limits = config.limits
-        interrupt, usage = self._track(config, interrupt)
         sink = OutputSink(limits.output_bytes)
         wasi = _wasi_config(config)
         released = sink.attach(wasi)
         store = wasmtime.Store(entry.engine)
+        usage: RunUsage | None = None
         try:
+            interrupt, usage = self._track(config, interrupt)
             store.set_limits(
                 memory_size=limits.memory_bytes,
                 table_elements=MAX_TABLE_ELEMENTS,
