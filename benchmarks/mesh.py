@@ -10,6 +10,11 @@
     timing starts (each adds one revoked module digest); the stream sequence in each node's log
     line says which publish it applied.
 (3) the same on a three-server cluster (the stream has 3 replicas), ``--cluster``.
+(5) in-flight interruption on 3 nodes: a looping tenant (a module of its own each round) runs
+    on each node; a signed list revoking that module is published; timed until the last node's
+    run call returns (the run stopped by the kill switch, audited, reported). The outcomes are
+    counted: REVOKED_IN_FLIGHT, or MODULE_REVOKED when the revocation landed while the run was
+    still being verified on its worker.
 
 p50/p99 and the ratio to the floor's p50 are printed. The machine is shared and noisy: the
 figures are for comparing within one run.
@@ -291,6 +296,95 @@ async def _timed_work(config: Any, n: int, total: int) -> float:
         await nc.close()
 
 
+# -- (5) in-flight interruption ------------------------------------------------------------------
+LOOP_LIMITS = "[limits]\nfuel = 1000000000000\nwall_ms = 9000\n"
+
+
+def interrupt_ms(root: Path, url: str, rounds: int) -> tuple[list[float], dict[str, int]]:
+    """Each round: a looping tenant (its own module) runs on each of 3 nodes; a signed list
+    revoking that module is published; timed until the last node's run call returns (the run
+    interrupted, its outcome audited and reported). The codes seen, counted."""
+    import wasmtime
+
+    from nightcore.node.client import connect
+
+    workspaces, maint, ctx0 = make_workspaces(root, 3)
+    alice = app.keygen("alice", root / "keys", b"bench-passphrase")
+    digests = []
+    for i in range(rounds):
+        wasm = bytes(
+            wasmtime.wat2wasm(
+                f'(module (memory 1) (data (i32.const 0) "r{i}")'
+                ' (func (export "_start") (loop $l (br $l))))'
+            )
+        )
+        digests.append(hashlib.sha256(wasm).hexdigest())
+        for ws in workspaces:
+            d = ws / "modules" / f"loop{i}"
+            d.mkdir(parents=True)
+            (d / "module.wasm").write_bytes(wasm)
+            (d / "manifest.toml").write_text(
+                f'schema = 1\ntenant = "loop{i}"\nversion = "1.0.0"\n{LOOP_LIMITS}'
+            )
+            app.sign_tenant(d, str(alice.private_path))
+    for ws in workspaces:
+        app.trust_add_key(app.open_context(str(ws)), alice.public_path, scope="*")
+    from nightcore.trust.keys import load_signer
+    from nightcore.trust.registry import RevocationList, sign_revocations
+
+    registry = ctx0.load_registry()
+    signer = load_signer(str(maint.private_path))
+    current, docs = RevocationList(), []
+    for digest in digests:
+        current = sign_revocations(current, signer, registry, add_module=(digest, "bench"))
+        docs.append(current.raw)
+    codes: dict[str, int] = {}
+    out: list[float] = []
+    import nats
+
+    with nodes(workspaces, url):
+
+        def run(ws: Path, tenant: str, done: list[tuple[float, str]]) -> None:
+            client = connect(ws / "state" / "node.sock")
+            assert client is not None
+            report = client.call("run", {"tenants": [tenant]})
+            done.append((time.perf_counter(), str(report["runs"][0]["code"])))
+
+        def running(ws: Path, tenant: str) -> bool:
+            client = connect(ws / "state" / "node.sock")
+            assert client is not None
+            return bool(client.call("status", {})["pool"]["running"].get(tenant))
+
+        async def publish(data: bytes) -> float:
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            await js.stream_info("nightcore-trust")  # connected and warm before timing
+            t0 = time.perf_counter()
+            await js.publish("nightcore.trust.revocations", data, timeout=30)
+            await nc.close()
+            return t0
+
+        for i, data in enumerate(docs):
+            done: list[tuple[float, str]] = []
+            threads = [
+                threading.Thread(target=run, args=(ws, f"loop{i}", done)) for ws in workspaces
+            ]
+            for t in threads:
+                t.start()
+            deadline = time.monotonic() + 60
+            while not all(running(ws, f"loop{i}") for ws in workspaces):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the looping tenant never started on every node")
+                time.sleep(0.005)
+            t0 = asyncio.run(publish(data))
+            for t in threads:
+                t.join(timeout=60)
+            for _, code in done:
+                codes[code] = codes.get(code, 0) + 1
+            out.append((max(stamp for stamp, _ in done) - t0) * 1000)
+    return out, codes
+
+
 def main() -> None:
     if nats_server_binary() is None:
         sys.exit("nats-server is not installed (tools/system_deps.py installs it)")
@@ -309,6 +403,13 @@ def main() -> None:
             show("(2) revocation publish -> applied on 3 nodes", total, floor_p50)
             show("    of which one node's verify + apply + audit", apply)
             work_throughput(root, server.url, (1, 2, 3), 200 if quick else 1000)
+            interrupted, codes = interrupt_ms(root / "interrupt", server.url, 5 if quick else 20)
+            show(
+                "(5) revocation publish -> in-flight runs stopped on 3 nodes",
+                interrupted,
+                floor_p50,
+            )
+            print(f"    outcomes: {codes}")
         finally:
             server.stop()
         if "--cluster" in sys.argv:
