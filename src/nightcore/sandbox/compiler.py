@@ -33,6 +33,7 @@ child is a resource bound, not an isolation layer.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import resource
 import select
@@ -95,6 +96,13 @@ def _status_text(status: int) -> str:
         return signal.Signals(-status).name
     except ValueError:
         return f"signal {-status}"
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _vm_size(pid: int) -> int:
@@ -210,6 +218,10 @@ class CompileProcess:
         out = proc.stdout.fileno()
         limit = _vm_size(proc.pid) + memory
         resource.prlimit(proc.pid, resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+        # CPU backstop (SIGXCPU) for a child whose parent is gone and so cannot kill it at
+        # compile_ms: one core for compile_ms, plus a second of slack.
+        cpu = math.ceil(_cpu_seconds(proc.pid) + compile_ms / 1000.0) + 1
+        resource.prlimit(proc.pid, resource.RLIMIT_CPU, (cpu, resource.RLIM_INFINITY))
         started = time.monotonic()
         deadline = started + compile_ms / 1000.0
         try:
@@ -235,11 +247,14 @@ class CompileProcess:
             )
         except (EOFError, BrokenPipeError):
             status = proc.wait()
-            return Compiled(
-                "limit",
-                detail=f"the compile process died ({_status_text(status)}) within "
-                f"compile_memory_bytes = {memory}",
-            )
+            if status == -signal.SIGXCPU:
+                why = f"compilation used more CPU than compile_ms = {compile_ms} ms"
+            else:
+                why = (
+                    f"the compile process died ({_status_text(status)}) within "
+                    f"compile_memory_bytes = {memory}"
+                )
+            return Compiled("limit", detail=why)
 
 
 class CompilePool:
