@@ -11,7 +11,8 @@ compilation never queues a neighbour's); two idle children are kept for later mi
 1. the child imports Wasmtime, sets ``RLIMIT_CORE=0`` and says it is ready (its start-up is
    not counted against ``compile_ms``);
 2. for each module the parent sets the child's soft ``RLIMIT_AS`` (``prlimit``) to what the
-   child has mapped now plus ``compile_memory_bytes``, sends the module with its engine
+   child has mapped now plus ``compile_memory_bytes`` (and a ``RLIMIT_CPU`` backstop of
+   ``compile_ms`` on one core, should the parent die), sends the module with its engine
    settings, and starts the clock: past ``compile_ms`` of wall time the child is killed
    (``COMPILE_LIMIT``; the next miss starts a new one); a child that dies (Rust aborts when an
    allocation fails under ``RLIMIT_AS``) is ``COMPILE_LIMIT`` too;
