@@ -123,7 +123,8 @@ def _variant(i: int) -> bytes:
 
 def cache_miss(n: int) -> None:
     print(f"(b) cache misses (median of {n}, ms): bounded compile process vs in-process")
-    first, inproc_first = [], []
+    first: list[float] = []
+    inproc_first: list[float] = []
     for _ in range(n):
         with Sandbox(None, b"") as sb:
             t0 = time.perf_counter()
@@ -133,7 +134,8 @@ def cache_miss(n: int) -> None:
             t0 = time.perf_counter()
             assert sb.run(HELLO, _config(HELLO, None)).cache == "miss"
             inproc_first.append((time.perf_counter() - t0) * 1000)
-    warm, inproc = [], []
+    warm: list[float] = []
+    inproc: list[float] = []
     with Sandbox(None, b"") as sb, _unbounded(Sandbox(None, b"")) as plain:
         sb.run(HELLO, _config(HELLO, None))  # the compile process is up
         for i in range(n):
