@@ -174,6 +174,7 @@ class MeshAgent:
         self._ready = threading.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self.last_error: str | None = None
+        self._error_seen: dict[str, float] = {}
 
     # -- what services use ----------------------------------------------------------------
     @property
@@ -288,6 +289,7 @@ class MeshAgent:
                     self.config,
                     disconnected_cb=self._on_disconnect,
                     reconnected_cb=self._on_reconnect,
+                    error_log=self._on_nats_error,
                 )
             except NightCoreError as exc:
                 self.last_error = f"{exc.code}: {exc.message}"
@@ -310,6 +312,15 @@ class MeshAgent:
             self.log(f"mesh: connected to {where} as node {self.config.node_name}")
             return True
         return False
+
+    def _on_nats_error(self, line: str) -> None:
+        """Log an asynchronous NATS error once per distinct message and minute."""
+        now = time.monotonic()
+        if now - self._error_seen.get(line, -3600.0) >= 60:
+            self._error_seen[line] = now
+            if len(self._error_seen) > 256:
+                self._error_seen.clear()
+            self.log(f"mesh: NATS error: {line}")
 
     async def _on_disconnect(self) -> None:
         self.generation += 1

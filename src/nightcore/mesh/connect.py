@@ -48,6 +48,7 @@ async def connect(
     disconnected_cb: Callback | None = None,
     reconnected_cb: Callback | None = None,
     reconnect: bool = True,
+    error_log: Callable[[str], None] | None = None,
 ) -> Client:
     """An open nats-py client for ``config`` (``reconnect=False``: one-shot CLI commands
     fail fast instead of waiting for a server forever)."""
@@ -70,7 +71,12 @@ async def connect(
     errors: list[str] = []
 
     async def on_error(exc: Exception) -> None:
-        errors.append(f"{type(exc).__name__}: {exc}"[:300])
+        line = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+        errors.append(line)
+        del errors[:-10]
+        # Asynchronous errors (a permissions violation, a slow consumer) reach nobody else.
+        if error_log is not None:
+            error_log(line)
 
     async def nothing() -> None:
         return None
