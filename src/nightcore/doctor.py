@@ -107,6 +107,20 @@ def run_checks(ws: Any | None) -> list[dict[str, str]]:
         else "not available in this kernel: strongbox workers fall back to the per-tenant "
         "uid wall and the mount namespace (docs/strongbox.md)",
     )
+    import resource
+
+    from nightcore.sandbox.usage import RESERVE_MIN, node_reserve
+
+    # Descriptors (docs/limits.md): runs raise the soft limit to the hard one and keep a
+    # reserve for the node; a small hard limit leaves tenants little room.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    room = hard if hard != resource.RLIM_INFINITY else soft
+    add(
+        "descriptors",
+        "OK" if room >= 4 * RESERVE_MIN else "WARN",
+        f"RLIMIT_NOFILE soft {soft}, hard {hard}; a run raises the soft limit to the hard one "
+        f"and keeps {node_reserve(room)} for the node (FD_LIMIT past that)",
+    )
     from nightcore.sandbox.ffi import fence_status
 
     # The FFI fence: private wasmtime-py bindings the sandbox's limits depend on. A missing
