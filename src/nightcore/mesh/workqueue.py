@@ -650,7 +650,14 @@ async def _wait_results(
     deadline = time.monotonic() + wait_s
     pending = set(ids)
     codes: dict[str, int] = {}
+    last_seen = -1
     while pending and time.monotonic() < deadline:
+        info = await js.stream_info(names.results_stream)
+        last = int(info.state.last_seq or 0)
+        if last == last_seen:  # nothing new on the results stream: no lookups
+            await asyncio.sleep(0.2)  # polling the results stream, with the caller's deadline
+            continue
+        last_seen = last
         for rid in list(pending):
             found = await lookup_result(js, names, rid)
             if found is not None:
