@@ -498,3 +498,53 @@ async def _put_object(url: str, name: str, data: bytes) -> None:
         await store.put(name, data)
     finally:
         await nc.close()
+
+
+def test_the_results_stream_records_one_result_per_request(nats_server: NatsServer) -> None:
+    """The idempotency record itself: a second node's result for a request is refused by the
+    server (not only inside the dedup window) and reported as not recorded; the first node's
+    retry of its own result is reported as recorded."""
+    from nightcore.mesh.config import MeshConfig
+    from nightcore.mesh.workqueue import ensure_queue, lookup_result, publish_result
+
+    config = MeshConfig(servers=(nats_server.url,), node_name="t")
+    rid = "0123456789abcdef0123"
+
+    def result(node: str, run_id: str) -> WorkResult:
+        run = {"tenant": "hello", "code": "OK", "run_id": run_id}
+        return WorkResult(rid, node, "", "OK", runs=[run], finished_at="x")
+
+    async def go() -> list[Any]:
+        import nats
+
+        nc = await nats.connect(nats_server.url)
+        try:
+            js = nc.jetstream()
+            await ensure_queue(js, config.names, 1)
+            assert await lookup_result(js, config.names, rid) is None
+            first = await publish_result(js, config.names, result("a", "r1"))
+            again = await publish_result(js, config.names, result("a", "r1"))
+            other = await publish_result(js, config.names, result("b", "r2"))
+            found = await lookup_result(js, config.names, rid)
+            # Past the dedup window (another msg id): the server itself refuses a second one.
+            from nats.js.errors import APIError
+
+            try:
+                await js.publish(
+                    config.names.results_subject(rid),
+                    result("c", "r3").encode(),
+                    headers={"Nats-Msg-Id": "another-msg-id"},
+                )
+                refused = None
+            except APIError as exc:
+                refused = exc.err_code
+            return [first, again, other, found, refused]
+        finally:
+            await nc.close()
+
+    first, again, other, found, refused = asyncio.run(go())
+    assert refused == 10077  # "maximum messages per subject exceeded"
+    assert first[0] is True and first[2] == "a"
+    assert again == (True, first[1], "a")
+    assert other == (False, first[1], "a")
+    assert found is not None and found["node"] == "a" and found["runs"][0]["run_id"] == "r1"

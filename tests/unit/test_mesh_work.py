@@ -180,3 +180,40 @@ def test_open_requests_are_starts_without_a_closing_line() -> None:
         "bbbbbbbb": {"seq": 2, "delivery": 2},
         "cccccccc": {"seq": 7, "delivery": 3},
     }
+
+
+def _pkg(**over: object) -> bytes:
+    import base64
+
+    obj: dict[str, object] = {
+        "schema": 1,
+        "tenant": "hello",
+        "files": {
+            "module.wasm": base64.b64encode(b"\0asm\1\0\0\0").decode(),
+            "module.intoto.dsse.json": base64.b64encode(b"{}").decode(),
+        },
+    }
+    obj.update(over)
+    return canonical(obj)
+
+
+def test_package_objects_are_parsed_strictly() -> None:
+    from nightcore.mesh.packages import decode_package
+
+    files = decode_package(_pkg(), "hello")
+    assert files["module.wasm"] == b"\0asm\1\0\0\0"
+    hostile = [
+        _pkg(tenant="other"),  # an object filed under another tenant's name
+        _pkg(schema=2),
+        _pkg(extra=1),
+        _pkg(files={"../module.wasm": "AA=="}),  # only the package's own file names
+        _pkg(files={"module.intoto.dsse.json": "AA=="}),  # no module
+        _pkg(files={"module.wasm": "not base64!"}),
+        _pkg(files={"module.wasm": 5}),
+        b"[]",
+        b'{"schema": 1, "schema": 1}',
+    ]
+    for data in hostile:
+        with pytest.raises(NightCoreError) as exc:
+            decode_package(data, "hello")
+        assert exc.value.code == "MESH_PACKAGE_INVALID", data[:80]
