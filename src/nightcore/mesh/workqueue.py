@@ -59,6 +59,10 @@ the work stream (``mesh queue`` counts it) and has no result."""
 MAX_ACK_PENDING = 1024
 DUPLICATE_WINDOW_S = 120.0
 RESULTS_MAX_BYTES = 8 << 30
+RESULTS_MAX_AGE_S = 30 * 86400.0
+"""Results are kept 30 days: far longer than any request can wait for a redelivery
+(``max_deliver`` × ``ack_wait``), so the idempotency lookup never misses a live request, and
+old results make room (with ``discard: new`` a full stream would refuse every new result)."""
 WORK_MAX_MSGS = 1_000_000
 MAX_ATTESTATION_BYTES = 256 * 1024
 PUBLISH_RETRY_S = 20.0
@@ -116,6 +120,7 @@ def results_stream_config(names: Names) -> Any:
         discard=api.DiscardPolicy.NEW,
         discard_new_per_subject=True,  # the server refuses a second result for a request id
         max_bytes=RESULTS_MAX_BYTES,
+        max_age=RESULTS_MAX_AGE_S,
         max_msg_size=work.MAX_RESULT_BYTES + 4096,
         duplicate_window=DUPLICATE_WINDOW_S,
     )
