@@ -353,6 +353,9 @@ class WorkService:
         delivery = int(meta.num_delivered or 1)
         seq = int(meta.sequence.stream) if meta.sequence else 0
         header_id = (msg.headers or {}).get("Nats-Msg-Id")
+        if agent.node_cordoned():  # cordoned since the fetch: let another node take it now
+            await msg.nak()
+            return
         try:
             req = work.parse_request(msg.data)
             if header_id != req.request_id:
@@ -376,9 +379,6 @@ class WorkService:
                 },
             )
             await msg.ack()
-            return
-        if agent.node_cordoned():  # cordoned since the fetch: let another node take it now
-            await msg.nak()
             return
         self.taken += 1
         self.running += 1
