@@ -544,3 +544,40 @@ def test_a_node_that_cannot_reach_the_mesh_admits_no_run_until_it_has_caught_up(
     finally:
         node.kill()
         server.stop()
+
+
+def test_a_node_in_the_second_region_applies_the_first_regions_trust_stream(
+    nats_server: NatsServer,
+    region_west: NatsServer,
+    tmp_path: Path,
+    keys_dir: dict[str, GeneratedKey],
+) -> None:
+    # The node talks to its own region's server; the streams live in the hub's domain.
+    west = MeshNode(
+        make_workspace(tmp_path / "west", keys_dir),
+        region_west.url,
+        "west-1",
+        extra=("--mesh-domain", "hub"),
+    )
+    try:
+        west.wait_caught_up()
+        assert west.run_codes("hello") == ["OK"]
+        out = mesh_cli(
+            make_workspace(tmp_path / "operator", keys_dir),
+            nats_server.url,
+            *("revoke", "key", keys_dir["alice"].key_id),
+            *("--key", str(keys_dir["maint"].private_path), "--reason", "stolen"),
+        )
+        applied(west, out["seq"])
+        assert west.run_codes("hello") == ["KEY_REVOKED"]
+        # Its heartbeat is in the hub's bucket too.
+        deadline = time.monotonic() + 60
+        while True:
+            status = mesh_cli(west.ws, nats_server.url, "status")
+            if [n["node"] for n in status["nodes"]] == ["west-1"]:
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.2)  # polling a condition with a deadline
+        assert status["trust"]["documents"] == 1  # one trust stream: the hub's
+    finally:
+        west.kill()

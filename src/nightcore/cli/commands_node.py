@@ -39,7 +39,7 @@ def mesh_config(args: argparse.Namespace) -> Any:
         tls_ca=args.mesh_tls_ca,
         tls_cert=args.mesh_tls_cert,
         tls_key=args.mesh_tls_key,
-        js_domain=getattr(args, "mesh_domain", None),
+        js_domain=args.mesh_domain,
         admit_timeout_s=getattr(args, "mesh_admit_timeout", None),
     )
 
@@ -72,6 +72,13 @@ def add_mesh_options(sp: argparse.ArgumentParser, *, required: bool) -> None:
         "--mesh-tls-cert", metavar="FILE", default=None, help="client certificate (mutual TLS)"
     )
     sp.add_argument("--mesh-tls-key", metavar="FILE", default=None, help="client certificate's key")
+    sp.add_argument(
+        "--mesh-domain",
+        metavar="D",
+        default=None,
+        help="JetStream domain that holds the mesh's streams (a node in a second region joined "
+        "as a leafnode gives the first region's domain; default: the server's own)",
+    )
     sp.add_argument(
         "--node-name",
         metavar="N",

@@ -60,11 +60,21 @@ class HeartbeatService:
         assert agent.stopping is not None
         kv = await agent.ensure_kv(agent.names.nodes_bucket, history=1)
         key = agent.config.node_name
+        domain = agent.config.js_domain
+
+        async def put(value: dict[str, Any]) -> None:
+            data = json.dumps(value, sort_keys=True).encode()
+            if domain is None:
+                await kv.put(key, data)
+                return
+            # A bucket in another JetStream domain (a node in a second region): `$KV.` does
+            # not cross the leafnode, the domain's API prefix does (mapped to `$KV.` there).
+            await agent.js.publish(f"$JS.{domain}.API.$KV.{agent.names.nodes_bucket}.{key}", data)
+
         try:
             while not agent.stopping.is_set():
                 if agent.connected.is_set():
-                    value = heartbeat_value(agent, alive=True)
-                    await kv.put(key, json.dumps(value, sort_keys=True).encode())
+                    await put(heartbeat_value(agent, alive=True))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(agent.stopping.wait(), timeout=agent.config.heartbeat_s)
         finally:
@@ -74,6 +84,4 @@ class HeartbeatService:
 
                 # Best effort: `mesh status` ages a silent node out anyway.
                 with contextlib.suppress(NatsError, TimeoutError, OSError):
-                    await asyncio.wait_for(
-                        kv.put(key, json.dumps(final, sort_keys=True).encode()), timeout=3
-                    )
+                    await asyncio.wait_for(put(final), timeout=3)
