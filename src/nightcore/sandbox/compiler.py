@@ -4,9 +4,10 @@ A module's compilation is not covered by its run's limits (fuel, wall time and m
 when the guest does), and Cranelift's time and memory grow with the module: 300,000 empty
 functions in 1.8 MB took 32 s and 1.9 GB in-process. So the in-process sandbox compiles
 every module it does not have compiled (a cache miss) in a child process
-(``python -I -m nightcore.sandbox.compile_child``), never a fork of the node. Each
-compilation takes an idle child of its sandbox's :class:`CompilePool` or starts one (a slow
-compilation never queues a neighbour's); two idle children are kept for later misses:
+(``python -I`` running :mod:`nightcore.sandbox.compile_child` from this process's own copy
+of the package), never a fork of the node. Each compilation takes an idle child of its
+sandbox's :class:`CompilePool` or starts one (a slow compilation never queues a
+neighbour's); two idle children are kept for later misses:
 
 1. the child imports Wasmtime, sets ``RLIMIT_CORE=0`` and says it is ready (its start-up is
    not counted against ``compile_ms``);
@@ -55,6 +56,7 @@ REQUEST = struct.Struct(">QQB")
 LEN8 = struct.Struct(">Q")
 LEN4 = struct.Struct(">I")
 MAX_MESSAGE = 64 * 1024
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding nightcore/
 
 
 @dataclass(frozen=True)
@@ -125,8 +127,15 @@ class CompileProcess:
         self._closed = False
 
     def _start(self) -> subprocess.Popen[bytes]:
+        # -I (no environment, no user site, no cwd on the path), with this process's own copy
+        # of nightcore first on the path: the child runs exactly the parent's code (a source
+        # checkout, a test clone, an AUFS-updated runtime), so its artifacts fit our Engine.
+        boot = (
+            f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
+            "from nightcore.sandbox.compile_child import main; main()"
+        )
         proc = subprocess.Popen(
-            [sys.executable, "-I", "-m", "nightcore.sandbox.compile_child"],
+            [sys.executable, "-I", "-c", boot],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
