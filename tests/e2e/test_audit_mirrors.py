@@ -232,8 +232,10 @@ def _runs_until(env: Env, lines: int) -> int:
 
 
 def _verify(env: Env, source: str) -> dict[str, object]:
+    from tests.e2e.test_json_schemas import check
+
     res = env.cli("audit", "verify", "--source", source, "--json")
-    report = res.json()
+    report = check("audit-verify", res.json())  # the documented schema, anchor included
     assert res.code == (0 if report["ok"] else 1), res.err
     return dict(report)
 

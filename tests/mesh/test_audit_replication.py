@@ -55,14 +55,18 @@ def _js_call(url: str, fn: Any, domain: str | None = None) -> Any:
 
 
 def _counts(url: str, stream: str, domain: str | None = None) -> tuple[int, int]:
-    """(line messages, checkpoint messages) of node NODE in ``stream`` ((-1, -1): no stream)."""
-    from nats.js.errors import NotFoundError
+    """(line messages, checkpoint messages) of node NODE in ``stream`` ((-1, -1): no stream;
+    (-2, -2): no answer now, e.g. a cluster electing the stream's new leader: poll again)."""
+    import nats.errors
+    from nats.js.errors import APIError, NotFoundError
 
     async def count(js: Any) -> tuple[int, int]:
         try:
             info = await js.stream_info(stream, subjects_filter=f"{PREFIX}.audit.{NODE}.>")
         except NotFoundError:
             return -1, -1
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError, APIError):
+            return -2, -2
         subjects = info.state.subjects or {}
         return int(subjects.get(LINE_SUBJECT, 0)), int(subjects.get(CP_SUBJECT, 0))
 
@@ -95,8 +99,11 @@ def _wait_replicated(env: Env, url: str, stream: str, domain: str | None = None)
 
 
 def _verify(env: Env, url: str, *extra: str) -> tuple[int, dict[str, Any], str]:
+    from tests.e2e.test_json_schemas import check
+
     res = env.cli("audit", "verify", "--source", url, "--json", *extra)
-    return res.code, dict(res.json()) if res.out.strip() else {}, res.err
+    report = dict(check("audit-verify", res.json())) if res.out.strip() else {}
+    return res.code, report, res.err
 
 
 @pytest.fixture
