@@ -581,3 +581,29 @@ def test_a_node_in_the_second_region_applies_the_first_regions_trust_stream(
         assert status["trust"]["documents"] == 1  # one trust stream: the hub's
     finally:
         west.kill()
+
+
+def test_the_nodes_console_shows_its_mesh_state(
+    nats_server: NatsServer, tmp_path: Path, keys_dir: dict[str, GeneratedKey]
+) -> None:
+    import re
+    import urllib.request
+
+    node = MeshNode(
+        make_workspace(tmp_path / "ws", keys_dir),
+        nats_server.url,
+        "n1",
+        extra=("--http", "127.0.0.1:0"),
+    )
+    try:
+        node.wait_caught_up()
+        line = next(x for x in node.log if "console on " in x)
+        m = re.search(r"console on (http://\S+)", line)
+        assert m is not None, line
+        with urllib.request.urlopen(m.group(1).rstrip("/") + "/api/mesh", timeout=30) as resp:  # noqa: S310 - loopback
+            view = json.loads(resp.read())["mesh"]
+        assert view["node"] == "n1" and view["connected"] is True and view["admitted"] is True
+        assert view["cordoned"] is False and view["trust"]["seq"] == 0
+        assert view["auth"] == "none" and "servers" in view
+    finally:
+        node.kill()

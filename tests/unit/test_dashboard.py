@@ -722,6 +722,7 @@ def test_openapi_schema_is_valid_and_complete(console: tuple[TestClient, str, En
         "/api/tenants",
         "/api/runs",
         "/api/audit/verify",
+        "/api/mesh",
         "/api/checkpoint",
         "/api/tenants/{tenant}/cordon",
         "/api/tenants/{tenant}/uncordon",

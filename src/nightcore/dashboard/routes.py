@@ -70,6 +70,8 @@ class Console:
     ping_every: float
     api_version: str
     failures: RateLimiter = field(default_factory=lambda: RateLimiter(FAILED_AUTH_LIMIT, 60.0))
+    # The host's Night Mesh view (the node agent with --mesh passes one; docs/mesh.md).
+    mesh: Callable[[], dict[str, Any]] | None = None
     page_headers: dict[str, str] = field(
         default_factory=lambda: {"Content-Security-Policy": assets.csp(live=True, header=True)}
     )
@@ -268,6 +270,12 @@ async def api_runs(request: Request) -> Response:
     return JSONResponse({"runs": rows or []})
 
 
+async def api_mesh(request: Request) -> Response:
+    query(request, ())
+    view = console_of(request).mesh
+    return JSONResponse({"mesh": await run_in_threadpool(view) if view is not None else None})
+
+
 async def api_verify(request: Request) -> Response:
     query(request, ())
     view = await run_in_threadpool(console_of(request).live.verify)
@@ -377,6 +385,7 @@ ROUTES = [
     Route("/api/tenants", guarded(api_tenants), methods=["GET"]),
     Route("/api/runs", guarded(api_runs), methods=["GET"]),
     Route("/api/audit/verify", guarded(api_verify), methods=["GET"]),
+    Route("/api/mesh", guarded(api_mesh), methods=["GET"]),
     Route("/api/checkpoint", guarded(api_checkpoint), methods=["GET", "POST"]),
     Route("/api/tenants/{tenant}/cordon", guarded(cordon_tenant), methods=["POST"]),
     Route("/api/tenants/{tenant}/uncordon", guarded(uncordon_tenant), methods=["POST"]),

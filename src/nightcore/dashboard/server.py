@@ -89,6 +89,7 @@ def create_app(
     max_rows: int = MAX_ROWS,
     log: Callable[[str], None] | None = None,
     run: Callable[[list[str]], dict[str, Any]] | None = None,
+    mesh: Callable[[], dict[str, Any]] | None = None,
 ) -> Starlette:
     """The console as an ASGI app (``allowed_hosts``: the host names clients may use).
 
@@ -96,6 +97,7 @@ def create_app(
     clients may use is not a loopback name (:func:`serve` says whether it is bound to loopback).
     ``run``: the host's way to run tenants for ``POST /api/run`` (the node agent passes its
     own, so the console's runs use its worker pool); by default the console keeps a warm runner.
+    ``mesh``: the host's Night Mesh view for ``GET /api/mesh`` (a mesh node passes its own).
     """
     from nightcore.dashboard.collect import versions
 
@@ -119,6 +121,7 @@ def create_app(
         events_token=events_token,
         ping_every=ping_every,
         api_version=versions()["nightcore"],
+        mesh=mesh,
     )
     app = Starlette(routes=ROUTES, exception_handlers={HTTPException: http_error})
     app.state.console = console

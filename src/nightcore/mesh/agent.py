@@ -247,6 +247,13 @@ class MeshAgent:
             "last_error": self.last_error,
         }
 
+    def view(self) -> dict[str, Any]:
+        """This node's mesh state for the console (``GET /api/mesh``): :meth:`describe`, its
+        own cordon, the trust-document versions applied. No NATS request."""
+        from nightcore.mesh.heartbeat import trust_versions
+
+        return {**self.describe(), "cordoned": self.node_cordoned(), "trust": trust_versions(self)}
+
     # -- the loop ---------------------------------------------------------------------------
     def _thread_main(self) -> None:
         asyncio.run(self._main())

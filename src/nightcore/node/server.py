@@ -221,6 +221,7 @@ class Node:
             events_token=False,
             run=self.run_for_console,
             log=log,
+            mesh=self.mesh.view if self.mesh is not None else None,
         )
         server = console._uvicorn_server(app)
         self._console = (server, sock, app)
