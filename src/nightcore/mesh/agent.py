@@ -18,7 +18,8 @@ A service is any object with ``name: str`` and ``async def run(self, agent) -> N
   on the bus (take no work before), ``agent.node_cordoned()``: this node is cordoned (take no
   work),
 - ``agent.heartbeat_fields``: a dict a service may set a key of (plain JSON data) to have it
-  published in the node's heartbeat and shown by ``mesh status``,
+  published in the node's heartbeat and shown by ``mesh status``; ``agent.beat.set()`` sends
+  the next heartbeat at once,
 - ``agent.ensure_stream(...)`` / ``agent.ensure_kv(...)``: create-or-open with the
   deployment's replica count.
 """
@@ -168,6 +169,7 @@ class MeshAgent:
         self.connected = threading.Event()
         self.generation = 0  # bumped on every disconnect
         self.wake: asyncio.Event | None = None  # set on reconnect: services re-check
+        self.beat: asyncio.Event | None = None  # set: send a heartbeat now (state changed)
         self.heartbeat_fields: dict[str, Any] = {}
         self.started = time.time()
         self._thread: threading.Thread | None = None
@@ -231,10 +233,12 @@ class MeshAgent:
         )
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        loop, stopping = self.loop, self.stopping
+        loop, stopping, beat = self.loop, self.stopping, self.beat
         if loop is not None and stopping is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                 loop.call_soon_threadsafe(stopping.set)
+                if beat is not None:
+                    loop.call_soon_threadsafe(beat.set)
         if self._thread is not None:
             self._thread.join(timeout=timeout_s)
             self._thread = None
@@ -262,6 +266,7 @@ class MeshAgent:
         self.loop = asyncio.get_running_loop()
         self.stopping = asyncio.Event()
         self.wake = asyncio.Event()
+        self.beat = asyncio.Event()
         self._ready.set()
         try:
             if not await self._connect():

@@ -75,8 +75,12 @@ class HeartbeatService:
             while not agent.stopping.is_set():
                 if agent.connected.is_set():
                     await put(heartbeat_value(agent, alive=True))
+                # The next one after the interval, or at once when the node's state changed
+                # (caught up, a trust document applied) or it stops.
+                assert agent.beat is not None
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(agent.stopping.wait(), timeout=agent.config.heartbeat_s)
+                    await asyncio.wait_for(agent.beat.wait(), timeout=agent.config.heartbeat_s)
+                agent.beat.clear()
         finally:
             if agent.stopping.is_set() and agent.connected.is_set():
                 final = heartbeat_value(agent, alive=False)

@@ -299,6 +299,8 @@ class TrustService:
         if gen == agent.generation and agent.connected.is_set() and not agent.admitted.is_set():
             agent.admitted.set()
             agent.log("mesh: caught up with the trust stream: admitting runs")
+            if agent.beat is not None:
+                agent.beat.set()
 
     async def catch_up(self, agent: MeshAgent) -> int:
         """Apply every document after the last one processed; how many were found."""
@@ -339,4 +341,6 @@ class TrustService:
             ms = (time.perf_counter() - t0) * 1000
             agent.log(f"mesh: trust document {seq} ({result['kind']}) {what} in {ms:.1f} ms")
             seq += 1
+        if found and agent.beat is not None:
+            agent.beat.set()  # the heartbeat carries the new versions at once
         return found
