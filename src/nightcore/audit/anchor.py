@@ -101,6 +101,7 @@ Problem = tuple[str, str, int | None]  # code, message, seq
 
 
 def _root_problem(tree: Any, node: dict[int, SignedCheckpoint], size: int) -> Problem | None:
+    """(code, message, seq) if a node checkpoint's root is not the mirror's."""
     for cp_size in sorted(node):
         if cp_size > size:
             break
@@ -116,6 +117,7 @@ def _root_problem(tree: Any, node: dict[int, SignedCheckpoint], size: int) -> Pr
 
 
 def _line_problem(size: int, node_lines: int, differs: int | None) -> Problem | None:
+    """(code, message, seq) if the mirror's lines are not the node's own."""
     if differs is not None:
         return (
             "MIRROR_DIVERGED",
@@ -134,6 +136,7 @@ def _line_problem(size: int, node_lines: int, differs: int | None) -> Problem | 
 
 
 def _ack_problem(ack: Acknowledged, size: int, held: set[int]) -> Problem | None:
+    """(code, message, seq) if the mirror lost what it acknowledged."""
     if ack.lines > size:
         return (
             "MIRROR_TRUNCATED",
@@ -153,6 +156,7 @@ def _ack_problem(ack: Acknowledged, size: int, held: set[int]) -> Problem | None
 
 
 def _order_problem(node: dict[int, SignedCheckpoint], held: set[int]) -> Problem | None:
+    """(code, message, seq) if a node checkpoint is missing below one held."""
     top_held = max(held) if held else -1
     for cp_size in sorted(node):
         if cp_size < top_held and cp_size not in held:
