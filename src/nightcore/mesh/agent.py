@@ -254,9 +254,13 @@ class MeshAgent:
     def view(self) -> dict[str, Any]:
         """This node's mesh state for the console (``GET /api/mesh``): :meth:`describe`, its
         own cordon, the trust-document versions applied. No NATS request."""
-        from nightcore.mesh.heartbeat import trust_versions
+        from nightcore.mesh.state import trust_versions
 
-        return {**self.describe(), "cordoned": self.node_cordoned(), "trust": trust_versions(self)}
+        return {
+            **self.describe(),
+            "cordoned": self.node_cordoned(),
+            "trust": trust_versions(self.ctx),
+        }
 
     # -- the loop ---------------------------------------------------------------------------
     def _thread_main(self) -> None:

@@ -21,19 +21,9 @@ if TYPE_CHECKING:
     from nightcore.mesh.agent import MeshAgent
 
 
-def trust_versions(agent: MeshAgent) -> dict[str, int]:
-    from nightcore.mesh.state import load_state
-
-    state = load_state(agent.ctx.layout)
-    return {
-        "seq": state.seq,
-        "changes_version": state.changes_version,
-        "revocations_version": agent.ctx.revocation_mark(),
-    }
-
-
 def heartbeat_value(agent: MeshAgent, *, alive: bool) -> dict[str, Any]:
     from nightcore import __version__
+    from nightcore.mesh.state import trust_versions
 
     return {
         "node": agent.config.node_name,
@@ -45,7 +35,7 @@ def heartbeat_value(agent: MeshAgent, *, alive: bool) -> dict[str, Any]:
         "interval_s": agent.config.heartbeat_s,
         "started": round(agent.started, 3),
         "pid": os.getpid(),
-        "trust": trust_versions(agent),
+        "trust": trust_versions(agent.ctx),
         **{k: v for k, v in agent.heartbeat_fields.items() if k not in ("node", "ts")},
     }
 

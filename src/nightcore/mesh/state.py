@@ -20,6 +20,7 @@ from nightcore.errors import NightCoreError, StateError
 from nightcore.fsio import atomic_write
 
 if TYPE_CHECKING:
+    from nightcore.context import NodeContext
     from nightcore.layout import Layout
 
 
@@ -66,3 +67,14 @@ def save_state(layout: Layout, state: MeshState) -> None:
     path = state_path(layout)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, canonical(state.to_dict()) + b"\n", 0o600)
+
+
+def trust_versions(ctx: NodeContext) -> dict[str, int]:
+    """What this node applied: the last trust-stream sequence, the change version and the
+    revocation list version (heartbeats, ``GET /api/mesh``)."""
+    state = load_state(ctx.layout)
+    return {
+        "seq": state.seq,
+        "changes_version": state.changes_version,
+        "revocations_version": ctx.revocation_mark(),
+    }
