@@ -98,10 +98,10 @@ def test_sandbox_exception_is_the_tenants_outcome(
         env.add_tenant(t)
     original = Sandbox.run
 
-    def run(self: Sandbox, module: bytes, cfg: Any) -> Any:
+    def run(self: Sandbox, module: bytes, cfg: Any, **kwargs: Any) -> Any:
         if cfg.tenant == "beta":  # injected: a bug in the sandbox for one tenant
             raise RuntimeError("unexpected engine state")
-        return original(self, module, cfg)
+        return original(self, module, cfg, **kwargs)
 
     monkeypatch.setattr(Sandbox, "run", run)
     report = app.run(NodeContext(env.ws), list(TENANTS))
