@@ -78,7 +78,9 @@ def hostile_workspace(env: Env) -> NodeContext:
     )
     (env.ws / "modules" / XSS).mkdir()  # a directory name that is not a tenant id
     ws = NodeContext(env.ws)
-    run_tenants(ws)
+    report = run_tenants(ws)
+    codes = {r.tenant: (r.code, r.reason) for r in report.runs}
+    assert codes["hello"][0] == codes["shouter"][0] == "OK", codes
     ws.audit().append(
         "verify",
         {
@@ -150,7 +152,8 @@ def test_report_shows_tenants_runs_limits_and_charts(env: Env) -> None:
     hello, broken = s.tenant("hello"), s.tenant("broken")
     assert hello is not None and broken is not None
     assert hello.verdict == "OK" and hello.runs == 2 and hello.last_run is not None
-    assert hello.last_run.code == "OK" and hello.key_id == env.publisher.key_id
+    assert hello.last_run.code == "OK", vars(hello.last_run)
+    assert hello.key_id == env.publisher.key_id
     assert hello.limits["fuel"] == hello.last_run.limits["fuel"] > 0
     assert hello.output_preview == "hello"
     assert broken.verdict == "DIGEST_MISMATCH" and broken.last_run is None and broken.attention
