@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import select
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from nightcore.errors import NightCoreError
 
-__all__ = ["atomic_write", "file_lock", "hold_lock"]
+__all__ = ["atomic_write", "file_lock", "hold_lock", "wait_readable"]
 
 
 @contextmanager
@@ -104,3 +105,21 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644, *, durable: bool = 
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def wait_readable(fds: list[int], timeout: float | None) -> list[int]:
+    """The descriptors of ``fds`` that are readable (or closed) within ``timeout`` seconds.
+
+    ``poll``, not ``select``: a resident node raises its descriptor limit, so descriptor
+    numbers pass ``FD_SETSIZE`` (1024) and ``select`` would refuse them. ``None`` waits forever.
+    """
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+    ms = None if timeout is None else max(0, int(timeout * 1000) + 1)
+    while True:
+        try:
+            events = poller.poll(ms)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries poll itself
+            continue
+        return [fd for fd, _ in events]

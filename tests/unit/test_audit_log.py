@@ -195,3 +195,46 @@ def test_a_recovery_interrupted_before_its_event_is_finished_by_the_next_writer(
     assert events.count("audit_torn_tail_recovered") == 1
     assert not again.exists()
     assert verify_chain(iter(lines(log))).entries == 5
+
+
+def _open_fds() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_dropped_log_closes_its_kept_descriptors(tmp_path: Path) -> None:
+    """The writer keeps its lock and log descriptors between appends; a process that opens
+    many workspaces (a node's console, the test suite) must get them back when a log goes,
+    or descriptor numbers climb past select()'s FD_SETSIZE and the limit (seen in CI)."""
+    import gc
+
+    before = _open_fds()
+    for i in range(20):
+        log = make(tmp_path / str(i), 2)
+        assert log._fds is not None  # the descriptors are kept between appends
+        del log
+    gc.collect()
+    assert _open_fds() <= before
+
+
+def test_contexts_of_many_workspaces_do_not_accumulate_descriptors(tmp_path: Path) -> None:
+    """The process-wide transparency-log table holds logs weakly: dropping a context frees its
+    audit descriptors even after a checkpoint put its log in the table."""
+    import gc
+
+    from nightcore import app
+    from nightcore.context import NodeContext
+
+    def one(i: int) -> None:
+        ctx = NodeContext(app.init_workspace(tmp_path / f"ws{i}").root)
+        ctx.audit().append("test", {"i": i})
+        ctx.transparency_log().checkpoint("test")
+
+    one(0)
+    gc.collect()
+    before = _open_fds()
+    for i in range(1, 15):
+        one(i)
+    gc.collect()
+    assert _open_fds() <= before

@@ -213,12 +213,17 @@ class AuditLog:
             self._cursor = None
         return fd
 
+    def __del__(self) -> None:
+        # The kept descriptors are plain ints: without this a dropped log would leak them.
+        self.close()
+
     def close(self) -> None:
-        if self._fds is not None:
-            for fd in self._fds:
+        fds: tuple[int, int] | None = getattr(self, "_fds", None)
+        if fds is not None:
+            self._fds = None
+            for fd in fds:
                 if fd >= 0:
                     os.close(fd)
-            self._fds = None
 
     def _write(self, events: list[Event]) -> list[Entry]:
         with self._locked() as fd:

@@ -63,6 +63,7 @@ import hmac
 import os
 import re
 import threading
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -573,7 +574,10 @@ def read_line(path: Path, seq: int) -> bytes | None:
 # --------------------------------------------------------------------------------------------
 # Entry points for the run pipeline
 
-_LOGS: dict[Path, TransparencyLog] = {}
+# Weak: a log lives as long as a context that uses it (a node's for its lifetime), so a process
+# that opens many workspaces (tests, a console over several) does not keep every tree and
+# every audit descriptor forever.
+_LOGS: weakref.WeakValueDictionary[Path, TransparencyLog] = weakref.WeakValueDictionary()
 _LOGS_MUTEX = threading.Lock()
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import select
 import signal
 import socket
 import struct
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nightcore.errors import NightCoreError
+from nightcore.fsio import wait_readable
 from nightcore.node import protocol
 
 if TYPE_CHECKING:
@@ -276,7 +276,7 @@ class Node:
         assert self._listener is not None
         listener = self._listener
         while not self._stop.is_set():
-            ready, _, _ = select.select([listener.fileno(), self._wake_r], [], [])
+            ready = wait_readable([listener.fileno(), self._wake_r], None)
             if self._wake_r in ready or self._stop.is_set():
                 break
             try:

@@ -199,6 +199,9 @@ class KillSwitch:
         with self._check_lock:
             with self._cond:
                 horizon = self._seq
+                idle = own is None and not self._runs
+            if idle:
+                return  # nothing to judge: parse lazily, when the next run registers
             signature = tuple(_identity(p) for p in self._paths)
             if signature == self._signature and self._state is not None:
                 if own is not None:

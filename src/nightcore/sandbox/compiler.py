@@ -38,7 +38,6 @@ import contextlib
 import math
 import os
 import resource
-import select
 import signal
 import struct
 import subprocess
@@ -47,6 +46,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from nightcore.fsio import wait_readable
 
 # Time the child may take to start (import Wasmtime): generous, because a loaded node's
 # interpreter start is slow, and not counted against compile_ms.
@@ -81,7 +82,7 @@ def _read(fd: int, n: int, deadline: float) -> bytes:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise _Timeout
-        ready, _, _ = select.select([fd], [], [], remaining)
+        ready = wait_readable([fd], remaining)
         if not ready:
             raise _Timeout
         chunk = os.read(fd, min(left, 1 << 20))

@@ -38,7 +38,6 @@ import hashlib
 import json
 import os
 import re
-import select
 import signal
 import struct
 import subprocess
@@ -51,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from nightcore.errors import RUN_CODES, SandboxError
+from nightcore.fsio import wait_readable
 from nightcore.sandbox import net as net_host
 from nightcore.sandbox.isolation import TenantIds, observed_layers, seccomp_available
 from nightcore.sandbox.types import (
@@ -239,7 +239,7 @@ def _read_exact(fd: int, n: int, deadline: float | None) -> bytes:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise FrameError("timed out", timeout=True)
-            ready, _, _ = select.select([fd], [], [], remaining)
+            ready = wait_readable([fd], remaining)
             if not ready:
                 raise FrameError("timed out", timeout=True)
         chunk = os.read(fd, min(left, 1 << 20))
