@@ -130,6 +130,15 @@ class Layout:
         return self.state_dir / "trust" / "revocations.version"
 
     @property
+    def live_dir(self) -> Path:
+        """Output of runs in progress, ``<run_id>.stdout``/``.stderr`` (``logs --follow``);
+        each pair is removed once the run's own output files are written."""
+        return self.state_dir / "live"
+
+    def live_output(self, run_id: str, stream: str) -> Path:
+        return self.live_dir / f"{run_id}.{stream}"
+
+    @property
     def audit_dir(self) -> Path:
         return self.state_dir / "audit"
 

@@ -7,7 +7,7 @@ process (the node agent's socket API) gets exactly what an in-process caller get
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -175,9 +175,10 @@ ATTESTATION_CAP = 1 << 20
 STREAMS = ("stdout", "stderr")
 
 
-def resolve_run_id(ctx: NodeContext, prefix: str) -> str:
+def resolve_run_id(ctx: NodeContext, prefix: str, *, in_progress: bool = False) -> str:
     """The run id that ``prefix`` starts (a whole id, or a unique prefix of one), among the
-    runs whose files are under ``state/runs/``. ``RUN_NOT_FOUND`` when none starts with it,
+    runs whose files are under ``state/runs/`` (and, ``in_progress``, the runs whose output
+    is being written under ``state/live/``). ``RUN_NOT_FOUND`` when none starts with it,
     ``ID_AMBIGUOUS`` (naming them) when several do; ``USAGE`` for what cannot start a run id
     (a path, an empty string). Read-only."""
     import os
@@ -193,6 +194,11 @@ def resolve_run_id(ctx: NodeContext, prefix: str) -> str:
     if prefix and runs_dir.is_dir():
         with os.scandir(runs_dir) as it:
             names = [e.name for e in it if e.name.startswith(prefix) and e.is_dir()]
+    live_dir = ctx.layout.live_dir
+    if in_progress and prefix and live_dir.is_dir():
+        with os.scandir(live_dir) as it:
+            live = {e.name.rsplit(".", 1)[0] for e in it if e.name.startswith(prefix)}
+        names = sorted(set(names) | live)
     return resolve_prefix(prefix, names, "run", code="RUN_NOT_FOUND")
 
 
@@ -329,6 +335,45 @@ def run_log(
             return run_id, f.read(cap), size
     except FileNotFoundError:
         return run_id, b"", 0
+
+
+def follow_run_log(
+    ctx: NodeContext, run: str, stream: str = "stdout", *, poll_s: float = 0.1
+) -> Iterator[bytes]:
+    """``nightcore logs --follow``: the bytes a run writes to ``stream``, as they come.
+
+    A run in progress in this workspace (in process or on a node's worker) has its output
+    copied to ``state/live/<run_id>.<stream>``; that file is read until the run's own output
+    files are written and the live file is removed, which ends the stream (everything was
+    written to it before it was closed). A run that already ended is read from its files.
+    A strongbox run's output is seen only when it ends (its worker cannot reach ``state/``).
+    """
+    import os
+    import time
+
+    from nightcore.errors import UsageError
+
+    if stream not in STREAMS:
+        raise UsageError(f"no stream {stream!r}: stdout or stderr")
+    run_id = resolve_run_id(ctx, run, in_progress=True)
+    live = ctx.layout.live_output(run_id, stream)
+    try:
+        fd = os.open(live, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield run_log(ctx, run_id, stream)[1]  # ended already (or never had a live view)
+        return
+    try:
+        while True:
+            # Checked before reading: no byte comes after either (the sandbox closed the live
+            # file before the run's own files were written and the live file removed).
+            ended = not live.exists() or (ctx.layout.run_dir(run_id) / "stdout").exists()
+            while chunk := os.read(fd, 1 << 16):
+                yield chunk
+            if ended:
+                return
+            time.sleep(poll_s)  # a person's tail -f: polls the file, as tail does
+    finally:
+        os.close(fd)
 
 
 def rebuild_index(ctx: NodeContext) -> int:

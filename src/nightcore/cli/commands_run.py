@@ -447,6 +447,8 @@ def _runs_logs(args: argparse.Namespace) -> int:
     from nightcore.cli.render import clean
 
     stream = "stderr" if args.stderr else "stdout"
+    if getattr(args, "follow", False):
+        return _follow(args, stream)
     run_id, data, size = run_log(_ws(args), args.run_id, stream)
     truncated = size > len(data)
     if args.json:
@@ -470,6 +472,32 @@ def _runs_logs(args: argparse.Namespace) -> int:
         sys.stdout.buffer.flush()
     if truncated:
         info(f"{stream} of {run_id} is {size} bytes: printed the first {LOG_CAP}")
+    return 0
+
+
+def _follow(args: argparse.Namespace, stream: str) -> int:
+    from nightcore.app.run import follow_run_log
+    from nightcore.cli.render import clean
+    from nightcore.errors import UsageError
+
+    if args.json:
+        raise UsageError("--follow prints the bytes as they come: not with --json")
+    tidy = sys.stdout.isatty() and not args.raw
+    pending = b""
+    sys.stdout.flush()
+    for chunk in follow_run_log(_ws(args), args.run_id, stream):
+        if not tidy:
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+            continue
+        # On a person's terminal, whole lines cleaned of control sequences.
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            sys.stdout.write(clean(line.decode("utf-8", errors="replace"), 1 << 20) + "\n")
+        sys.stdout.flush()
+    if tidy and pending:
+        sys.stdout.write(clean(pending.decode("utf-8", errors="replace"), 1 << 20) + "\n")
     return 0
 
 
@@ -542,6 +570,12 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     )
     sp.add_argument("--stderr", action="store_true", help="logs: the stderr stream")
     sp.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="logs: print the output as the run writes it, until the run ends",
+    )
+    sp.add_argument(
         "--raw",
         action="store_true",
         help="logs: the bytes as written even on a terminal (default there: cleaned lines)",
@@ -557,6 +591,13 @@ def register(add: Callable[..., argparse.ArgumentParser], sub: Any) -> None:
     sp = add("logs", cmd_logs)
     sp.add_argument("run_id", metavar="RUN_ID", help="a run id or a unique prefix of one")
     sp.add_argument("--stderr", action="store_true", help="the stderr stream (default: stdout)")
+    sp.add_argument(
+        "--follow",
+        "-f",
+        action="store_true",
+        help="print the output as the run writes it, until the run ends (a run in progress "
+        "in process or on a node; a strongbox run's output appears when it ends)",
+    )
     sp.add_argument(
         "--raw",
         action="store_true",

@@ -569,7 +569,11 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
         "nightcore runs --tenant hello --limit 10 --json",
         "nightcore runs --denied",
     ),
-    "logs": ("nightcore logs 20261205T0750", "nightcore logs 20261205T0750 --stderr"),
+    "logs": (
+        "nightcore logs 20261205T0750",
+        "nightcore logs 20261205T0750 --stderr",
+        "nightcore logs --follow 20261205T0750",
+    ),
     "state": ("nightcore state rebuild",),
     "audit": (
         "nightcore audit verify",

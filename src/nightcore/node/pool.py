@@ -467,7 +467,8 @@ class RunnerPool:
         """A worker is gone mid-batch. Each of its runs ends as the audit log says: reported or
         recorded already (kept as it is), started but open (closed now with ``code``), or never
         started (reported with ``code``; one ``worker_crashed`` line names them)."""
-        from nightcore.node.recovery import interrupted_events, runs_since
+        from nightcore.layout import Layout
+        from nightcore.node.recovery import discard_live_output, interrupted_events, runs_since
 
         audit = self._audit()
         with audit.path.open("rb") as fh:
@@ -480,6 +481,7 @@ class RunnerPool:
         detail = f"worker {pid} {why} during the run; it was replaced"
         events = interrupted_events(still_open, code=code, detail=detail)
         closed = {e.record["data"]["run_id"]: e.seq for e in audit.append_many(events)}
+        discard_live_output(Layout(self.workspace).live_dir, closed)
         unstarted = [j for j in batch if j.run_id not in starts and j.run_id not in reported]
         if unstarted:
             audit.append(

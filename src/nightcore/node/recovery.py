@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -92,3 +93,27 @@ def close_interrupted(audit: AuditLog) -> list[str]:
     if pending:
         audit.append_many(interrupted_events(pending))
     return list(pending)
+
+
+def discard_live_output(live_dir: Path, run_ids: Iterable[str] | None = None) -> None:
+    """Remove the live output of runs that ended without their own output files (closed as
+    ``INTERRUPTED``/``WORKER_CRASHED``), so ``logs --follow`` stops; ``None``: every live
+    file (a node starting: no run of this workspace is in flight). One flat directory, read
+    without recursion; only regular files are removed."""
+    import contextlib
+    import os
+    import stat
+
+    if run_ids is not None:
+        names = [f"{rid}.{stream}" for rid in run_ids for stream in ("stdout", "stderr")]
+    else:
+        try:
+            with os.scandir(live_dir) as it:
+                names = [e.name for e in it]
+        except FileNotFoundError:
+            return
+    for name in names:
+        path = live_dir / name
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                path.unlink()

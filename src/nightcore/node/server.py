@@ -130,7 +130,7 @@ class Node:
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         from nightcore.node.pool import RunnerPool
-        from nightcore.node.recovery import close_interrupted
+        from nightcore.node.recovery import close_interrupted, discard_live_output
 
         self._take_lock()
         try:
@@ -146,6 +146,7 @@ class Node:
             # Before any new work: a run a dead node left open gets its closing outcome. The
             # workers have taken none yet (they take work only from this node's requests).
             closed = close_interrupted(audit)
+            discard_live_output(layout.live_dir)
             if closed:
                 log(f"closed {len(closed)} run(s) a previous node left open: INTERRUPTED")
             self.ctx.node_signer()  # fail now, not at the first run, if the key cannot load

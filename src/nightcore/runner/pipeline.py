@@ -8,6 +8,7 @@ each run owns its Store, so one hostile tenant costs only its own limits.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -509,6 +510,7 @@ class Runner:
                 seed=_random_seed() if m.deterministic else 0,
                 net=net_access(m, ctx.policy),
                 run_id=tr.run_id,
+                live_dir=str(ctx.layout.live_dir),
             )
             events.append(
                 Event(
@@ -668,6 +670,11 @@ class Runner:
             snapped = True
         except Exception as exc:  # noqa: BLE001 - recorded as this tenant's outcome
             result = RunResult.refused(*host_error(exc, "before the run"))
+        if result is None and not confined:
+            # Where the sandbox copies the output as it comes (logs --follow): 0700, the
+            # node's; a directory that cannot be made only costs the live view.
+            with contextlib.suppress(OSError):
+                ctx.layout.live_dir.mkdir(mode=0o700, exist_ok=True)
         if result is None:
             try:
                 # The kill switch: a cordon or revocation made while this run is in flight
@@ -694,6 +701,8 @@ class Runner:
                 _write_output(run_dir / "stderr", result.stderr)
         except Exception as exc:  # noqa: BLE001 - recorded as this tenant's outcome
             result.code, result.detail = host_error(exc, "storing the run's output")
+        finally:
+            _discard_live(ctx.layout, tr.run_id)
         written: list[Any] = []
         truncated = False
         if rw and snapped:
@@ -868,3 +877,12 @@ def query_runs(
         return index.query(tenant, limit)
     finally:
         index.close()
+
+
+def _discard_live(layout: Layout, run_id: str) -> None:
+    """Remove a run's live output once its own output files are written (or failed to be):
+    ``logs --follow`` then reads the run's files. A live file that cannot be removed is only
+    a stale view (a node's start clears the directory)."""
+    for stream in ("stdout", "stderr"):
+        with contextlib.suppress(OSError):
+            layout.live_output(run_id, stream).unlink()

@@ -740,8 +740,8 @@ class Sandbox:
         if pre is None:
             return _failed("INSTANTIATE_ERROR", link_error, cache_status)
         limits = config.limits
-        sink = OutputSink(limits.output_bytes)
         wasi = _wasi_config(config)
+        sink = OutputSink(limits.output_bytes, _live_paths(config))
         released = sink.attach(wasi)
         store = wasmtime.Store(entry.engine)
         usage: RunUsage | None = None
@@ -818,6 +818,7 @@ class Sandbox:
             wasi.close()  # no-op once the store took it over
             for event in released:
                 event.wait(RELEASE_WAIT_S)
+            sink.close_live()
             disk_over = self._untrack(usage)
         self._net_events(config, performer)
         stdout, stderr, truncated = sink.snapshot()
@@ -837,6 +838,14 @@ class Sandbox:
             extra=extra,
             fuel_exact=fuel_exact,
         )
+
+
+def _live_paths(config: RunConfig) -> tuple[Path, Path] | None:
+    """Where the run's output is copied as it comes (``logs --follow``), if anywhere."""
+    if not (config.live_dir and config.run_id):
+        return None
+    base = Path(config.live_dir)
+    return base / f"{config.run_id}.stdout", base / f"{config.run_id}.stderr"
 
 
 # Traps at which compiled code has written its fuel counter back to the store: out-of-fuel

@@ -84,6 +84,10 @@ class RunConfig:
     # None: no NET capability (the `nightcore` host module is not even linked).
     net: NetAccess | None = None
     run_id: str = ""  # names the run in the sandbox's audit events (NET requests)
+    # A directory where the in-process sandbox also writes the output as it comes
+    # (``<run_id>.stdout``/``.stderr``, for ``logs --follow``); "" for none. Not sent to
+    # strongbox workers: their output is seen when the run ends.
+    live_dir: str = ""
 
 
 class Interrupt:

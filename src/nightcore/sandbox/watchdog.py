@@ -13,9 +13,11 @@ never run with a plain deadline that would drop the output stop.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 
 import wasmtime
 
@@ -49,15 +51,47 @@ class Ticker:
 
 
 class OutputSink:
-    """stdout + stderr of one run, capped at ``cap`` bytes in total."""
+    """stdout + stderr of one run, capped at ``cap`` bytes in total.
 
-    def __init__(self, cap: int) -> None:
+    With ``live`` (two paths), the accepted bytes are also appended to those files as they
+    arrive, for ``nightcore logs --follow``. The in-memory capture stays the record (the run's
+    output files and digests come from it); the live copy is a view, so a failed write to
+    it stops the copy and nothing else.
+    """
+
+    def __init__(self, cap: int, live: tuple[Path, Path] | None = None) -> None:
         self._cap = cap
         self._used = 0
         self._lock = threading.Lock()
         self.stdout = bytearray()
         self.stderr = bytearray()
         self.truncated = False
+        self._live: dict[int, int] | None = None  # id(buffer) -> descriptor
+        if live is not None:
+            self._live = {}
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                for buf, path in ((self.stdout, live[0]), (self.stderr, live[1])):
+                    self._live[id(buf)] = os.open(path, flags, 0o600)
+            except OSError:
+                self.close_live()
+
+    def close_live(self) -> None:
+        with self._lock:
+            fds, self._live = self._live, None
+        for fd in (fds or {}).values():
+            os.close(fd)
+
+    def _tee(self, buf: bytearray, data: bytes) -> None:
+        if self._live is None or not data:
+            return
+        try:
+            os.write(self._live[id(buf)], data)
+        except OSError:
+            # The live view only: the capture (the record) already holds these bytes.
+            fds, self._live = self._live, None
+            for fd in fds.values():
+                os.close(fd)
 
     def _take(self, buf: bytearray, data: bytes) -> int:
         with self._lock:
@@ -65,12 +99,14 @@ class OutputSink:
             if len(data) <= room:
                 buf += data
                 self._used += len(data)
+                self._tee(buf, data)
                 return len(data)
             self.truncated = True
             if room <= 0:
                 return 0  # short write: the guest's fd_write fails with EIO
             buf += data[:room]
             self._used += room
+            self._tee(buf, data[:room])
             return room
 
     def write_stdout(self, data: bytes) -> int:
