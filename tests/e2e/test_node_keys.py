@@ -350,3 +350,23 @@ def test_publisher_key_age_warning_and_rotation(tmp_path: Path) -> None:
     assert len(warns) == 1 and old_id[:16] in warns[0]["detail"]  # until the old key goes
     lines = (ws / "state" / "audit" / "audit.jsonl").read_text()
     assert '"event":"trust_key_rotated"' in lines
+
+
+def test_a_mirror_verifies_across_a_rotation(tmp_path: Path) -> None:
+    """A mirror carries the node-key history with the log: after a rotation, the mirror's own
+    check verifies the old key's checkpoints by the history (and the anchor still holds)."""
+    ws = workspace(tmp_path)
+    mirror = tmp_path / "mirror"
+    cfg = ws / "nightcore.toml"
+    cfg.write_text(
+        cfg.read_text() + f'\n[[audit.mirror]]\nname = "dr"\nkind = "dir"\npath = "{mirror}"\n'
+    )
+    run_hello(ws)  # checkpoint by the first key, pushed to the mirror
+    nc("-w", str(ws), "node-key", "rotate")
+    run_hello(ws)  # checkpoint by the second key
+    nc("-w", str(ws), "audit", "mirror", "sync")
+    assert (mirror / "node-keys.json").read_bytes() == (
+        ws / "state/audit/node-keys.json"
+    ).read_bytes()
+    res = nc("-w", str(ws), "audit", "verify", "--source", "dr", "--json", ok=False)
+    assert res.code == 0 and json.loads(res.out)["ok"], res.out + res.err

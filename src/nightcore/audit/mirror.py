@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from nightcore.audit.keyhistory import HISTORY_FILE
 from nightcore.canonical import canonical
 from nightcore.errors import ConfigError, NightCoreError
 from nightcore.fsio import atomic_write
@@ -239,7 +240,7 @@ class S3Sink:
         for key in keys:
             rel = key[len(prefix) :]
             is_note = rel.startswith("checkpoints/") and rel.endswith(".note")
-            if is_note or rel in ("audit.tail", "node.pub.pem"):
+            if is_note or rel in ("audit.tail", "node.pub.pem", HISTORY_FILE):
                 (dest / rel).write_bytes(self._get(key))
         return warnings
 
@@ -365,6 +366,11 @@ def sync_one(layout: Layout, cfg: MirrorConfig) -> MirrorStatus:
                     break
         total_lines = cur.lines
         sink.put_file("node.pub.pem", layout.node_pub_path.read_bytes())
+        # The node-key history travels with the log: after a rotation the mirror's own check
+        # verifies the old key's checkpoints by it (docs/keys.md).
+        history = audit_dir / HISTORY_FILE
+        if history.exists():
+            sink.put_file(HISTORY_FILE, history.read_bytes())
         cps = (
             sorted(
                 int(p.stem) for p in (audit_dir / "checkpoints").glob("*.note") if p.stem.isdigit()
