@@ -31,7 +31,7 @@ test: $(VENV)/.dev
 	$(BIN)/ruff format --check src tests tools benchmarks
 	$(BIN)/mypy
 	$(BIN)/python tools/build_tenants.py --check-c
-	$(BIN)/python tools/audit_deps.py
+	$(BIN)/python tools/audit_deps.py --new-unaudited warn
 	$(BIN)/python -m pytest -n 2 -q
 
 # The suite twice at the same time (`make test-under-load`), each in its own temporary clone of

@@ -453,3 +453,22 @@ def test_an_unreachable_vulnerability_database_is_reported_never_passed(tmp_path
     assert "audit[VULN_DB_UNREACHABLE] vulns: pip-audit could not reach PyPI" in p.stderr
     assert "Traceback" not in p.stderr
     assert "FAILED" in p.stdout
+
+
+def test_make_test_warns_on_a_newly_unauditable_pin_and_still_fails_on_the_rest(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A third party's release makes an older pin unauditable here (PyPI answers only for the
+    latest release): ``make audit`` fails on it; ``make test`` (``--new-unaudited warn``)
+    prints it and goes on. A known vulnerability fails either way. The gates' results are
+    injected: an upstream release is not a fault a test can cause."""
+    unaudited = ad.Finding("vulns", "UNAUDITED", "cryptography==50.0.2: no answer")
+    vulnerable = ad.Finding("vulns", "VULNERABLE", "jinja2 3.1.0: GHSA-x")
+    monkeypatch.setattr(ad, "run_gates", lambda *a: [unaudited])
+    assert ad.main(["--only", "vulns"]) == ad.EXIT_FINDINGS
+    capsys.readouterr()
+    assert ad.main(["--only", "vulns", "--new-unaudited", "warn"]) == 0
+    err = capsys.readouterr().err
+    assert "audit[UNAUDITED]" in err and "warning" in err
+    monkeypatch.setattr(ad, "run_gates", lambda *a: [unaudited, vulnerable])
+    assert ad.main(["--only", "vulns", "--new-unaudited", "warn"]) == ad.EXIT_FINDINGS
