@@ -68,7 +68,10 @@ def test_cli_json_matches_the_schemas(env: Env, tmp_path: Path) -> None:
     env.add_tenant("hello")
     env.add_tenant("evil", sign=False)
     env.add_tenant("frozen")
-    assert env.cli("cordon", "frozen", "--reason", "incident 7").code == 0
+    cordoned = check("cordon", out(env, "cordon", "frozen", "--reason", "incident 7"))
+    assert cordoned["cordoned"] is True and cordoned["reason"] == "incident 7"
+    check("cordon", out(env, "cordon", "spare", "--reason", "x"))
+    assert check("cordon", out(env, "uncordon", "spare"))["cordoned"] is False
 
     runs = check("run", out(env, "run", "--no-dashboard", code=1))
     by = {r["tenant"]: r for r in runs}
@@ -106,6 +109,11 @@ def test_cli_json_matches_the_schemas(env: Env, tmp_path: Path) -> None:
     assert env.cli("proof", "export", "--out", str(bundle)).code == 0
     pem = str(env.ws / "node.pub.pem")
     assert check("proof-verify", out(env, "proof", "verify", str(bundle), "--key", pem))["ok"]
+    forensic = tmp_path / "incident.tar.gz"
+    assert env.cli("forensics", "export", "--tenant", "hello", "--out", str(forensic)).code == 0
+    assert check("proof-verify", out(env, "forensics", "verify", str(forensic), "--key", pem))["ok"]
+    keys = check("node-key-list", out(env, "node-key", "list"))
+    assert keys["rotated"] is False and keys["keys"][0]["active"] is True
 
     # Error objects: a usage error (exit 2) and a refusal with a code.
     assert check("error", out(env, "runs", "--limit", "0", code=2))["code"] == "USAGE"
@@ -159,7 +167,10 @@ def test_console_api_uses_the_cli_shapes(env: Env, console: tuple[TestClient, st
     env.add_tenant("hello")
     env.add_tenant("evil", sign=False)
     env.add_tenant("frozen")
-    assert env.cli("cordon", "frozen", "--reason", "incident 7").code == 0
+    cordoned = check("cordon", out(env, "cordon", "frozen", "--reason", "incident 7"))
+    assert cordoned["cordoned"] is True and cordoned["reason"] == "incident 7"
+    check("cordon", out(env, "cordon", "spare", "--reason", "x"))
+    assert check("cordon", out(env, "uncordon", "spare"))["cordoned"] is False
     res = client.post(
         "/api/run",
         json={"tenants": ["evil", "frozen", "hello"]},
