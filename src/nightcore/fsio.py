@@ -23,7 +23,7 @@ from pathlib import Path
 
 from nightcore.errors import NightCoreError
 
-__all__ = ["atomic_write", "file_lock", "hold_lock", "wait_readable"]
+__all__ = ["atomic_write", "file_lock", "hold_lock", "read_regular_capped", "wait_readable"]
 
 
 @contextmanager
@@ -123,3 +123,27 @@ def wait_readable(fds: list[int], timeout: float | None) -> list[int]:
         except InterruptedError:  # pragma: no cover - PEP 475 retries poll itself
             continue
         return [fd for fd, _ in events]
+
+
+def read_regular_capped(path: Path, cap: int) -> bytes:
+    """The bytes of the regular file ``path``, at most ``cap`` of them; ``OSError`` for a
+    directory, device or FIFO (a link to ``/dev/zero`` would otherwise be read forever; the
+    open does not block on a FIFO) and for a larger file (``EFBIG``)."""
+    import errno
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        chunks: list[bytes] = []
+        left = cap + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > cap:
+        raise OSError(errno.EFBIG, f"larger than {cap} bytes", str(path))
+    return data

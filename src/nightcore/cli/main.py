@@ -734,6 +734,20 @@ def _need_sub(args: argparse.Namespace) -> int:
     raise UsageError(f"'{args.command}' needs an action; see nightcore {args.command} --help")
 
 
+def _refuse(
+    parsed: argparse.Namespace | None, argv: Sequence[str] | None, code: str, message: str
+) -> None:
+    """A refusal: the error object on stdout with ``--json`` (every code, also I/O errors),
+    and the one-line ``error[CODE]: message`` on stderr."""
+    from nightcore.cli.render import clean, error, print_json
+
+    if getattr(parsed, "json", False) or (
+        parsed is None and "--json" in (sys.argv[1:] if argv is None else argv)
+    ):
+        print_json({"ok": False, "code": code, "error": clean(message, 400)})
+    error(code, message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     if "_ARGCOMPLETE" in os.environ:
@@ -754,21 +768,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_ERROR
         return handler(args)
     except NightCoreError as exc:
-        from nightcore.cli.render import clean, error, print_json
-
-        parsed = args if "args" in locals() else None
-        if getattr(parsed, "json", False) or (
-            parsed is None and "--json" in (sys.argv[1:] if argv is None else argv)
-        ):
-            print_json({"ok": False, "code": exc.code, "error": clean(exc.message, 400)})
-        error(exc.code, exc.message)
+        _refuse(args if "args" in locals() else None, argv, exc.code, exc.message)
         return EXIT_ERROR
     except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
         return EXIT_ERROR
     except OSError as exc:
-        from nightcore.cli.render import error
-
-        error("IO_ERROR", f"{exc.strerror or exc}: {exc.filename or ''}")
+        message = f"{exc.strerror or exc}: {exc.filename or ''}"
+        _refuse(args if "args" in locals() else None, argv, "IO_ERROR", message)
         return EXIT_ERROR
     except KeyboardInterrupt:
         from nightcore.cli.render import error

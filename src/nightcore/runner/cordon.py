@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from nightcore.canonical import canonical, parse_json
 from nightcore.errors import NightCoreError, StateError
-from nightcore.fsio import atomic_write, file_lock
+from nightcore.fsio import atomic_write, file_lock, read_regular_capped
 from nightcore.module.manifest import validate_tenant_id
 
 if TYPE_CHECKING:
@@ -23,13 +23,17 @@ if TYPE_CHECKING:
 MAX_REASON = 512
 
 
+MAX_CORDONS_BYTES = 8 * 1024 * 1024
+
+
 def load_cordons(layout: Layout) -> dict[str, dict[str, str]]:
     """The cordoned tenants (a read-only view: the dashboard reads it too)."""
     p = layout.cordons_path
     if not p.exists():
         return {}
     try:
-        doc = parse_json(p.read_bytes(), max_bytes=8 * 1024 * 1024, what="cordons.json")
+        data = read_regular_capped(p, MAX_CORDONS_BYTES)
+        doc = parse_json(data, max_bytes=MAX_CORDONS_BYTES, what="cordons.json")
     except NightCoreError as exc:
         raise StateError(f"state/cordons.json: {exc.message}") from None
     if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
