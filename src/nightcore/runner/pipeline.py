@@ -670,11 +670,6 @@ class Runner:
             snapped = True
         except Exception as exc:  # noqa: BLE001 - recorded as this tenant's outcome
             result = RunResult.refused(*host_error(exc, "before the run"))
-        if result is None and not confined:
-            # Where the sandbox copies the output as it comes (logs --follow): 0700, the
-            # node's; a directory that cannot be made only costs the live view.
-            with contextlib.suppress(OSError):
-                ctx.layout.live_dir.mkdir(mode=0o700, exist_ok=True)
         if result is None:
             try:
                 # The kill switch: a cordon or revocation made while this run is in flight
@@ -883,6 +878,7 @@ def _discard_live(layout: Layout, run_id: str) -> None:
     """Remove a run's live output once its own output files are written (or failed to be):
     ``logs --follow`` then reads the run's files. A live file that cannot be removed is only
     a stale view (a node's start clears the directory)."""
+    base = os.path.join(layout.live_dir, run_id)  # strings: this runs once per run
     for stream in ("stdout", "stderr"):
         with contextlib.suppress(OSError):
-            layout.live_output(run_id, stream).unlink()
+            os.unlink(f"{base}.{stream}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -50,16 +51,29 @@ class Ticker:
 # Output capture
 
 
+# A run gets its live view (``logs --follow``) once it has been going this long: most runs end
+# sooner, and two files created and removed per run were ~15% of a tiny run's host work.
+LIVE_AFTER_S = 0.05
+
+
 class OutputSink:
     """stdout + stderr of one run, capped at ``cap`` bytes in total.
 
-    With ``live`` (two paths), the accepted bytes are also appended to those files as they
-    arrive, for ``nightcore logs --follow``. The in-memory capture stays the record (the run's
-    output files and digests come from it); the live copy is a view, so a failed write to
-    it stops the copy and nothing else.
+    With ``live`` (two paths), the run's output is also copied to those files for
+    ``nightcore logs --follow`` once the run has lasted ``live_after_s``: at that moment (the
+    first write or epoch tick after it) the files are created with what was captured so far,
+    and later bytes are appended as they arrive. The in-memory capture stays the record (the
+    run's output files and digests come from it); the live copy is a view, so a failed write
+    to it stops the copy and nothing else.
     """
 
-    def __init__(self, cap: int, live: tuple[Path, Path] | None = None) -> None:
+    def __init__(
+        self,
+        cap: int,
+        live: tuple[Path, Path] | None = None,
+        *,
+        live_after_s: float = LIVE_AFTER_S,
+    ) -> None:
         self._cap = cap
         self._used = 0
         self._lock = threading.Lock()
@@ -67,26 +81,52 @@ class OutputSink:
         self.stderr = bytearray()
         self.truncated = False
         self._live: dict[int, int] | None = None  # id(buffer) -> descriptor
+        self._live_paths = live
+        # When the live view is due (monotonic); None: not pending (none asked, open, ended).
+        self._live_at: float | None = None
         if live is not None:
-            self._live = {}
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-            try:
-                for buf, path in ((self.stdout, live[0]), (self.stderr, live[1])):
-                    self._live[id(buf)] = os.open(path, flags, 0o600)
-            except OSError:
-                self.close_live()
+            self._live_at = time.monotonic() + live_after_s
+
+    def tick(self) -> None:
+        """At an epoch tick: open the live view if it is due (a run that writes nothing for a
+        while still gets its files)."""
+        if self._live_at is not None:
+            with self._lock:
+                self._go_live()
+
+    def _go_live(self) -> None:
+        """Create the live files with the output so far, if due (the lock is held)."""
+        if self._live_at is None or self._live_paths is None or time.monotonic() < self._live_at:
+            return
+        self._live_at = None
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fds: dict[int, int] = {}
+        try:
+            out_path, err_path = self._live_paths
+            os.makedirs(out_path.parent, mode=0o700, exist_ok=True)
+            for buf, path in ((self.stdout, out_path), (self.stderr, err_path)):
+                fds[id(buf)] = fd = os.open(path, flags, 0o600)
+                _write_all(fd, bytes(buf))
+        except OSError:
+            for fd in fds.values():
+                os.close(fd)
+            return
+        self._live = fds
 
     def close_live(self) -> None:
         with self._lock:
-            fds, self._live = self._live, None
+            fds, self._live, self._live_at = self._live, None, None
         for fd in (fds or {}).values():
             os.close(fd)
 
     def _tee(self, buf: bytearray, data: bytes) -> None:
+        if self._live_at is not None:
+            self._go_live()  # writes the buffer, these bytes included
+            return
         if self._live is None or not data:
             return
         try:
-            os.write(self._live[id(buf)], data)
+            _write_all(self._live[id(buf)], data)
         except OSError:
             # The live view only: the capture (the record) already holds these bytes.
             fds, self._live = self._live, None
@@ -143,6 +183,12 @@ class OutputSink:
             return bytes(self.stdout), bytes(self.stderr), self.truncated
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class Writer:
     """An output callback object (a distinct object, so its release can be observed)."""
 
@@ -179,6 +225,7 @@ class Watchdog:
         self.reason = ""
 
     def on_tick(self) -> str:
+        self.sink.tick()
         if self.interrupt is not None and self.interrupt.code:
             return self.interrupt.code
         if self.sink.truncated:
