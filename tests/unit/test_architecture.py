@@ -212,3 +212,21 @@ def test_the_thin_client_imports_nothing_heavy() -> None:
         [sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert out == "", f"the client path imports {out}"
+
+
+def test_the_run_path_leaves_the_net_client_for_net_runs() -> None:
+    """http.client, ssl and email cost ~10 ms of a cold run's start: only a run with a NET
+    grant needs them (nightcore.sandbox.net imports them when it performs a request)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "import nightcore.sandbox.engine, nightcore.runner.pipeline\n"
+        "bad = [m for m in ('http.client', 'ssl', 'email.parser') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == "", f"the run path imports {out}"

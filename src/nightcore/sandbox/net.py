@@ -30,14 +30,11 @@ Two halves:
 
 from __future__ import annotations
 
-import http.client
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import wasmtime
 
@@ -50,6 +47,10 @@ from nightcore.module.netpolicy import (
     parse_request_url,
 )
 from nightcore.sandbox.types import NetAccess, RunConfig
+
+if TYPE_CHECKING:  # http.client (and email) cost ~10 ms at import: only NET runs need them
+    import http.client
+    import socket
 
 MODULE = "nightcore"
 FUNC = "http_request"
@@ -103,6 +104,8 @@ def system_resolve(host: str, port: int, timeout: float) -> list[str]:
     errors: list[OSError] = []
 
     def work() -> None:
+        import socket
+
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             box.append(list(dict.fromkeys(str(info[4][0]) for info in infos)))
@@ -297,6 +300,8 @@ class NetPerformer:
 
     def _connect(self, addresses: list[str], port: int, record: dict[str, Any]) -> socket.socket:
         """A connection to the first checked address that accepts one (in resolver order)."""
+        import socket
+
         failure = ""
         for address in addresses:
             try:
@@ -316,6 +321,9 @@ class NetPerformer:
         """One HTTP/1.1 exchange on ``sock``; the whole of it within the run's wall time (a
         timer shuts the socket at the deadline, every blocking call also has the remaining
         time as its timeout)."""
+        import http.client
+        import ssl
+
         try:
             left = self._remaining()
         except _Refused:
@@ -424,6 +432,8 @@ class NetPerformer:
 
 
 def _shutdown(sock: socket.socket) -> None:
+    import socket
+
     try:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
