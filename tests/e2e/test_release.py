@@ -29,6 +29,7 @@ from nightcore.canonical import canonical
 from nightcore.trust.envelope import sign_payload_with
 from nightcore.trust.keys import GeneratedKey, load_file_signer
 from tests.conftest import PASSPHRASE, run_cli_subprocess
+from tests.e2e.test_json_schemas import check
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -481,7 +482,7 @@ def test_a_verified_release_is_staged_as_the_aufs_runtime_target(
         "--json",
     )
     assert r.code == 0, r.err
-    out = r.json()
+    out = check("release-stage", r.json())  # docs/schemas/release-stage.schema.json
     assert out["target"] == f"runtime/{wheel.name}" and out["version"] == __version__
     staged = AufsRepo(tmp_path / "repo").listed_target(out["target"])
     assert staged is not None

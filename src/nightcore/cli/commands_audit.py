@@ -115,12 +115,16 @@ def _mirror_table(rows: list[Any], title: str) -> None:
     )
 
 
+def _mirror_json(m: Any) -> dict[str, Any]:
+    return {**m.to_dict(), "error": m.error or None}  # null, not "", when the mirror is fine
+
+
 def cmd_mirror_status(args: argparse.Namespace) -> int:
     from nightcore.app import audit
 
     rows = audit.mirror_status(_ws(args))
     if args.json:
-        print_json([m.to_dict() for m in rows])
+        print_json([_mirror_json(m) for m in rows])
     else:
         _mirror_table(rows, "Audit mirrors")
     return EXIT_OK if all(m.ok for m in rows) else EXIT_FAILED
@@ -131,7 +135,7 @@ def cmd_mirror_sync(args: argparse.Namespace) -> int:
 
     rows = audit.mirror_sync(_ws(args))
     if args.json:
-        print_json([m.to_dict() for m in rows])
+        print_json([_mirror_json(m) for m in rows])
     else:
         _mirror_table(rows, "Audit mirrors after sync")
     return EXIT_OK if all(m.ok for m in rows) else EXIT_FAILED
@@ -177,7 +181,18 @@ def cmd_heartbeat(args: argparse.Namespace) -> int:
     while True:
         cp = audit.heartbeat(ws, idle)
         if args.json:
-            print_json({"heartbeat": cp is not None, **(cp.to_dict() if cp else {})})
+            # One shape whether or not a heartbeat was signed (null: none); with --loop one
+            # document per line (JSON Lines), each written as soon as it is known.
+            doc = {
+                "heartbeat": cp is not None,
+                **dict.fromkeys(("origin", "size", "root", "key_name", "note")),
+                **(cp.to_dict() if cp else {}),
+            }
+            if args.loop:
+                sys.stdout.write(json.dumps(doc, sort_keys=True) + "\n")
+                sys.stdout.flush()
+            else:
+                print_json(doc)
         elif cp is not None:
             info(f"heartbeat checkpoint {cp.size} signed (root {cp.root.hex()[:16]})")
         if not args.loop:

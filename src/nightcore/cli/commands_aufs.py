@@ -61,6 +61,49 @@ def _url(value: str | None, fallback: str | None, what: str) -> str:
     return check_url(url, what)
 
 
+# -- JSON shapes (docs/json.md, docs/schemas/aufs-*.schema.json) ---------------------------------
+# TUF spells a key id ``keyid`` and leaves keys out; ``--json`` says ``key_id`` and prints
+# every key of a shape, null for "none" (never "" or 0).
+
+
+def _sign_json(st: Any) -> dict[str, Any]:
+    """A staged role's signing status; ``previous_root_*`` null unless it rotates root."""
+    out: dict[str, Any] = {"previous_root_signed": None, "previous_root_threshold": None}
+    out.update(st.to_dict())
+    return out
+
+
+def _repo_status_json(st: dict[str, Any]) -> dict[str, Any]:
+    roles: dict[str, Any] = {}
+    for role, e in st["roles"].items():
+        staged = e.get("staged")
+        if staged is not None:
+            staged = {"previous_root_signed": None, "previous_root_threshold": None, **staged}
+        roles[role] = {
+            "published_version": e.get("published_version") or None,
+            "expires": e.get("expires"),
+            "days_left": e.get("days_left"),
+            "threshold": e.get("threshold"),
+            "keys": [
+                {"key_id": k["keyid"], "name": k["name"] or None, "age_days": k["age_days"]}
+                for k in e.get("keys", [])
+            ]
+            if "keys" in e
+            else None,
+            "staged": staged,
+        }
+    return {**st, "roles": roles}
+
+
+def _none_if_empty(value: Any) -> Any:
+    return None if value == "" else value
+
+
+def _versions_json(versions: dict[str, int]) -> dict[str, int | None]:
+    """Trusted metadata versions; null for a role not loaded yet (0 on disk)."""
+    return {role: v or None for role, v in versions.items()}
+
+
 # -- repository ------------------------------------------------------------------------------
 
 
@@ -78,7 +121,7 @@ def cmd_repo_init(args: argparse.Namespace) -> int:
     out = {
         "repository": str(repo.path),
         "published": result.to_dict() if result else None,
-        "staged": [s.to_dict() for s in statuses],
+        "staged": [_sign_json(s) for s in statuses],
         "root_sha256": _root_sha(repo),
     }
     if args.json:
@@ -135,7 +178,7 @@ def cmd_repo_sign(args: argparse.Namespace) -> int:
     repo = _repo(args)
     st = repo.sign(args.role, signer_of(args.key))
     if args.json:
-        print_json(st.to_dict())
+        print_json(_sign_json(st))
     else:
         info(st.describe() + (" -- ready to publish" if st.ready else ""))
     return EXIT_OK
@@ -153,7 +196,7 @@ def cmd_repo_publish(args: argparse.Namespace) -> int:
 def cmd_repo_rotate(args: argparse.Namespace) -> int:
     st = _repo(args).rotate_key(args.role, args.old, args.new)
     if args.json:
-        print_json(st.to_dict())
+        print_json(_sign_json(st))
     else:
         info(
             f"staged root v{st.version} rotating a {args.role} key; it needs signatures by a "
@@ -179,7 +222,7 @@ def cmd_repo_override(args: argparse.Namespace) -> int:
 def cmd_repo_status(args: argparse.Namespace) -> int:
     st = _repo(args).status()
     if args.json:
-        print_json(st)
+        print_json(_repo_status_json(st))
     else:
         rows = []
         for role, e in st["roles"].items():
@@ -274,7 +317,11 @@ def cmd_client_init(args: argparse.Namespace) -> int:
         if (args.metadata_url or args.target_base_url) and not cfg.exists():
             atomic_write(cfg, render_settings(args.metadata_url, args.target_base_url))
     if args.json:
-        print_json({"metadata_dir": str(mdir), **ri.to_dict()})
+        roles = {
+            name: {"threshold": r["threshold"], "key_ids": list(r["keyids"])}
+            for name, r in ri.roles.items()
+        }
+        print_json({"metadata_dir": str(mdir), **ri.to_dict(), "roles": roles})
     else:
         info(f"trusting root v{ri.version} (sha256 {ri.sha256}) in {mdir}")
     return EXIT_OK
@@ -332,7 +379,7 @@ def cmd_client_refresh(args: argparse.Namespace) -> int:
         ws, "aufs_refresh", {"versions": versions, "changed": versions != before, "before": before}
     )
     if args.json:
-        print_json({"versions": versions, "changed": versions != before})
+        print_json({"versions": _versions_json(versions), "changed": versions != before})
     else:
         info("trusted " + ", ".join(f"{k} v{v}" for k, v in versions.items()))
     return EXIT_OK
@@ -395,7 +442,17 @@ def cmd_update(args: argparse.Namespace) -> int:
     )
     report = up.run()
     if args.json:
-        print_json(report.to_dict())
+        doc = report.to_dict()
+        doc["metadata_versions"] = _versions_json(doc["metadata_versions"])
+        doc["outcomes"] = [
+            {
+                **o,
+                "tenant": _none_if_empty(o["tenant"]),
+                "previous_version": _none_if_empty(o["previous_version"]),
+            }
+            for o in doc["outcomes"]
+        ]
+        print_json(doc)
     else:
         print_table(
             "AUFS update",
@@ -433,7 +490,30 @@ def cmd_status(args: argparse.Namespace) -> int:
         "runtime_current": runtime.current_version(ws.layout.state_dir),
     }
     if args.json:
-        print_json(out)
+        # installed.json's records, in the --json shape: every key, null for unknown.
+        tenants = {
+            t: {
+                k: _none_if_empty(r.get(k))
+                for k in ("version", "sha256", "path", "previous", "previous_version")
+            }
+            for t, r in state["tenants"].items()
+        }
+        trust = {
+            kind: (
+                {"version": str(rec["version"]), "sha256": rec["sha256"]}
+                if isinstance(rec := state["trust"].get(kind), dict)
+                else None
+            )
+            for kind in ("registry", "revocations")
+        }
+        print_json(
+            {
+                **out,
+                "metadata_versions": _versions_json(versions),
+                "tenants": tenants,
+                "trust": trust,
+            }
+        )
     else:
         info("trusted metadata: " + (", ".join(f"{k} v{v}" for k, v in versions.items()) or "none"))
         print_table(

@@ -39,6 +39,7 @@ def cmd_dashboard_build(args: argparse.Namespace) -> int:
             "runs": s.runs.total,
             "audit_entries": s.audit.entries,
             "verify": v.to_dict(),
+            "diff": None,  # without --diff
         }
         if s.diff is not None:
             out["diff"] = {

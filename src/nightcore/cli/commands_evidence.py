@@ -38,7 +38,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     run_id = resolve_run_id(ws, args.run_id)  # a unique prefix names its run
     res = replay(ws, run_id, strongbox=args.strongbox)
     if args.json:
-        print_json(res.to_dict())
+        # null, not "": no stream differs; the attestation predates recording its isolation
+        doc = res.to_dict()
+        doc["diverged"] = res.diverged or None
+        doc["attested_isolation"] = res.attested_isolation or None
+        print_json(doc)
     else:
         rows = [
             [

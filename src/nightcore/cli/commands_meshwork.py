@@ -22,8 +22,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     out = workqueue.submit(_config(args), list(args.tenants), args.count, wait_s=args.wait)
     if args.json:
-        print_json(out)
-        return 0 if not out.get("results", {}).get("pending") else 1
+        print_json({"results": None, **out})  # results: null without --wait
+        return 0 if not (out.get("results") or {}).get("pending") else 1
     ids = out["request_ids"]
     shown = ids if len(ids) <= 10 else [*ids[:5], "...", *ids[-5:]]
     info(

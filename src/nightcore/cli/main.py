@@ -714,7 +714,13 @@ def cmd_completion(args: argparse.Namespace) -> int:
     ``_ARGCOMPLETE`` set, and :func:`_complete` answers from the real parser."""
     from argcomplete.shell_integration import shellcode
 
-    sys.stdout.write(shellcode(["nightcore"], shell=args.shell))
+    script = shellcode(["nightcore"], shell=args.shell)
+    if args.json:
+        from nightcore.cli.render import print_json
+
+        print_json({"shell": args.shell, "script": script})
+    else:
+        sys.stdout.write(script)
     return EXIT_OK
 
 
