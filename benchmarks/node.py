@@ -152,6 +152,7 @@ class NodeProcess:
                 "strongbox": False,
                 "dashboard": False,
                 "checkpoint": False,
+                "progress": False,
             },
         )
         elapsed = time.perf_counter() - t0

@@ -59,10 +59,16 @@ class NodeProcess:
                 return line
         raise AssertionError(f"node never printed {needle!r}: {''.join(self.log)}")
 
-    def call(self, op: str, args: dict[str, Any] | None = None) -> Any:
+    def call(
+        self,
+        op: str,
+        args: dict[str, Any] | None = None,
+        events: list[tuple[str, dict[str, Any]]] | None = None,
+    ) -> Any:
         client = connect(self.ws / "state" / "node.sock")
         assert client is not None, "no node listening"
-        return client.call(op, args or {})
+        on_event = None if events is None else lambda e, d: events.append((e, d))
+        return client.call(op, args or {}, on_event)
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call("status")
@@ -173,6 +179,19 @@ def test_node_serves_run_verify_runs_for_a_client(node_env: Env, node: NodeProce
     lines = _audit(ws)
     assert lines[-2]["event"] == "node_stop" and lines[-1]["event"] == "checkpoint"
     assert run_cli_subprocess("-w", str(ws), "audit", "verify").code == 0
+
+
+def test_progress_events_only_for_a_caller_that_wants_them(
+    node_env: Env, node: NodeProcess
+) -> None:
+    args: dict[str, Any] = {"tenants": ["hello"], "dashboard": False, "checkpoint": False}
+    events: list[tuple[str, dict[str, Any]]] = []
+    node.call("run", args, events)
+    assert [e for e, _ in events] == ["selected", "progress"]
+    events.clear()
+    result = node.call("run", {**args, "progress": False}, events)
+    assert [e for e, _ in events] == ["selected"]  # the count still comes first
+    assert [r["code"] for r in result["runs"]] == ["OK"]
 
 
 def test_a_second_node_for_the_same_workspace_is_refused(node_env: Env, node: NodeProcess) -> None:
@@ -296,6 +315,8 @@ def test_malformed_requests_get_a_code(node_env: Env, node: NodeProcess) -> None
     bad_args = node.call  # a well-formed request with hostile arguments
     with pytest.raises(Exception, match="tenants must be a list"):
         bad_args("run", {"tenants": "hello; rm -rf /"})
+    with pytest.raises(Exception, match="must be true or false"):
+        bad_args("run", {"tenants": ["hello"], "progress": "yes"})
     assert node.status()["pool"]["alive"] == 2
 
 

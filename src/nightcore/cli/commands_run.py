@@ -55,8 +55,12 @@ class _Progress:
         self.bar: Any = None
         self.task: Any = None
 
+    @staticmethod
+    def wanted(args: argparse.Namespace) -> bool:
+        return not args.json and sys.stderr.isatty()
+
     def start(self, count: int) -> None:
-        if self.args.json or count <= PROGRESS_THRESHOLD or not sys.stderr.isatty():
+        if count <= PROGRESS_THRESHOLD or not self.wanted(self.args):
             return
         from rich.console import Console
         from rich.progress import Progress
@@ -127,6 +131,7 @@ def _run_through_node(client: Any, args: argparse.Namespace) -> dict[str, Any]:
                 "parallel": args.parallel,
                 "strongbox": bool(args.strongbox),
                 "dashboard": not args.no_dashboard,
+                "progress": _Progress.wanted(args),
             },
             on_event,
         )

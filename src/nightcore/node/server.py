@@ -479,15 +479,21 @@ class Node:
         event("selected", {"count": len(names)})
         strongbox = args.get("strongbox", False)
         checkpoint = args.get("checkpoint", True)
-        if not isinstance(strongbox, bool) or not isinstance(checkpoint, bool):
-            raise _bad("strongbox and checkpoint must be true or false")
+        wants_progress = args.get("progress", True)
+        if not all(isinstance(x, bool) for x in (strongbox, checkpoint, wants_progress)):
+            raise _bad("strongbox, checkpoint and progress must be true or false")
         parallel = _opt_int(args, "parallel", 1, 256)
         out = self.run_tenants(
             names,
             strongbox=strongbox,
             parallel=parallel,
             checkpoint=checkpoint,
-            progress=lambda run: event("progress", {"tenant": run["tenant"], "code": run["code"]}),
+            # A caller with no progress bar (a script, --json, a pipe) is spared an event per run.
+            progress=(
+                (lambda run: event("progress", {"tenant": run["tenant"], "code": run["code"]}))
+                if wants_progress
+                else None
+            ),
         )
         if args.get("dashboard", False):
             out["dashboard"] = _refresh_dashboard(self.ctx)
