@@ -11,6 +11,7 @@ dashboard's collectors get a layout. Only the runner, AUFS and the application f
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from nightcore.config import NODE_PASSPHRASE_ENV, Config, Policy, parse_config
 from nightcore.errors import TrustError, WorkspaceError
-from nightcore.fsio import atomic_write
+from nightcore.fsio import atomic_write, open_regular, read_input, read_regular_capped
 from nightcore.layout import CONFIG_NAME, Layout, find_root
 
 if TYPE_CHECKING:
@@ -52,12 +53,7 @@ class NodeContext:
 
     def __init__(self, root: Path, *, fips: bool | None = None) -> None:
         self.layout = Layout(root)
-        try:
-            with self.layout.config_path.open("rb") as fh:
-                data = fh.read(MAX_CONFIG_READ)
-        except OSError as exc:
-            raise WorkspaceError(f"cannot read {self.layout.config_path}: {exc.strerror}") from None
-        self.config: Config = parse_config(data, fips_override=fips)
+        self.config: Config = parse_config(self._read_config(), fips_override=fips)
         self._node_key_id: str | None = None
         self._node_pub_pem: bytes | None = None
         self._audit: AuditLog | None = None
@@ -65,6 +61,15 @@ class NodeContext:
         self._parsed: dict[str, tuple[Any, Any]] = {}
         self._node_signer: Any = None
         self._lock = threading.Lock()
+
+    def _read_config(self) -> bytes:
+        """``nightcore.toml``, at most one byte above its cap (``parse_config`` refuses that)."""
+        path = self.layout.config_path
+        try:
+            with open_regular(path) as fh:
+                return fh.read(MAX_CONFIG_READ)
+        except OSError as exc:
+            raise WorkspaceError(f"cannot read {path}: {exc.strerror}") from None
 
     @classmethod
     def open(cls, explicit: str | None = None, *, fips: bool | None = None) -> Self:
@@ -81,10 +86,16 @@ class NodeContext:
     # -- the node's identity ---------------------------------------------------------------
     def node_public_pem(self) -> bytes:
         if self._node_pub_pem is None:
+            from nightcore.trust.pubkey import MAX_PUBLIC_PEM
+
             try:
-                self._node_pub_pem = self.layout.node_pub_path.read_bytes()
-            except OSError:
+                self._node_pub_pem = read_regular_capped(self.layout.node_pub_path, MAX_PUBLIC_PEM)
+            except FileNotFoundError:
                 raise WorkspaceError("node.pub.pem is missing", code="NODE_KEY_MISSING") from None
+            except OSError as exc:
+                raise WorkspaceError(
+                    f"node.pub.pem is unusable: {exc.strerror}", code="KEY_INVALID"
+                ) from None
         return self._node_pub_pem
 
     def node_key_id(self) -> str:
@@ -135,9 +146,9 @@ class NodeContext:
     def forget_node_key(self) -> None:
         """Drop the cached node key, signer and transparency log, and read ``[node] key``
         again (after a key rotation); a ``--fips`` tightening is kept."""
-        with self.layout.config_path.open("rb") as fh:
-            data = fh.read(MAX_CONFIG_READ)
-        self.config = parse_config(data, fips_override=True if self.policy.fips else None)
+        self.config = parse_config(
+            self._read_config(), fips_override=True if self.policy.fips else None
+        )
         with self._lock:
             self._node_signer = None
             self._node_pub_pem = None
@@ -195,10 +206,18 @@ class NodeContext:
         if key is not None and cached is not None and cached[0] == key:
             return int(cached[1])
         try:
-            text = path.read_text().strip()
+            raw = read_input(
+                path,
+                64,
+                what="state/trust/revocations.version",
+                code="STATE_INVALID",
+                error=TrustError,
+                missing_ok=True,
+            )
         except FileNotFoundError:
             return 0
-        if not text.isdigit():
+        text = raw.decode("ascii", errors="replace").strip()
+        if not text.isascii() or not text.isdigit():
             raise TrustError("state/trust/revocations.version is corrupt", code="STATE_INVALID")
         if key is not None:
             self._parsed["mark"] = (key, int(text))
@@ -253,8 +272,14 @@ def file_identity(path: Path) -> tuple[int, int, int, int] | None:
 
 
 def read_capped(path: Path, cap: int) -> bytes:
-    with path.open("rb") as fh:
-        data = fh.read(cap + 1)
-    if len(data) > cap:
-        raise TrustError(f"{path.name} is larger than {cap} bytes", code="TRUST_FILE_TOO_LARGE")
-    return data
+    """A trust file of the workspace (registry, revocation list): ``TRUST_FILE_TOO_LARGE``
+    above ``cap``; a directory, FIFO or device is an ``OSError`` (``IO_ERROR``), never a
+    hang or an endless read."""
+    try:
+        return read_regular_capped(path, cap)
+    except OSError as exc:
+        if exc.errno == errno.EFBIG:
+            raise TrustError(
+                f"{path.name} is larger than {cap} bytes", code="TRUST_FILE_TOO_LARGE"
+            ) from None
+        raise

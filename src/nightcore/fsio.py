@@ -1,4 +1,4 @@
-"""Files shared between processes: replacing one atomically, and locking one.
+"""Files shared between processes: replacing one atomically, locking one, reading one safely.
 
 :func:`atomic_write`: one implementation for every file Night Core replaces (trust and state
 files, checkpoints, the compile cache, run outputs, the report), so readers see the old file
@@ -7,8 +7,14 @@ or the new one, never a mix.
 :func:`file_lock` / :func:`hold_lock`: one implementation of the ``flock`` locks that serialise
 writers across processes (the audit log, cordons, console tokens, AUFS). The lock belongs to
 the open file description, so it is released when the descriptor is closed, also by a crash;
-it is advisory: it orders Night Core's own writers. Depends only on :mod:`nightcore.errors`,
-so every layer may use it.
+it is advisory: it orders Night Core's own writers.
+
+:func:`open_regular` / :func:`read_regular_capped` / :func:`read_input`: one way to read a file
+whose path comes from a user or from outside data (command-line arguments, workspace files,
+repository metadata): a FIFO never blocks, a directory, device or socket is refused, and a
+size cap bounds memory; :func:`read_input` turns the refusal into the caller's stable code.
+
+Depends only on :mod:`nightcore.errors`, so every layer may use it.
 """
 
 from __future__ import annotations
@@ -20,10 +26,19 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from nightcore.errors import NightCoreError
 
-__all__ = ["atomic_write", "file_lock", "hold_lock", "read_regular_capped", "wait_readable"]
+__all__ = [
+    "atomic_write",
+    "file_lock",
+    "hold_lock",
+    "open_regular",
+    "read_input",
+    "read_regular_capped",
+    "wait_readable",
+]
 
 
 @contextmanager
@@ -125,25 +140,107 @@ def wait_readable(fds: list[int], timeout: float | None) -> list[int]:
         return [fd for fd, _ in events]
 
 
-def read_regular_capped(path: Path, cap: int) -> bytes:
-    """The bytes of the regular file ``path``, at most ``cap`` of them; ``OSError`` for a
-    directory, device or FIFO (a link to ``/dev/zero`` would otherwise be read forever; the
-    open does not block on a FIFO) and for a larger file (``EFBIG``)."""
+def _kind(mode: int) -> str:
+    import stat
+
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def open_regular(
+    path: Path | str, *, follow: bool = True, cap: int | None = None, buffering: int = -1
+) -> BinaryIO:
+    """``path`` opened for reading (binary), if it is a regular file; ``OSError`` otherwise.
+
+    The open never blocks and never hands out an endless stream: it is non-blocking (a FIFO
+    without a writer would wait forever), ``O_NOCTTY`` (a terminal never becomes ours), and
+    a directory, FIFO, device or socket is refused (``EINVAL``, or ``EISDIR`` for a
+    directory; a link to ``/dev/zero`` would otherwise be read forever) once opened, by
+    ``fstat`` of the very descriptor that will be read. ``follow=False`` refuses a symbolic
+    link (``ELOOP``). ``cap`` refuses a file whose size is above it (``EFBIG``); a reader that
+    must also bound what it reads from a file that is still growing uses
+    :func:`read_regular_capped`. For streaming readers (hashing, archives, logs).
+    """
     import errno
     import stat
 
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    fd = os.open(path, flags if follow else flags | os.O_NOFOLLOW)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        chunks: list[bytes] = []
-        left = cap + 1
-        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
-            chunks.append(chunk)
-            left -= len(chunk)
-    finally:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = _kind(st.st_mode)
+            number = errno.EISDIR if stat.S_ISDIR(st.st_mode) else errno.EINVAL
+            raise OSError(number, f"{kind}, not a regular file", str(path))
+        if cap is not None and st.st_size > cap:
+            raise OSError(errno.EFBIG, f"larger than {cap} bytes", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb", buffering=buffering)
+    except BaseException:
         os.close(fd)
-    data = b"".join(chunks)
+        raise
+
+
+def read_regular_capped(path: Path | str, cap: int, *, follow: bool = True) -> bytes:
+    """The bytes of the regular file ``path``, at most ``cap`` of them; ``OSError`` for a
+    directory, device, FIFO or socket (see :func:`open_regular`: the open does not block on
+    a FIFO, a link to ``/dev/zero`` is not read) and for a larger file (``EFBIG``), also one
+    that grows past ``cap`` while it is read."""
+    import errno
+
+    with open_regular(path, follow=follow, cap=cap) as fh:
+        data = fh.read(cap + 1)
     if len(data) > cap:
         raise OSError(errno.EFBIG, f"larger than {cap} bytes", str(path))
     return data
+
+
+def read_input(
+    path: Path | str,
+    cap: int,
+    *,
+    what: str,
+    code: str,
+    unreadable: str | None = None,
+    too_large: str | None = None,
+    error: type[NightCoreError] = NightCoreError,
+    follow: bool = True,
+    missing_ok: bool = False,
+) -> bytes:
+    """:func:`read_regular_capped` for a file named by a user or by outside data, refusing with
+    the caller's error and a one-line message instead of an ``OSError``.
+
+    A directory, FIFO, device or socket, or a link with ``follow=False``, raises
+    ``error(code=code)`` ("<what> <path> is a FIFO, not a regular file"); a file above ``cap``
+    bytes raises ``error(code=too_large or code)``; any other ``OSError`` (missing, no
+    permission) raises ``error(code=unreadable or code)`` ("cannot read <what> <path>:
+    <reason>"). ``missing_ok`` lets ``FileNotFoundError`` through unchanged, for callers to
+    whom a missing file means "none yet".
+    """
+    import errno
+
+    try:
+        return read_regular_capped(path, cap, follow=follow)
+    except FileNotFoundError:
+        if missing_ok:
+            raise
+        raise error(f"cannot read {what} {path}: not found", code=unreadable or code) from None
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.EISDIR, errno.EFBIG, errno.ELOOP, errno.ENXIO):
+            if exc.errno == errno.ELOOP:
+                reason = "a symbolic link, which is not followed here"
+            elif exc.errno == errno.ENXIO:
+                reason = "a socket or device, not a regular file"
+            else:
+                reason = exc.strerror or "not a regular file"
+            big = exc.errno == errno.EFBIG and too_large is not None
+            raise error(f"{what} {path} is {reason}", code=too_large if big else code) from None
+        reason = exc.strerror or type(exc).__name__
+        raise error(f"cannot read {what} {path}: {reason}", code=unreadable or code) from None

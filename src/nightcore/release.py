@@ -52,8 +52,11 @@ class ReleaseError(NightCoreError):
 
 
 def sha256_file(path: Path) -> str:
+    """The SHA-256 of the regular file ``path`` (a link, FIFO or device: ``OSError``)."""
+    from nightcore.fsio import open_regular
+
     h = hashlib.sha256()
-    with path.open("rb") as fh:
+    with open_regular(path, follow=False, cap=MAX_ARTIFACT_BYTES) as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -240,12 +243,13 @@ class ReleaseVerification:
 
 
 def _read_small(path: Path, limit: int, what: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    with os.fdopen(fd, "rb") as fh:
-        data = fh.read(limit + 1)
-    if len(data) > limit:
-        raise ReleaseError(f"{what} is larger than {limit} bytes", code="RELEASE_MALFORMED")
-    return data
+    # listing() checked every file with lstat; the same checks again on what is opened (not
+    # followed, never blocking): a file swapped for a FIFO or a link since then is refused.
+    from nightcore.fsio import read_input
+
+    return read_input(
+        path, limit, what=what, code="RELEASE_MALFORMED", error=ReleaseError, follow=False
+    )
 
 
 class _Verifier:

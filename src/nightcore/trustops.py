@@ -42,17 +42,13 @@ def trust_add_key(
     name: str | None = None,
 ) -> TrustedKey:
     from nightcore.trust.keys import check_scheme
-    from nightcore.trust.pubkey import PublicKey
+    from nightcore.trust.pubkey import PublicKey, read_public_pem
     from nightcore.trust.registry import ROLES, TrustedKey, validate_scope
 
     if role not in ROLES:
         raise UsageError("role must be publisher or maintainer")
     validate_scope(scope)
-    try:
-        data = public_pem.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {public_pem}: {exc.strerror}") from None
-    key = PublicKey.from_pem(data)
+    key = PublicKey.from_pem(read_public_pem(public_pem))
     check_scheme(str(key.scheme), ctx.policy.fips)
     registry = ctx.load_registry()
     if expires is not None and expires <= utcnow():
@@ -246,7 +242,7 @@ def import_revocations(ctx: NodeContext, path: Path) -> RevocationList:
         check_not_rollback(candidate, max(current.version, ctx.revocation_mark()) + 1)
     except (NightCoreError, OSError) as exc:
         code = exc.code if isinstance(exc, NightCoreError) else "IO_ERROR"
-        msg = exc.message if isinstance(exc, NightCoreError) else str(exc)
+        msg = exc.message if isinstance(exc, NightCoreError) else f"{exc.strerror}: {path}"
         audit.append("revocation_refused", {"code": code, "reason": msg, "source": path.name})
         if isinstance(exc, NightCoreError):
             raise

@@ -59,9 +59,20 @@ def _node_lock(ctx: NodeContext) -> Any:
 
 def _set_config_key(ctx: NodeContext, value: str) -> None:
     """Point ``[node] key`` at ``value`` (a targeted edit of that one line)."""
-    from nightcore.fsio import atomic_write
+    from nightcore.context import MAX_CONFIG_READ
+    from nightcore.fsio import atomic_write, read_input
 
-    text = ctx.layout.config_path.read_text(encoding="utf-8")
+    data = read_input(
+        ctx.layout.config_path,
+        MAX_CONFIG_READ,
+        what="nightcore.toml",
+        code="CONFIG_INVALID",
+        error=WorkspaceError,
+    )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WorkspaceError("nightcore.toml is not UTF-8", code="CONFIG_INVALID") from None
     table = _NODE_TABLE.search(text)
     if table is None:
         raise WorkspaceError("nightcore.toml has no [node] table", code="CONFIG_INVALID")
@@ -107,16 +118,14 @@ def _new_local_key(ctx: NodeContext) -> tuple[Any, bytes, Path]:
 def _external_key(ctx: NodeContext, uri: str, public_pem_path: Path) -> tuple[Any, bytes]:
     from nightcore.config import NODE_PASSPHRASE_ENV
     from nightcore.trust.keys import (
-        MAX_KEY_FILE,
         SslibSignerAdapter,
         check_scheme,
         load_file_signer,
         load_signer,
     )
-    from nightcore.trust.pubkey import PublicKey
+    from nightcore.trust.pubkey import PublicKey, read_public_pem
 
-    with public_pem_path.open("rb") as fh:
-        pub = fh.read(MAX_KEY_FILE + 1)
+    pub = read_public_pem(public_pem_path, "--to-public")
     key = PublicKey.from_pem(pub)
     check_scheme(key.scheme, ctx.policy.fips)
     signer: Any = load_file_signer(uri, NODE_PASSPHRASE_ENV)

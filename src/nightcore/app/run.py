@@ -7,8 +7,11 @@ process (the node agent's socket API) gets exactly what an in-process caller get
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+from nightcore.fsio import open_regular
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -126,10 +129,11 @@ def denials(ctx: NodeContext, tenant: str | None = None, limit: int = 50) -> lis
 
     out: list[dict[str, Any]] = []
     try:
-        fd = os.open(ctx.layout.audit_log, os.O_RDONLY | os.O_NOFOLLOW)
+        fh = open_regular(ctx.layout.audit_log, follow=False)
     except FileNotFoundError:
         return out
-    try:
+    with fh:
+        fd = fh.fileno()
         pos = os.fstat(fd).st_size
         rest = b""
         while pos > 0 and len(out) < limit:
@@ -160,8 +164,6 @@ def denials(ctx: NodeContext, tenant: str | None = None, limit: int = 50) -> lis
                         "module_sha256": d.get("module_sha256") or None,
                     }
                 )
-    finally:
-        os.close(fd)
     return out
 
 
@@ -208,8 +210,8 @@ def _tail(path: Path, lines: int) -> tuple[list[str], int]:
     from nightcore.untrusted import clean
 
     try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
             f.seek(max(0, size - TAIL_BYTES))
             data = f.read(TAIL_BYTES)
     except FileNotFoundError:
@@ -257,7 +259,7 @@ def run_details(ctx: NodeContext, run: str, *, tail_lines: int = TAIL_LINES) -> 
 
         data = read_capped(run_dir / ATTESTATION_FILE, ATTESTATION_CAP, "attestation")
         att["sha256"] = hashlib.sha256(data).hexdigest()
-        node_key = PublicKey.from_pem(ctx.layout.node_pub_path.read_bytes())
+        node_key = PublicKey.from_pem(ctx.node_public_pem())
         pred = open_attestation(data, node_key)["predicate"]
         if pred.get("run_id") != run_id:
             raise NightCoreError("the attestation names another run", code="ATTESTATION_INVALID")
@@ -330,9 +332,8 @@ def run_log(
     run_id = resolve_run_id(ctx, run)
     path = ctx.layout.run_dir(run_id) / stream
     try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            return run_id, f.read(cap), size
+        with open_regular(path) as f:
+            return run_id, f.read(cap), os.fstat(f.fileno()).st_size
     except FileNotFoundError:
         return run_id, b"", 0
 
@@ -358,11 +359,12 @@ def follow_run_log(
     run_id = resolve_run_id(ctx, run, in_progress=True)
     live = ctx.layout.live_output(run_id, stream)
     try:
-        fd = os.open(live, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fh = open_regular(live, follow=False)  # a FIFO planted there: refused, not waited on
     except FileNotFoundError:
         yield run_log(ctx, run_id, stream)[1]  # ended already (or never had a live view)
         return
-    try:
+    with fh:
+        fd = fh.fileno()
         while True:
             # Checked before reading: no byte comes after either (the sandbox closed the live
             # file before the run's own files were written and the live file removed).
@@ -372,8 +374,6 @@ def follow_run_log(
             if ended:
                 return
             time.sleep(poll_s)  # a person's tail -f: polls the file, as tail does
-    finally:
-        os.close(fd)
 
 
 def rebuild_index(ctx: NodeContext) -> int:

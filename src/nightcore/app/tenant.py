@@ -29,6 +29,7 @@ MANIFEST = "manifest.toml"
 WAT_SOURCE = "module.wat"
 C_SOURCE = "main.c"
 WASM = "module.wasm"
+MAX_WAT_BYTES = 16 * 1024 * 1024  # a WAT source; the module it compiles to is capped at 64 MiB
 
 # The C compiler flags (tools/build_tenants.py uses the same): -s strips names and debug info
 # (reproducible output); the 256 KiB shadow stack keeps the initial memory to a few pages.
@@ -135,8 +136,19 @@ def scaffold_tenant(
 def _compile_wat(source: Path) -> bytes:
     import wasmtime
 
+    from nightcore.fsio import read_input
+
+    data = read_input(
+        source, MAX_WAT_BYTES, what=WAT_SOURCE, code="BUILD_FAILED", unreadable="IO_ERROR"
+    )
     try:
-        return bytes(wasmtime.wat2wasm(source.read_text(encoding="utf-8")))
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise NightCoreError(
+            f"{source}: not UTF-8 (byte {exc.start})", code="BUILD_FAILED"
+        ) from None
+    try:
+        return bytes(wasmtime.wat2wasm(text))
     except wasmtime.WasmtimeError as exc:
         raise NightCoreError(
             f"{source}: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc}",

@@ -46,6 +46,7 @@ from nightcore.audit.checkpoint import SignedCheckpoint, stored_checkpoints
 from nightcore.audit.keyhistory import load_history
 from nightcore.audit.verify import VerifyReport
 from nightcore.errors import AuditError, NightCoreError
+from nightcore.fsio import open_regular
 from nightcore.layout import AUDIT_LOG_NAME
 
 __all__ = ["Acknowledged", "anchor_to_node", "node_checkpoints"]
@@ -177,7 +178,7 @@ def _compare_logs(mirror_log: Path, node_audit_dir: Path) -> tuple[int, int | No
         return 0, None
     differs: int | None = None
     n = 0
-    with node_log.open("rb") as mine, mirror_log.open("rb") as theirs:
+    with open_regular(node_log) as mine, open_regular(mirror_log) as theirs:
         for line in mine:
             if not line.endswith(b"\n"):
                 break  # a torn tail is not a line

@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from nightcore.audit import note
 from nightcore.errors import AuditError
+from nightcore.fsio import open_regular
 from nightcore.layout import AUDIT_TAIL_NAME, CHECKPOINTS_DIR_NAME
 
 __all__ = [
@@ -142,5 +143,7 @@ def stored_checkpoints(audit_dir: Path) -> list[tuple[str, int | None, bytes]]:
 
 
 def read_note(path: Path) -> bytes:
-    with path.open("rb") as fh:
+    """A note file, one byte above the cap at most (the parser refuses that); a FIFO or device
+    in its place is an ``OSError``, never a hang or an endless read."""
+    with open_regular(path) as fh:
         return fh.read(note.MAX_NOTE_SIZE + 1)

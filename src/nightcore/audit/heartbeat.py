@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nightcore.fsio import open_regular
+
 if TYPE_CHECKING:
     from nightcore.audit.tlog import SignedCheckpoint, TransparencyLog
 
@@ -22,7 +24,7 @@ def last_activity(path: Path) -> dt.datetime | None:
     """The timestamp of the last line of the audit log at ``path`` (None for an empty log)."""
     if not path.exists() or path.stat().st_size == 0:
         return None
-    with path.open("rb") as fh:
+    with open_regular(path) as fh:
         fh.seek(max(0, path.stat().st_size - 65536), os.SEEK_SET)
         tail = fh.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
     try:

@@ -49,6 +49,7 @@ from nightcore.audit.checkpoint import (
 )
 from nightcore.canonical import canonical, parse_json
 from nightcore.errors import AuditError
+from nightcore.fsio import open_regular
 
 __all__ = [
     "HISTORY_FILE",
@@ -368,7 +369,7 @@ def load_history(audit_dir: Path, public_key_pem: bytes) -> KeyHistory:
     ``node-keys.json`` if there is one, else the single key itself."""
     path = audit_dir / HISTORY_FILE
     try:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:
             data = fh.read(MAX_HISTORY_BYTES + 1)
     except FileNotFoundError:
         return KeyHistory.single(public_key_pem)

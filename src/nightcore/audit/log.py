@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +36,7 @@ from typing import Any
 
 from nightcore.canonical import canonical, parse_json
 from nightcore.errors import AuditError, NightCoreError
-from nightcore.fsio import hold_lock
+from nightcore.fsio import hold_lock, open_regular
 
 ZERO_HASH = "0" * 64
 LINE_VERSION = 1
@@ -208,7 +209,19 @@ class AuditLog:
         if not same_log:
             if fd >= 0:
                 os.close(fd)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = os.open(
+                self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK | os.O_NOCTTY, 0o600
+            )
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                # A FIFO would swallow (or block) the events, a link to /dev/null or /dev/zero
+                # would lose them: nothing is recorded anywhere but in a regular file.
+                os.close(fd)
+                self._fds = (lock_fd, -1)
+                raise AuditError(
+                    f"{self.path} is not a regular file; no event can be recorded",
+                    code="AUDIT_INVALID",
+                )
+            os.set_blocking(fd, True)
             self._fds = (lock_fd, fd)
             self._cursor = None
         return fd
@@ -323,7 +336,8 @@ class AuditLog:
         out: list[tuple[Path, dict[str, Any] | None]] = []
         for path in files:
             final = path.name.removesuffix(PENDING_SUFFIX)
-            data = path.read_bytes()
+            with open_regular(path, follow=False) as fh:  # named by a glob of the audit dir
+                data = fh.read()
             logged = f'"moved_to":"{final}"'.encode() in tail
             out.append(
                 (
@@ -352,7 +366,7 @@ class AuditLog:
     def iter_lines(self) -> Iterator[bytes]:
         if not self.path.exists():
             return
-        with self.path.open("rb") as fh:
+        with open_regular(self.path) as fh:
             yield from fh
 
     def entries(self) -> Iterator[Entry]:

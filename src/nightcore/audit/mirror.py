@@ -44,10 +44,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from nightcore.audit.keyhistory import HISTORY_FILE
+from nightcore.audit.keyhistory import HISTORY_FILE, MAX_HISTORY_BYTES
+from nightcore.audit.note import MAX_NOTE_SIZE
 from nightcore.canonical import canonical
 from nightcore.errors import ConfigError, NightCoreError
-from nightcore.fsio import atomic_write
+from nightcore.fsio import atomic_write, open_regular, read_regular_capped
 
 if TYPE_CHECKING:
     from nightcore.audit.anchor import Acknowledged
@@ -56,6 +57,8 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 NOTE_NAME = re.compile(r"(0|[1-9][0-9]{0,19})\.note")
 MAX_CHUNK_LINES = 10_000
+MAX_CURSOR_BYTES = 1 << 20  # a mirror's cursor (state/audit/mirrors/<name>.json)
+MAX_PEM_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,7 @@ class DirSink:
 def _line_count(path: Path) -> int:
     if not path.exists():
         return 0
-    with path.open("rb") as fh:
+    with open_regular(path) as fh:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
 
 
@@ -311,9 +314,9 @@ def load_cursor(layout: Layout, name: str) -> Cursor:
     if not p.exists():
         return Cursor()
     try:
-        d = json.loads(p.read_bytes())
+        d = json.loads(read_regular_capped(p, MAX_CURSOR_BYTES))
         return Cursor(**{k: d[k] for k in Cursor().__dict__ if k in d})
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         raise NightCoreError(
             f"mirror cursor {name} is corrupt: {exc}", code="STATE_INVALID"
         ) from None
@@ -345,7 +348,7 @@ def sync_one(layout: Layout, cfg: MirrorConfig) -> MirrorStatus:
     total_lines = cur.lines
     try:
         sink = sink_for(layout, cfg)
-        with log.open("rb") as fh:
+        with open_regular(log) as fh:
             fh.seek(cur.offset)
             while True:
                 lines = []
@@ -365,12 +368,12 @@ def sync_one(layout: Layout, cfg: MirrorConfig) -> MirrorStatus:
                 if len(lines) < MAX_CHUNK_LINES:
                     break
         total_lines = cur.lines
-        sink.put_file("node.pub.pem", layout.node_pub_path.read_bytes())
+        sink.put_file("node.pub.pem", read_regular_capped(layout.node_pub_path, MAX_PEM_BYTES))
         # The node-key history travels with the log: after a rotation the mirror's own check
         # verifies the old key's checkpoints by it (docs/keys.md).
         history = audit_dir / HISTORY_FILE
         if history.exists():
-            sink.put_file(HISTORY_FILE, history.read_bytes())
+            sink.put_file(HISTORY_FILE, read_regular_capped(history, MAX_HISTORY_BYTES))
         cps = (
             sorted(
                 int(p.stem) for p in (audit_dir / "checkpoints").glob("*.note") if p.stem.isdigit()
@@ -383,13 +386,16 @@ def sync_one(layout: Layout, cfg: MirrorConfig) -> MirrorStatus:
                 continue
             sink.put_file(
                 f"checkpoints/{size_}.note",
-                (audit_dir / "checkpoints" / f"{size_}.note").read_bytes(),
+                read_regular_capped(audit_dir / "checkpoints" / f"{size_}.note", MAX_NOTE_SIZE),
             )
             cur.checkpoints.append(size_)
         mirrored = [s for s in cur.checkpoints if s <= cur.lines]
         if mirrored:
             sink.put_file(
-                "audit.tail", (audit_dir / "checkpoints" / f"{max(mirrored)}.note").read_bytes()
+                "audit.tail",
+                read_regular_capped(
+                    audit_dir / "checkpoints" / f"{max(mirrored)}.note", MAX_NOTE_SIZE
+                ),
             )
         cur.last_error, cur.last_sync_at = "", _now()
         atomic_write(_cursor_path(layout, cfg.name), cur.to_bytes())
@@ -444,7 +450,7 @@ def verify_source(layout: Layout, configured: Sequence[MirrorConfig], name: str)
     cfg = next((m for m in configured if m.name == name), None)
     if cfg is None:
         raise NightCoreError(f"no audit mirror named {name[:40]!r}", code="MIRROR_NOT_FOUND")
-    pem = layout.node_pub_path.read_bytes()
+    pem = read_regular_capped(layout.node_pub_path, MAX_PEM_BYTES)
     cur = load_cursor(layout, cfg.name)
     ack = Acknowledged()
     ack.claim_lines(cur.lines, f"the node's cursor for mirror {cfg.name}")

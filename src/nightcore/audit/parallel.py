@@ -16,6 +16,7 @@ from nightcore.audit import merkle
 from nightcore.audit.log import ZERO_HASH
 from nightcore.audit.scan import READ_CHUNK, Scan, chain_broken, scan_file
 from nightcore.errors import AuditError
+from nightcore.fsio import open_regular
 
 __all__ = ["PARALLEL_MIN_BYTES", "scan_log", "segments", "tree_of"]
 
@@ -33,7 +34,7 @@ def _cpus() -> int:
 def _cuts(path: Path, size: int, parts: int) -> list[int]:
     """Offsets splitting ``[0, size)`` just after newlines into at most ``parts`` runs."""
     cuts = [0]
-    with path.open("rb") as fh:
+    with open_regular(path) as fh:
         for i in range(1, parts):
             pos = max(size * i // parts, cuts[-1])
             fh.seek(pos)
@@ -54,7 +55,7 @@ def _first_seqs(path: Path, cuts: list[int]) -> list[int]:
     """The seq of the first line of each run: newlines before its start (the last run's own
     lines are not counted)."""
     seqs = [0]
-    with path.open("rb") as fh:
+    with open_regular(path) as fh:
         for a, b in itertools.pairwise(cuts[:-1]):
             fh.seek(a)
             left, n = b - a, 0

@@ -13,6 +13,7 @@ from nightcore.audit.lines import parse_line_fast
 from nightcore.audit.log import MAX_LINE_BYTES
 from nightcore.audit.merkle import leaf_hash
 from nightcore.errors import AuditError
+from nightcore.fsio import open_regular
 
 __all__ = ["CHECKPOINT_EVENT", "READ_CHUNK", "Scan", "chain_broken", "scan_file", "seq_gap"]
 
@@ -129,7 +130,7 @@ def scan_file(path: Path, start: int, end: int, seq0: int, prev0: str | None) ->
     scan = Scan(start=start, seq0=seq0, prev0=prev0)
     if end <= start:
         return scan
-    with path.open("rb") as fh:
+    with open_regular(path) as fh:  # a FIFO or device in place of a log: OSError, not a hang
         fh.seek(start)
         pos = start
         carry = b""

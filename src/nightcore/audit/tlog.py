@@ -83,7 +83,7 @@ from nightcore.audit.lines import parse_line_fast
 from nightcore.audit.scan import CHECKPOINT_EVENT, READ_CHUNK
 from nightcore.audit.tree import LogTree, TreeState, audit_lock, log_size_locked
 from nightcore.errors import AuditError, UsageError
-from nightcore.fsio import atomic_write
+from nightcore.fsio import atomic_write, open_regular
 from nightcore.layout import AUDIT_TAIL_NAME, CHECKPOINTS_DIR_NAME
 
 if TYPE_CHECKING:
@@ -203,7 +203,7 @@ class TransparencyLog:
 
     def public_key_pem(self) -> bytes:
         try:
-            with self.node_pub_path.open("rb") as fh:
+            with open_regular(self.node_pub_path) as fh:
                 return fh.read(MAX_PUBLIC_KEY_FILE + 1)
         except FileNotFoundError:
             raise AuditError("node.pub.pem is missing", code="NODE_KEY_MISSING") from None
@@ -222,7 +222,7 @@ class TransparencyLog:
         file changed. ``node.pub.pem`` must be the history's active key."""
         pem = self.public_key_pem()
         try:
-            with (self.dir / HISTORY_FILE).open("rb") as fh:
+            with open_regular(self.dir / HISTORY_FILE) as fh:
                 hist: bytes | None = fh.read(MAX_HISTORY_BYTES + 1)
         except FileNotFoundError:
             hist = None
@@ -412,7 +412,7 @@ class TransparencyLog:
         if start > log_size:
             start, count = 0, 0
         if log_size:
-            with self.tree.log_path.open("rb") as fh:
+            with open_regular(self.tree.log_path) as fh:
                 fh.seek(start)
                 while chunk := fh.read(READ_CHUNK):
                     count += chunk.count(b"\n")
@@ -556,7 +556,7 @@ class TransparencyLog:
 def read_line(path: Path, seq: int) -> bytes | None:
     """Line ``seq`` of the log without its newline (None if the log has fewer whole lines)."""
     seen = 0
-    with path.open("rb") as fh:
+    with open_regular(path) as fh:
         carry = b""
         while chunk := fh.read(READ_CHUNK):
             buf = carry + chunk

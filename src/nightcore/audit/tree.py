@@ -22,7 +22,7 @@ from nightcore.audit.parallel import scan_log, tree_of
 from nightcore.audit.scan import Scan, scan_file
 from nightcore.canonical import canonical
 from nightcore.errors import AuditError
-from nightcore.fsio import atomic_write, file_lock
+from nightcore.fsio import atomic_write, file_lock, open_regular, read_regular_capped
 from nightcore.layout import AUDIT_LOCK_NAME, AUDIT_LOG_NAME
 
 __all__ = ["STATE_NAME", "TREE_NAME", "LogTree", "TreeState", "audit_lock", "log_size_locked"]
@@ -30,6 +30,7 @@ __all__ = ["STATE_NAME", "TREE_NAME", "LogTree", "TreeState", "audit_lock", "log
 TREE_NAME: Final = "tree.bin"
 STATE_NAME: Final = "tree.state"
 _STATE_VERSION: Final = 1
+MAX_STATE_BYTES: Final = 4096  # tree.state is one short JSON line
 _HEX64: Final = re.compile(r"[0-9a-f]{64}")
 _HEX16: Final = re.compile(r"[0-9a-f]{16}")
 _PARSE_ERRORS: Final = frozenset({"AUDIT_LINE_MALFORMED", "AUDIT_NOT_CANONICAL"})
@@ -170,17 +171,21 @@ class LogTree:
 
     def _read_state(self) -> TreeState | None:
         try:
-            data = self.state_path.read_bytes()
-        except FileNotFoundError:
+            data = read_regular_capped(self.state_path, MAX_STATE_BYTES)
+        except OSError:
+            # Missing, or not a regular file of a sidecar's size (a FIFO, a link to a
+            # device...): like a corrupt sidecar, the tree is rebuilt from the log.
             return None
         return TreeState.from_bytes(data)
 
     def _stored_leaves(self) -> bytes:
         """The whole leaf records of ``tree.bin`` (empty if missing or not a tree store)."""
         try:
-            data = self.tree_path.read_bytes()
-        except FileNotFoundError:
-            return b""
+            # Uncapped: a regular file's size bounds it (32 bytes a line, less than the log).
+            with open_regular(self.tree_path) as fh:
+                data = fh.read()
+        except OSError:
+            return b""  # missing, or not a regular file: not a tree store either
         if not data.startswith(merkle.FILE_MAGIC):
             return b""
         body = data[len(merkle.FILE_MAGIC) :]
@@ -199,7 +204,7 @@ class LogTree:
             if mine.lineage == state.lineage and mine.size <= state.size:
                 first = max(mine.size - 1, 0)
                 start = len(merkle.FILE_MAGIC) + merkle.HASH_SIZE * first
-                with self.tree_path.open("rb") as fh:
+                with open_regular(self.tree_path) as fh:
                     fh.seek(start)
                     records = fh.read(need - start)
                 known = records[: merkle.HASH_SIZE] if mine.size else b""
@@ -228,7 +233,7 @@ class LogTree:
             return False
         if state.size == 0:
             return True
-        with self.log_path.open("rb") as fh:
+        with open_regular(self.log_path) as fh:
             fh.seek(state.last_start)
             raw = fh.read(state.offset - state.last_start)
         if not raw.endswith(b"\n"):
@@ -270,14 +275,14 @@ class LogTree:
         )
 
     def _newline_after(self, offset: int, log_size: int) -> bool:
-        with self.log_path.open("rb") as fh:
+        with open_regular(self.log_path) as fh:
             fh.seek(offset)
             return b"\n" in fh.read(log_size - offset)
 
     def _fsync_log(self) -> None:
         # A line reaches tree.bin only once it is durable in the log: a writer killed between its
         # write() and its fsync() leaves lines that a power loss could still take away.
-        fd = os.open(self.log_path, os.O_RDONLY)
+        fd = os.open(self.log_path, os.O_RDONLY | os.O_NONBLOCK)  # never waits on a FIFO
         try:
             os.fsync(fd)
         finally:

@@ -18,6 +18,7 @@ from nightcore.audit.parallel import scan_log, tree_of
 from nightcore.audit.scan import Scan
 from nightcore.audit.tree import TREE_NAME, LogTree, audit_lock, first_difference, log_size_locked
 from nightcore.errors import AuditError, NightCoreError
+from nightcore.fsio import open_regular
 from nightcore.layout import AUDIT_LOG_NAME, AUDIT_TAIL_NAME
 
 __all__ = ["VerifyReport", "verify_log"]
@@ -261,7 +262,7 @@ def _transition_problem(audit_dir: Path, history: KeyHistory) -> tuple[int | Non
         return None
     found: set[int] = set()
     end = max(wanted)
-    with (audit_dir / AUDIT_LOG_NAME).open("rb") as fh:
+    with open_regular(audit_dir / AUDIT_LOG_NAME) as fh:
         for seq, line in enumerate(fh):
             if seq >= end:
                 break

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from tuf.api.metadata import Metadata, Root, TargetFile, Targets
 from tuf.ngclient import Updater
@@ -37,9 +38,101 @@ from nightcore.aufs.config import Limits
 from nightcore.aufs.errors import AufsError, from_tuf
 from nightcore.aufs.fetcher import BoundedFetcher
 from nightcore.aufs.state import is_initialized, trusted_versions
+from nightcore.fsio import open_regular, read_input, read_regular_capped
 
 PLACEHOLDER_URL = "http://127.0.0.1:9/"  # init never fetches; Updater wants some base URL
 _KEY_REGISTRY_LOCK = threading.RLock()
+
+
+def _local_caps(limits: Limits) -> dict[str, int]:
+    return {
+        "root": limits.root_max_length,
+        "timestamp": limits.timestamp_max_length,
+        "snapshot": limits.snapshot_max_length,
+        "targets": limits.targets_max_length,
+    }
+
+
+def read_local_metadata(path: Path, cap: int) -> bytes:
+    """A file of the node's trusted metadata directory: ``AUFS_METADATA_INVALID`` for a
+    directory, FIFO or device planted there, ``AUFS_TOO_LARGE`` above the role's download
+    limit (nothing larger can have been written after verification)."""
+    return read_input(
+        path,
+        cap,
+        what="trusted metadata",
+        code="AUFS_METADATA_INVALID",
+        too_large="AUFS_TOO_LARGE",
+        unreadable="IO_ERROR",
+        error=AufsError,
+    )
+
+
+def _check_root_history(metadata_dir: Path, cap: int) -> None:
+    """python-tuf opens ``root_history/N.root.json`` itself (plain ``open``, whole read) when
+    it walks the root chain: refuse beforehand what would block it (a FIFO) or never end (a
+    link to a device) or is above the root limit."""
+    import os
+    import stat
+
+    history = metadata_dir / "root_history"
+    try:
+        names = os.listdir(history)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise AufsError(
+            f"trusted metadata root_history: {exc.strerror}", code="AUFS_METADATA_INVALID"
+        ) from None
+    for name in names:
+        try:
+            st = os.stat(history / name)
+        except FileNotFoundError:
+            continue  # a dangling link: python-tuf sees no such version
+        if not stat.S_ISREG(st.st_mode):
+            raise AufsError(
+                f"trusted metadata root_history/{name} is not a regular file",
+                code="AUFS_METADATA_INVALID",
+            )
+        if st.st_size > cap:
+            raise AufsError(
+                f"trusted metadata root_history/{name} is larger than {cap} bytes",
+                code="AUFS_TOO_LARGE",
+            )
+
+
+class _Updater(Updater):
+    """python-tuf's ``Updater`` whose reads of the local metadata and target cache are capped
+    reads of regular files: a FIFO, a link to ``/dev/zero`` or a huge file planted in
+    ``state/aufs`` never blocks or exhausts memory. In place of the trusted root it is refused
+    with a code; in place of another role or a cached target it counts as no local copy (as a
+    corrupt one does), so the verified download replaces it."""
+
+    def __init__(self, *args: Any, caps: dict[str, int], **kwargs: Any) -> None:
+        self._caps = caps  # before Updater.__init__: it loads the trusted root
+        super().__init__(*args, **kwargs)
+
+    def _load_local_metadata(self, rolename: str) -> bytes:
+        # Only the top-level roles are ever stored (no delegations are followed).
+        cap = self._caps.get(rolename, max(self._caps.values()))
+        path = Path(self._dir) / f"{quote(rolename, '')}.json"
+        if rolename == "root":
+            return read_local_metadata(path, cap)  # the trust anchor: refused with a code
+        # An OSError is what python-tuf expects of a local copy that is missing or unusable:
+        # it then downloads the role again (verified) and replaces the local file.
+        return read_regular_capped(path, cap)
+
+    def find_cached_target(self, targetinfo: TargetFile, filepath: str | None = None) -> str | None:
+        from tuf.api.exceptions import LengthOrHashMismatchError
+
+        if filepath is None:
+            filepath = self._generate_target_file_path(targetinfo)
+        try:
+            with open_regular(filepath, cap=targetinfo.length) as fh:
+                targetinfo.verify_length_and_hashes(fh)
+        except (OSError, LengthOrHashMismatchError):
+            return None  # not there, or not the target: download_target replaces it
+        return filepath
 
 
 @contextlib.contextmanager
@@ -182,11 +275,12 @@ class AufsClient:
         )
         if target_dir is not None:
             target_dir.mkdir(parents=True, exist_ok=True)
+        _check_root_history(metadata_dir, limits.root_max_length)
         try:
             # bootstrap=None: the trust anchor is the root this node already trusts (placed by
             # init_client and moved forward only by verified root rotations).
             with approved_keys_only(fips, self._ignored):
-                self.updater = Updater(
+                self.updater = _Updater(
                     str(metadata_dir),
                     metadata_url,
                     str(target_dir) if target_dir is not None else None,
@@ -194,6 +288,7 @@ class AufsClient:
                     fetcher,
                     limits.updater_config(),
                     bootstrap=None,
+                    caps=_local_caps(limits),
                 )
         except Exception as exc:  # noqa: BLE001
             raise _fips_refusal(from_tuf(exc, "trusted root"), self._ignored) from None
@@ -220,7 +315,10 @@ class AufsClient:
         if not self._refreshed:
             self.refresh()
         try:
-            md = Metadata[Targets].from_bytes((self.metadata_dir / "targets.json").read_bytes())
+            data = read_local_metadata(
+                self.metadata_dir / "targets.json", self.limits.targets_max_length
+            )
+            md = Metadata[Targets].from_bytes(data)
         except Exception as exc:  # noqa: BLE001
             raise from_tuf(exc, "targets.json") from None
         assert isinstance(md.signed, Targets)
@@ -256,6 +354,11 @@ class AufsClient:
             raise from_tuf(exc, info.path[:120]) from None
 
     def trusted_root(self) -> Root:
-        md = Metadata[Root].from_bytes((self.metadata_dir / "root.json").read_bytes())
-        assert isinstance(md.signed, Root)
+        data = read_local_metadata(self.metadata_dir / "root.json", self.limits.root_max_length)
+        try:
+            md = Metadata[Root].from_bytes(data)
+        except Exception as exc:  # noqa: BLE001
+            raise from_tuf(exc, "root.json") from None
+        if not isinstance(md.signed, Root):
+            raise AufsError("root.json is not root metadata", code="AUFS_METADATA_INVALID")
         return md.signed

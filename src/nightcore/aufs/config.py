@@ -135,12 +135,16 @@ def check_url(value: object, what: str) -> str:
 def load_settings(ws_root: Path | None) -> Settings:
     if ws_root is None:
         return Settings()
+    from nightcore.fsio import open_regular
+
     path = ws_root / SETTINGS_NAME
     try:
-        with path.open("rb") as fh:
-            data = fh.read(MAX_SETTINGS_BYTES + 1)
+        with open_regular(path) as fh:  # a FIFO or device is refused, not waited on
+            data = fh.read(MAX_SETTINGS_BYTES + 1)  # parse_settings refuses one byte more
     except FileNotFoundError:
         return Settings()
+    except OSError as exc:
+        raise AufsError(f"{SETTINGS_NAME}: {exc.strerror}", code="AUFS_CONFIG_INVALID") from None
     return parse_settings(data)
 
 

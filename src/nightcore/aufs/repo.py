@@ -29,7 +29,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,10 +50,10 @@ from tuf.repository import Repository
 
 from nightcore.aufs import artifacts
 from nightcore.aufs.adapters import AdapterRegistry, default_registry
-from nightcore.aufs.errors import AufsError
+from nightcore.aufs.errors import AufsError, from_tuf
 from nightcore.canonical import parse_json
 from nightcore.errors import NightCoreError
-from nightcore.fsio import atomic_write, file_lock
+from nightcore.fsio import atomic_write, file_lock, read_input
 from nightcore.module.manifest import TENANT_ID_RE
 
 CONFIG_NAME = "aufs-repo.json"
@@ -66,6 +65,38 @@ DAY = 86400
 DEFAULT_EXPIRY = {"root": 365 * DAY, "targets": 90 * DAY, "snapshot": 7 * DAY, "timestamp": DAY}
 KEY_AGE_WARN_DAYS = 90  # threat model section 11: quarterly key rotation
 _SERIALIZER = JSONSerializer(compact=False)
+# Caps on what the tooling reads from a repository directory (far above what clients accept:
+# the client's own limits, aufs.toml, are the real bounds; these only bound memory).
+MAX_METADATA_BYTES = 16 * 1024 * 1024
+MAX_REPO_CONFIG_BYTES = 1 << 20
+MAX_OVERRIDE_BYTES = 1 << 20
+
+
+def _read_repo_file(path: Path, cap: int, what: str, *, missing_ok: bool = False) -> bytes:
+    """A file of the repository directory: ``AUFS_REPOSITORY_ERROR`` for a directory, FIFO or
+    device, ``AUFS_TOO_LARGE`` above ``cap``, ``IO_ERROR`` when it cannot be read."""
+    return read_input(
+        path,
+        cap,
+        what=what,
+        code="AUFS_REPOSITORY_ERROR",
+        too_large="AUFS_TOO_LARGE",
+        unreadable="IO_ERROR",
+        error=AufsError,
+        missing_ok=missing_ok,
+    )
+
+
+def _metadata(data: bytes, what: str) -> Metadata[Any]:
+    """Parsed metadata of the repository; ``AUFS_METADATA_INVALID`` when it does not parse."""
+    from tuf.api.serialization import DeserializationError
+
+    try:
+        return Metadata.from_bytes(data)
+    except DeserializationError as exc:
+        raise from_tuf(exc, what) from None
+
+
 _SIGNED_INIT: dict[str, Callable[[], Signed]] = {
     "root": Root,
     "targets": Targets,
@@ -99,18 +130,25 @@ def is_private_ref(ref: str) -> bool:
 def public_key_of(ref: str) -> SSlibKey:
     """The public half of a key reference (a ``.pub.pem``, a ``.key`` beside its
     ``.pub.pem``, or a private key file that is then decrypted)."""
-    from nightcore.trust.keys import load_signer, public_key_from_pem
+    from nightcore.trust.keys import MAX_KEY_FILE, load_signer, public_key_from_pem
+
+    def read(p: Path) -> bytes:
+        return read_input(
+            p,
+            MAX_KEY_FILE,
+            what="public key",
+            code="KEY_INVALID",
+            unreadable="KEY_NOT_FOUND",
+            error=AufsError,
+        )
 
     path = Path(ref)
     if ref.endswith(".pub.pem"):
-        try:
-            return public_key_from_pem(path.read_bytes())
-        except OSError as exc:
-            raise AufsError(f"cannot read {ref}: {exc.strerror}", code="KEY_NOT_FOUND") from None
+        return public_key_from_pem(read(path))
     if ref.endswith(".key"):
         sibling = path.with_name(path.name.removesuffix(".key") + ".pub.pem")
         if sibling.is_file():
-            return public_key_from_pem(sibling.read_bytes())
+            return public_key_from_pem(read(sibling))
     key = load_signer(ref).public_key
     assert isinstance(key, SSlibKey)
     return key
@@ -227,7 +265,15 @@ class AufsRepo(Repository):
         self.path = path.resolve()
         cfg = self.path / CONFIG_NAME
         try:
-            data = cfg.read_bytes()
+            data = read_input(
+                cfg,
+                MAX_REPO_CONFIG_BYTES,
+                what=CONFIG_NAME,
+                code="AUFS_CONFIG_INVALID",
+                unreadable="AUFS_REPO_NOT_FOUND",
+                error=AufsError,
+                missing_ok=True,
+            )
         except FileNotFoundError:
             raise AufsError(
                 f"{self.path} is not an AUFS repository (no {CONFIG_NAME})",
@@ -261,8 +307,9 @@ class AufsRepo(Repository):
     # -- python-tuf Repository interface ------------------------------------------------------
 
     def _published_bytes(self, role: str) -> bytes | None:
+        path = self.metadata_dir / f"{role}.json"
         try:
-            return (self.metadata_dir / f"{role}.json").read_bytes()
+            return _read_repo_file(path, MAX_METADATA_BYTES, f"{role}.json", missing_ok=True)
         except FileNotFoundError:
             return None
 
@@ -272,7 +319,7 @@ class AufsRepo(Repository):
             md: Metadata[Any] = Metadata(_SIGNED_INIT[role]())
             md.signed.version = 0
             return md
-        return Metadata.from_bytes(data)
+        return _metadata(data, f"{role}.json")
 
     def close(self, role: str, md: Metadata[Any]) -> None:
         """Store a new version of an *online* role (snapshot, timestamp)."""
@@ -298,7 +345,7 @@ class AufsRepo(Repository):
         data = self._published_bytes("targets")
         if data is None:
             return {}
-        version = Metadata.from_bytes(data).signed.version
+        version = _metadata(data, "targets.json").signed.version
         return {"targets.json": MetaFile.from_data(version, data, ["sha256"])}
 
     @property
@@ -306,7 +353,7 @@ class AufsRepo(Repository):
         data = self._published_bytes("snapshot")
         if data is None:
             return MetaFile(0)
-        version = Metadata.from_bytes(data).signed.version
+        version = _metadata(data, "snapshot.json").signed.version
         return MetaFile.from_data(version, data, ["sha256"])
 
     def _online_signer(self, role: str) -> Signer:
@@ -323,10 +370,12 @@ class AufsRepo(Repository):
     # -- staging ------------------------------------------------------------------------------
 
     def staged(self, role: str) -> Metadata[Any] | None:
+        name = f"staged/{role}.json"
         try:
-            return Metadata.from_bytes((self.staged_dir / f"{role}.json").read_bytes())
+            data = _read_repo_file(self.path / name, MAX_METADATA_BYTES, name, missing_ok=True)
         except FileNotFoundError:
             return None
+        return _metadata(data, name)
 
     def _write_staged(self, role: str, md: Metadata[Any]) -> None:
         self.staged_dir.mkdir(exist_ok=True)
@@ -347,8 +396,9 @@ class AufsRepo(Repository):
         data = self._published_bytes("root")
         if data is None:
             return None
-        root = Metadata[Root].from_bytes(data).signed
-        assert isinstance(root, Root)
+        root = _metadata(data, "root.json").signed
+        if not isinstance(root, Root):
+            raise AufsError("root.json is not root metadata", code="AUFS_METADATA_INVALID")
         return root
 
     def effective_root(self) -> Root:
@@ -491,7 +541,18 @@ class AufsRepo(Repository):
             )
         sha = tf.hashes["sha256"]
         work = self.path / "overrides" / tenant / f"{version}.json"
-        existing = work.read_bytes() if work.exists() else None
+        try:
+            existing: bytes | None = read_input(
+                work,
+                MAX_OVERRIDE_BYTES,
+                what="override",
+                code="AUFS_OVERRIDE_INVALID",
+                unreadable="IO_ERROR",
+                error=AufsError,
+                missing_ok=True,
+            )
+        except FileNotFoundError:
+            existing = None
         if existing is not None:
             doc = override.payload_of(existing)
             if (doc.get("tenant"), doc.get("version"), doc.get("sha256")) != (tenant, version, sha):
@@ -625,7 +686,7 @@ class AufsRepo(Repository):
         out = {}
         for role in TOP_ROLES:
             data = self._published_bytes(role)
-            out[role] = Metadata.from_bytes(data).signed.version if data else 0
+            out[role] = _metadata(data, f"{role}.json").signed.version if data else 0
         return out
 
     # -- status, backup -----------------------------------------------------------------------
@@ -639,7 +700,7 @@ class AufsRepo(Repository):
             data = self._published_bytes(role)
             entry: dict[str, Any] = {"published_version": 0}
             if data is not None:
-                md = Metadata.from_bytes(data)
+                md = _metadata(data, f"{role}.json")
                 left = md.signed.expires - now
                 entry.update(
                     published_version=md.signed.version,
@@ -687,8 +748,9 @@ class AufsRepo(Repository):
         )
         previous: Root | None = None
         for version, p in roots:
-            md = Metadata[Root].from_bytes(p.read_bytes())
-            assert isinstance(md.signed, Root)
+            md = _metadata(_read_repo_file(p, MAX_METADATA_BYTES, p.name), p.name)
+            if not isinstance(md.signed, Root):
+                raise AufsError(f"{p.name} is not root metadata", code="AUFS_METADATA_INVALID")
             if md.signed.version != version:
                 raise AufsError(
                     f"{p.name} holds root v{md.signed.version}", code="AUFS_REPOSITORY_ERROR"
@@ -703,9 +765,12 @@ class AufsRepo(Repository):
         ]
         for p in files:
             if p.exists():
-                shutil.copyfile(p, dest / p.name)
-                sums.append(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}")
-        shutil.copyfile(self.path / CONFIG_NAME, dest / CONFIG_NAME)
+                # Read once (capped, regular files only): the copy is what the sum covers.
+                data = _read_repo_file(p, MAX_METADATA_BYTES, p.name)
+                (dest / p.name).write_bytes(data)
+                sums.append(f"{hashlib.sha256(data).hexdigest()}  {p.name}")
+        config = _read_repo_file(self.path / CONFIG_NAME, MAX_REPO_CONFIG_BYTES, CONFIG_NAME)
+        (dest / CONFIG_NAME).write_bytes(config)
         (dest / "SHA256SUMS").write_text("\n".join(sums) + "\n")
         return {"backup": str(dest), "root_versions": [v for v, _ in roots], "files": len(sums) + 1}
 
@@ -811,14 +876,17 @@ def _infer_kind(source: Path) -> str:
 
 
 def _read(path: Path, cap: int) -> bytes:
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(cap + 1)
-    except OSError as exc:
-        raise AufsError(f"cannot read {path}: {exc.strerror}", code="IO_ERROR") from None
-    if len(data) > cap:
-        raise AufsError(f"{path.name} is larger than {cap} bytes", code="AUFS_TOO_LARGE")
-    return data
+    """An artifact's source file: ``AUFS_TARGET_INVALID`` for a directory, FIFO or device,
+    ``AUFS_TOO_LARGE`` above ``cap``, ``IO_ERROR`` when it cannot be read."""
+    return read_input(
+        path,
+        cap,
+        what="source",
+        code="AUFS_TARGET_INVALID",
+        too_large="AUFS_TOO_LARGE",
+        unreadable="IO_ERROR",
+        error=AufsError,
+    )
 
 
 def package_facts(

@@ -10,8 +10,11 @@ from typing import Any
 
 from nightcore.aufs.errors import AufsError
 from nightcore.context import NodeContext
+from nightcore.fsio import read_input, read_regular_capped
 
 STATE_FORMAT = 1
+MAX_INSTALLED_BYTES = 16 * 1024 * 1024
+MAX_TRUSTED_METADATA_BYTES = 32 * 1024 * 1024  # above every role's download limit
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,16 @@ class NodePaths:
 
 def load_state(paths: NodePaths) -> dict[str, Any]:
     try:
-        doc = json.loads(paths.installed.read_bytes())
+        data = read_input(
+            paths.installed,
+            MAX_INSTALLED_BYTES,
+            what="state/aufs/installed.json",
+            code="STATE_INVALID",
+            unreadable="IO_ERROR",
+            error=AufsError,
+            missing_ok=True,
+        )
+        doc = json.loads(data)
     except FileNotFoundError:
         return {"format": STATE_FORMAT, "tenants": {}, "trust": {}, "runtime": {}}
     except ValueError:
@@ -64,7 +76,8 @@ def trusted_versions(metadata_dir: Path) -> dict[str, int]:
     out: dict[str, int] = {}
     for role in ("root", "timestamp", "snapshot", "targets"):
         try:
-            out[role] = _version_of((metadata_dir / f"{role}.json").read_bytes())
+            path = metadata_dir / f"{role}.json"
+            out[role] = _version_of(read_regular_capped(path, MAX_TRUSTED_METADATA_BYTES))
         except (OSError, ValueError, KeyError, TypeError):
             out[role] = 0
     return out

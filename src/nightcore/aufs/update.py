@@ -46,9 +46,9 @@ from nightcore.aufs.client import AufsClient
 from nightcore.aufs.config import Limits, Settings
 from nightcore.aufs.errors import AufsError
 from nightcore.aufs.state import NodePaths, load_state
-from nightcore.context import NodeContext
+from nightcore.context import MAX_REVOCATIONS_BYTES, NodeContext, read_capped
 from nightcore.errors import NightCoreError
-from nightcore.fsio import atomic_write, file_lock
+from nightcore.fsio import atomic_write, file_lock, read_regular_capped
 
 
 @dataclass
@@ -306,8 +306,12 @@ class Updater:
     def _fetch(self, client: AufsClient, path: str) -> tuple[bytes, Path]:
         info = client.targetinfo(path)
         local = client.download(info)
-        with local.open("rb") as fh:
-            data = fh.read(info.length + 1)
+        try:
+            data = read_regular_capped(local, info.length)
+        except OSError as exc:
+            raise AufsError(
+                f"{path}: cached copy unusable ({exc.strerror})", code="AUFS_HASH_MISMATCH"
+            ) from None
         # Re-check what we are about to use (the cache is ours, but check the very bytes).
         if len(data) != info.length or hashlib.sha256(data).hexdigest() != info.hashes.get(
             "sha256"
@@ -349,9 +353,11 @@ class Updater:
     # -- trust material ----------------------------------------------------------------------
 
     def _file_sha(self, path: Path) -> str:
+        """The SHA-256 of an installed trust file; "" when it is missing or unusable (a FIFO,
+        a directory, too large): then the signed target replaces it."""
         try:
-            return hashlib.sha256(path.read_bytes()).hexdigest()
-        except FileNotFoundError:
+            return hashlib.sha256(read_regular_capped(path, MAX_REVOCATIONS_BYTES)).hexdigest()
+        except OSError:
             return ""
 
     def _registry(
@@ -372,9 +378,8 @@ class Updater:
         if self.ws.layout.revocations_path.exists():
             # The revocation list in force must still verify: a registry that drops its
             # signer would silently un-revoke everything.
-            parse_revocations(
-                self.ws.layout.revocations_path.read_bytes(), registry, fips=self.ws.policy.fips
-            )
+            current = read_capped(self.ws.layout.revocations_path, MAX_REVOCATIONS_BYTES)
+            parse_revocations(current, registry, fips=self.ws.policy.fips)
         atomic_write(self.ws.layout.registry_path, data)
         state["trust"]["registry"] = {"version": art.version, "sha256": art.sha256}
         self._record(
@@ -426,7 +431,8 @@ class Updater:
             return ""
         # Validated: the version names a directory under modules/.aufs-previous/.
         try:
-            v = tomllib.loads((live / "manifest.toml").read_text()).get("version", "")
+            text = read_regular_capped(live / "manifest.toml", 1 << 20).decode("utf-8")
+            v = tomllib.loads(text).get("version", "")
             if isinstance(v, str) and artifacts.VERSION_RE.fullmatch(v):
                 return v
         except (OSError, ValueError):

@@ -26,11 +26,11 @@ MAX_KEY_FILE = 64 * 1024
 
 
 def _read_capped(path: str, cap: int, code: str, what: str) -> bytes:
-    with Path(path).open("rb") as fh:
-        data = fh.read(cap + 1)
-    if len(data) > cap:
-        raise AuditError(f"{what} {path} is larger than {cap} bytes", code=code)
-    return data
+    """A file named on the command line: ``code`` when it is above ``cap`` or not a regular
+    file (a FIFO, a device, a directory), ``IO_ERROR`` when it cannot be read."""
+    from nightcore.fsio import read_input
+
+    return read_input(path, cap, what=what, code=code, unreadable="IO_ERROR", error=AuditError)
 
 
 def _refused(args: argparse.Namespace, exc: AuditError, **extra: Any) -> int:

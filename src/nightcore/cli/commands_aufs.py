@@ -283,16 +283,21 @@ def cmd_repo_serve(args: argparse.Namespace) -> int:
 def cmd_client_init(args: argparse.Namespace) -> int:
     from nightcore.aufs.client import init_client
     from nightcore.aufs.config import SETTINGS_NAME, render_settings
-    from nightcore.fsio import atomic_write
+    from nightcore.aufs.errors import AufsError
+    from nightcore.fsio import atomic_write, read_input
 
     ws = _ws_optional(args)
     settings = _settings(ws)
     path = Path(args.root_json)
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(settings.limits.root_max_length + 1)
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    data = read_input(
+        path,
+        settings.limits.root_max_length,
+        what="root.json",
+        code="AUFS_METADATA_INVALID",
+        too_large="AUFS_TOO_LARGE",
+        unreadable="USAGE",
+        error=AufsError,
+    )
     mdir = _metadata_dir(args, ws)
     try:
         ri = init_client(

@@ -81,11 +81,9 @@ def cmd_proof_export(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from nightcore.app.evidence import verify_bundle
+    from nightcore.trust.pubkey import read_public_pem
 
-    try:
-        pem = Path(args.key).read_bytes()
-    except OSError as exc:
-        raise NightCoreError(f"cannot read {args.key}: {exc.strerror}", code="USAGE") from None
+    pem = read_public_pem(args.key, "node public key")
     res = verify_bundle(Path(args.bundle), pem)
     if args.json:
         print_json(res.to_dict())

@@ -8,16 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from nightcore.cli.render import info, print_json, print_table
-from nightcore.errors import NightCoreError
 
 
 def cmd_release_verify(args: argparse.Namespace) -> int:
     from nightcore.app.release import verify_release
+    from nightcore.trust.pubkey import read_public_pem
 
-    try:
-        pem = Path(args.key).read_bytes()
-    except OSError as exc:
-        raise NightCoreError(f"cannot read {args.key}: {exc.strerror}", code="USAGE") from None
+    pem = read_public_pem(args.key, "release public key")
     res = verify_release(Path(args.dir), pem)
     if args.json:
         print_json(res.to_dict())
@@ -42,11 +39,9 @@ def cmd_release_stage(args: argparse.Namespace) -> int:
     import os
 
     from nightcore.app.release import stage_release_in_aufs
+    from nightcore.trust.pubkey import read_public_pem
 
-    try:
-        pem = Path(args.key).read_bytes()
-    except OSError as exc:
-        raise NightCoreError(f"cannot read {args.key}: {exc.strerror}", code="USAGE") from None
+    pem = read_public_pem(args.key, "release public key")
     repo = Path(args.repo or os.environ.get("NIGHTCORE_AUFS_REPO") or ".")
     out = stage_release_in_aufs(repo, Path(args.dir), pem, min_runtime=args.min_runtime or "")
     if args.json:

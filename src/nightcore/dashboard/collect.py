@@ -54,6 +54,7 @@ from nightcore.dashboard.views import (
 )
 from nightcore.dashboard_defaults import MAX_ROWS, VERIFY_MODES
 from nightcore.errors import NightCoreError, UsageError
+from nightcore.fsio import open_regular, read_regular_capped
 
 VerifyMode = Literal["auto", "full", "quick", "none"]
 
@@ -157,7 +158,7 @@ def _tail_unverified(ws: NodeContext) -> CheckpointView | None:
     import binascii
 
     try:
-        with ws.layout.audit_tail.open("rb") as fh:
+        with open_regular(ws.layout.audit_tail) as fh:
             data = fh.read(64 * 1024)
     except OSError:
         return None
@@ -377,7 +378,7 @@ def full_verify(ws: NodeContext) -> VerifyView:
     start = time.perf_counter()
     audit_dir = ws.layout.audit_dir
     try:
-        pem: bytes | None = ws.layout.node_pub_path.read_bytes()
+        pem: bytes | None = read_regular_capped(ws.layout.node_pub_path, 64 * 1024)
     except OSError:
         pem = None
     try:

@@ -38,6 +38,7 @@ from typing import IO, Any
 
 from nightcore.audit.lines import event_of, is_checkpoint, prev_chain, record_of, tenant_of, ts_of
 from nightcore.audit.merkle import EMPTY_ROOT, compact_extend, compact_root
+from nightcore.fsio import open_regular
 
 __all__ = ["EMPTY_ROOT", "AuditScanner", "Boundary", "CheckpointEvent", "Hasher", "loads"]
 
@@ -214,7 +215,7 @@ def _hash_worker_main() -> None:
     end, n, offset = int(args["end"]), 0, 0
     snapshot_at = args.get("snapshot_at")
     snapshot: dict[str, Any] | None = None
-    with open(args["path"], "rb", buffering=1 << 20) as fh:
+    with open_regular(args["path"], buffering=1 << 20) as fh:
         for raw in fh:
             if offset >= end or raw[-1:] != b"\n":
                 break
@@ -363,7 +364,7 @@ class AuditScanner:
     def update(self) -> bool:
         """Consume the whole lines appended since the last call; True if any were."""
         try:
-            fh = self.path.open("rb", buffering=1 << 20)
+            fh = open_regular(self.path, buffering=1 << 20)  # a FIFO: OSError, not a hang
         except FileNotFoundError:
             if self.offset:
                 self._reset()

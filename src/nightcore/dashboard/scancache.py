@@ -19,11 +19,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import marshal
-import os
 from typing import Any
 
 from nightcore.context import NodeContext
-from nightcore.fsio import atomic_write
+from nightcore.fsio import atomic_write, open_regular, read_regular_capped
 
 STATE_NAME = "dashboard-scan.state"
 MAGIC = b"nightcore dashboard scan state 1\n"
@@ -33,7 +32,7 @@ _CONTEXT = b"nightcore dashboard scan state"
 
 def _key(ws: NodeContext) -> bytes | None:
     try:
-        secret = ws.layout.cache_secret_path.read_bytes()
+        secret = read_regular_capped(ws.layout.cache_secret_path, 4096)
     except OSError:
         return None
     if len(secret) < 16:
@@ -48,11 +47,7 @@ def load(ws: NodeContext) -> dict[str, Any] | None:
         return None
     path = ws.layout.private_dir / STATE_NAME
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        with os.fdopen(fd, "rb") as fh:
+        with open_regular(path, follow=False) as fh:  # a FIFO planted there is not waited on
             data = fh.read(MAX_STATE_BYTES + 1)
     except OSError:
         return None

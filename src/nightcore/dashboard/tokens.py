@@ -118,7 +118,8 @@ class TokenStore:
 
     def _read(self) -> dict[str, TokenRecord]:
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            # Non-blocking: a FIFO planted there is refused below, not waited on.
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except FileNotFoundError:
             return {}
         except OSError as exc:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from nightcore.canonical import canonical, parse_json
 from nightcore.errors import NightCoreError
+from nightcore.fsio import open_regular, read_input
 from nightcore.layout import Layout
 from nightcore.trust.envelope import parse_envelope, sign_payload_with, verify_signature
 from nightcore.trust.pubkey import PublicKey
@@ -60,6 +61,7 @@ MAX_MEMBER_DEPTH = 16  # path components of a member name (bundles use at most 3
 MAX_MEMBER_NAME = 1024  # characters of a member name
 MAX_HEADER_BYTES = 64 * 1024  # one member's tar header blocks, PAX and GNU extensions included
 MAX_HEADERS_TOTAL = 2048 * MAX_MEMBERS  # all headers of a bundle together
+MAX_TRAILER_BYTES = 64 * 1024  # zero padding after the end-of-archive blocks (a record is 10 KiB)
 _RUN_EVENTS = (b'"event":"admit"', b'"event":"run_start"', b'"event":"run_outcome"')
 
 
@@ -86,6 +88,21 @@ class BundleSource:
     @property
     def node(self) -> dict[str, str]:
         return {"id": self.node_id, "name": self.node_name}
+
+
+def _ws_file(path: Path) -> bytes:
+    """A workspace file an export copies into a bundle: a regular file of at most one
+    member's cap (``BUNDLE_TOO_LARGE`` above it; a FIFO, device or directory planted in the
+    workspace is ``BUNDLE_INVALID``), never a hang or an endless read."""
+    return read_input(
+        path,
+        MAX_MEMBER_BYTES,
+        what="workspace file",
+        code="BUNDLE_INVALID",
+        too_large="BUNDLE_TOO_LARGE",
+        unreadable="IO_ERROR",
+        error=BundleError,
+    )
 
 
 class _Writer:
@@ -194,10 +211,10 @@ def _add_trust(w: _Writer, src: BundleSource) -> None:
     w.add("keys/node.pub.pem", src.node_pub_pem)
     history = src.layout.audit_dir / HISTORY_FILE
     if history.exists():
-        w.add(f"keys/{HISTORY_FILE}", history.read_bytes())
+        w.add(f"keys/{HISTORY_FILE}", _ws_file(history))
     for p in (src.layout.registry_path, src.layout.revocations_path):
         if p.exists():
-            w.add(f"trust/{p.name}", p.read_bytes())
+            w.add(f"trust/{p.name}", _ws_file(p))
 
 
 def export_proof(
@@ -221,7 +238,7 @@ def export_proof(
     for run_id in selected:
         att = src.layout.run_dir(run_id) / ATTESTATION_FILE
         if att.exists():
-            w.add(f"attestations/{run_id}.intoto.dsse.json", att.read_bytes())
+            w.add(f"attestations/{run_id}.intoto.dsse.json", _ws_file(att))
     lines = _lines_for(src, set(selected), None)
     # A fresh checkpoint so every exported line is covered (appends one audit line).
     src.tlog.checkpoint("proof-export")
@@ -287,12 +304,12 @@ def export_forensics(
         d = src.layout.run_dir(str(rid))
         for name in ("stdout", "stderr", ATTESTATION_FILE):
             if (d / name).exists():
-                w.add(f"runs/{rid}/{name}", (d / name).read_bytes())
+                w.add(f"runs/{rid}/{name}", _ws_file(d / name))
     pkg = src.layout.tenant_dir(tenant)
     for name in ("module.wasm", "manifest.toml", "module.intoto.dsse.json"):
         p = pkg / name
         if p.is_file() and not p.is_symlink():
-            w.add(f"package/{name}", p.read_bytes())
+            w.add(f"package/{name}", _ws_file(p))
     _add_content(w, src, lines)
     w.add("audit/lines.jsonl", b"".join(x + b"\n" for x in lines))
     w.add("audit/audit.tail", latest.note)
@@ -300,7 +317,7 @@ def export_forensics(
         seq = int(json.loads(line)["seq"])
         w.add(f"audit/proofs/{seq}.tlog-proof", tl.prove_at(seq, latest))
     checkpoint = {"size": latest.size, "root": latest.root.hex()}
-    cfg = src.layout.config_path.read_text()
+    cfg = _ws_file(src.layout.config_path).decode("utf-8", errors="replace")
     w.add("config/nightcore.toml", _redact(cfg).encode())
     w.add(
         "host.json",
@@ -362,7 +379,7 @@ def _add_content(w: _Writer, src: BundleSource, lines: list[bytes]) -> None:
             digest = d.get(key)
             p = content / sub / f"{digest}.{ext}"
             if isinstance(digest, str) and p.is_file() and f"content/{sub}/{p.name}" not in w.files:
-                w.add(f"content/{sub}/{p.name}", p.read_bytes())
+                w.add(f"content/{sub}/{p.name}", _ws_file(p))
 
 
 def _redact(config: str) -> str:
@@ -542,7 +559,7 @@ def safe_extract(archive: Path, dest: Path) -> dict[str, Path]:
         root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
             with (
-                archive.open("rb") as raw,
+                open_regular(archive) as raw,  # a FIFO or a device is no bundle (nor a hang)
                 gzip.GzipFile(fileobj=raw, mode="rb") as gz,
             ):
                 meter = _Metered(gz, MAX_HEADER_BYTES)
@@ -558,6 +575,11 @@ def safe_extract(archive: Path, dest: Path) -> dict[str, Path]:
                         headers += max(meter.tell() - start, 0)
                         total += _extract_one(tar, meter, member, root_fd, seen, total)
                         seen[member.name] = dest.joinpath(*member.name.split("/"))
+                # Nothing may follow the archive but its zero padding: bytes appended to a
+                # bundle (junk, or another gzip member) would otherwise ride along unverified.
+                trailer = gz.read(MAX_TRAILER_BYTES + 1)
+                if len(trailer) > MAX_TRAILER_BYTES or trailer.strip(b"\0"):
+                    raise BundleError("data after the end of the archive", code="BUNDLE_MALFORMED")
         finally:
             os.close(root_fd)
     except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError, zlib.error) as exc:
@@ -656,6 +678,7 @@ def verify_bundle(archive: Path, node_pub_pem: bytes) -> VerifyResult:
 def _read(files: dict[str, Path], name: str) -> bytes:
     if name not in files:
         raise BundleError(f"{name} is missing", code="FILE_MISSING")
+    # A regular file safe_extract itself created (capped) in its own temporary directory.
     return files[name].read_bytes()
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nightcore.errors import NightCoreError
-from nightcore.fsio import atomic_write
+from nightcore.fsio import atomic_write, open_regular, read_regular_capped
 
 if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
@@ -66,6 +66,8 @@ DUPLICATE_WINDOW_S = 600.0
 POLL_S = 0.2
 BATCH_LINES = 500
 MAX_LINE = 1 << 20
+MAX_CURSOR_BYTES = 1 << 20  # state/mesh/audit-*.json
+MAX_PEM_BYTES = 64 * 1024
 READ_IDLE_S = 5.0
 
 
@@ -99,9 +101,9 @@ def load_cursor(layout: Layout, prefix: str) -> ReplicationCursor:
     if not path.exists():
         return ReplicationCursor()
     try:
-        raw = json.loads(path.read_bytes())
+        raw = json.loads(read_regular_capped(path, MAX_CURSOR_BYTES))
         cur = ReplicationCursor(**{k: raw[k] for k in ReplicationCursor().__dict__ if k in raw})
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OSError) as exc:
         raise NightCoreError(
             f"audit replication cursor {path.name} is corrupt: {exc}", code="STATE_INVALID"
         ) from None
@@ -123,7 +125,7 @@ def _offset_of(log: Path, lines: int) -> int | None:
         return 0
     seen = 0
     offset = 0
-    with log.open("rb") as fh:
+    with open_regular(log) as fh:
         for line in fh:
             if not line.endswith(b"\n"):
                 return None
@@ -135,7 +137,7 @@ def _offset_of(log: Path, lines: int) -> int | None:
 
 
 def _line_at(log: Path, seq: int) -> bytes | None:
-    with log.open("rb") as fh:
+    with open_regular(log) as fh:
         for n, line in enumerate(fh):
             if n == seq:
                 return line if line.endswith(b"\n") else None
@@ -289,7 +291,7 @@ class AuditReplicationService:
         return ack
 
     async def _publish_key(self) -> None:
-        pem = self.layout.node_pub_path.read_bytes()
+        pem = read_regular_capped(self.layout.node_pub_path, MAX_PEM_BYTES)
         digest = hashlib.sha256(pem).hexdigest()
         if digest == self.cur.key_sha256:
             return
@@ -302,7 +304,7 @@ class AuditReplicationService:
         if not log.exists():
             return 0
         batch: list[bytes] = []
-        with log.open("rb") as fh:
+        with open_regular(log) as fh:
             fh.seek(self.cur.offset)
             while len(batch) < BATCH_LINES:
                 line = fh.readline(MAX_LINE + 2)
@@ -319,12 +321,14 @@ class AuditReplicationService:
         return len(batch)
 
     async def _publish_checkpoints(self) -> None:
+        from nightcore.audit.note import MAX_NOTE_SIZE
+
         done = set(self.cur.checkpoints)
         cdir = self.layout.checkpoints_dir
         for size in _local_checkpoints(self.layout):
             if size in done or size > self.cur.lines:
                 continue
-            note = (cdir / f"{size}.note").read_bytes()
+            note = read_regular_capped(cdir / f"{size}.note", MAX_NOTE_SIZE)
             await self._publish(
                 "checkpoint", note, f"{self.node}.checkpoint.{size}", {SIZE_HEADER: str(size)}
             )
@@ -398,7 +402,7 @@ def _count_lines(path: Path, offset: int = 0) -> int:
     """Whole lines of ``path`` after byte ``offset``."""
     if not path.exists():
         return 0
-    with path.open("rb") as fh:
+    with open_regular(path) as fh:
         fh.seek(offset)
         return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
 
@@ -647,7 +651,7 @@ def verify_stream(
     config = MeshConfig.from_options(
         servers, prefix=prefix, node_name=node, creds=creds, js_domain=domain
     )
-    own_pem = ctx.layout.node_pub_path.read_bytes() if ctx is not None else None
+    own_pem = ctx.node_public_pem() if ctx is not None else None
     ack = Acknowledged()
     with tempfile.TemporaryDirectory(prefix="nightcore-stream-") as tmp:
         dest = Path(tmp)

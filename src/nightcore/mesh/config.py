@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from nightcore.errors import NightCoreError
+from nightcore.fsio import read_regular_capped
 from nightcore.mesh.names import DEFAULT_PREFIX, Names, check_token
 
 MAX_SERVERS = 32
@@ -99,7 +100,8 @@ def load_credentials(path: Path) -> Credentials:
             raise _bad(f"credentials file {path} is readable by group or others (chmod 600 it)")
         if st.st_size > MAX_CREDS_BYTES:
             raise _bad(f"credentials file {path} is larger than {MAX_CREDS_BYTES} bytes")
-        text = path.read_text(encoding="utf-8")
+        # Read what was checked, not what the path names now (never blocking, capped).
+        text = read_regular_capped(path, MAX_CREDS_BYTES).decode("utf-8")
     except OSError as exc:
         raise _bad(f"cannot read credentials file {path}: {exc.strerror}") from None
     except UnicodeDecodeError:

@@ -318,14 +318,11 @@ def key_fields_from_pem(
     """(key id, the ``key`` of a key_add document) from a public key file."""
     from pathlib import Path
 
-    from nightcore.trust.pubkey import PublicKey
+    from nightcore.trust.pubkey import PublicKey, read_public_pem
     from nightcore.trust.registry import fmt_time
 
     path = Path(public_pem)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    data = read_public_pem(path)
     key = PublicKey.from_pem(data)
     return str(key.keyid), {
         "public_pem": data.decode("ascii", errors="replace"),

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from nightcore.canonical import canonical, parse_json
 from nightcore.errors import NightCoreError, StateError
-from nightcore.fsio import atomic_write
+from nightcore.fsio import atomic_write, read_regular_capped
 
 if TYPE_CHECKING:
     from nightcore.context import NodeContext
@@ -49,7 +49,8 @@ def load_state(layout: Layout) -> MeshState:
     if not path.exists():
         return MeshState()
     try:
-        doc = parse_json(path.read_bytes(), max_bytes=1 << 20, what="state/mesh/trust.json")
+        data = read_regular_capped(path, 1 << 20)
+        doc = parse_json(data, max_bytes=1 << 20, what="state/mesh/trust.json")
     except (NightCoreError, OSError) as exc:
         raise StateError(f"state/mesh/trust.json: {exc}") from None
     if (

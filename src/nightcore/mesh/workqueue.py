@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from nightcore.errors import NightCoreError
+from nightcore.fsio import read_regular_capped
 from nightcore.mesh import work
 from nightcore.mesh.packages import PackageSync
 
@@ -569,9 +570,9 @@ def _attestations(agent: MeshAgent, runs: list[dict[str, Any]]) -> list[dict[str
             continue
         path = agent.ctx.layout.run_dir(run_id) / ATTESTATION_FILE
         try:
-            data = path.read_bytes()
+            data = read_regular_capped(path, MAX_ATTESTATION_BYTES)
         except OSError:
-            continue  # not written: the runner audited attestation_failed
+            continue  # not written (the runner audited attestation_failed), or not usable
         if len(data) > MAX_ATTESTATION_BYTES:
             continue
         try:

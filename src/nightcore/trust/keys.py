@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nightcore.errors import KeyError_, TrustError
+from nightcore.fsio import open_regular, read_input
 
 if TYPE_CHECKING:
     from securesystemslib.signer import SecretsHandler, Signer, SSlibKey
@@ -185,6 +186,16 @@ def ed25519_from_pkcs8_pem(data: bytes) -> Any:
     return Ed25519PrivateKey.from_private_bytes(der[len(_ED25519_PKCS8_PREFIX) :])
 
 
+def _head(path: Path) -> bytes:
+    """The first 64 bytes of a key file (is it encrypted?), or nothing for what is not a
+    readable regular file (:func:`_load_private` then says why); never blocks on a FIFO."""
+    try:
+        with open_regular(path, follow=False) as fh:
+            return fh.read(64)
+    except OSError:
+        return b""
+
+
 def _load_private(path: Path, passphrase: bytes | None) -> Any:
 
     try:
@@ -201,7 +212,9 @@ def _load_private(path: Path, passphrase: bytes | None) -> Any:
         )
     if st.st_size > MAX_KEY_FILE:
         raise KeyError_(f"{path} is too large to be a key", code="KEY_INVALID")
-    data = path.read_bytes()
+    # The same checks again on what is opened (not followed, never blocking): the file may
+    # have been swapped for a FIFO or a link since the lstat.
+    data = read_input(path, MAX_KEY_FILE, what="key file", code="KEY_INVALID", follow=False)
     encrypted = b"ENCRYPTED" in data.split(b"\n", 1)[0]
     if not encrypted:
         fast = ed25519_from_pkcs8_pem(data)
@@ -235,7 +248,7 @@ def _register_scheme() -> None:
             secrets_handler: SecretsHandler | None = None,
         ) -> CryptoSigner:
             path = Path(priv_key_uri.partition(":")[2])
-            data_head = path.read_bytes()[:64] if path.is_file() else b""
+            data_head = _head(path)
             passphrase = None
             if b"ENCRYPTED" in data_head and secrets_handler is not None:
                 passphrase = secrets_handler("passphrase").encode()
@@ -265,11 +278,7 @@ def load_signer(
     if is_path:
         path = Path(rest if scheme == URI_SCHEME else uri_or_path)
         passphrase: bytes | None = None
-        head = b""
-        if path.is_file():
-            with path.open("rb") as fh:
-                head = fh.read(64)
-        if b"ENCRYPTED" in head:
+        if b"ENCRYPTED" in _head(path):
             passphrase = passphrase_from_env_or_prompt(passphrase_env)
         private = _load_private(path, passphrase)
         return CryptoSigner(private)
@@ -339,9 +348,6 @@ def load_file_signer(uri_or_path: str, passphrase_env: str = PASSPHRASE_ENV) -> 
     if sep and len(scheme) > 1 and scheme not in (URI_SCHEME, "file2"):
         return None
     path = Path(rest if sep and len(scheme) > 1 else uri_or_path)
-    head = b""
-    if path.is_file():
-        with path.open("rb") as fh:
-            head = fh.read(64)
-    passphrase = passphrase_from_env_or_prompt(passphrase_env) if b"ENCRYPTED" in head else None
+    encrypted = b"ENCRYPTED" in _head(path)
+    passphrase = passphrase_from_env_or_prompt(passphrase_env) if encrypted else None
     return FileSigner(_load_private(path, passphrase))

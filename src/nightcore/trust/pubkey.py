@@ -14,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nightcore.errors import KeyError_
 
 ED25519 = "ed25519"
+MAX_PUBLIC_PEM = 64 * 1024
 ECDSA_SCHEMES = {"ecdsa-sha2-nistp256": "SHA256", "ecdsa-sha2-nistp384": "SHA384"}
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -110,7 +112,7 @@ class PublicKey:
 
     @classmethod
     def from_pem(cls, data: bytes) -> PublicKey:
-        if len(data) > 64 * 1024:
+        if len(data) > MAX_PUBLIC_PEM:
             raise KeyError_("public key file is too large")
         raw = ed25519_raw_from_pem(data)
         if raw is not None:
@@ -202,3 +204,14 @@ class PublicKey:
         from securesystemslib.signer import SSlibKey
 
         return SSlibKey(self.keyid, self.keytype, self.scheme, dict(self.keyval))
+
+
+def read_public_pem(path: str | Path, what: str = "public key") -> bytes:
+    """The bytes of a public-key PEM file named by a user (``--key``, ``trust add-key``):
+    ``KEY_INVALID`` for a directory, FIFO, device or a file above 64 KiB, ``USAGE`` for a
+    file that cannot be read (missing, no permission). Never blocks, never reads endlessly."""
+    from nightcore.fsio import read_input
+
+    return read_input(
+        path, MAX_PUBLIC_PEM, what=what, code="KEY_INVALID", unreadable="USAGE", error=KeyError_
+    )
