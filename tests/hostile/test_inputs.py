@@ -44,19 +44,21 @@ VARIANTS = ("fifo", "dev-zero", "directory", "oversized", "truncated", "garbage"
 _GARBAGE = random.Random(15).randbytes(4096)
 
 
-def _limit_memory() -> None:  # pragma: no cover - runs in the child
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))
+def nightcore(*args: str, cwd: Path | None = None, memory: int = MEMORY) -> CliResult:
+    """``nightcore --json ARGS`` in a child process (bounded in time and address space; a
+    command that runs a tenant needs more: Wasmtime reserves 4 GiB and guard pages per
+    linear memory)."""
 
+    def limit_memory() -> None:  # pragma: no cover - runs in the child
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
 
-def nightcore(*args: str, cwd: Path | None = None) -> CliResult:
-    """``nightcore --json ARGS`` in a child process (bounded in time and memory)."""
     p = subprocess.run(
         [sys.executable, "-m", "nightcore", "--json", *args],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
         cwd=cwd,
-        preexec_fn=_limit_memory,
+        preexec_fn=limit_memory,
     )
     return CliResult(p.returncode, p.stdout, p.stderr)
 
@@ -484,3 +486,36 @@ def test_a_non_utf8_wat_source_is_a_build_failure(work: Base) -> None:
     os.mkfifo(d / "module.wat")
     assert_error(nightcore("build", str(d)), "USAGE")  # needs exactly one source file
     assert sorted(p.name for p in d.iterdir()) == ["module.wat"]
+
+
+# -- files the run path reads: the cache secret and entries, the node key for a replay ---------
+
+RUN_PATH = {
+    # the module cache's key: no run without it (a FIFO would hang every run)
+    "private/cache.secret": (("run", "hello", "--no-dashboard"), "CACHE_SECRET_INVALID"),
+    # a cache entry is only a cache: refused, deleted and compiled again
+    "state/cache/ENTRY": (("run", "hello", "--no-dashboard"), "OK"),
+    "node.pub.pem": (("replay", "RUN"), "KEY_INVALID"),
+}
+RUN_CASES = [(f, v) for f in RUN_PATH for v in ("fifo", "dev-zero")]
+
+
+@pytest.mark.parametrize(("rel", "variant"), RUN_CASES, ids=[f"{f}:{v}" for f, v in RUN_CASES])
+def test_a_special_file_on_the_run_path_is_refused(work: Base, rel: str, variant: str) -> None:
+    command, expect = RUN_PATH[rel]
+    entries = sorted((work.ws / "state" / "cache").glob("*.cwasm"))
+    assert entries, "the base run left no compiled entry"
+    rel = rel.replace("ENTRY", entries[0].name)
+    make_hostile(work.ws / rel, variant)
+    log = work.ws / "state" / "audit" / "audit.jsonl"
+    audit_before = log.read_bytes()
+    args = (a.replace("RUN", work.run_id) for a in command)
+    res = nightcore("-w", str(work.ws), *args, memory=16 << 30)
+    if expect == "OK":
+        assert res.code == 0, (res.out, res.err)
+        assert json.loads(res.out)[0]["code"] == "OK"
+        assert (work.ws / rel).is_file() and not (work.ws / rel).is_symlink()  # rewritten
+    else:
+        assert_error(res, expect)
+        assert not (work.ws / rel).is_file()  # left as it was, not replaced
+    assert log.read_bytes().startswith(audit_before)

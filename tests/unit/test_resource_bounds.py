@@ -399,3 +399,35 @@ def test_strongbox_compile_bomb_is_compile_limit(strongbox: StrongboxSandbox) ->
     module = compile_bomb(200_000)
     res = strongbox.run(module, _config(module, None, compile_ms=500))
     assert res.code == "COMPILE_LIMIT", (res.code, res.detail)
+
+
+def test_a_compile_works_under_an_inherited_hard_address_space_limit() -> None:
+    """A node started under a hard RLIMIT_AS (``ulimit -v``, systemd ``LimitAS=``): the
+    compile child's soft limit stays within it (raising the hard limit needs
+    CAP_SYS_RESOURCE, and asking to failed every compile with WORKER_START_FAILED)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import wasmtime\n"
+        "from nightcore.sandbox.compiler import CompileProcess\n"
+        "p = CompileProcess()\n"
+        "done = p.compile(wasmtime.wat2wasm('(module)'), stack_bytes=512 * 1024,\n"
+        "    deterministic=False, compile_ms=30_000, compile_memory_bytes=1 << 30)\n"
+        "p.close()\n"
+        "print(done.status, done.detail)\n"
+    )
+    hard = 6 << 30
+
+    def limit() -> None:  # pragma: no cover - runs in the child
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        preexec_fn=limit,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("ok"), out.stdout

@@ -366,6 +366,26 @@ def test_a_malformed_uid_map_is_refused(tmp_path: Path, content: bytes) -> None:
     assert path.read_bytes() == content  # left as it was
 
 
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory", "link"])
+def test_a_special_uid_map_is_refused_without_blocking(tmp_path: Path, kind: str) -> None:
+    """A FIFO would block the open, /dev/zero would be read forever, a link is not the map
+    this node wrote: each is refused with its code (a child of this test would hang)."""
+    path = tmp_path / "ids.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        (tmp_path / "real.json").write_text('{"version": 1, "tenants": {}}')
+        path.symlink_to(tmp_path / "real.json")
+    with pytest.raises(SandboxError) as err:
+        TenantIds(path).ids_for("a")
+    assert err.value.code == "UID_MAP_INVALID"
+    assert "\n" not in str(err.value)
+
+
 # -- policy and configuration ---------------------------------------------------------------
 
 

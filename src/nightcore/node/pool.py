@@ -467,27 +467,40 @@ class RunnerPool:
         """A worker is gone mid-batch. Each of its runs ends as the audit log says: reported or
         recorded already (kept as it is), started but open (closed now with ``code``), or never
         started (reported with ``code``; one ``worker_crashed`` line names them)."""
+        from nightcore.fsio import open_regular
         from nightcore.layout import Layout
         from nightcore.node.recovery import discard_live_output, interrupted_events, runs_since
 
-        audit = self._audit()
-        with audit.path.open("rb") as fh:
-            fh.seek(offset)
-            starts, outcomes = runs_since(fh)
-        ids = {j.run_id for j in batch}
-        still_open = {
-            rid: info for rid, info in starts.items() if rid in ids and rid not in outcomes
-        }
         detail = f"worker {pid} {why} during the run; it was replaced"
-        events = interrupted_events(still_open, code=code, detail=detail)
-        closed = {e.record["data"]["run_id"]: e.seq for e in audit.append_many(events)}
-        discard_live_output(Layout(self.workspace).live_dir, closed)
-        unstarted = [j for j in batch if j.run_id not in starts and j.run_id not in reported]
-        if unstarted:
-            audit.append(
-                "worker_crashed",
-                {"pid": pid, "reason": why, "tenants": [j.tenant for j in unstarted]},
-            )
+        try:
+            audit = self._audit()
+            with open_regular(audit.path) as fh:
+                fh.seek(offset)
+                starts, outcomes = runs_since(fh)
+            ids = {j.run_id for j in batch}
+            still_open = {
+                rid: info for rid, info in starts.items() if rid in ids and rid not in outcomes
+            }
+            events = interrupted_events(still_open, code=code, detail=detail)
+            closed = {e.record["data"]["run_id"]: e.seq for e in audit.append_many(events)}
+            discard_live_output(Layout(self.workspace).live_dir, closed)
+            unstarted = [j for j in batch if j.run_id not in starts and j.run_id not in reported]
+            if unstarted:
+                audit.append(
+                    "worker_crashed",
+                    {"pid": pid, "reason": why, "tenants": [j.tenant for j in unstarted]},
+                )
+        except (NightCoreError, OSError) as exc:
+            # The log cannot close these runs now: every caller still gets an answer (the
+            # node's next start closes any run left open with INTERRUPTED).
+            failed = exc.code if isinstance(exc, NightCoreError) else "AUDIT_INVALID"
+            reason = f"{detail}; the audit log could not record it ({exc})"
+            for job in batch:
+                if job.run_id not in job.request.results:
+                    job.request.deliver(
+                        job.run_id, reported.get(job.run_id) or _refused(job, failed, reason)
+                    )
+            return
         for job in batch:
             if job.run_id in reported:
                 run = reported[job.run_id]

@@ -314,9 +314,17 @@ class Runner:
             if self._sandbox is None and self.strongbox:
                 self._sandbox = self._new_strongbox()
             if self._sandbox is None:
+                from nightcore.fsio import read_input
                 from nightcore.sandbox.engine import Sandbox
 
-                secret = self.ctx.layout.cache_secret_path.read_bytes()
+                # Non-blocking, regular, capped: a FIFO or a link to /dev/zero in its place
+                # is refused instead of hanging or exhausting the run.
+                secret = read_input(
+                    self.ctx.layout.cache_secret_path,
+                    4096,
+                    what="the module cache secret",
+                    code="CACHE_SECRET_INVALID",
+                )
                 self._sandbox = Sandbox(
                     self.ctx.layout.cache_dir, secret, on_event=self._on_sandbox_event
                 )

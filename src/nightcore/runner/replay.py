@@ -166,7 +166,7 @@ def _content(ws: NodeContext, sub: str, digest: str, ext: str, cap: int) -> byte
 def _open_attestation(ws: NodeContext, data: bytes) -> dict[str, Any]:
     """The attestation, signed by the node key, or (a run before a node-key rotation) by the
     key of the node-key history that was active then and is not revoked for its audit line."""
-    node_key = PublicKey.from_pem(ws.layout.node_pub_path.read_bytes())
+    node_key = PublicKey.from_pem(ws.node_public_pem())
     try:
         return open_attestation(data, node_key)
     except NightCoreError as exc:

@@ -148,7 +148,9 @@ class DiskModuleCache:
         key_raw = _check_key(key)
         path = self.path_for(key)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(
+                path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+            )
         except FileNotFoundError:
             return CacheLoad("absent", path=str(path))
         except OSError:

@@ -109,6 +109,16 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _lower_soft_limit(pid: int, which: int, soft: int) -> None:
+    """Set ``pid``'s soft limit to ``soft``, within the hard limit it inherited: a node
+    started under a hard limit (``ulimit -v``, systemd ``LimitAS=``) cannot raise it without
+    CAP_SYS_RESOURCE, and asking to failed every compile."""
+    hard = resource.prlimit(pid, which)[1]
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.prlimit(pid, which, (soft, hard))
+
+
 def _vm_size(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmSize:"):
@@ -228,11 +238,11 @@ class CompileProcess:
         assert proc.stdin is not None and proc.stdout is not None
         out = proc.stdout.fileno()
         limit = _vm_size(proc.pid) + memory
-        resource.prlimit(proc.pid, resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+        _lower_soft_limit(proc.pid, resource.RLIMIT_AS, limit)
         # CPU backstop (SIGXCPU) for a child whose parent is gone and so cannot kill it at
         # compile_ms: one core for compile_ms, plus a second of slack.
         cpu = math.ceil(_cpu_seconds(proc.pid) + compile_ms / 1000.0) + 1
-        resource.prlimit(proc.pid, resource.RLIMIT_CPU, (cpu, resource.RLIM_INFINITY))
+        _lower_soft_limit(proc.pid, resource.RLIMIT_CPU, cpu)
         started = time.monotonic()
         deadline = started + compile_ms / 1000.0
         try:

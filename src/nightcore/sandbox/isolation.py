@@ -97,14 +97,23 @@ class TenantIds:
             os.close(lock_fd)
 
     def _load(self) -> dict[str, int]:
+        if self.path is None:
+            return {}
+        from nightcore.fsio import read_input
+
         try:
-            data = self.path.read_bytes() if self.path is not None else b""
+            # Regular, not a link, capped, non-blocking: the map is this node's own file.
+            data = read_input(
+                self.path,
+                MAX_IDS_FILE_BYTES,
+                what="the tenant uid map",
+                code="UID_MAP_INVALID",
+                error=SandboxError,
+                follow=False,
+                missing_ok=True,
+            )
         except FileNotFoundError:
             return {}
-        except OSError as exc:
-            raise SandboxError(
-                f"cannot read the tenant uid map: {exc}", code="UID_MAP_INVALID"
-            ) from None
         try:
             if len(data) > MAX_IDS_FILE_BYTES:
                 raise ValueError("too large")
