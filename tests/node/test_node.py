@@ -199,6 +199,27 @@ def test_a_second_node_for_the_same_workspace_is_refused(node_env: Env, node: No
     assert res.code == 2 and "error[NODE_RUNNING]" in res.err
 
 
+def kill_the_looping_worker(node: NodeProcess) -> None:
+    """SIGKILL the one busy worker once it runs a guest's loop (state R): it first waits for
+    its bounded compile process (docs/limits.md)."""
+    busy = node.call("status")["pool"]
+    assert busy["busy"] == 1
+    pids = set(busy["worker_pids"])
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    state = fh.read().split()[2]
+            except FileNotFoundError:
+                continue
+            if state == "R":  # running the guest's loop
+                os.kill(pid, signal.SIGKILL)
+                return
+        time.sleep(0.02)  # polling a condition with a deadline
+    pytest.fail("no worker was running the loop")
+
+
 def test_worker_killed_mid_run_ends_that_run_worker_crashed(node_env: Env) -> None:
     node_env.add_tenant("looper", HOG_LIMITS.format(wall=9000), wasm=wat_module(LOOP_WAT))
     node = NodeProcess(node_env.ws)
@@ -206,31 +227,7 @@ def test_worker_killed_mid_run_ends_that_run_worker_crashed(node_env: Env) -> No
         client = _cli(node_env.ws, "run", "looper", "--json", "--no-dashboard")
         node.wait_busy("looper", client)
         wait_started(node_env.ws, "looper")
-        busy = node.call("status")["pool"]
-        assert busy["busy"] == 1
-        # Which worker holds looper: the only busy one.
-        pids = set(busy["worker_pids"])
-        idle_before = set(pids)
-        # Poll: the worker first waits for its bounded compile process (docs/limits.md),
-        # then runs the guest's loop (state R).
-        deadline = time.monotonic() + WAIT_S
-        killed = False
-        while not killed and time.monotonic() < deadline:
-            for pid in list(pids):
-                try:
-                    with open(f"/proc/{pid}/stat") as fh:
-                        state = fh.read().split()[2]
-                except FileNotFoundError:
-                    continue
-                if state == "R":  # running the guest's loop
-                    os.kill(pid, signal.SIGKILL)
-                    idle_before.discard(pid)
-                    killed = True
-                    break
-            else:
-                time.sleep(0.02)
-        if not killed:
-            pytest.fail("no worker was running the loop")
+        kill_the_looping_worker(node)
         out, err = client.communicate(timeout=WAIT_S)
         assert client.returncode == 1, err
         (row,) = json.loads(out)
@@ -243,6 +240,41 @@ def test_worker_killed_mid_run_ends_that_run_worker_crashed(node_env: Env) -> No
         assert [r["data"]["code"] for r in outcome] == ["WORKER_CRASHED", "OK"]
     finally:
         node.stop()
+
+
+def test_a_crashed_worker_whose_runs_the_log_cannot_close_still_answers(
+    node_env: Env,
+) -> None:
+    """The node reads the audit log to close a dead worker's runs. A log it cannot read there
+    (here a FIFO in its place: the read would have blocked the pool for good) still gets the
+    caller an answer with a code; the run left open is closed INTERRUPTED by the node's next
+    start, and the log verifies."""
+    node_env.add_tenant("looper", HOG_LIMITS.format(wall=9000), wasm=wat_module(LOOP_WAT))
+    log = node_env.ws / "state" / "audit" / "audit.jsonl"
+    aside = log.with_name("audit.jsonl.aside")
+    node = NodeProcess(node_env.ws)
+    try:
+        client = _cli(node_env.ws, "run", "looper", "--json", "--no-dashboard")
+        node.wait_busy("looper", client)
+        run_id = wait_started(node_env.ws, "looper")
+        os.rename(log, aside)
+        os.mkfifo(log)
+        try:
+            kill_the_looping_worker(node)
+            out, err = client.communicate(timeout=WAIT_S)
+        finally:
+            log.unlink()
+            os.rename(aside, log)
+        assert client.returncode == 1, err
+        (row,) = json.loads(out)
+        assert row["code"] == "AUDIT_INVALID" and "could not record it" in row["reason"], row
+    finally:
+        node.stop()
+    NodeProcess(node_env.ws).stop()  # the next start closes what was left open
+    closing = [r for r in _audit(node_env.ws) if r["event"] == "run_outcome"]
+    assert [(r["data"]["run_id"], r["data"]["code"]) for r in closing] == [(run_id, "INTERRUPTED")]
+    verify = run_cli_subprocess("-w", str(node_env.ws), "audit", "verify", "--json")
+    assert verify.code == 0, verify.err
 
 
 def test_node_killed_mid_run_leaves_interrupted_outcomes(node_env: Env) -> None:
