@@ -472,6 +472,10 @@ class RunnerPool:
         from nightcore.node.recovery import discard_live_output, interrupted_events, runs_since
 
         detail = f"worker {pid} {why} during the run; it was replaced"
+        starts: dict[str, Any] = {}
+        outcomes: dict[str, tuple[str, int]] = {}
+        closed: dict[str, int] = {}
+        failure = failure_detail = ""
         try:
             audit = self._audit()
             with open_regular(audit.path) as fh:
@@ -491,16 +495,11 @@ class RunnerPool:
                     {"pid": pid, "reason": why, "tenants": [j.tenant for j in unstarted]},
                 )
         except (NightCoreError, OSError) as exc:
-            # The log cannot close these runs now: every caller still gets an answer (the
-            # node's next start closes any run left open with INTERRUPTED).
-            failed = exc.code if isinstance(exc, NightCoreError) else "AUDIT_INVALID"
-            reason = f"{detail}; the audit log could not record it ({exc})"
-            for job in batch:
-                if job.run_id not in job.request.results:
-                    job.request.deliver(
-                        job.run_id, reported.get(job.run_id) or _refused(job, failed, reason)
-                    )
-            return
+            # The log cannot close these runs now: every caller still gets an answer, with
+            # what the log did record (the node's next start closes a run left open with
+            # INTERRUPTED).
+            failure = exc.code if isinstance(exc, NightCoreError) else "AUDIT_INVALID"
+            failure_detail = f"{detail}; the audit log could not record it ({exc})"
         for job in batch:
             if job.run_id in reported:
                 run = reported[job.run_id]
@@ -508,9 +507,11 @@ class RunnerPool:
                 done_code, seq = outcomes[job.run_id]
                 run = _refused(job, done_code, f"recorded; then worker {pid} {why}")
                 run["audit_seq"] = seq
-            else:
+            elif job.run_id in closed or not failure:
                 run = _refused(job, code, detail)
                 run["audit_seq"] = closed.get(job.run_id)
+            else:
+                run = _refused(job, failure, failure_detail)
             job.request.deliver(job.run_id, run)
 
     def _replace(self) -> None:
