@@ -8,9 +8,12 @@ parsed strictly: size-capped, UTF-8, no duplicate keys, no NaN/Infinity.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from nightcore.errors import NightCoreError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (cold CLI)
+if TYPE_CHECKING:
+    from typing import Any
 
 _SAFE_INT = 2**53
 

@@ -214,6 +214,29 @@ def test_the_thin_client_imports_nothing_heavy() -> None:
     assert out == "", f"the client path imports {out}"
 
 
+def test_a_node_served_command_parses_without_typing_or_shutil() -> None:
+    """``typing`` (~3 ms) and ``shutil`` (~3 ms: argparse's help formatter asks it for the
+    terminal width on every add_argument) are not needed to parse ``run`` and reach a node:
+    ~12% of a cold ``nightcore run`` through a node (docs/performance.md)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from nightcore.cli.main import build_parser\n"
+        "import nightcore.cli.context, nightcore.cli.render, nightcore.node.client\n"
+        "import nightcore.canonical\n"
+        "args = build_parser().parse_args(['run', 'hello', '--no-dashboard', '--json'])\n"
+        "assert args.command == 'run'\n"
+        "bad = [m for m in ('typing', 'shutil') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert out == "", f"parsing a node-served command imports {out}"
+
+
 def test_the_run_path_leaves_the_net_client_for_net_runs() -> None:
     """http.client, ssl and email cost ~10 ms of a cold run's start: only a run with a NET
     grant needs them (nightcore.sandbox.net imports them when it performs a request)."""

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from typing import Any
 
 from nightcore.cli.context import node_client
 from nightcore.cli.context import open_workspace as _ws
 from nightcore.cli.render import info, print_json, print_table
 from nightcore.errors import UsageError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (cold CLI)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 PROGRESS_THRESHOLD = 5
 REFRESH_VERIFY_MAX_BYTES = 64 * 1024 * 1024

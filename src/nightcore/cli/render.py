@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from nightcore.untrusted import clean
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (cold CLI)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["clean", "error", "info", "print_json", "print_table"]
 

@@ -9,14 +9,15 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from typing import TYPE_CHECKING, Any
 
 from nightcore.errors import NightCoreError
 from nightcore.node import protocol
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (cold CLI)
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+    from typing import Any
 
 CONNECT_TIMEOUT_S = 5.0
 # A request may run tenants for a long time; the node answers when their outcomes are durable.
