@@ -515,6 +515,9 @@ def test_a_special_file_on_the_run_path_is_refused(work: Base, rel: str, variant
         assert res.code == 0, (res.out, res.err)
         assert json.loads(res.out)[0]["code"] == "OK"
         assert (work.ws / rel).is_file() and not (work.ws / rel).is_symlink()  # rewritten
+        added = [json.loads(line) for line in log.read_bytes()[len(audit_before) :].splitlines()]
+        (rejected,) = [r for r in added if r["event"] == "cache_rejected"]  # and audited
+        assert rejected["data"]["reason"] in ("not_a_file", "unreadable"), rejected
     else:
         assert_error(res, expect)
         assert not (work.ws / rel).is_file()  # left as it was, not replaced
