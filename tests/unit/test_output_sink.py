@@ -76,3 +76,23 @@ def test_the_cap_applies_to_the_capture_and_the_view(tmp_path: Path) -> None:
     assert sink.truncated
     assert paths[0].read_bytes() == b"01234567"
     sink.close_live()
+
+
+def test_a_fifo_in_place_of_a_live_file_never_blocks_the_run(tmp_path: Path) -> None:
+    """Opening a FIFO for writing blocks until a reader comes (with one, it would be a pipe,
+    not a file): the view is skipped, the capture kept. A hang here fails the test's run."""
+    paths = _paths(tmp_path)
+    paths[0].parent.mkdir()
+    os.mkfifo(paths[0])
+    sink = OutputSink(1024, paths, live_after_s=0)
+    assert sink.write_stdout(b"data") == 4
+    reader = os.open(paths[0], os.O_RDONLY | os.O_NONBLOCK)  # now a writer's open succeeds
+    try:
+        fresh = OutputSink(1024, paths, live_after_s=0)
+        assert fresh.write_stdout(b"more") == 4
+        fresh.close_live()
+        assert os.read(reader, 64) == b""  # nothing went into the pipe
+    finally:
+        os.close(reader)
+    sink.close_live()
+    assert sink.snapshot()[0] == b"data" and fresh.snapshot()[0] == b"more"

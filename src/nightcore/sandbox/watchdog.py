@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import stat
 import threading
 import time
 import weakref
@@ -99,13 +100,18 @@ class OutputSink:
         if self._live_at is None or self._live_paths is None or time.monotonic() < self._live_at:
             return
         self._live_at = None
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        # O_NONBLOCK: a FIFO in a live file's place would block this open (and the guest's
+        # write that triggered it) until the run's wall limit; non-blocking it fails (ENXIO)
+        # or its writes do (EAGAIN), and the run goes on without a live view.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         fds: dict[int, int] = {}
         try:
             out_path, err_path = self._live_paths
             os.makedirs(out_path.parent, mode=0o700, exist_ok=True)
             for buf, path in ((self.stdout, out_path), (self.stderr, err_path)):
                 fds[id(buf)] = fd = os.open(path, flags, 0o600)
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(f"{path} is not a regular file")
                 _write_all(fd, bytes(buf))
         except OSError:
             for fd in fds.values():
