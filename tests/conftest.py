@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -88,9 +89,20 @@ class Cli:
 
 
 def run_cli_subprocess(
-    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 120
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    address_space: int | None = None,
 ) -> CliResult:
+    """``nightcore ARGS`` in a child process; ``address_space`` bounds the child's
+    ``RLIMIT_AS`` (an endless read fails the child, not the machine)."""
     full_env = dict(os.environ, **(env or {}))
+
+    def limit() -> None:  # pragma: no cover - runs in the child
+        if address_space is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
     p = subprocess.run(
         [sys.executable, "-m", "nightcore", *args],
         capture_output=True,
@@ -98,8 +110,22 @@ def run_cli_subprocess(
         cwd=cwd,
         env=full_env,
         timeout=timeout,
+        preexec_fn=limit if address_space is not None else None,
     )
     return CliResult(p.returncode, p.stdout, p.stderr)
+
+
+def plant_special(path: Path, kind: str) -> None:
+    """Put a special file at ``path`` (absent): ``fifo`` (an open for reading blocks),
+    ``dev-zero`` (a link to an endless device) or ``directory``."""
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "directory":
+        path.mkdir()
+    else:  # pragma: no cover
+        raise AssertionError(kind)
 
 
 def wat_module(text: str) -> bytes:

@@ -19,10 +19,7 @@ import json
 import os
 import random
 import re
-import resource
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +31,15 @@ from nightcore import app
 from nightcore.codes import ALL_CODES
 from nightcore.trust.keys import GeneratedKey
 from tests.aufs.conftest import RepoServer, start_server
-from tests.conftest import HELLO_WAT, CliResult, simple_manifest, wat_module, write_tenant
+from tests.conftest import (
+    HELLO_WAT,
+    CliResult,
+    plant_special,
+    run_cli_subprocess,
+    simple_manifest,
+    wat_module,
+    write_tenant,
+)
 from tests.hostile.test_corpus import BIG
 
 TIMEOUT = 60  # a hang fails the case instead of blocking the suite
@@ -45,22 +50,10 @@ _GARBAGE = random.Random(15).randbytes(4096)
 
 
 def nightcore(*args: str, cwd: Path | None = None, memory: int = MEMORY) -> CliResult:
-    """``nightcore --json ARGS`` in a child process (bounded in time and address space; a
+    """``nightcore --json ARGS`` in a child process, bounded in time and address space (a
     command that runs a tenant needs more: Wasmtime reserves 4 GiB and guard pages per
     linear memory)."""
-
-    def limit_memory() -> None:  # pragma: no cover - runs in the child
-        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-
-    p = subprocess.run(
-        [sys.executable, "-m", "nightcore", "--json", *args],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        cwd=cwd,
-        preexec_fn=limit_memory,
-    )
-    return CliResult(p.returncode, p.stdout, p.stderr)
+    return run_cli_subprocess("--json", *args, cwd=cwd, timeout=TIMEOUT, address_space=memory)
 
 
 def make_hostile(path: Path, variant: str) -> None:
@@ -68,13 +61,10 @@ def make_hostile(path: Path, variant: str) -> None:
     content before (a link's target is read, never written through)."""
     valid = path.read_bytes()
     path.unlink()
-    if variant == "fifo":
-        os.mkfifo(path)
-    elif variant == "dev-zero":
-        path.symlink_to("/dev/zero")
-    elif variant == "directory":
-        path.mkdir()
-        (path / "x").write_bytes(valid)
+    if variant in ("fifo", "dev-zero", "directory"):
+        plant_special(path, variant)
+        if variant == "directory":
+            (path / "x").write_bytes(valid)
     elif variant == "oversized":
         path.write_bytes(valid + b" " * BIG)
     elif variant == "truncated":

@@ -197,59 +197,40 @@ def test_the_node_socket_name_and_root_agree() -> None:
     assert os.path.isabs(socket_path("relative/dir"))
 
 
-def test_the_thin_client_imports_nothing_heavy() -> None:
+def _imported_after(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter (``-I``) holds after running ``code``."""
     import subprocess
     import sys
 
-    probe = (
-        "import sys\n"
-        "import nightcore.cli.main, nightcore.cli.context, nightcore.node.client\n"
-        "bad = [m for m in ('wasmtime', 'cryptography', 'nightcore.app', 'pathlib', 'dataclasses')"
-        " if m in sys.modules]\n"
-        "print(','.join(bad))\n"
-    )
+    probe = f"import sys\n{code}\nprint(','.join(m for m in {modules!r} if m in sys.modules))\n"
     out = subprocess.run(
         [sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True
     ).stdout.strip()
-    assert out == "", f"the client path imports {out}"
+    return out.split(",") if out else []
+
+
+def test_the_thin_client_imports_nothing_heavy() -> None:
+    heavy = ("wasmtime", "cryptography", "nightcore.app", "pathlib", "dataclasses")
+    code = "import nightcore.cli.main, nightcore.cli.context, nightcore.node.client"
+    assert _imported_after(code, heavy) == [], "the client path imports these"
 
 
 def test_a_node_served_command_parses_without_typing_or_shutil() -> None:
     """``typing`` (~3 ms) and ``shutil`` (~3 ms: argparse's help formatter asks it for the
     terminal width on every add_argument) are not needed to parse ``run`` and reach a node:
     ~12% of a cold ``nightcore run`` through a node (docs/performance.md)."""
-    import subprocess
-    import sys
-
-    probe = (
-        "import sys\n"
+    code = (
         "from nightcore.cli.main import build_parser\n"
         "import nightcore.cli.context, nightcore.cli.render, nightcore.node.client\n"
         "import nightcore.canonical\n"
         "args = build_parser().parse_args(['run', 'hello', '--no-dashboard', '--json'])\n"
-        "assert args.command == 'run'\n"
-        "bad = [m for m in ('typing', 'shutil') if m in sys.modules]\n"
-        "print(','.join(bad))\n"
+        "assert args.command == 'run'"
     )
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    assert out == "", f"parsing a node-served command imports {out}"
+    assert _imported_after(code, ("typing", "shutil")) == []
 
 
 def test_the_run_path_leaves_the_net_client_for_net_runs() -> None:
     """http.client, ssl and email cost ~10 ms of a cold run's start: only a run with a NET
     grant needs them (nightcore.sandbox.net imports them when it performs a request)."""
-    import subprocess
-    import sys
-
-    probe = (
-        "import sys\n"
-        "import nightcore.sandbox.engine, nightcore.runner.pipeline\n"
-        "bad = [m for m in ('http.client', 'ssl', 'email.parser') if m in sys.modules]\n"
-        "print(','.join(bad))\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-I", "-c", probe], capture_output=True, text=True, check=True
-    ).stdout.strip()
-    assert out == "", f"the run path imports {out}"
+    code = "import nightcore.sandbox.engine, nightcore.runner.pipeline"
+    assert _imported_after(code, ("http.client", "ssl", "email.parser")) == []

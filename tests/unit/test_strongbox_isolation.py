@@ -28,6 +28,7 @@ from nightcore.sandbox.engine import Sandbox
 from nightcore.sandbox.isolation import TenantIds, harden_workspace, strongbox_unavailable
 from nightcore.sandbox.strongbox import StrongboxSandbox, Worker, WorkerKey, WorkerOptions
 from nightcore.sandbox.types import EffectiveLimits, Preopen, RunConfig
+from tests.conftest import plant_special
 
 _WHY = strongbox_unavailable()
 needs_strongbox = pytest.mark.skipif(bool(_WHY), reason=_WHY or "available")
@@ -371,15 +372,11 @@ def test_a_special_uid_map_is_refused_without_blocking(tmp_path: Path, kind: str
     """A FIFO would block the open, /dev/zero would be read forever, a link is not the map
     this node wrote: each is refused with its code (a child of this test would hang)."""
     path = tmp_path / "ids.json"
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "dev-zero":
-        path.symlink_to("/dev/zero")
-    elif kind == "directory":
-        path.mkdir()
-    else:
+    if kind == "link":
         (tmp_path / "real.json").write_text('{"version": 1, "tenants": {}}')
         path.symlink_to(tmp_path / "real.json")
+    else:
+        plant_special(path, kind)
     with pytest.raises(SandboxError) as err:
         TenantIds(path).ids_for("a")
     assert err.value.code == "UID_MAP_INVALID"
