@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -113,6 +115,31 @@ def run_cli_subprocess(
         preexec_fn=limit if address_space is not None else None,
     )
     return CliResult(p.returncode, p.stdout, p.stderr)
+
+
+@contextlib.contextmanager
+def serving(ws: Path) -> Iterator[tuple[dict[str, Any], subprocess.Popen[str]]]:
+    """``nightcore -w WS serve --port 0 --json`` in a child: its first line (printed once it
+    listens: readiness is that line, never a sleep) and the process; stopped with SIGINT."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nightcore", "-w", str(ws), "serve", "--port", "0", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ),
+    )
+    try:
+        assert proc.stdout is not None
+        yield json.loads(proc.stdout.readline()), proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def plant_special(path: Path, kind: str) -> None:

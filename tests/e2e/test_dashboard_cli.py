@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import signal
 import socket
@@ -18,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import REPO, CliResult, Env
+from tests.conftest import REPO, CliResult, Env, serving
 
 
 def nightcore(*args: str, timeout: float = 60) -> CliResult:
@@ -95,28 +94,10 @@ def test_token_create_list_revoke(env: Env) -> None:
 @pytest.fixture
 def served(env: Env) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     env.add_tenant("hello")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nightcore", "-w", str(env.ws), "serve", "--port", "0", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        env=dict(os.environ),
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # {"url": "http://127.0.0.1:PORT/", ...}
-    url = json.loads(line)["url"]
-    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url), line
-    try:
+    with serving(env.ws) as (first, proc):
+        url = first["url"]  # {"url": "http://127.0.0.1:PORT/", ...}
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+/", url), first
         yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def test_serve_answers_read_only_and_stops_cleanly(
@@ -145,17 +126,8 @@ def test_serve_answers_read_only_and_stops_cleanly(
 def test_serve_json_prints_its_url_only_once_listening(env: Env) -> None:
     """The URL line means "connect now": the first connection must not be refused."""
     env.add_tenant("hello")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nightcore", "-w", str(env.ws), "serve", "--port", "0", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    try:
-        assert proc.stdout is not None
-        url = json.loads(proc.stdout.readline())["url"]
-        host, port = url.removeprefix("http://").rstrip("/").rsplit(":", 1)
+    with serving(env.ws) as (first, _proc):
+        host, port = first["url"].removeprefix("http://").rstrip("/").rsplit(":", 1)
         # Immediately, no retry: a refused connection here is the bug.
         with socket.create_connection((host, int(port)), timeout=30) as conn:
             conn.sendall(b"GET /api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
@@ -163,13 +135,6 @@ def test_serve_json_prints_its_url_only_once_listening(env: Env) -> None:
             while chunk := conn.recv(65536):
                 reply += chunk
         assert reply.startswith(b"HTTP/1.1 200"), reply[:200]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def test_build_output_is_deterministic_apart_from_its_timestamp(env: Env) -> None:

@@ -11,11 +11,6 @@ command of the CLI.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +21,7 @@ import pytest
 from nightcore import app
 from nightcore.context import NodeContext
 from nightcore.trust.keys import GeneratedKey
-from tests.conftest import PASSPHRASE, REPO, Env, run_cli_subprocess
+from tests.conftest import PASSPHRASE, Env, run_cli_subprocess, serving
 from tests.e2e.test_json_schemas import SCHEMA_DIR, check, out
 
 WAIT_S = 60.0
@@ -237,25 +232,9 @@ def test_usage_errors_print_the_error_object(env: Env) -> None:
 
 
 def test_serve_prints_one_line_once_listening(env: Env) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nightcore", "-w", str(env.ws), "serve", "--port", "0", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=REPO,
-        env=dict(os.environ),
-    )
-    try:
-        assert proc.stdout is not None
-        ready = check("serve", json.loads(proc.stdout.readline()))
+    with serving(env.ws) as (first, _proc):
+        ready = check("serve", first)
         assert ready["url"].startswith("http://127.0.0.1:") and ready["workspace"] == str(env.ws)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 # -- AUFS --------------------------------------------------------------------------------------
